@@ -1,0 +1,38 @@
+"""cuttree: prune trained neural networks, and prove it.
+
+>>> import cuttree
+>>> sorted(cuttree.Config(ratio=0.5).to_dict())[:3]
+['calib_samples', 'criterion', 'ignore']
+"""
+
+from cuttree.api import PruneResult, make_plan, prune
+from cuttree.config import Config, LayerOverride
+from cuttree.errors import CuttreeError, FileFormatError, PlanError, SurgeryError, TraceError
+from cuttree.io import load, load_weights, read_metadata, save
+from cuttree.measure import Measurements, measure
+from cuttree.plan import GroupPlan, PruningPlan
+from cuttree.surgery import apply_plan
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Config",
+    "CuttreeError",
+    "FileFormatError",
+    "GroupPlan",
+    "LayerOverride",
+    "Measurements",
+    "PlanError",
+    "PruneResult",
+    "PruningPlan",
+    "SurgeryError",
+    "TraceError",
+    "apply_plan",
+    "load",
+    "load_weights",
+    "make_plan",
+    "measure",
+    "prune",
+    "read_metadata",
+    "save",
+]

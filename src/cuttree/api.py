@@ -1,0 +1,221 @@
+"""The public entry point: ``prune(model, example_inputs, config)``.
+
+Decide, then do: trace → score → plan, all without touching the model; then surgery on a copy
+(or on the model itself with ``inplace=True``), then measurement.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from cuttree import calibrate
+from cuttree.budget import GroupBudget, estimate_macs, search_macs, select
+from cuttree.config import Config
+from cuttree.errors import PlanError, did_you_mean
+from cuttree.graph.groups import DependencyGraph, build_graph
+from cuttree.graph.trace import named_tensors
+from cuttree.importance import CRITERIA, used_criterion
+from cuttree.measure import Measurements, measure
+from cuttree.plan import GroupPlan, PlanMember, PruningPlan
+from cuttree.surgery import apply_plan
+
+
+@dataclass
+class PruneResult:
+    """The pruned model, the plan that made it, and before/after measurements."""
+
+    model: nn.Module
+    plan: PruningPlan
+    before: Measurements
+    after: Measurements
+    timings: dict[str, float] = field(default_factory=dict)
+    unsupported_ops: dict[str, int] = field(default_factory=dict)
+
+    def table(self) -> str:
+        """Before/after figures as a small text table."""
+        return measurements_table(self.before, self.after)
+
+
+def measurements_table(before: Measurements, after: Measurements) -> str:
+    """``metric  before  after  change`` rows for params, MACs, size and latency."""
+
+    def ratio(a: float | None, b: float | None) -> str:
+        return f"{a / b:.2f}× smaller" if a and b else "—"
+
+    def lat(x: float | None) -> str:
+        return f"{x:.2f} ms" if x is not None else "not measured"
+
+    rows = [
+        ("", "before", "after", "change"),
+        ("parameters", f"{before.params:,}", f"{after.params:,}", ratio(before.params, after.params)),
+        ("MACs", f"{before.macs:,}", f"{after.macs:,}", ratio(before.macs, after.macs)),
+        (
+            "size on disk",
+            f"{before.size_bytes / 1e6:.2f} MB",
+            f"{after.size_bytes / 1e6:.2f} MB",
+            ratio(before.size_bytes, after.size_bytes),
+        ),
+        (
+            "latency",
+            lat(before.latency_ms),
+            lat(after.latency_ms),
+            ratio(before.latency_ms, after.latency_ms).replace("smaller", "faster"),
+        ),
+    ]
+    w = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join("  ".join(c.rjust(w[i]) if i else c.ljust(w[i]) for i, c in enumerate(r)) for r in rows)
+
+
+def module_names(model: nn.Module) -> list[str]:
+    """Dotted names of the modules that hold tensors (what configs can name)."""
+    tensors = named_tensors(model)
+    return sorted({n.rpartition(".")[0] for n in tensors} - {""})
+
+
+def resolve(patterns: Iterable[str], names: Sequence[str], key: str) -> dict[str, list[str]]:
+    """Each dotted name or glob → the module names it matches; no match is an error."""
+    out: dict[str, list[str]] = {}
+    for p in patterns:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, p) or n.startswith(p + ".")]
+        if not hits:
+            raise ValueError(
+                f"{key}: unknown layer '{p}'{did_you_mean(p, names)}; use a dotted module name or glob "
+                "(list them with `cuttree layers`)"
+            )
+        out[p] = hits
+    return out
+
+
+def make_plan(
+    model: nn.Module,
+    example_inputs: Sequence[Any],
+    config: Config,
+    calib_data: Iterable[Any] | None = None,
+) -> tuple[PruningPlan, DependencyGraph]:
+    """Trace, score and plan; ``model`` is not modified."""
+    names = module_names(model)
+    ignore = sorted({n for hits in resolve(config.ignore, names, "ignore").values() for n in hits})
+    overrides = resolve(config.layers, names, "layers")
+    graph = build_graph(model, example_inputs, ignore)
+    budgets = _budgets(graph, config, overrides)
+    extra = _extra(model, graph, config, calib_data)
+    tensors = named_tensors(model)
+    score_fn = CRITERIA[config.criterion]
+    scores = [score_fn(g, tensors, extra, config.seed) for g in graph.groups]
+    names_g = [g.name for g in graph.groups]
+    if config.macs_target is not None:
+        keeps = search_macs(graph, scores, budgets, config.macs_target, config.scope == "global")
+    else:
+        keeps = select(names_g, scores, budgets, config.ratio if config.scope == "global" else None)
+    plan = PruningPlan(
+        groups=tuple(
+            GroupPlan(
+                g.name,
+                g.size,
+                tuple(int(k) for k in keep),
+                tuple(PlanMember(m.tensor, m.dim, m.positions, m.channels) for m in g.members),
+                used_criterion(config.criterion, g, extra),
+            )
+            for g, keep in zip(graph.groups, keeps, strict=True)
+        ),
+        shapes={n: graph.shapes[n] for g in graph.groups for n in {m.tensor for m in g.members}},
+        macs_before=graph.macs,
+        macs_after=estimate_macs(graph, keeps),
+        config=config.to_dict(),
+    )
+    return plan, graph
+
+
+def _budgets(graph: DependencyGraph, cfg: Config, overrides: dict[str, list[str]]) -> list[GroupBudget]:
+    owners = {o: i for i, g in enumerate(graph.groups) for o in g.owners}
+    per_group: dict[int, Any] = {}
+    for pattern, hits in overrides.items():
+        idx = {owners[h] for h in hits if h in owners}
+        if not idx:
+            why = {graph.protected[h] for h in hits if h in graph.protected}
+            if "output" in why:
+                raise PlanError(
+                    f"layers: '{pattern}' produces a model output, which mode={cfg.mode} never prunes; "
+                    f"remove '{pattern}' from 'layers'"
+                )
+            raise PlanError(
+                f"layers: '{pattern}' has no prunable output channels ({', '.join(sorted(why)) or 'coupled to fixed shapes'}); "
+                f"remove '{pattern}' from 'layers' or name a layer that `cuttree layers` lists as prunable"
+            )
+        for i in idx:
+            per_group[i] = cfg.layers[pattern]
+    out = []
+    for i in range(len(graph.groups)):
+        o = per_group.get(i)
+        ratio = o.ratio if o is not None and o.ratio is not None else cfg.ratio
+        out.append(
+            GroupBudget(
+                ratio=ratio,
+                threshold=o.threshold if o is not None and o.threshold is not None else cfg.threshold,
+                min_channels=o.min_channels if o is not None and o.min_channels is not None else cfg.min_channels,
+                round_to=cfg.round_to,
+                in_global_pool=cfg.scope == "global" and (o is None or o.ratio is None) and cfg.ratio is not None,
+            )
+        )
+    return out
+
+
+def _extra(
+    model: nn.Module, graph: DependencyGraph, cfg: Config, data: Iterable[Any] | None
+) -> dict[str, torch.Tensor]:
+    if cfg.criterion == "taylor":
+        return calibrate.gradients(model, data, cfg)
+    if cfg.criterion == "activation":
+        return calibrate.activations(model, graph, data, cfg)
+    if cfg.criterion == "bn_scale":
+        return calibrate.norm_scales(model, graph)
+    return {}
+
+
+def prune(
+    model: nn.Module,
+    example_inputs: Sequence[Any],
+    config: Config,
+    calib_data: Iterable[Any] | None = None,
+    inplace: bool = False,
+) -> PruneResult:
+    """Structurally prune ``model``; returns a new model unless ``inplace=True``.
+
+    >>> import torch, cuttree
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1))
+    >>> r = cuttree.prune(net, (torch.randn(1, 3, 8, 8),), cuttree.Config(ratio=0.5, latency_runs=0))
+    >>> r.model[0].out_channels, r.model[2].in_channels, net[0].out_channels
+    (4, 4, 8)
+    """
+    if not isinstance(config, Config):
+        raise TypeError(f"config must be a cuttree.Config, got {type(config).__name__}; build one with Config(...)")
+    example_inputs = tuple(example_inputs) if isinstance(example_inputs, list) else example_inputs
+    before = measure(model, example_inputs, config.latency_runs)
+    t0 = time.perf_counter()
+    plan, graph = make_plan(model, example_inputs, config, calib_data)
+    t1 = time.perf_counter()
+    work = model if inplace else copy.deepcopy(model)
+    apply_plan(work, plan, example_inputs, graph.outputs)
+    t2 = time.perf_counter()
+    after = measure(work, example_inputs, config.latency_runs)
+    return PruneResult(
+        model=work,
+        plan=plan,
+        before=before,
+        after=after,
+        timings={"plan_s": t1 - t0, "apply_s": t2 - t1},
+        unsupported_ops=graph.unsupported,
+    )
+
+
+def keep_fraction(plan: PruningPlan) -> float:
+    """Fraction of prunable channels the plan keeps."""
+    return plan.channels_after / plan.channels_before if plan.channels_before else 1.0

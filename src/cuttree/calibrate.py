@@ -1,0 +1,122 @@
+"""Statistics that data-driven criteria need, gathered from calibration data.
+
+Calibration data is any iterable of batches: a tensor ``x``, or a pair ``(x, y)`` (``y`` is
+needed by ``taylor``). At most ``calib_samples`` samples are used; fewer than ``min_samples``
+is an error, never a silent fallback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cuttree._util import eval_mode
+from cuttree.config import Config
+from cuttree.graph.groups import DependencyGraph
+from cuttree.rules import rule_for_module
+
+
+def batches(
+    data: Iterable[Any] | None, cfg: Config, need_labels: bool
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Yield ``(x, y)`` batches up to ``calib_samples`` samples; check ``min_samples``."""
+    if data is None:
+        raise ValueError(
+            f"criterion '{cfg.criterion}' needs calibration data; pass calib_data= (an iterable of (x, y) batches) "
+            "or use a data-free criterion (l1, l2, bn_scale, random)"
+        )
+    seen = 0
+    for batch in data:
+        if isinstance(batch, torch.Tensor):
+            x, y = batch, None
+        elif isinstance(batch, list | tuple) and len(batch) >= 1 and isinstance(batch[0], torch.Tensor):
+            x, y = batch[0], batch[1] if len(batch) > 1 else None
+        else:
+            raise TypeError(f"calibration batch of type {type(batch).__name__}; expected a tensor or an (x, y) pair")
+        if need_labels and y is None:
+            raise ValueError(f"criterion '{cfg.criterion}' needs labels; give calibration batches as (x, y) pairs")
+        take = min(len(x), cfg.calib_samples - seen)
+        yield x[:take], (y[:take] if y is not None else None)
+        seen += take
+        if seen >= cfg.calib_samples:
+            break
+    if seen < cfg.min_samples:
+        raise ValueError(
+            f"calibration data has {seen} samples; min_samples={cfg.min_samples} requires at least that many; "
+            "pass more data or lower min_samples"
+        )
+
+
+def task_loss(out: Any, y: torch.Tensor, mode: str) -> torch.Tensor:
+    """Cross-entropy on the first output: logits (N, C) or per-pixel maps (N, C, H, W); 255 is ignored."""
+    logits = out if isinstance(out, torch.Tensor) else next(iter(out.values())) if isinstance(out, dict) else out[0]
+    if mode == "segmentation":
+        return F.cross_entropy(logits, y.long(), ignore_index=255)
+    return F.cross_entropy(logits, y.long())
+
+
+def gradients(model: nn.Module, data: Iterable[Any] | None, cfg: Config) -> dict[str, torch.Tensor]:
+    """Summed loss gradients of every parameter over the calibration data (model in eval mode)."""
+    params = dict(model.named_parameters())
+    grads = {k: torch.zeros_like(p) for k, p in params.items()}
+    with eval_mode(model):
+        for x, y in batches(data, cfg, need_labels=True):
+            model.zero_grad(set_to_none=True)
+            assert y is not None
+            task_loss(model(x), y, cfg.mode).backward()
+            for k, p in params.items():
+                if p.grad is not None:
+                    grads[k] += p.grad
+        model.zero_grad(set_to_none=True)
+    return grads
+
+
+def activations(
+    model: nn.Module, graph: DependencyGraph, data: Iterable[Any] | None, cfg: Config
+) -> dict[str, torch.Tensor]:
+    """Mean |output| per output channel of every producer layer, keyed ``"weight name@dim"``."""
+    modules = dict(model.named_modules())
+    wanted: dict[str, tuple[str, int]] = {}
+    for g in graph.groups:
+        for m in g.members:
+            mod_name, _, attr = m.tensor.rpartition(".")
+            rule = rule_for_module(modules[mod_name])
+            if rule.producer and attr == "weight" and rule.out_dims.get(attr) == m.dim:
+                wanted[mod_name] = (m.tensor, m.dim)
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+
+    def hook(name: str) -> Any:
+        def fn(mod: nn.Module, inp: Any, out: torch.Tensor) -> None:
+            d = rule_for_module(mod).act_dim % out.dim()
+            a = out.detach().abs().movedim(d, 0).reshape(out.shape[d], -1)
+            sums[name] = sums.get(name, 0) + a.sum(1)  # type: ignore[assignment]
+            counts[name] = counts.get(name, 0) + a.shape[1]
+
+        return fn
+
+    handles = [modules[n].register_forward_hook(hook(n)) for n in wanted]
+    try:
+        with eval_mode(model), torch.no_grad():
+            for x, _ in batches(data, cfg, need_labels=False):
+                model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return {f"{t}@{d}": (sums[n] / counts[n]).double() for n, (t, d) in wanted.items() if n in sums}
+
+
+def norm_scales(model: nn.Module, graph: DependencyGraph) -> dict[str, torch.Tensor]:
+    """γ of every norm layer in a group, keyed ``"weight name@0"`` (for ``bn_scale``)."""
+    modules = dict(model.named_modules())
+    out: dict[str, torch.Tensor] = {}
+    for g in graph.groups:
+        for m in g.members:
+            mod_name, _, attr = m.tensor.rpartition(".")
+            if attr == rule_for_module(modules[mod_name]).scale:
+                out[f"{m.tensor}@{m.dim}"] = getattr(modules[mod_name], attr).detach().reshape(-1)
+    return out

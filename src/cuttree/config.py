@@ -1,0 +1,128 @@
+"""One typed configuration for the Python API and the CLI.
+
+Unknown keys and out-of-range values fail when the config is made or loaded, with a one-line
+message that names the key, the rule and the fix.
+
+>>> Config(mode="classification", threshold=0.5, min_samples=2, ratio=0.5).ratio
+0.5
+>>> Config(ratio=0.3, thresold=0.1)
+Traceback (most recent call last):
+...
+ValueError: config key 'thresold': unknown key — did you mean 'threshold'?
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cuttree.errors import did_you_mean
+
+Criterion = Literal["l1", "l2", "bn_scale", "random", "taylor", "activation"]
+DATA_CRITERIA = ("taylor", "activation")
+
+
+class LayerOverride(BaseModel):
+    """Settings for the groups of the layers a name or glob matches."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ratio: float | None = Field(default=None, ge=0.0, le=1.0)
+    threshold: float | None = Field(default=None, ge=0.0, lt=1.0)
+    min_channels: int | None = Field(default=None, ge=1)
+
+
+class Config(BaseModel):
+    """What to prune and how.
+
+    - ``mode``: ``classification`` or ``segmentation``; what the model's outputs are (class
+      logits, per-pixel class maps). Outputs never lose channels in either mode; the mode also
+      picks the default metric and fine-tuning loss.
+    - ``threshold``: prune what scores below this fraction of its group's strongest score.
+    - ``min_samples``: the fewest calibration samples a data-driven criterion may use.
+    - ``ratio``: the fraction of each group's channels to remove (``scope: global`` ranks all
+      groups together). With ``threshold`` too, a channel goes only if both select it.
+    - ``macs_target``: the fraction of the original MACs to keep (e.g. 0.5 halves them).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["classification", "segmentation"] = "classification"
+    threshold: float | None = Field(default=None, ge=0.0, lt=1.0)
+    min_samples: int = Field(default=8, gt=0)
+    ratio: float | None = Field(default=None, ge=0.0, le=1.0)
+    macs_target: float | None = Field(default=None, gt=0.0, le=1.0)
+    criterion: Criterion = "l1"
+    scope: Literal["local", "global"] = "local"
+    min_channels: int = Field(default=1, ge=1)
+    round_to: int = Field(default=1, ge=1)
+    ignore: tuple[str, ...] = ()
+    layers: dict[str, LayerOverride] = Field(default_factory=dict)
+    calib_samples: int = Field(default=256, gt=0)
+    seed: int = 0
+    latency_runs: int = Field(default=10, ge=0)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            raise ValueError(_one_line(e, type(self))) from None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Config:
+        if self.ratio is None and self.threshold is None and self.macs_target is None:
+            raise ValueError("no pruning target; set ratio (e.g. 0.5), threshold or macs_target")
+        if self.macs_target is not None and self.ratio is not None:
+            raise ValueError("ratio and macs_target are two budgets; set one of them")
+        return self
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+        """Load a YAML file (a mapping of the keys above), then apply ``overrides``."""
+        p = Path(path)
+        if not p.is_file():
+            raise ValueError(f"config file '{p}' does not exist; pass the path of a YAML file")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            line = getattr(getattr(e, "problem_mark", None), "line", None)
+            where = f" at line {line + 1}" if line is not None else ""
+            raise ValueError(f"config file '{p}' is not valid YAML{where}; fix its syntax") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"config file '{p}' must hold a mapping of keys, got {type(data).__name__}")
+        return cls(**{**data, **(overrides or {})})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config, as plain data (what is written next to every output)."""
+        return self.model_dump(mode="json")
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``["ratio=0.5", "ignore=[fc]"]`` → ``{"ratio": 0.5, "ignore": ["fc"]}`` (values are YAML).
+
+    >>> parse_set(["ratio=0.5", "criterion=l2"])
+    {'ratio': 0.5, 'criterion': 'l2'}
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set '{item}': expected KEY=VALUE, e.g. --set ratio=0.5")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _one_line(e: ValidationError, model: type[BaseModel]) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(x) for x in err["loc"])
+    if err["type"] == "extra_forbidden":
+        key = str(err["loc"][-1])
+        return f"config key '{loc}': unknown key{did_you_mean(key, model.model_fields)}"
+    msg = err["msg"].removeprefix("Value error, ")
+    if not loc:
+        return msg
+    value = err.get("input")
+    return f"config key '{loc}' = {value!r}: {msg}; fix the value in the config or --set {loc}=..."

@@ -1,0 +1,138 @@
+"""Run a model once under a dispatch mode and record how its channels are coupled.
+
+Tracing happens at the ATen level, below ``nn.Module`` and Python control flow: whatever the
+model's ``forward`` does (residual adds, ``torch.cat``, ``chunk``, ``view``, a module called
+twice, functional code with raw parameters), the ops that reach the dispatcher are the ones
+that run, so nothing has to be symbolically traceable.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from cuttree._util import eval_mode
+from cuttree.errors import TraceError
+from cuttree.graph.labels import Label, LabelState, Pin
+from cuttree.graph.ops import rule_for
+
+
+class _Recorder(TorchDispatchMode):
+    def __init__(self, state: LabelState, watched: dict[int, str]) -> None:
+        super().__init__()
+        self.state = state
+        self.watched = watched
+        self.seen: set[int] = set()
+
+    def __torch_dispatch__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        for a in args:
+            if isinstance(a, torch.Tensor) and id(a) in self.watched:
+                self.seen.add(id(a))
+        self.state.current_op = str(func.overloadpacket.__name__)
+        rule_for(func)(self.state, args, kwargs, out)
+        return out
+
+
+class TraceResult:
+    """Labels of every parameter and buffer dimension after one traced forward pass.
+
+    ``tensors`` maps each state-dict name to its per-dim labels (``None`` where untracked);
+    ``outputs`` holds the example outputs (for later shape checks).
+    """
+
+    def __init__(
+        self,
+        state: LabelState,
+        tensors: dict[str, tuple[Label, ...]],
+        outputs: list[torch.Tensor],
+        seconds: float,
+    ) -> None:
+        self.state = state
+        self.tensors = tensors
+        self.outputs = outputs
+        self.seconds = seconds
+
+
+def named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters and buffers by state-dict name (shared ones once, under their first name)."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if id(t) not in seen:
+            seen.add(id(t))
+            out[name] = t
+    return out
+
+
+def trace(
+    model: nn.Module, example_inputs: Sequence[Any], ignore_out: dict[str, list[int]] | None = None
+) -> TraceResult:
+    """Run ``model(*example_inputs)`` in eval mode and no-grad, labelling channels.
+
+    ``ignore_out`` pins the given dims of the given tensors (the user's ``ignore`` list, resolved
+    to state-dict names by the caller). The model's training flags are restored afterwards.
+    """
+    if not isinstance(example_inputs, tuple | list):
+        raise TypeError(
+            f"example_inputs must be a tuple of tensors, got {type(example_inputs).__name__}; "
+            "wrap a single tensor as (x,)"
+        )
+    state = LabelState()
+    tensors = named_tensors(model)
+    labels = {name: state.label_tensor(t) for name, t in tensors.items()}
+    for name, dims in (ignore_out or {}).items():
+        for d in dims:
+            state.pin(labels[name][d], Pin.IGNORED)
+    watched = {id(t): name for name, t in tensors.items()}
+    rec = _Recorder(state, watched)
+    t0 = time.perf_counter()
+    try:
+        with eval_mode(model), torch.no_grad(), rec:
+            out = model(*example_inputs)
+    except Exception as e:  # any failure of user code is reported, never swallowed
+        raise TraceError(
+            f"the model failed on the example inputs ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            "pass inputs the model's forward accepts (shape, dtype, device)"
+        ) from e
+    seconds = time.perf_counter() - t0
+    leaves, _ = tree_flatten(out)
+    outputs = [t for t in leaves if isinstance(t, torch.Tensor)]
+    if not outputs:
+        raise TraceError(
+            f"the model returned {type(out).__name__} with no tensors; cuttree needs tensor outputs "
+            "(a tensor, or tuples/lists/dicts of tensors) to know what must keep its shape"
+        )
+    for t in outputs:
+        state.pin_all(t, Pin.OUTPUT)
+    for name, t in tensors.items():
+        if id(t) not in rec.seen:
+            for lab in labels[name]:
+                state.pin(lab, Pin.UNUSED)
+    return TraceResult(state, labels, outputs, seconds)
+
+
+def components(state: LabelState) -> np.ndarray:
+    """Connected components of the recorded unions: element id → component id."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = state.next_id
+    if state.union_a:
+        a = np.concatenate(state.union_a)
+        b = np.concatenate(state.union_b)
+    else:
+        a = b = np.zeros(0, dtype=np.int64)
+    g = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
+    _, comp = connected_components(g, directed=False)
+    return comp.astype(np.int64)

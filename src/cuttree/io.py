@@ -1,0 +1,225 @@
+"""Safe files: a ``.cuttree`` file is a safetensors file whose metadata carries the plan.
+
+Metadata keys: ``cuttree_format`` (version), ``plan`` (JSON), ``arch`` (``module:callable``),
+``arch_kwargs`` (JSON), ``versions`` (JSON). Loading rebuilds the architecture, re-applies the
+plan and loads the weights: no pickle anywhere. Writes are atomic (a temp file in the same
+folder, fsync, rename), so a failed write never leaves a partial file.
+
+Building an architecture from a file means importing and calling what the file names, so only
+callables under trusted module prefixes are built (``torchvision.models``, ``cuttree.models``,
+plus ``trusted`` given by the caller); anything else needs ``build=`` from the caller.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cuttree.errors import FileFormatError
+from cuttree.measure import state_dict_for_save
+from cuttree.plan import PruningPlan
+from cuttree.surgery import apply_plan
+
+FORMAT_VERSION = "1"
+TRUSTED_PREFIXES = ("torchvision.models", "cuttree.models")
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temp file next to ``path``, fsync it, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _versions() -> dict[str, str]:
+    import cuttree
+
+    return {"cuttree": cuttree.__version__, "torch": torch.__version__}
+
+
+def save(
+    result: Any,
+    path: str | Path,
+    arch: str,
+    arch_kwargs: dict[str, Any] | None = None,
+    plan: PruningPlan | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write a pruned model (a ``PruneResult``, or a module with ``plan=``) as a ``.cuttree`` file."""
+    from safetensors.torch import save_file
+
+    model = getattr(result, "model", result)
+    plan = plan if plan is not None else getattr(result, "plan", None)
+    if not isinstance(model, nn.Module) or plan is None:
+        raise TypeError("save() takes a PruneResult, or a module together with plan=")
+    _parse_arch(arch)
+    meta = {
+        "cuttree_format": FORMAT_VERSION,
+        "plan": json.dumps(plan.to_dict(), separators=(",", ":")),
+        "arch": arch,
+        "arch_kwargs": json.dumps(arch_kwargs or {}),
+        "versions": json.dumps(_versions()),
+    }
+    for k in ("before", "after"):
+        if hasattr(result, k):
+            meta[k] = json.dumps(getattr(result, k).to_dict())
+    if extra:
+        meta["extra"] = json.dumps(extra)
+    tensors = state_dict_for_save(model)
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The parsed metadata of a ``.cuttree`` file (plan, arch, measurements), validated."""
+    from safetensors import safe_open
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"'{p}' does not exist; pass the path of a .cuttree file")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # safetensors raises several types for a bad header
+        raise FileFormatError(
+            f"'{p}' is not a cuttree file (not a valid safetensors file: {type(e).__name__}); pass a file written by cuttree"
+        ) from None
+    if meta.get("cuttree_format") != FORMAT_VERSION:
+        raise FileFormatError(
+            f"'{p}' is not a cuttree file (metadata cuttree_format={meta.get('cuttree_format')!r}, expected "
+            f"'{FORMAT_VERSION}'); pass a file written by `cuttree prune` or cuttree.save"
+        )
+    out: dict[str, Any] = {"arch": meta.get("arch", "")}
+    for k in ("plan", "arch_kwargs", "versions", "before", "after", "extra"):
+        if k in meta:
+            try:
+                out[k] = json.loads(meta[k])
+            except json.JSONDecodeError:
+                raise FileFormatError(f"'{p}': metadata '{k}' is not valid JSON; the file is corrupt") from None
+    if "plan" not in out:
+        raise FileFormatError(f"'{p}': no plan in the metadata; the file is corrupt")
+    out["plan"] = PruningPlan.from_dict(out["plan"])
+    return out
+
+
+def _parse_arch(arch: str) -> tuple[str, str]:
+    mod, sep, attr = arch.partition(":")
+    if not sep or not mod or not attr or not all(part.isidentifier() for part in [*mod.split("."), *attr.split(".")]):
+        raise ValueError(
+            f"arch '{arch}' is not an import path; write it as 'package.module:callable', e.g. torchvision.models:resnet18"
+        )
+    return mod, attr
+
+
+def resolve_arch(arch: str, trusted: Iterable[str] = ()) -> Callable[..., nn.Module]:
+    """Import ``module:callable``, only under trusted prefixes (a file must not run arbitrary code)."""
+    mod, attr = _parse_arch(arch)
+    allowed = (*TRUSTED_PREFIXES, *trusted)
+    if not any(mod == p or mod.startswith(p + ".") for p in allowed):
+        raise FileFormatError(
+            f"arch '{arch}' is outside the trusted modules {list(allowed)}; pass build= (a callable returning the "
+            "model) or trusted=['your.module'] to load it"
+        )
+    try:
+        obj: Any = importlib.import_module(mod)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"arch '{arch}' cannot be imported ({e}); install its package or fix the name") from None
+    if not callable(obj):
+        raise ValueError(f"arch '{arch}' is not callable; name a model class or factory function")
+    return obj  # type: ignore[no-any-return]
+
+
+def build_model(arch: str, arch_kwargs: dict[str, Any] | None = None, trusted: Iterable[str] = ()) -> nn.Module:
+    """Build ``arch(**arch_kwargs)`` and check that it is an ``nn.Module``."""
+    model = resolve_arch(arch, trusted)(**(arch_kwargs or {}))
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"arch '{arch}' returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def load(
+    path: str | Path,
+    build: Callable[[], nn.Module] | None = None,
+    trusted: Iterable[str] = (),
+) -> nn.Module:
+    """Rebuild the pruned model stored in ``path`` (weights loaded, eval mode)."""
+    from safetensors.torch import load_file
+
+    meta = read_metadata(path)
+    model = build() if build is not None else build_model(meta["arch"], meta.get("arch_kwargs"), trusted)
+    apply_plan(model, meta["plan"])
+    state = load_file(str(path))
+    load_state(model, state, str(path))
+    return model.eval()
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` strictly (tensors stored once for shared weights are fine), with clear errors."""
+    expected = model.state_dict()
+    # Checkpoints written by older PyTorch versions lack BN's step counter; it does not affect outputs.
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    aliased = {k for k in missing if any(expected[k] is v for kk, v in expected.items() if kk in state)}
+    unexpected = [k for k in state if k not in expected]
+    if unexpected or set(missing) - aliased:
+        bad = unexpected[:1] or sorted(set(missing) - aliased)[:1]
+        raise FileFormatError(
+            f"'{source}': tensor '{bad[0]}' does not match the architecture ({len(unexpected)} unexpected, "
+            f"{len(set(missing) - aliased)} missing); build the architecture the file was saved from"
+        )
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(expected[k].shape):
+            raise FileFormatError(
+                f"'{source}': tensor '{k}' has shape {tuple(v.shape)}, the model expects {tuple(expected[k].shape)}; "
+                "build the architecture the file was saved from"
+            )
+    model.load_state_dict(state, strict=False)
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a ``.safetensors`` or ``.pt``/``.pth`` state dict (the latter with ``weights_only=True``)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"weights file '{p}' does not exist; pass the path of a .safetensors or .pt file")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(p))
+        except Exception as e:  # a bad header raises several types
+            raise FileFormatError(f"weights file '{p}' is not a valid safetensors file ({type(e).__name__})") from None
+    elif p.suffix in (".pt", ".pth", ".bin"):
+        try:
+            state = torch.load(str(p), map_location="cpu", weights_only=True)
+        except Exception as e:  # weights_only refuses pickled code with UnpicklingError and others
+            first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+            raise FileFormatError(
+                f"weights file '{p}' is refused: not a plain state dict ({first}); cuttree never unpickles code — "
+                "convert it to .safetensors"
+            ) from None
+        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+            state = state["state_dict"]
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise FileFormatError(f"weights file '{p}' does not hold a state dict of tensors")
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    else:
+        raise ValueError(f"weights file '{p}' has suffix '{p.suffix}'; use .safetensors, .pt or .pth")
+    load_state(model, state, str(p))

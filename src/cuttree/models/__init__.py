@@ -1,0 +1,11 @@
+"""Architectures cuttree ships (trusted by ``cuttree.load``): the CIFAR-shaped models of its demos
+and benchmarks, written to match the pretrained weights in ``../shared/data``.
+
+>>> from cuttree.models import vgg16_bn_cifar
+>>> sum(p.numel() for p in vgg16_bn_cifar().parameters())
+14728266
+"""
+
+from cuttree.models.cifar import BasicBlock, CifarResNet, resnet20, resnet32, resnet44, resnet56, vgg16_bn_cifar
+
+__all__ = ["BasicBlock", "CifarResNet", "resnet20", "resnet32", "resnet44", "resnet56", "vgg16_bn_cifar"]

@@ -1,0 +1,139 @@
+"""One lookup table: per module type, its own (output) channel dims and the attributes to update.
+
+The tracer finds *which* dims are coupled from the ops that run; this table only says, for a
+module type, (a) which dims of its tensors are the module's own output channels (for naming
+groups and for ``ignore``), (b) whether it is a producer (a conv or linear layer, the natural
+name of a group), and (c) how to bring its attributes in line with its tensors after surgery.
+Types are looked up along the MRO, so subclasses (torchvision's ``LayerNorm2d``) are covered.
+
+>>> from torch import nn
+>>> rule_for_module(nn.Conv2d(3, 8, 3)).out_dims
+{'weight': 0, 'bias': 0}
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from torch import nn
+
+
+def _no_update(m: nn.Module) -> None:
+    """Modules whose forward reads only their tensors' shapes need no attribute update."""
+
+
+@dataclass(frozen=True)
+class ModuleRule:
+    """How one module type relates to channels."""
+
+    out_dims: Mapping[str, int] = field(default_factory=dict)
+    producer: bool = False
+    frozen: bool = False
+    scale: str | None = None  # a norm layer's γ, for the bn_scale criterion
+    act_dim: int = 1  # the channel dim of the module's output (producers)
+    update: Callable[[nn.Module], None] = _no_update
+
+
+MODULE_RULES: dict[type[nn.Module], ModuleRule] = {}
+_DEFAULT = ModuleRule()
+
+
+def module_rule(
+    *types: type[nn.Module], **kwargs: object
+) -> Callable[[Callable[[nn.Module], None]], Callable[[nn.Module], None]]:
+    """Register the decorated attribute updater (and the rule's fields) for module types."""
+
+    def deco(fn: Callable[[nn.Module], None]) -> Callable[[nn.Module], None]:
+        for t in types:
+            if t in MODULE_RULES:
+                warnings.warn(f"module rule for {t.__name__} replaced by {fn.__qualname__}", stacklevel=2)
+            MODULE_RULES[t] = ModuleRule(update=fn, **kwargs)  # type: ignore[arg-type]
+        return fn
+
+    return deco
+
+
+def rule_for_module(m: nn.Module) -> ModuleRule:
+    """The rule of ``m``'s type or its nearest registered base class."""
+    for t in type(m).__mro__:
+        rule = MODULE_RULES.get(t)
+        if rule is not None:
+            return rule
+    return _DEFAULT
+
+
+@module_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d, out_dims={"weight": 0, "bias": 0}, producer=True)
+def _conv(m: nn.Module) -> None:
+    assert isinstance(m, nn.modules.conv._ConvNd)
+    old_groups, old_in, old_out = m.groups, m.in_channels, m.out_channels
+    out = m.weight.shape[0]
+    if old_groups > 1 and old_groups == old_in:  # depthwise, channel multiplier out/in
+        m.groups = out // (old_out // old_groups)
+        m.in_channels = m.groups
+    else:
+        m.in_channels = m.weight.shape[1] * old_groups
+    m.out_channels = out
+
+
+@module_rule(
+    nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, out_dims={"weight": 1, "bias": 0}, producer=True
+)
+def _conv_transpose(m: nn.Module) -> None:
+    assert isinstance(m, nn.modules.conv._ConvTransposeNd)
+    old_groups, old_in = m.groups, m.in_channels
+    m.in_channels = m.weight.shape[0]
+    if old_groups > 1 and old_groups == old_in:
+        m.groups = m.in_channels
+    m.out_channels = m.weight.shape[1] * m.groups
+
+
+@module_rule(nn.Linear, out_dims={"weight": 0, "bias": 0}, producer=True, act_dim=-1)
+def _linear(m: nn.Module) -> None:
+    assert isinstance(m, nn.Linear)
+    m.out_features, m.in_features = m.weight.shape
+
+
+_NORM_DIMS = {"weight": 0, "bias": 0, "running_mean": 0, "running_var": 0}
+
+
+@module_rule(nn.modules.batchnorm._NormBase, out_dims=_NORM_DIMS, scale="weight")
+def _batch_norm(m: nn.Module) -> None:
+    assert isinstance(m, nn.modules.batchnorm._NormBase)
+    t = m.weight if m.weight is not None else m.running_mean
+    if t is not None:
+        m.num_features = t.shape[0]
+
+
+@module_rule(nn.LayerNorm, out_dims={"weight": 0, "bias": 0}, scale="weight")
+def _layer_norm(m: nn.Module) -> None:
+    assert isinstance(m, nn.LayerNorm)
+    if m.weight is not None:
+        m.normalized_shape = tuple(m.weight.shape)
+
+
+@module_rule(nn.GroupNorm, out_dims={"weight": 0, "bias": 0}, scale="weight")
+def _group_norm(m: nn.Module) -> None:
+    assert isinstance(m, nn.GroupNorm)
+    if m.weight is not None:
+        if m.num_groups == m.num_channels:
+            m.num_groups = m.weight.shape[0]
+        m.num_channels = m.weight.shape[0]
+
+
+@module_rule(nn.PReLU, out_dims={"weight": 0})
+def _prelu(m: nn.Module) -> None:
+    assert isinstance(m, nn.PReLU)
+    m.num_parameters = m.weight.numel()
+
+
+@module_rule(nn.Embedding, out_dims={"weight": 1})
+def _embedding(m: nn.Module) -> None:
+    assert isinstance(m, nn.Embedding)
+    m.embedding_dim = m.weight.shape[1]
+
+
+# MultiheadAttention's forward checks embed_dim/num_heads/head_dim against Python attributes on
+# paths the trace may not take (fast path vs. slow path), so its channels are kept as they are.
+MODULE_RULES[nn.MultiheadAttention] = ModuleRule(frozen=True)

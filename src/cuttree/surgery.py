@@ -1,0 +1,109 @@
+"""Apply a plan: the only code that changes tensor shapes.
+
+Each affected parameter or buffer is replaced by the slice that keeps its surviving positions
+(every module that shares it sees the new one), then the rules table brings module attributes
+in line, then, given example inputs, one forward pass checks the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_flatten
+
+from cuttree._util import eval_mode
+from cuttree.errors import SurgeryError
+from cuttree.plan import PruningPlan
+from cuttree.rules import rule_for_module
+
+
+def _owners(model: nn.Module) -> dict[str, list[tuple[nn.Module, str]]]:
+    """State-dict name of each tensor → every (module, attribute) that holds that tensor."""
+    by_id: dict[int, list[tuple[nn.Module, str]]] = {}
+    first: dict[int, str] = {}
+    for mod_name, mod in model.named_modules(remove_duplicate=False):
+        for attr, t in [*mod.named_parameters(recurse=False), *mod.named_buffers(recurse=False)]:
+            if t is None:
+                continue
+            full = f"{mod_name}.{attr}" if mod_name else attr
+            first.setdefault(id(t), full)
+            if (mod, attr) not in by_id.setdefault(id(t), []):
+                by_id[id(t)].append((mod, attr))
+    return {name: by_id[i] for i, name in first.items()}
+
+
+def check_shapes(model: nn.Module, plan: PruningPlan) -> None:
+    """Raise if ``model``'s tensors are not the shapes the plan was made for."""
+    state = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for name, shape in plan.shapes.items():
+        if name not in state:
+            raise SurgeryError(
+                f"the plan prunes tensor '{name}', which this model does not have; build the architecture the plan was made for"
+            )
+        if state[name] != shape:
+            raise SurgeryError(
+                f"tensor '{name}' has shape {state[name]}, the plan expects {shape}; build the architecture "
+                "(and arch_kwargs) the plan was made for"
+            )
+
+
+def apply_plan(
+    model: nn.Module,
+    plan: PruningPlan,
+    example_inputs: Sequence[Any] | None = None,
+    output_shapes: Sequence[torch.Size] | None = None,
+) -> nn.Module:
+    """Remove the plan's channels from ``model`` in place and return it.
+
+    With ``example_inputs``, runs one forward pass afterwards and checks that it works and,
+    with ``output_shapes``, that every output keeps its shape.
+    """
+    check_shapes(model, plan)
+    owners = _owners(model)
+    touched: dict[int, nn.Module] = {}
+    for name, dims in plan.removed_positions().items():
+        holders = owners[name]
+        mod, attr = holders[0]
+        old = getattr(mod, attr)
+        new = old.detach()
+        for d, pos in sorted(dims.items()):
+            keep = torch.ones(new.shape[d], dtype=torch.bool)
+            keep[torch.from_numpy(pos)] = False
+            new = new.index_select(d, keep.nonzero().squeeze(1).to(new.device))
+        new = new.contiguous()
+        value: torch.Tensor = (
+            nn.Parameter(new, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else new
+        )
+        for m, a in holders:
+            setattr(m, a, value)
+            touched[id(m)] = m
+        del old
+    for m in touched.values():
+        rule_for_module(m).update(m)
+    if example_inputs is not None:
+        _check_forward(model, example_inputs, output_shapes)
+    return model
+
+
+def _check_forward(model: nn.Module, example_inputs: Sequence[Any], output_shapes: Sequence[torch.Size] | None) -> None:
+    try:
+        with eval_mode(model), torch.no_grad():
+            out = model(*example_inputs)
+    except Exception as e:  # the user's forward failed on the pruned shapes: say so, keep the cause
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SurgeryError(
+            f"the pruned model fails its forward pass ({type(e).__name__}: {first}); the model's code probably "
+            "hard-codes a channel count: add the layer involved to 'ignore'"
+        ) from e
+    leaves = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+    if output_shapes is not None:
+        got = [t.shape for t in leaves]
+        if got != list(output_shapes):
+            raise SurgeryError(
+                f"the pruned model's outputs have shapes {[tuple(s) for s in got]}, the original's "
+                f"{[tuple(s) for s in output_shapes]}; the model's code probably hard-codes a channel count: "
+                "add the layer involved to 'ignore'"
+            )
