@@ -7,12 +7,15 @@ Decide, then do: trace → score → plan, all without touching the model; then 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import fnmatch
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -26,6 +29,7 @@ from cuttree.importance import CRITERIA, used_criterion
 from cuttree.measure import Measurements, measure
 from cuttree.plan import GroupPlan, PlanMember, PruningPlan
 from cuttree.surgery import apply_plan
+from cuttree.validate import repair
 
 
 @dataclass
@@ -128,8 +132,17 @@ def make_plan(
         ),
         shapes={n: graph.shapes[n] for g in graph.groups for n in {m.tensor for m in g.members}},
         macs_before=graph.macs,
-        macs_after=estimate_macs(graph, keeps),
         config=config.to_dict(),
+    )
+    plan, broken = repair(model, plan, example_inputs, graph.outputs)
+    if broken:
+        warnings.warn(
+            f"kept {len(broken)} group(s) whole because the model's code fixes their size: {', '.join(broken[:5])}"
+            + (" …" if len(broken) > 5 else ""),
+            stacklevel=2,
+        )
+    plan = dataclasses.replace(
+        plan, macs_after=estimate_macs(graph, [np.asarray(g.keep, dtype=np.int64) for g in plan])
     )
     return plan, graph
 

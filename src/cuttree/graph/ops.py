@@ -581,7 +581,8 @@ def prelu(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: An
     x, w = args[0], args[1]
     lx = st.get(x)
     if w.numel() > 1:
-        st.unify(lx[1], st.get(w)[0])
+        lw = st.get(w)
+        st.unify(lx[1], lw[1] if w.dim() == x.dim() else lw[0])
     st.set(out, lx)
 
 
