@@ -1,0 +1,157 @@
+"""Tiny hand-built models with exact expected groups, scores and kept channels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import cuttree
+from cuttree.graph.groups import build_graph
+from cuttree.graph.trace import named_tensors
+from cuttree.importance import CRITERIA
+
+
+def chain() -> nn.Sequential:
+    """conv(3→4) → BN → ReLU → conv(4→2); channel c of the first conv has |w| = c + 1."""
+    m = nn.Sequential(nn.Conv2d(3, 4, 1, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1, bias=False))
+    with torch.no_grad():
+        m[0].weight.copy_(torch.arange(1, 5, dtype=torch.float32).view(4, 1, 1, 1).expand(4, 3, 1, 1) / 3)
+        m[3].weight.zero_()
+    return m.eval()
+
+
+X = (torch.randn(1, 3, 4, 4),)
+
+
+def test_chain_group_members_exact() -> None:
+    g = build_graph(chain(), X)
+    assert [gr.name for gr in g.groups] == ["0"]
+    grp = g.groups[0]
+    assert grp.size == 4
+    assert {(m.tensor, m.dim) for m in grp.members} == {
+        ("0.weight", 0),
+        ("1.weight", 0),
+        ("1.bias", 0),
+        ("1.running_mean", 0),
+        ("1.running_var", 0),
+        ("3.weight", 1),
+    }
+    assert g.protected == {"3": "output"}
+
+
+def test_l1_scores_and_kept_channels_exact() -> None:
+    m = chain()
+    g = build_graph(m, X)
+    scores = CRITERIA["l1"](g.groups[0], named_tensors(m), {}, 0)
+    # conv weight |w| sums (c+1) plus BN γ = 1 and β = 0; the zeroed consumer adds nothing
+    np.testing.assert_allclose(scores, [1 + 1, 2 + 1, 3 + 1, 4 + 1])
+    r = cuttree.prune(m, X, cuttree.Config(ratio=0.5, latency_runs=0))
+    assert r.plan.groups[0].keep == (2, 3)
+    assert r.model[0].out_channels == 2 and r.model[1].num_features == 2 and r.model[3].in_channels == 2
+    torch.testing.assert_close(r.model[0].weight[:, 0, 0, 0], torch.tensor([1.0, 4 / 3]))
+
+
+def test_threshold_exact() -> None:
+    # scores 2, 3, 4, 5: below 0.7 × 5 = 3.5 are channels 0 and 1
+    r = cuttree.prune(chain(), X, cuttree.Config(threshold=0.7, latency_runs=0))
+    assert r.plan.groups[0].keep == (2, 3)
+    # with ratio as a second condition, at most a quarter goes
+    r = cuttree.prune(chain(), X, cuttree.Config(threshold=0.7, ratio=0.25, latency_runs=0))
+    assert r.plan.groups[0].keep == (1, 2, 3)
+
+
+def test_min_channels_and_round_to() -> None:
+    r = cuttree.prune(chain(), X, cuttree.Config(ratio=0.75, min_channels=2, latency_runs=0))
+    assert r.plan.groups[0].keep == (2, 3)
+    r = cuttree.prune(chain(), X, cuttree.Config(ratio=0.75, round_to=3, latency_runs=0))
+    assert r.plan.groups[0].keep == (1, 2, 3)
+
+
+def test_budget_that_empties_a_layer_is_an_error() -> None:
+    with pytest.raises(cuttree.PlanError, match="remove all 4 channels of '0'"):
+        cuttree.prune(chain(), X, cuttree.Config(ratio=1.0, latency_runs=0))
+
+
+class Cat(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 2, 1), nn.Conv2d(3, 3, 1), nn.Conv2d(5, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(torch.cat([self.a(x), self.b(x)], 1))
+
+
+def test_concat_offsets_exact() -> None:
+    g = build_graph(Cat(), X)
+    a, b = g.group("a"), g.group("b")
+    assert a.member("c.weight", 1).positions.tolist() == [0, 1]
+    assert b.member("c.weight", 1).positions.tolist() == [2, 3, 4]
+
+
+class FlattenNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 2, 1), nn.Linear(2 * 4 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.conv(x), 1))
+
+
+def test_flatten_blocks_exact() -> None:
+    g = build_graph(FlattenNet(), X)
+    m = g.group("conv").member("fc.weight", 1)
+    assert m.positions.tolist() == list(range(32))
+    assert m.channels.tolist() == [0] * 16 + [1] * 16
+    r = cuttree.prune(FlattenNet(), X, cuttree.Config(ratio=0.5, latency_runs=0))
+    assert r.model.fc.in_features == 16
+
+
+def test_depthwise_follows_its_input() -> None:
+    m = nn.Sequential(nn.Conv2d(3, 6, 1), nn.Conv2d(6, 6, 3, padding=1, groups=6), nn.Conv2d(6, 2, 1))
+    r = cuttree.prune(m, X, cuttree.Config(ratio=0.5, latency_runs=0))
+    dw = r.model[1]
+    assert (dw.in_channels, dw.out_channels, dw.groups) == (3, 3, 3)
+    assert len(r.plan.groups) == 1  # first conv, depthwise conv and last conv's input in one group
+
+
+def test_ignore_keeps_layer_outputs() -> None:
+    r = cuttree.prune(chain(), X, cuttree.Config(ratio=0.5, ignore=("0",), latency_runs=0))
+    assert r.plan.groups == () and r.model[0].out_channels == 4
+
+
+def test_override_of_output_layer_is_an_error() -> None:
+    cfg = cuttree.Config(ratio=0.5, layers={"3": {"ratio": 0.5}}, latency_runs=0)
+    with pytest.raises(cuttree.PlanError, match="produces a model output"):
+        cuttree.prune(chain(), X, cfg)
+
+
+def test_unknown_layer_names_suggest_a_match() -> None:
+    with pytest.raises(ValueError, match=r"unknown layer 'clasifier' — did you mean 'classifier'"):
+        m = nn.Sequential()
+        m.add_module("features", nn.Conv2d(3, 4, 1))
+        m.add_module("classifier", nn.Conv2d(4, 2, 1))
+        cuttree.prune(m, X, cuttree.Config(ratio=0.5, ignore=("clasifier",), latency_runs=0))
+
+
+def test_global_scope_removes_ratio_of_all_channels() -> None:
+    m = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.ReLU(), nn.Conv2d(8, 2, 1))
+    r = cuttree.prune(m, X, cuttree.Config(ratio=0.5, scope="global", latency_runs=0))
+    assert r.plan.channels_before == 16 and r.plan.channels_after == 8
+
+
+def test_macs_target_is_met_and_estimate_is_exact() -> None:
+    from cuttree.models import resnet20
+
+    m = resnet20()
+    x = (torch.randn(1, 3, 32, 32),)
+    r = cuttree.prune(m, x, cuttree.Config(macs_target=0.5, latency_runs=0))
+    assert r.after.macs <= 0.5 * r.before.macs
+    assert r.after.macs >= 0.45 * r.before.macs
+    assert r.plan.macs_after == r.after.macs
+
+
+def test_unreachable_macs_target_is_an_error() -> None:
+    with pytest.raises(cuttree.PlanError, match="unreachable"):
+        cuttree.prune(chain(), X, cuttree.Config(macs_target=0.01, latency_runs=0))
