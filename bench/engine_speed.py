@@ -4,7 +4,7 @@ Times trace + plan + apply at ratio 0.5 (L1 magnitude, local, classifier kept) f
 CIFAR-shaped VGG-16-BN, resnet18, resnet50, mobilenet_v2 and vit_b_16 (batch-1 example input),
 the median of ``--repeats`` fresh processes per tool and model; and the peak resident-memory
 growth during that call, as a multiple of the model's weight bytes (RSS sampled every 0.5 ms).
-Model construction is not timed.
+Model construction and one warm-up forward pass (done for both tools) are not timed.
 
     python bench/engine_speed.py [--repeats 7] [--models resnet18,vit_b_16]
 """
@@ -52,9 +52,10 @@ def worker(tool: str, name: str) -> dict[str, float]:
 
         cfg = cuttree.Config(ratio=0.5, latency_runs=0)
 
+        from cuttree.api import plan_and_apply
+
         def run() -> None:
-            plan, graph = cuttree.make_plan(model, (x,), cfg)
-            cuttree.apply_plan(model, plan, (x,), graph.outputs)
+            plan_and_apply(model, (x,), cfg, inplace=True)
     else:
         import torch_pruning as tp
 
@@ -68,6 +69,10 @@ def worker(tool: str, name: str) -> dict[str, float]:
             )
             pruner.step()
 
+    # One forward pass first, for both tools: the allocator's and oneDNN's first-run caches belong
+    # to running the model at all, not to pruning it.
+    with torch.no_grad():
+        model(x)
     base = _rss()
     peak = [base]
     done = threading.Event()

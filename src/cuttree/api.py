@@ -22,7 +22,7 @@ from torch import nn
 from cuttree import calibrate
 from cuttree.budget import GroupBudget, estimate_macs, search_macs, select
 from cuttree.config import Config
-from cuttree.errors import PlanError, did_you_mean
+from cuttree.errors import PlanError, SurgeryError, did_you_mean
 from cuttree.graph.groups import DependencyGraph, build_graph
 from cuttree.graph.trace import named_tensors
 from cuttree.importance import CRITERIA, used_criterion
@@ -103,8 +103,14 @@ def make_plan(
     example_inputs: Sequence[Any],
     config: Config,
     calib_data: Iterable[Any] | None = None,
+    validate: bool = True,
 ) -> tuple[PruningPlan, DependencyGraph]:
-    """Trace, score and plan; ``model`` is not modified."""
+    """Trace, score and plan; ``model`` is not modified.
+
+    With ``validate`` (the default) the plan is first tried on a shape-only copy of the model,
+    and groups whose pruning the model's code cannot take (a literal channel count in a
+    ``view``) are kept whole, with a warning.
+    """
     names = module_names(model)
     ignore = sorted({n for hits in resolve(config.ignore, names, "ignore").values() for n in hits})
     overrides = resolve(config.layers, names, "layers")
@@ -134,17 +140,26 @@ def make_plan(
         macs_before=graph.macs,
         config=config.to_dict(),
     )
+    if validate:
+        plan = _validated(model, plan, example_inputs, graph)
+    return dataclasses.replace(plan, macs_after=_estimate(graph, plan)), graph
+
+
+def _estimate(graph: DependencyGraph, plan: PruningPlan) -> int:
+    return estimate_macs(graph, [np.asarray(g.keep, dtype=np.int64) for g in plan])
+
+
+def _validated(
+    model: nn.Module, plan: PruningPlan, example_inputs: Sequence[Any], graph: DependencyGraph
+) -> PruningPlan:
     plan, broken = repair(model, plan, example_inputs, graph.outputs)
     if broken:
         warnings.warn(
             f"kept {len(broken)} group(s) whole because the model's code fixes their size: {', '.join(broken[:5])}"
             + (" …" if len(broken) > 5 else ""),
-            stacklevel=2,
+            stacklevel=3,
         )
-    plan = dataclasses.replace(
-        plan, macs_after=estimate_macs(graph, [np.asarray(g.keep, dtype=np.int64) for g in plan])
-    )
-    return plan, graph
+    return dataclasses.replace(plan, macs_after=_estimate(graph, plan))
 
 
 def _budgets(graph: DependencyGraph, cfg: Config, overrides: dict[str, list[str]]) -> list[GroupBudget]:
@@ -213,20 +228,39 @@ def prune(
     example_inputs = tuple(example_inputs) if isinstance(example_inputs, list) else example_inputs
     before = measure(model, example_inputs, config.latency_runs)
     t0 = time.perf_counter()
-    plan, graph = make_plan(model, example_inputs, config, calib_data)
+    work, plan, graph = plan_and_apply(model, example_inputs, config, calib_data, inplace)
     t1 = time.perf_counter()
-    work = model if inplace else copy.deepcopy(model)
-    apply_plan(work, plan, example_inputs, graph.outputs)
-    t2 = time.perf_counter()
     after = measure(work, example_inputs, config.latency_runs)
     return PruneResult(
         model=work,
         plan=plan,
         before=before,
         after=after,
-        timings={"plan_s": t1 - t0, "apply_s": t2 - t1},
+        timings={"engine_s": t1 - t0},
         unsupported_ops=graph.unsupported,
     )
+
+
+def plan_and_apply(
+    model: nn.Module,
+    example_inputs: Sequence[Any],
+    config: Config,
+    calib_data: Iterable[Any] | None = None,
+    inplace: bool = False,
+) -> tuple[nn.Module, PruningPlan, DependencyGraph]:
+    """The engine without measurements: trace, score, plan, surgery, forward check.
+
+    The plan is tried for real first (surgery is all or nothing); only if the forward check
+    fails is it repaired on shape-only copies (see :func:`make_plan`'s ``validate``) and
+    applied again.
+    """
+    plan, graph = make_plan(model, example_inputs, config, calib_data, validate=False)
+    work = model if inplace else copy.deepcopy(model)
+    try:
+        return apply_plan(work, plan, example_inputs, graph.outputs), plan, graph
+    except SurgeryError:
+        plan = _validated(model, plan, example_inputs, graph)
+        return apply_plan(work, plan, example_inputs, graph.outputs), plan, graph
 
 
 def keep_fraction(plan: PruningPlan) -> float:

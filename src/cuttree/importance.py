@@ -46,15 +46,15 @@ def criterion(name: str) -> Callable[[Criterion], Criterion]:
 
 def per_position(t: torch.Tensor, dim: int, fn: str) -> np.ndarray:
     """Reduce ``t`` over every dim but ``dim``: ``sum_abs`` or ``sum_sq`` or ``sum``."""
-    x = t.detach().to(torch.float64)
-    x = x.movedim(dim, 0).reshape(x.shape[dim], -1)
+    x = t.detach()
+    others = [d for d in range(x.dim()) if d != dim]
     if fn == "sum_abs":
-        r = x.abs().sum(1)
+        r = x.abs().sum(others) if others else x.abs()
     elif fn == "sum_sq":
-        r = (x * x).sum(1)
+        r = (x * x).sum(others) if others else x * x
     else:
-        r = x.sum(1)
-    return r.numpy()
+        r = x.sum(others) if others else x
+    return r.double().numpy()
 
 
 def _accumulate(group: Group, members: list[Member], values: list[np.ndarray]) -> np.ndarray:

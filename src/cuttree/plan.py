@@ -111,7 +111,10 @@ class PruningPlan:
                 pos = m.positions[gone[m.channels]]
                 if len(pos):
                     out.setdefault(m.tensor, {}).setdefault(m.dim, []).append(pos)
-        return {t: {d: np.unique(np.concatenate(ps)) for d, ps in dims.items()} for t, dims in out.items()}
+        return {
+            t: {d: np.unique(np.concatenate(ps)) if len(ps) > 1 else np.sort(ps[0]) for d, ps in dims.items()}
+            for t, dims in out.items()
+        }
 
     def table(self, limit: int | None = None) -> str:
         """A readable table: group, channels before → after, criterion, coupled tensors."""

@@ -59,10 +59,12 @@ def apply_plan(
     """Remove the plan's channels from ``model`` in place and return it.
 
     With ``example_inputs``, runs one forward pass afterwards and checks that it works and,
-    with ``output_shapes``, that every output keeps its shape.
+    with ``output_shapes``, that every output keeps its shape. All or nothing: if the check
+    fails, the model is restored as it was and :class:`SurgeryError` is raised.
     """
     check_shapes(model, plan)
     owners = _owners(model)
+    undo: list[tuple[nn.Module, str, torch.Tensor]] = []
     touched: dict[int, nn.Module] = {}
     for name, dims in plan.removed_positions().items():
         holders = owners[name]
@@ -74,17 +76,25 @@ def apply_plan(
             keep[torch.from_numpy(pos)] = False
             new = new.index_select(d, keep.nonzero().squeeze(1).to(new.device))
         new = new.contiguous()
-        value: torch.Tensor = (
-            nn.Parameter(new, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else new
-        )
+        value = nn.Parameter(new, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else new
         for m, a in holders:
+            undo.append((m, a, getattr(m, a)))
             setattr(m, a, value)
             touched[id(m)] = m
         del old
-    for m in touched.values():
-        rule_for_module(m).update(m)
-    if example_inputs is not None:
-        _check_forward(model, example_inputs, output_shapes)
+    attrs = {i: {k: v for k, v in vars(m).items() if not k.startswith("_")} for i, m in touched.items()}
+    try:
+        for m in touched.values():
+            rule_for_module(m).update(m)
+        if example_inputs is not None:
+            _check_forward(model, example_inputs, output_shapes)
+    except Exception:
+        # All or nothing: put every tensor and attribute back, so a failed surgery leaves the model as it was.
+        for m, a, t in reversed(undo):
+            setattr(m, a, t)
+        for i, m in touched.items():
+            vars(m).update(attrs[i])
+        raise
     return model
 
 

@@ -163,11 +163,11 @@ def _group(
     comp_group = np.full(ncomp, -1, dtype=np.int64)
     for gi, (g_start, g_end) in enumerate(zip(np.r_[0, bounds], np.r_[bounds, len(G)], strict=True)):
         gk, gp, gc = K[g_start:g_end], P[g_start:g_end], C[g_start:g_end]
-        # Channel order: by position in the group's first tensor dim.
-        first = gk == gk[0]
-        chans, idx = np.unique(gc[first], return_index=True)
-        chans = chans[np.argsort(gp[first][idx], kind="stable")]
+        # Channel order: first occurrence in the group's first tensor dim (positions are sorted).
+        c0 = gc[gk == gk[0]]
         rank = np.full(ncomp, -1, dtype=np.int64)
+        rank[c0[::-1]] = np.arange(len(c0) - 1, -1, -1)
+        chans = c0[rank[c0] == np.arange(len(c0))]
         rank[chans] = np.arange(len(chans))
         comp_group[chans] = (gi << 32) + np.arange(len(chans))
         kb = np.flatnonzero(np.diff(gk)) + 1
@@ -217,14 +217,16 @@ def _dedupe_names(groups: list[Group]) -> list[Group]:
 
 def _protected(res: TraceResult, comp: np.ndarray, modules: dict[str, nn.Module]) -> dict[str, str]:
     """Modules whose own output channels are all pinned, with the reason (for messages)."""
-    why_comp = {int(comp[int(p)]): p for p in reversed(Pin)}
+    reason = np.full(int(comp.max()) + 1, -1, dtype=np.int64)
+    for p in reversed(Pin):  # the lowest reason wins where sentinels share a component
+        reason[comp[int(p)]] = int(p)
     out: dict[str, str] = {}
     for name, labs in res.tensors.items():
         mod_name, attr = _module_of(name)
         d = rule_for_module(modules[mod_name]).out_dims.get(attr)
         if d is None or labs[d] is None:
             continue
-        cs = np.unique(comp[labs[d]])
-        if all(int(c) in why_comp for c in cs):
-            out.setdefault(mod_name, why_comp[int(cs[0])].name.lower())
+        r = reason[comp[labs[d]]]
+        if (r >= 0).all():
+            out.setdefault(mod_name, Pin(int(r[0])).name.lower())
     return out

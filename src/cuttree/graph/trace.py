@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
@@ -124,9 +126,6 @@ def trace(
 
 def components(state: LabelState) -> np.ndarray:
     """Connected components of the recorded unions: element id → component id."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     n = state.next_id
     if state.union_a:
         a = np.concatenate(state.union_a)
