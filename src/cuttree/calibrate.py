@@ -51,11 +51,11 @@ def batches(
         )
 
 
-def task_loss(out: Any, y: torch.Tensor, mode: str) -> torch.Tensor:
-    """Cross-entropy on the first output: logits (N, C) or per-pixel maps (N, C, H, W); 255 is ignored."""
+def task_loss(out: Any, y: torch.Tensor, mode: str, ignore_index: int = 255) -> torch.Tensor:
+    """Cross-entropy on the first output: logits (N, C) or per-pixel maps (N, C, H, W)."""
     logits = out if isinstance(out, torch.Tensor) else next(iter(out.values())) if isinstance(out, dict) else out[0]
     if mode == "segmentation":
-        return F.cross_entropy(logits, y.long(), ignore_index=255)
+        return F.cross_entropy(logits, y.long(), ignore_index=ignore_index)
     return F.cross_entropy(logits, y.long())
 
 
@@ -67,7 +67,7 @@ def gradients(model: nn.Module, data: Iterable[Any] | None, cfg: Config) -> dict
         for x, y in batches(data, cfg, need_labels=True):
             model.zero_grad(set_to_none=True)
             assert y is not None
-            task_loss(model(x), y, cfg.mode).backward()
+            task_loss(model(x), y, cfg.mode, cfg.finetune.ignore_index).backward()
             for k, p in params.items():
                 if p.grad is not None:
                     grads[k] += p.grad

@@ -35,6 +35,29 @@ class LayerOverride(BaseModel):
     min_channels: int | None = Field(default=None, ge=1)
 
 
+class FinetuneConfig(BaseModel):
+    """How to recover accuracy after pruning (``finetune:`` in the YAML)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epochs: float = Field(default=1.0, gt=0.0)
+    batch_size: int = Field(default=64, gt=0)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(default=0.01, gt=0.0)
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(default=5e-4, ge=0.0)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    step_epochs: float = Field(default=1.0, gt=0.0)
+    gamma: float = Field(default=0.1, gt=0.0, le=1.0)
+    warmup_steps: int = Field(default=0, ge=0)
+    distill: float = Field(default=0.0, ge=0.0, le=1.0)
+    temperature: float = Field(default=4.0, gt=0.0)
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    checkpoint_every: int = Field(default=100, ge=0)
+    ignore_index: int = 255
+    bn_recalibrate: bool = True
+
+
 class Config(BaseModel):
     """What to prune and how.
 
@@ -46,6 +69,8 @@ class Config(BaseModel):
     - ``ratio``: the fraction of each group's channels to remove (``scope: global`` ranks all
       groups together). With ``threshold`` too, a channel goes only if both select it.
     - ``macs_target``: the fraction of the original MACs to keep (e.g. 0.5 halves them).
+    - ``steps``: reach the target in this many prune → fine-tune rounds.
+    - ``finetune``: the recovery settings (:class:`FinetuneConfig`).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -64,6 +89,8 @@ class Config(BaseModel):
     calib_samples: int = Field(default=256, gt=0)
     seed: int = 0
     latency_runs: int = Field(default=10, ge=0)
+    steps: int = Field(default=1, ge=1)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
 
     def __init__(self, **data: Any) -> None:
         try:
