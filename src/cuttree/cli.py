@@ -43,8 +43,10 @@ def _json_obj(text: str) -> dict[str, Any]:
     return v
 
 
-def _config(args: argparse.Namespace) -> Config:
+def _config(args: argparse.Namespace, need_target: bool = True) -> Config:
     sets = parse_set(args.set or [])
+    if not need_target and not any(k in sets for k in ("ratio", "threshold", "macs_target")):
+        sets["ratio"] = 0.0  # fine-tuning alone: the config's target is not used
     if args.config:
         return Config.from_yaml(args.config, sets)
     return Config(**sets)
@@ -108,6 +110,86 @@ def cmd_layers(args: argparse.Namespace) -> int:
     return 0
 
 
+def data_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--data", required=True, help="digits, cifar10, mnist, imagefolder:PATH")
+    sp.add_argument("--limit", type=int, default=None, help="use this many images per split")
+
+
+def _data(args: argparse.Namespace, split: str) -> Any:
+    from cuttree.data import load_dataset
+
+    name, _, path = args.data.partition(":")
+    kw: dict[str, Any] = {}
+    if args.limit and name != "digits":
+        kw["limit"] = args.limit
+    if path:
+        kw["path"] = path
+    return load_dataset(name, split, **kw)
+
+
+def _log(args: argparse.Namespace) -> Any:
+    return (lambda msg: None) if getattr(args, "quiet", False) else (lambda msg: print(msg, flush=True))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from cuttree.job import metric_name, report_table, run_job
+
+    cfg = _config(args)
+    model = _model(args)
+    torch.manual_seed(cfg.seed)
+    x = (torch.randn(*args.input_shape),)
+    report = run_job(
+        model, x, cfg, _data(args, "train"), _data(args, "test"), args.out, args.arch, args.arch_kwargs, _log(args)
+    )
+    print(report_table(report, metric_name(cfg)))
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from cuttree.measure import evaluate
+    from cuttree.train import finetune, init_distributed
+
+    rank, size = init_distributed()
+    cfg = _config(args, need_target=False)
+    meta = io.read_metadata(args.model)
+    model = io.load(args.model, trusted=[meta["arch"].partition(":")[0]]).train()
+    teacher = None
+    if args.teacher:
+        teacher = io.build_model(meta["arch"], meta.get("arch_kwargs"), trusted=[meta["arch"].partition(":")[0]])
+        io.load_weights(teacher, args.teacher)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    state = finetune(
+        model,
+        _data(args, "train"),
+        cfg,
+        teacher=teacher,
+        run_dir=out,
+        resume=args.resume,
+        log=_log(args) if rank == 0 else (lambda m: None),
+        max_steps=args.max_steps,
+    )
+    digest = sum(float(p.double().sum()) for p in model.parameters())
+    print(f"rank {rank}/{size}: step {state['step']}/{state['total']} weights checksum {digest:.10f}", flush=True)
+    if rank == 0 and state["step"] == state["total"]:
+        io.save(model, out / "model.cuttree", arch=meta["arch"], arch_kwargs=meta.get("arch_kwargs"), plan=meta["plan"])
+        m = evaluate(model, _data(args, "test"), cfg.mode, ignore_index=cfg.finetune.ignore_index)
+        print(" ".join(f"{k} {v:.2f}" for k, v in m.items() if not k.startswith("iou_")))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from cuttree.measure import evaluate
+
+    meta = io.read_metadata(args.model)
+    model = io.load(args.model, trusted=[meta["arch"].partition(":")[0]])
+    mode = args.mode or meta["plan"].config.get("mode", "classification")
+    m = evaluate(model, _data(args, args.split), mode)
+    print(" ".join(f"{k} {v:.2f}" for k, v in m.items() if not k.startswith("iou_")))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from cuttree.demo import run_demo
 
@@ -145,8 +227,39 @@ def parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("demo", help="the main job on the embedded default data")
     sp.add_argument("--out-dir", default="runs/demo")
+    sp.add_argument("--data", default="digits", help="digits (default, shipped by scikit-learn), cifar10, mnist")
+    sp.add_argument("--limit", type=int, default=None, help="images per split (cifar10/mnist)")
     sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    sp.add_argument("--quiet", action="store_true", help="no per-step log lines")
     sp.set_defaults(func=cmd_demo)
+
+    sp = sub.add_parser("run", help="prune, fine-tune (with distillation) and report: the whole job")
+    model_args(sp)
+    data_args(sp)
+    sp.add_argument("--config", help="YAML config")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    sp.add_argument("--out", required=True, help="run folder")
+    sp.add_argument("--quiet", action="store_true", help="no per-step log lines")
+    sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("finetune", help="fine-tune a .cuttree model (resumable; runs under torchrun)")
+    sp.add_argument("model", help="a .cuttree file")
+    data_args(sp)
+    sp.add_argument("--teacher", help="weights of the unpruned model (.safetensors/.pt) to distil from")
+    sp.add_argument("--config", help="YAML config (its finetune: section is used)")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    sp.add_argument("--out", required=True, help="run folder (checkpoints, model.cuttree)")
+    sp.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    sp.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (testing)")
+    sp.add_argument("--quiet", action="store_true", help="no per-step log lines")
+    sp.set_defaults(func=cmd_finetune)
+
+    sp = sub.add_parser("eval", help="evaluate a .cuttree model on a dataset")
+    sp.add_argument("model", help="a .cuttree file")
+    data_args(sp)
+    sp.add_argument("--split", default="test")
+    sp.add_argument("--mode", choices=["classification", "segmentation"], default=None)
+    sp.set_defaults(func=cmd_eval)
     return p
 
 

@@ -120,7 +120,7 @@ class Config(BaseModel):
             raise ValueError(f"config file '{p}' is not valid YAML{where}; fix its syntax") from None
         if not isinstance(data, dict):
             raise ValueError(f"config file '{p}' must hold a mapping of keys, got {type(data).__name__}")
-        return cls(**{**data, **(overrides or {})})
+        return cls(**merge(data, overrides or {}))
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config, as plain data (what is written next to every output)."""
@@ -128,17 +128,29 @@ class Config(BaseModel):
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
-    """``["ratio=0.5", "ignore=[fc]"]`` → ``{"ratio": 0.5, "ignore": ["fc"]}`` (values are YAML).
+    """``["ratio=0.5", "finetune.epochs=2"]`` → nested dict (values are YAML; dots nest).
 
-    >>> parse_set(["ratio=0.5", "criterion=l2"])
-    {'ratio': 0.5, 'criterion': 'l2'}
+    >>> parse_set(["ratio=0.5", "criterion=l2", "finetune.epochs=2"])
+    {'ratio': 0.5, 'criterion': 'l2', 'finetune': {'epochs': 2}}
     """
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--set '{item}': expected KEY=VALUE, e.g. --set ratio=0.5")
-        out[key.strip()] = yaml.safe_load(value)
+        *parents, leaf = key.strip().split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``, nested mappings merged key by key."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 

@@ -97,3 +97,58 @@ def measure(model: nn.Module, example_inputs: Sequence[Any], latency_runs: int =
         batch_size=int(first.shape[0]) if first is not None and first.dim() else 1,
         threads=torch.get_num_threads(),
     )
+
+
+def evaluate(
+    model: nn.Module, data: Any, mode: str = "classification", batch_size: int = 256, ignore_index: int = 255
+) -> dict[str, float]:
+    """The task metric on ``data`` (a dataset of ``(x, y)``): top-1/top-5 accuracy in % for
+    classification; pixel accuracy and mean IoU in % for segmentation (``ignore_index`` skipped).
+
+    >>> import torch
+    >>> m = torch.nn.Linear(2, 2)
+    >>> with torch.no_grad():
+    ...     _ = m.weight.copy_(torch.eye(2)); _ = m.bias.zero_()
+    >>> data = [(torch.tensor([1.0, 0.0]), 0), (torch.tensor([0.0, 1.0]), 0)]
+    >>> evaluate(m, data)["top1"]
+    50.0
+    """
+    from torch.utils.data import default_collate
+
+    n = len(data)
+    device = next(model.parameters()).device
+    correct1 = correct5 = total = 0
+    conf: torch.Tensor | None = None
+    with eval_mode(model), torch.inference_mode():
+        for s in range(0, n, batch_size):
+            x, y = default_collate([data[i] for i in range(s, min(s + batch_size, n))])
+            out = model(x.to(device))
+            logits = (
+                out if isinstance(out, torch.Tensor) else next(iter(out.values())) if isinstance(out, dict) else out[0]
+            )
+            y = y.to(device)
+            if mode == "segmentation":
+                k = logits.shape[1]
+                pred = logits.argmax(1)
+                valid = y != ignore_index
+                idx = y[valid].long() * k + pred[valid]
+                c = torch.bincount(idx, minlength=k * k).reshape(k, k).cpu()
+                conf = c if conf is None else conf + c
+                continue
+            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            hit = top == y.view(-1, 1)
+            correct1 += int(hit[:, 0].sum())
+            correct5 += int(hit.any(1).sum())
+            total += len(y)
+    if mode == "segmentation":
+        assert conf is not None
+        inter = conf.diag().double()
+        union = conf.sum(0).double() + conf.sum(1).double() - inter
+        present = conf.sum(1) > 0
+        iou = torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
+        return {
+            "miou": float(iou[present].mean() * 100),
+            "pixel_acc": float(inter.sum() / conf.sum().clamp(min=1) * 100),
+            **{f"iou_{i}": float(v * 100) for i, v in enumerate(iou.tolist())},
+        }
+    return {"top1": 100.0 * correct1 / max(total, 1), "top5": 100.0 * correct5 / max(total, 1)}

@@ -185,3 +185,30 @@ def _get(d: dict[str, Any], key: str, typ: type) -> Any:
     if key not in d or not isinstance(d[key], typ) or (typ is int and isinstance(d[key], bool)):
         raise FileFormatError(f"plan field '{key}' is missing or not a {typ.__name__}; the file is corrupt")
     return d[key]
+
+
+def compose(first: PruningPlan, second: PruningPlan) -> PruningPlan:
+    """The plan that takes the original model straight to what ``second`` makes of ``first``'s result.
+
+    Groups are matched by name and tensor dims; ``second``'s channel *i* of a group is
+    ``first``'s kept channel ``keep[i]``.
+    """
+    from cuttree.errors import PlanError
+
+    by_name = {g.name: g for g in first.groups}
+    later = {g.name: g for g in second.groups}
+    groups = []
+    for g1 in first.groups:
+        g2 = later.get(g1.name)
+        if g2 is None:
+            groups.append(g1)
+            continue
+        if {(m.tensor, m.dim) for m in g1.members} != {(m.tensor, m.dim) for m in g2.members} or g2.size != len(
+            g1.keep
+        ):
+            raise PlanError(f"cannot compose plans: group '{g1.name}' couples different tensors in the second plan")
+        groups.append(GroupPlan(g1.name, g1.size, tuple(g1.keep[i] for i in g2.keep), g1.members, g2.criterion))
+    extra = [n for n in later if n not in by_name]
+    if extra:
+        raise PlanError(f"cannot compose plans: group '{extra[0]}' of the second plan is not in the first")
+    return PruningPlan(tuple(groups), first.shapes, first.macs_before, second.macs_after, second.config)

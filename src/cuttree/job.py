@@ -1,0 +1,140 @@
+"""The whole job: measure → (prune → recalibrate BN → fine-tune) × steps → measure → save.
+
+A run folder gets the resolved ``config.yaml``, ``report.json`` (before/after params, MACs, size,
+latency, metric, and the per-step history) and ``model.cuttree`` (the composed plan, so it loads
+from the original architecture).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from torch import nn
+
+from cuttree import io
+from cuttree.api import plan_and_apply
+from cuttree.config import Config
+from cuttree.measure import evaluate, measure
+from cuttree.plan import PruningPlan, compose
+from cuttree.train import Log, finetune, recalibrate_bn, world
+
+
+def step_config(cfg: Config, step: int) -> Config:
+    """The config of one of ``cfg.steps`` rounds: each keeps the same fraction of what is left.
+
+    >>> step_config(Config(ratio=0.75, steps=2), 0).ratio
+    0.5
+    """
+    n = cfg.steps
+    upd: dict[str, Any] = {"steps": 1}
+    if cfg.ratio is not None:
+        upd["ratio"] = 1 - (1 - cfg.ratio) ** (1 / n)
+    if cfg.macs_target is not None:
+        # step i keeps target^((i+1)/n) of the original MACs; the planner sees the current model
+        upd["macs_target"] = cfg.macs_target ** (1 / n)
+    ft = cfg.finetune.model_copy(update={"epochs": cfg.finetune.epochs / n})
+    return cfg.model_copy(update={**upd, "finetune": ft})
+
+
+def metric_name(cfg: Config) -> str:
+    return "miou" if cfg.mode == "segmentation" else "top1"
+
+
+def run_job(
+    model: nn.Module,
+    example_inputs: Sequence[Any],
+    cfg: Config,
+    train_data: Any,
+    test_data: Any,
+    out_dir: str | Path,
+    arch: str,
+    arch_kwargs: dict[str, Any] | None = None,
+    log: Log = print,
+) -> dict[str, Any]:
+    """Prune ``model`` to ``cfg``'s target in ``cfg.steps`` rounds with fine-tuning; write the run folder."""
+    out = Path(out_dir)
+    rank, _ = world()
+    key = metric_name(cfg)
+    teacher = copy.deepcopy(model).eval()
+    t0 = time.perf_counter()
+    before = measure(model, example_inputs, cfg.latency_runs)
+    metric_before = evaluate(model, test_data, cfg.mode, ignore_index=cfg.finetune.ignore_index)
+    log(f"dense: {key} {metric_before[key]:.2f}  params {before.params:,}  MACs {before.macs:,}")
+    history: list[dict[str, Any]] = []
+    plan: PruningPlan | None = None
+    current = model
+    for i in range(cfg.steps):
+        scfg = step_config(cfg, i)
+        current, step_plan, _ = plan_and_apply(current, example_inputs, scfg)
+        plan = step_plan if plan is None else compose(plan, step_plan)
+        if cfg.finetune.bn_recalibrate:
+            recalibrate_bn(current, train_data, scfg)
+        pruned_metric = evaluate(current, test_data, cfg.mode, ignore_index=cfg.finetune.ignore_index)
+        log(f"step {i + 1}/{cfg.steps}: pruned, {key} {pruned_metric[key]:.2f} before fine-tuning")
+        ft_dir = out / f"step{i + 1}"
+        ft_dir.mkdir(parents=True, exist_ok=True)
+        fstate = finetune(current, train_data, scfg, teacher=teacher, run_dir=ft_dir, log=log)
+        tuned = evaluate(current, test_data, cfg.mode, ignore_index=cfg.finetune.ignore_index)
+        log(f"step {i + 1}/{cfg.steps}: fine-tuned, {key} {tuned[key]:.2f}")
+        history.append(
+            {
+                "step": i + 1,
+                "config": scfg.to_dict(),
+                "plan_channels": [step_plan.channels_before, step_plan.channels_after],
+                "metric_after_pruning": pruned_metric,
+                "metric_after_finetune": tuned,
+                "finetune_steps": fstate["total"],
+                "final_loss": fstate["history"][-1]["loss"] if fstate["history"] else None,
+            }
+        )
+    assert plan is not None
+    after = measure(current, example_inputs, cfg.latency_runs)
+    metric_after = history[-1]["metric_after_finetune"]
+    report = {
+        "config": cfg.to_dict(),
+        "arch": arch,
+        "before": {**before.to_dict(), "metric": metric_before},
+        "after": {**after.to_dict(), "metric": metric_after},
+        "history": history,
+        "seconds": time.perf_counter() - t0,
+    }
+    if rank == 0:
+        io.save(
+            current,
+            out / "model.cuttree",
+            arch=arch,
+            arch_kwargs=arch_kwargs,
+            plan=plan,
+            extra={"metric_before": metric_before, "metric_after": metric_after},
+        )
+        io.atomic_write(out / "report.json", lambda p: p.write_text(json.dumps(report, indent=1)))
+        io.atomic_write(out / "config.yaml", lambda p: p.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
+    report["model"] = current
+    return report
+
+
+def report_table(report: dict[str, Any], key: str) -> str:
+    """Before/after rows for a job report: metric, params, MACs, size, latency."""
+    b, a = report["before"], report["after"]
+
+    def row(name: str, x: float | None, y: float | None, fmt: str, better: str) -> str:
+        if x is None or y is None:
+            return f"{name:14s} {'—':>14s} {'—':>14s}"
+        ch = f"{x / y:.2f}× {better}" if y else "—"
+        return f"{name:14s} {format(x, fmt):>14s} {format(y, fmt):>14s}  {ch}"
+
+    lines = [
+        f"{'':14s} {'before':>14s} {'after':>14s}  change",
+        f"{key:14s} {b['metric'][key]:>13.2f}% {a['metric'][key]:>13.2f}%  {a['metric'][key] - b['metric'][key]:+.2f} points",
+        row("parameters", b["params"], a["params"], ",", "smaller"),
+        row("MACs", b["macs"], a["macs"], ",", "smaller"),
+        row("size (MB)", b["size_bytes"] / 1e6, a["size_bytes"] / 1e6, ".2f", "smaller"),
+        row("latency (ms)", b["latency_ms"], a["latency_ms"], ".2f", "faster"),
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,162 @@
+"""Fine-tuning: exact losses and schedules, resume after a kill, DDP on CPU, BN recalibration, plan composition."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import cuttree
+from cuttree.config import FinetuneConfig
+from cuttree.plan import compose
+from cuttree.train import distill_loss, finetune, lr_at, recalibrate_bn
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny() -> nn.Module:
+    torch.manual_seed(3)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout(0.2),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4),
+    )  # fmt: skip
+
+
+def data(n: int = 64) -> TensorDataset:
+    g = torch.Generator().manual_seed(5)
+    return TensorDataset(torch.randn(n, 3, 8, 8, generator=g), torch.randint(0, 4, (n,), generator=g))
+
+
+def cfg(**ft: object) -> cuttree.Config:
+    return cuttree.Config(ratio=0.0, finetune={"epochs": 2, "batch_size": 8, "checkpoint_every": 1, **ft})
+
+
+def test_distill_loss_exact() -> None:
+    s, t = torch.tensor([[1.0, 2.0, 0.5]]), torch.tensor([[0.5, 1.0, 3.0]])
+    T = 2.0
+    ps, pt = torch.softmax(s / T, 1), torch.softmax(t / T, 1)
+    want = (pt * (pt.log() - ps.log())).sum() * T * T
+    torch.testing.assert_close(distill_loss(s, t, T), want)
+    assert distill_loss(s, s, T).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_lr_schedules_exact() -> None:
+    ft = FinetuneConfig(lr=0.1, schedule="step", step_epochs=1, gamma=0.5)
+    assert [lr_at(s, 40, 10, ft) for s in (0, 9, 10, 25)] == [0.1, 0.1, 0.05, 0.025]
+    cos = FinetuneConfig(lr=0.1, warmup_steps=2)
+    assert lr_at(0, 10, 5, cos) == pytest.approx(0.05)
+    assert lr_at(5, 10, 5, cos) == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi / 2)))
+
+
+def test_resume_after_kill_gives_identical_weights(tmp_path: Path) -> None:
+    full = tiny()
+    finetune(full, data(), cfg(distill=0.5), teacher=tiny(), run_dir=tmp_path / "a", log=lambda m: None)
+    killed = tiny()
+    s = finetune(
+        killed, data(), cfg(distill=0.5), teacher=tiny(), run_dir=tmp_path / "b", max_steps=5, log=lambda m: None
+    )
+    assert s["step"] == 5 < s["total"] == 16
+    torch.manual_seed(123)  # a new process: the RNG must come from the checkpoint
+    resumed = tiny()
+    finetune(resumed, data(), cfg(distill=0.5), teacher=tiny(), run_dir=tmp_path / "b", resume=True, log=lambda m: None)
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        finetune(tiny(), data(), cfg(), run_dir=tmp_path, resume=True)
+
+
+def test_bn_recalibration_needs_min_samples() -> None:
+    m = tiny()
+    c = cuttree.Config(ratio=0.0, min_samples=100)
+    with pytest.raises(ValueError, match="has 64 samples; min_samples=100"):
+        recalibrate_bn(m, data(64), c)
+    ok = cuttree.Config(ratio=0.0, min_samples=64, calib_samples=64)
+    assert recalibrate_bn(m, data(64), ok) == 64
+    x = torch.stack([data(64)[i][0] for i in range(64)])
+    torch.testing.assert_close(m[1].running_mean, m[0](x).mean((0, 2, 3)).detach(), rtol=1e-4, atol=1e-5)
+
+
+def test_compose_equals_two_prunings() -> None:
+    from cuttree.models import resnet20
+
+    m = resnet20().eval()
+    x = (torch.randn(2, 3, 32, 32),)
+    r1 = cuttree.prune(m, x, cuttree.Config(ratio=0.3, latency_runs=0))
+    r2 = cuttree.prune(r1.model, x, cuttree.Config(ratio=0.3, latency_runs=0))
+    direct = cuttree.apply_plan(resnet20(), compose(r1.plan, r2.plan))
+    direct.load_state_dict(r2.model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(direct.eval()(*x), r2.model.eval()(*x))
+
+
+def _digits_ready() -> None:
+    pytest.importorskip("sklearn", reason="the digits data ships with scikit-learn")
+
+
+def _pruned_file(tmp_path: Path) -> Path:
+    from cuttree.models import vgg16_bn_cifar
+
+    r = cuttree.prune(vgg16_bn_cifar(), (torch.randn(1, 3, 32, 32),), cuttree.Config(ratio=0.75, latency_runs=0))
+    return cuttree.save(r, tmp_path / "p.cuttree", arch="cuttree.models:vgg16_bn_cifar")
+
+
+def _cli(*args: str, module: str = "cuttree.cli") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, env=env, cwd=ROOT, check=False
+    )
+
+
+SETS = [
+    "--set",
+    "finetune.epochs=0.25",
+    "--set",
+    "finetune.batch_size=32",
+    "--set",
+    "finetune.checkpoint_every=2",
+    "--quiet",
+]
+
+
+def test_cli_finetune_resume(tmp_path: Path) -> None:
+    _digits_ready()
+    p = _pruned_file(tmp_path)
+    a = _cli("finetune", str(p), "--data", "digits", "--out", str(tmp_path / "a"), *SETS)
+    assert a.returncode == 0, a.stderr
+    b = _cli("finetune", str(p), "--data", "digits", "--out", str(tmp_path / "b"), "--max-steps", "4", *SETS)
+    assert b.returncode == 0 and "step 4/" in b.stdout
+    c = _cli("finetune", str(p), "--data", "digits", "--out", str(tmp_path / "b"), "--resume", *SETS)
+    assert c.returncode == 0, c.stderr
+    sums = [re.search(r"checksum (\S+)", out.stdout).group(1) for out in (a, c)]  # type: ignore[union-attr]
+    assert sums[0] == sums[1]
+    assert (tmp_path / "a" / "model.cuttree").is_file()
+
+
+def test_torchrun_two_processes_agree(tmp_path: Path) -> None:
+    _digits_ready()
+    p = _pruned_file(tmp_path)
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "-m", "cuttree.cli",
+         "finetune", str(p), "--data", "digits", "--out", str(tmp_path / "ddp"), *SETS],
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    sums = dict(re.findall(r"rank (\d)/2: step \d+/\d+ weights checksum (\S+)", run.stdout))
+    assert set(sums) == {"0", "1"} and sums["0"] == sums["1"]
+    assert (tmp_path / "ddp" / "model.cuttree").is_file()
+
+
+def test_missing_dataset_path_is_an_error(tmp_path: Path) -> None:
+    r = _cli("eval", str(_pruned_file(tmp_path)), "--data", f"imagefolder:{tmp_path / 'nope'}")
+    assert r.returncode == 2 and "does not exist" in r.stderr and r.stderr.count("\n") == 1
