@@ -1,0 +1,117 @@
+"""Recovery benchmark: cuttree vs Torch-Pruning, same budget, on the pretrained CIFAR-10 ResNets.
+
+For ResNet-20 and ResNet-56 (pretrained, ../shared/data/weights), in one process and with the
+same budget for every arm (L1 criterion, SGD + cosine, same epochs, batch, learning rate and seed,
+same data order):
+
+- dense: the unpruned model fine-tuned on the JPEG CIFAR-10 train split (the fair baseline:
+  this copy of CIFAR-10 is JPEG re-encoded and fine-tuning alone adapts the model to it);
+- cuttree: pruned to half the MACs (``macs_target: 0.5``), BN recalibrated, fine-tuned with
+  distillation from the dense pretrained model;
+- Torch-Pruning 1.6.1: pruned by its MetaPruner with the same L1 importance to the same MACs
+  (its ratio searched until its MACs are at most cuttree's), then the same fine-tuning.
+
+Prints top-1 on the JPEG test split before pruning, right after, after fine-tuning, MACs and
+latency (batch 256, 2 threads) for every arm.
+
+    python bench/recovery.py [--models resnet20,resnet56] [--epochs 1] [--train-limit 50000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+
+import torch
+
+import cuttree
+from cuttree.data import cifar10
+from cuttree.measure import count_macs, evaluate, latency_ms
+from cuttree.models import resnet20, resnet56
+from cuttree.train import finetune, recalibrate_bn
+
+BUILD = {"resnet20": resnet20, "resnet56": resnet56}
+
+
+def tp_prune(model: torch.nn.Module, x: torch.Tensor, target_macs: int) -> torch.nn.Module:
+    """Torch-Pruning's MetaPruner (L1) at the ratio whose MACs first fall to ``target_macs``."""
+    import torch_pruning as tp
+
+    lo, hi, best = 0.0, 0.9, None
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        m = copy.deepcopy(model)
+        pruner = tp.pruner.MetaPruner(
+            m, x, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=mid, ignored_layers=[m.linear]
+        )
+        pruner.step()
+        if count_macs(m, (x,)) <= target_macs:
+            hi, best = mid, m
+        else:
+            lo = mid
+    assert best is not None
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--models", default="resnet20,resnet56")
+    ap.add_argument("--epochs", type=float, default=1.0)
+    ap.add_argument("--train-limit", type=int, default=50000)
+    ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--distill", type=float, default=0.5)
+    ap.add_argument("--json", default="")
+    a = ap.parse_args()
+    torch.set_num_threads(2)
+    train = cifar10("train", limit=a.train_limit, augment=True)
+    test = cifar10("test")
+    ft = {"epochs": a.epochs, "lr": a.lr, "batch_size": a.batch_size, "checkpoint_every": 0}
+    x1 = torch.randn(1, 3, 32, 32)
+    xb = (torch.randn(256, 3, 32, 32),)
+    rows = []
+    for name in a.models.split(","):
+        dense0 = BUILD[name]()
+        cuttree.load_weights(dense0, _weights(name))
+        base = evaluate(dense0, test)["top1"]
+        arms: dict[str, dict[str, float]] = {}
+        t0 = time.perf_counter()
+        cfg = cuttree.Config(macs_target=0.5, latency_runs=0, finetune={**ft, "distill": 0.0})
+        dense = copy.deepcopy(dense0)
+        finetune(dense, train, cfg, log=lambda m: None)
+        arms["dense fine-tuned"] = {"pruned": base, "tuned": evaluate(dense, test)["top1"], "model": dense}  # type: ignore[dict-item]
+        r = cuttree.prune(dense0, (x1,), cfg)
+        cm = r.model
+        recalibrate_bn(cm, train, cfg)
+        after = evaluate(cm, test)["top1"]
+        kd = cfg.model_copy(update={"finetune": cfg.finetune.model_copy(update={"distill": a.distill})})
+        finetune(cm, train, kd, teacher=dense0, log=lambda m: None)
+        arms["cuttree"] = {"pruned": after, "tuned": evaluate(cm, test)["top1"], "model": cm}  # type: ignore[dict-item]
+        tm = tp_prune(dense0, x1, r.after.macs)
+        recalibrate_bn(tm, train, cfg)
+        after = evaluate(tm, test)["top1"]
+        finetune(tm, train, kd, teacher=dense0, log=lambda m: None)
+        arms["torch-pruning"] = {"pruned": after, "tuned": evaluate(tm, test)["top1"], "model": tm}  # type: ignore[dict-item]
+        print(f"\n{name}: pretrained top-1 on the JPEG test split {base:.2f}%  ({time.perf_counter() - t0:.0f} s)")
+        print(f"{'arm':18s} {'after pruning':>13s} {'fine-tuned':>10s} {'MACs':>13s} {'latency':>9s}")
+        for arm, v in arms.items():
+            m = v.pop("model")  # type: ignore[arg-type]
+            macs = count_macs(m, (x1,))  # type: ignore[arg-type]
+            lat = latency_ms(m, xb, runs=5)  # type: ignore[arg-type]
+            rows.append({"model": name, "arm": arm, **v, "macs": macs, "latency_ms": lat})
+            print(f"{arm:18s} {v['pruned']:12.2f}% {v['tuned']:9.2f}% {macs:13,} {lat:7.1f}ms", flush=True)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"args": vars(a), "rows": rows}, f, indent=1)
+
+
+def _weights(name: str):  # type: ignore[no-untyped-def]
+    from cuttree.data import data_root
+
+    return data_root() / "weights" / f"cifar10_{name}.safetensors"
+
+
+if __name__ == "__main__":
+    main()
