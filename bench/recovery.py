@@ -35,24 +35,45 @@ from cuttree.train import finetune, recalibrate_bn
 BUILD = {"resnet20": resnet20, "resnet56": resnet56}
 
 
-def tp_prune(model: torch.nn.Module, x: torch.Tensor, target_macs: int) -> torch.nn.Module:
-    """Torch-Pruning's MetaPruner (L1) at the ratio whose MACs first fall to ``target_macs``."""
+def tp_prune(model: torch.nn.Module, x: torch.Tensor, target_macs: int) -> tuple[torch.nn.Module, str]:
+    """Torch-Pruning's MetaPruner (L1) at the ratio whose MACs first fall to ``target_macs``.
+
+    Its generic use breaks these ResNets (the zero-padded shortcut: the pruned model no longer
+    runs), so if that happens it is retried with every residual-stream conv ignored, i.e. pruning
+    only the inner width of each block, which is what it can do on them.
+    """
     import torch_pruning as tp
 
-    lo, hi, best = 0.0, 0.9, None
-    for _ in range(12):
-        mid = (lo + hi) / 2
-        m = copy.deepcopy(model)
-        pruner = tp.pruner.MetaPruner(
-            m, x, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=mid, ignored_layers=[m.linear]
-        )
-        pruner.step()
-        if count_macs(m, (x,)) <= target_macs:
-            hi, best = mid, m
-        else:
-            lo = mid
-    assert best is not None
-    return best
+    def ignored(m: torch.nn.Module, inner_only: bool) -> list[torch.nn.Module]:
+        layers = [m.linear]
+        if inner_only:
+            layers += [m.conv1] + [mod.conv2 for mod in m.modules() if hasattr(mod, "conv2")]
+        return layers
+
+    for variant in ("generic", "inner-only"):
+        lo, hi, best = 0.0, 0.95, None
+        try:
+            for _ in range(12):
+                mid = (lo + hi) / 2
+                m = copy.deepcopy(model)
+                pruner = tp.pruner.MetaPruner(
+                    m,
+                    x,
+                    importance=tp.importance.MagnitudeImportance(p=1),
+                    pruning_ratio=mid,
+                    ignored_layers=ignored(m, variant == "inner-only"),
+                )
+                pruner.step()
+                if count_macs(m, (x,)) <= target_macs:
+                    hi, best = mid, m
+                else:
+                    lo = mid
+        except RuntimeError as e:
+            print(f"torch-pruning ({variant}) gives a model that does not run: {str(e).splitlines()[0][:90]}")
+            continue
+        if best is not None:
+            return best, variant
+    raise RuntimeError("torch-pruning reached the MACs target in neither variant")
 
 
 def main() -> None:
@@ -89,11 +110,11 @@ def main() -> None:
         kd = cfg.model_copy(update={"finetune": cfg.finetune.model_copy(update={"distill": a.distill})})
         finetune(cm, train, kd, teacher=dense0, log=lambda m: None)
         arms["cuttree"] = {"pruned": after, "tuned": evaluate(cm, test)["top1"], "model": cm}  # type: ignore[dict-item]
-        tm = tp_prune(dense0, x1, r.after.macs)
+        tm, variant = tp_prune(dense0, x1, r.after.macs)
         recalibrate_bn(tm, train, cfg)
         after = evaluate(tm, test)["top1"]
         finetune(tm, train, kd, teacher=dense0, log=lambda m: None)
-        arms["torch-pruning"] = {"pruned": after, "tuned": evaluate(tm, test)["top1"], "model": tm}  # type: ignore[dict-item]
+        arms[f"torch-pruning ({variant})"] = {"pruned": after, "tuned": evaluate(tm, test)["top1"], "model": tm}  # type: ignore[dict-item]
         print(f"\n{name}: pretrained top-1 on the JPEG test split {base:.2f}%  ({time.perf_counter() - t0:.0f} s)")
         print(f"{'arm':18s} {'after pruning':>13s} {'fine-tuned':>10s} {'MACs':>13s} {'latency':>9s}")
         for arm, v in arms.items():

@@ -5,12 +5,13 @@
 'classification'
 """
 
-from cuttree.api import PruneResult, make_plan, prune
+from cuttree.api import PruneResult, SparsifyResult, make_plan, prune, sparsify
 from cuttree.config import Config, LayerOverride
 from cuttree.errors import CuttreeError, FileFormatError, PlanError, SurgeryError, TraceError
 from cuttree.io import load, load_weights, read_metadata, save
 from cuttree.measure import Measurements, measure
 from cuttree.plan import GroupPlan, PruningPlan
+from cuttree.sparsity import strip
 from cuttree.surgery import apply_plan
 
 __version__ = "0.1.0"
@@ -25,6 +26,7 @@ __all__ = [
     "PlanError",
     "PruneResult",
     "PruningPlan",
+    "SparsifyResult",
     "SurgeryError",
     "TraceError",
     "apply_plan",
@@ -35,4 +37,6 @@ __all__ = [
     "prune",
     "read_metadata",
     "save",
+    "sparsify",
+    "strip",
 ]

@@ -28,6 +28,7 @@ from cuttree.graph.trace import named_tensors
 from cuttree.importance import CRITERIA, used_criterion
 from cuttree.measure import Measurements, measure
 from cuttree.plan import GroupPlan, PlanMember, PruningPlan
+from cuttree.sparsity import strip
 from cuttree.surgery import apply_plan
 from cuttree.validate import repair
 
@@ -228,7 +229,13 @@ def prune(
     example_inputs = tuple(example_inputs) if isinstance(example_inputs, list) else example_inputs
     before = measure(model, example_inputs, config.latency_runs)
     t0 = time.perf_counter()
-    work, plan, graph = plan_and_apply(model, example_inputs, config, calib_data, inplace)
+    if config.method == "unstructured":
+        # Zeroed weights, made permanent; the plan removes no channels.
+        work = strip(sparsify(model, config, calib_data, inplace).model)
+        plan, unsupported = PruningPlan(groups=(), config=config.to_dict()), {}
+    else:
+        work, plan, graph = plan_and_apply(model, example_inputs, config, calib_data, inplace)
+        unsupported = graph.unsupported
     t1 = time.perf_counter()
     after = measure(work, example_inputs, config.latency_runs)
     return PruneResult(
@@ -237,8 +244,61 @@ def prune(
         before=before,
         after=after,
         timings={"engine_s": t1 - t0},
-        unsupported_ops=graph.unsupported,
+        unsupported_ops=unsupported,
     )
+
+
+@dataclass
+class SparsifyResult:
+    """A model whose Conv/Linear weights are masked (parametrized), the masks, the sparsity reached."""
+
+    model: nn.Module
+    masks: dict[str, torch.Tensor]
+    sparsity: float
+
+
+def sparsify(
+    model: nn.Module,
+    config: Config,
+    calib_data: Iterable[Any] | None = None,
+    inplace: bool = False,
+    sparsity_now: float | None = None,
+) -> SparsifyResult:
+    """Mask weights by magnitude (or Wanda, or N:M); returns a new model unless ``inplace=True``.
+
+    ``sparsity_now`` overrides the ratio (what a gradual schedule asks for at a step). The model
+    stays trainable; :func:`cuttree.sparsity.strip` makes the zeros permanent.
+
+    >>> import torch, cuttree
+    >>> net = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 2))
+    >>> r = cuttree.sparsify(net, cuttree.Config(method="unstructured", ratio=0.75))
+    >>> r.sparsity, int((r.model[0].weight == 0).sum())
+    (0.75, 48)
+    """
+    from cuttree import sparsity as sp
+
+    names = module_names(model)
+    ignore = [n for hits in resolve(config.ignore, names, "ignore").values() for n in hits]
+    overrides = resolve(config.layers, names, "layers")
+    work = model if inplace else copy.deepcopy(model)
+    layers = sp.prunable_layers(work, ignore, include_output=list(config.layers))
+    norms = None
+    if config.criterion == "wanda":
+        norms = sp.input_norms(work, layers, (x for x, _ in calibrate.batches(calib_data, config, need_labels=False)))
+    score = sp.scores(layers, norms)
+    if config.nm is not None:
+        n, m = (int(v) for v in config.nm.split(":"))
+        masks = sp.nm_masks(score, n, m)
+    else:
+        per_layer = {
+            h: o.ratio for p, o in config.layers.items() if o.ratio is not None for h in overrides[p] if h in layers
+        }
+        ratio = sparsity_now if sparsity_now is not None else config.ratio
+        masks = sp.magnitude_masks(
+            score, ratio, None if sparsity_now is not None else config.threshold, config.scope, per_layer
+        )
+    sp.apply_masks(work, masks)
+    return SparsifyResult(work, masks, sp.sparsity(work, layers))
 
 
 def plan_and_apply(

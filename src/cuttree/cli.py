@@ -124,6 +124,8 @@ def _data(args: argparse.Namespace, split: str) -> Any:
         kw["limit"] = args.limit
     if path:
         kw["path"] = path
+    if name in ("cifar10", "torchvision-cifar10") and split == "train":
+        kw["augment"] = True  # random crop with padding 4 and horizontal flip, the usual CIFAR recipe
     return load_dataset(name, split, **kw)
 
 
@@ -135,9 +137,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from cuttree.job import metric_name, report_table, run_job
 
     cfg = _config(args)
-    model = _model(args)
+    model = _model(args).to(args.device)
     torch.manual_seed(cfg.seed)
-    x = (torch.randn(*args.input_shape),)
+    x = (torch.randn(*args.input_shape, device=args.device),)
     report = run_job(
         model, x, cfg, _data(args, "train"), _data(args, "test"), args.out, args.arch, args.arch_kwargs, _log(args)
     )
@@ -239,6 +241,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--config", help="YAML config")
     sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     sp.add_argument("--out", required=True, help="run folder")
+    sp.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, …")
     sp.add_argument("--quiet", action="store_true", help="no per-step log lines")
     sp.set_defaults(func=cmd_run)
 

@@ -21,8 +21,28 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from cuttree.errors import did_you_mean
 
-Criterion = Literal["l1", "l2", "bn_scale", "random", "taylor", "activation"]
-DATA_CRITERIA = ("taylor", "activation")
+Criterion = Literal["l1", "l2", "bn_scale", "random", "taylor", "activation", "wanda"]
+DATA_CRITERIA = ("taylor", "activation", "wanda")
+UNSTRUCTURED_CRITERIA = ("l1", "l2", "wanda")
+
+
+class ScheduleConfig(BaseModel):
+    """Gradual sparsity (``schedule:``), the vocabulary of the TF Model Optimization Toolkit."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    initial_sparsity: float = Field(default=0.0, ge=0.0, lt=1.0)
+    final_sparsity: float = Field(default=0.8, ge=0.0, lt=1.0)
+    begin_step: int = Field(default=0, ge=0)
+    end_step: int = Field(default=1000, gt=0)
+    frequency: int = Field(default=100, gt=0)
+    power: float = Field(default=3.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _order(self) -> ScheduleConfig:
+        if self.end_step <= self.begin_step:
+            raise ValueError(f"schedule.end_step={self.end_step} must be after begin_step={self.begin_step}")
+        return self
 
 
 class LayerOverride(BaseModel):
@@ -91,6 +111,9 @@ class Config(BaseModel):
     latency_runs: int = Field(default=10, ge=0)
     steps: int = Field(default=1, ge=1)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    method: Literal["structured", "unstructured"] = "structured"
+    nm: str | None = Field(default=None, pattern=r"^[1-9][0-9]*:[1-9][0-9]*$")
+    schedule: ScheduleConfig | None = None
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -100,6 +123,22 @@ class Config(BaseModel):
 
     @model_validator(mode="after")
     def _one_target(self) -> Config:
+        if self.method == "unstructured":
+            if self.criterion not in UNSTRUCTURED_CRITERIA:
+                raise ValueError(
+                    f"criterion '{self.criterion}' is for channels; unstructured pruning takes l1, l2 or wanda"
+                )
+            if self.macs_target is not None:
+                raise ValueError("macs_target needs structured pruning; zeroed weights do not remove MACs on a CPU")
+            if self.nm is not None:
+                n, m = (int(v) for v in self.nm.split(":"))
+                if n >= m:
+                    raise ValueError(f"nm '{self.nm}': N must be below M, e.g. 2:4")
+                return self
+            if self.schedule is not None and self.ratio is None and self.threshold is None:
+                return self
+        elif self.criterion == "wanda" or self.nm is not None or self.schedule is not None:
+            raise ValueError("criterion wanda, nm and schedule are for method: unstructured; set method: unstructured")
         if self.ratio is None and self.threshold is None and self.macs_target is None:
             raise ValueError("no pruning target; set ratio (e.g. 0.5), threshold or macs_target")
         if self.macs_target is not None and self.ratio is not None:

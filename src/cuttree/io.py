@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import tempfile
+import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -30,6 +33,67 @@ from cuttree.surgery import apply_plan
 
 FORMAT_VERSION = "1"
 TRUSTED_PREFIXES = ("torchvision.models", "cuttree.models")
+SPARSE_MIN_ZEROS = 0.3  # tensors with at least this fraction of zeros are stored compressed, if smaller
+
+
+def compress(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Sparse tensors → a zlib-compressed bitmask and zlib-compressed non-zero values (uint8 tensors).
+
+    Only where that is smaller than the dense bytes; returns the tensors to write and the
+    ``sparse`` metadata (shape, dtype, non-zero count) needed to rebuild them exactly.
+    """
+    out: dict[str, torch.Tensor] = {}
+    sparse: dict[str, Any] = {}
+    for k, v in state.items():
+        if v.is_floating_point() and v.numel() >= 1024:
+            flat = v.detach().cpu().contiguous().reshape(-1)
+            keep = flat != 0
+            nnz = int(keep.sum())
+            if nnz <= (1 - SPARSE_MIN_ZEROS) * flat.numel():
+                mask_z = zlib.compress(np.packbits(keep.numpy()).tobytes(), 6)
+                vals_z = zlib.compress(flat[keep].view(torch.uint8).numpy().tobytes(), 6)
+                if len(mask_z) + len(vals_z) < flat.numel() * flat.element_size():
+                    out[f"{k}::mask"] = torch.frombuffer(bytearray(mask_z), dtype=torch.uint8)
+                    out[f"{k}::values"] = torch.frombuffer(bytearray(vals_z), dtype=torch.uint8)
+                    sparse[k] = {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch."), "nnz": nnz}
+                    continue
+        out[k] = v
+    return out, sparse
+
+
+def _inflate(data: torch.Tensor, size: int, what: str) -> bytes:
+    # Bounded: a hostile file cannot make us allocate more than the declared tensor size.
+    d = zlib.decompressobj()
+    raw = d.decompress(data.numpy().tobytes(), size + 1)
+    if len(raw) != size or d.unconsumed_tail:
+        raise FileFormatError(f"compressed tensor '{what}' does not match its declared size; the file is corrupt")
+    return raw
+
+
+def decompress(tensors: dict[str, torch.Tensor], sparse: dict[str, Any], source: str) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`compress`: the exact original tensors."""
+    out = {k: v for k, v in tensors.items() if "::" not in k}
+    for k, info in sparse.items():
+        try:
+            shape = [int(x) for x in info["shape"]]
+            dtype = getattr(torch, str(info["dtype"]))
+            nnz = int(info["nnz"])
+            mask_t, vals_t = tensors[f"{k}::mask"], tensors[f"{k}::values"]
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise FileFormatError(f"'{source}': sparse tensor '{k}' is malformed; the file is corrupt") from None
+        if not isinstance(dtype, torch.dtype) or nnz < 0 or any(x < 0 for x in shape):
+            raise FileFormatError(f"'{source}': sparse tensor '{k}' has an invalid dtype or shape")
+        numel = math.prod(shape)
+        bits = np.frombuffer(_inflate(mask_t, (numel + 7) // 8, k), dtype=np.uint8)
+        keep = torch.from_numpy(np.unpackbits(bits)[:numel].astype(bool))
+        if int(keep.sum()) != nnz:
+            raise FileFormatError(f"'{source}': sparse tensor '{k}' mask does not match its count; the file is corrupt")
+        elem = torch.empty(0, dtype=dtype).element_size()
+        vals = torch.frombuffer(bytearray(_inflate(vals_t, nnz * elem, k)), dtype=torch.uint8).view(dtype)
+        flat = torch.zeros(numel, dtype=dtype)
+        flat[keep] = vals
+        out[k] = flat.reshape(shape)
+    return out
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -83,7 +147,9 @@ def save(
             meta[k] = json.dumps(getattr(result, k).to_dict())
     if extra:
         meta["extra"] = json.dumps(extra)
-    tensors = state_dict_for_save(model)
+    tensors, sparse = compress(state_dict_for_save(model))
+    if sparse:
+        meta["sparse"] = json.dumps(sparse)
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
@@ -107,7 +173,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             f"'{FORMAT_VERSION}'); pass a file written by `cuttree prune` or cuttree.save"
         )
     out: dict[str, Any] = {"arch": meta.get("arch", "")}
-    for k in ("plan", "arch_kwargs", "versions", "before", "after", "extra"):
+    for k in ("plan", "arch_kwargs", "versions", "before", "after", "extra", "sparse"):
         if k in meta:
             try:
                 out[k] = json.loads(meta[k])
@@ -167,7 +233,7 @@ def load(
     meta = read_metadata(path)
     model = build() if build is not None else build_model(meta["arch"], meta.get("arch_kwargs"), trusted)
     apply_plan(model, meta["plan"])
-    state = load_file(str(path))
+    state = decompress(load_file(str(path)), meta.get("sparse", {}), str(path))
     load_state(model, state, str(path))
     return model.eval()
 

@@ -140,10 +140,12 @@ def finetune(
     resume: bool = False,
     log: Log = print,
     max_steps: int | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``model`` in place on ``train_data`` (pairs ``(x, y)``); returns the history.
 
-    ``max_steps`` stops early (as a kill would) after that many steps of this call.
+    ``max_steps`` stops early (as a kill would) after that many steps of this call;
+    ``on_step(step)`` runs before each step (a gradual sparsity schedule updates masks there).
     """
     ft = cfg.finetune
     rank, size = world()
@@ -178,6 +180,8 @@ def finetune(
         idx = perm[in_epoch * ft.batch_size : (in_epoch + 1) * ft.batch_size].tolist()
         x, y = default_collate([train_data[i] for i in idx])
         x, y = x.to(device), y.to(device)
+        if on_step is not None:
+            on_step(step)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, total, steps_per_epoch, ft)
         net.train()

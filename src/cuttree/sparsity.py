@@ -1,0 +1,241 @@
+"""Unstructured and N:M sparsity: masks, schedules, and the paired verbs.
+
+Masks live in ``torch.nn.utils.parametrize`` (``weight`` is recomputed as ``original * mask``),
+so a sparse model stays copyable, trainable and saveable; :func:`strip` makes the zeros
+permanent and removes the parametrization. Which weights: the ``weight`` of every Conv and
+Linear layer (the rules table's producers), minus ``ignore``; the model's output layer is kept
+dense unless named in ``layers`` (its few weights carry the class logits).
+
+- ``magnitude``: |w|; ``wanda``: |w| · ‖x_j‖₂ for input feature j (Sun et al., 2023), from
+  calibration data. Layer-wise (``scope: local``) or one global ranking (``scope: global``).
+- ``ratio`` is the sparsity (fraction of zeros); ``threshold`` zeroes what scores below that
+  fraction of the layer's largest score.
+- N:M (``nm: "2:4"``): in every run of M consecutive weights along the input dim, keep the N
+  largest scores.
+- Gradual schedules are pure functions of the step (:func:`polynomial_sparsity`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from cuttree.rules import rule_for_module
+
+
+class Mask(nn.Module):
+    """A parametrization: ``weight = original * mask`` (the mask is a buffer, saved with the model)."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask.to(torch.bool))
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w * self.mask
+
+
+def prunable_layers(
+    model: nn.Module, ignore: Sequence[str] = (), include_output: Sequence[str] = ()
+) -> dict[str, nn.Module]:
+    """Conv and Linear layers by name (the last producer, the output layer, only if named)."""
+    layers = {
+        n: m
+        for n, m in model.named_modules()
+        if rule_for_module(m).producer and isinstance(getattr(m, "weight", None), torch.Tensor)
+    }
+    if layers:
+        last = list(layers)[-1]
+        if not any(fnmatch.fnmatchcase(last, p) for p in include_output):
+            layers.pop(last)
+    return {
+        n: m for n, m in layers.items() if not any(fnmatch.fnmatchcase(n, p) or n.startswith(p + ".") for p in ignore)
+    }
+
+
+def _weight(m: nn.Module) -> torch.Tensor:
+    if parametrize.is_parametrized(m, "weight"):
+        return m.parametrizations.weight.original.detach()  # type: ignore[union-attr]
+    return m.weight.detach()  # type: ignore[union-attr]
+
+
+def scores(layers: dict[str, nn.Module], input_norms: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """|w|, or |w|·‖x_j‖ (Wanda) where input norms are given (broadcast over the input dim, 1)."""
+    out = {}
+    for n, m in layers.items():
+        s = _weight(m).abs().float()
+        if input_norms is not None:
+            norm = input_norms[n].float()
+            s = s * norm.view(1, -1, *([1] * (s.dim() - 2)))
+        out[n] = s
+    return out
+
+
+def magnitude_masks(
+    score: dict[str, torch.Tensor],
+    ratio: float | None = None,
+    threshold: float | None = None,
+    scope: str = "local",
+    per_layer: dict[str, float] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Keep-masks: ``ratio`` of each layer's (or, global, of all) lowest scores zeroed, or those
+    below ``threshold`` × the layer's largest score. Ties break by position (stable sort).
+
+    >>> m = magnitude_masks({"a": torch.tensor([3.0, 1.0, 2.0, 4.0])}, ratio=0.5)
+    >>> m["a"].tolist()
+    [True, False, False, True]
+    """
+    per_layer = per_layer or {}
+    masks: dict[str, torch.Tensor] = {}
+    if scope == "global" and ratio is not None:
+        pool = [n for n in score if n not in per_layer]
+        flat = torch.cat([score[n].reshape(-1) for n in pool]) if pool else torch.zeros(0)
+        k = math.floor(ratio * flat.numel() + 1e-9)
+        keep = torch.ones(flat.numel(), dtype=torch.bool)
+        if k:
+            keep[torch.argsort(flat, stable=True)[:k]] = False
+        off = 0
+        for n in pool:
+            masks[n] = keep[off : off + score[n].numel()].view_as(score[n])
+            off += score[n].numel()
+    for n, s in score.items():
+        if n in masks:
+            continue
+        r = per_layer.get(n, ratio)
+        if r is not None:
+            k = math.floor(r * s.numel() + 1e-9)
+            keep = torch.ones(s.numel(), dtype=torch.bool)
+            if k:
+                keep[torch.argsort(s.reshape(-1), stable=True)[:k]] = False
+            masks[n] = keep.view_as(s)
+        else:
+            masks[n] = torch.ones_like(s, dtype=torch.bool)
+        if threshold is not None:
+            masks[n] &= s >= threshold * s.max()
+    return masks
+
+
+def nm_masks(score: dict[str, torch.Tensor], n: int, m: int) -> dict[str, torch.Tensor]:
+    """N:M keep-masks along the input dim (dim 1: Linear inputs, conv input channels).
+
+    >>> nm_masks({"a": torch.tensor([[4.0, 1.0, 3.0, 2.0]])}, 2, 4)["a"].tolist()
+    [[True, False, True, False]]
+    """
+    out = {}
+    for name, s in score.items():
+        rows = s if s.dim() == 2 else s.movedim(1, -1)  # convs: groups run along input channels
+        if rows.shape[-1] % m:
+            raise ValueError(
+                f"layer '{name}': {rows.shape[-1]} input channels is not a multiple of M={m}; "
+                "ignore the layer or use another N:M"
+            )
+        g = rows.reshape(-1, m)
+        keep = torch.zeros_like(g, dtype=torch.bool)
+        keep.scatter_(1, torch.topk(g, n, dim=1, sorted=False).indices, True)
+        keep = keep.reshape(rows.shape)
+        out[name] = keep if s.dim() == 2 else keep.movedim(-1, 1)
+    return out
+
+
+def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
+    """Attach (or replace) each layer's mask as a ``weight`` parametrization, in place."""
+    mods = dict(model.named_modules())
+    for name, mask in masks.items():
+        mod = mods[name]
+        if parametrize.is_parametrized(mod, "weight"):
+            mod.parametrizations.weight[0].mask.copy_(mask)  # type: ignore[index, union-attr]
+        else:
+            parametrize.register_parametrization(mod, "weight", Mask(mask))
+    return model
+
+
+def strip(model: nn.Module) -> nn.Module:
+    """Make the masks permanent (zeros in ``weight``) and remove the parametrizations, in place."""
+    for mod in model.modules():
+        if parametrize.is_parametrized(mod, "weight"):
+            parametrize.remove_parametrizations(mod, "weight", leave_parametrized=True)
+    return model
+
+
+def sparsity(model: nn.Module, layers: Iterable[str] | None = None) -> float:
+    """Fraction of zeros among the weights of ``layers`` (default: every Conv/Linear weight)."""
+    mods = dict(model.named_modules())
+    names = list(layers) if layers is not None else [n for n, m in mods.items() if rule_for_module(m).producer]
+    zeros = total = 0
+    for n in names:
+        w = mods[n].weight  # type: ignore[union-attr]
+        zeros += int((w == 0).sum())
+        total += w.numel()
+    return zeros / max(total, 1)
+
+
+def polynomial_sparsity(
+    step: int,
+    initial_sparsity: float,
+    final_sparsity: float,
+    begin_step: int,
+    end_step: int,
+    frequency: int = 1,
+    power: float = 3.0,
+) -> float:
+    """Sparsity at ``step``: Zhu & Gupta's schedule (power 3: cubic), updated every ``frequency``.
+
+    >>> [round(polynomial_sparsity(s, 0.0, 0.8, 0, 100, 10), 4) for s in (0, 50, 100, 200)]
+    [0.0, 0.7, 0.8, 0.8]
+    """
+    if step <= begin_step:
+        return initial_sparsity
+    if step >= end_step:
+        return final_sparsity
+    t = begin_step + (step - begin_step) // frequency * frequency
+    frac = (t - begin_step) / (end_step - begin_step)
+    return initial_sparsity + (final_sparsity - initial_sparsity) * (1 - (1 - frac) ** power)
+
+
+def input_norms(model: nn.Module, layers: dict[str, nn.Module], batches: Iterable[Any]) -> dict[str, torch.Tensor]:
+    """‖x_j‖₂ over the calibration data of every input feature/channel j of each layer (Wanda)."""
+    sq: dict[str, torch.Tensor] = {}
+
+    def hook(name: str) -> Any:
+        def fn(mod: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+            x = inp[0].detach().float()
+            d = x.dim() - 1 if isinstance(mod, nn.Linear) else 1
+            s = (x * x).movedim(d, 0).reshape(x.shape[d], -1).sum(1)
+            sq[name] = sq.get(name, 0) + s  # type: ignore[assignment]
+
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
+    try:
+        with torch.no_grad():
+            for x in batches:
+                model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: v.sqrt() for n, v in sq.items()}
+
+
+def gradual(model: nn.Module, cfg: Any, calib_data: Iterable[Any] | None = None) -> Any:
+    """An ``on_step`` callback for :func:`cuttree.train.finetune`: at every ``frequency``-th step
+    of ``cfg.schedule`` it re-masks ``model`` (already sparsified) at the scheduled sparsity."""
+    from cuttree.api import sparsify
+
+    sch = cfg.schedule
+    if sch is None:
+        raise ValueError("gradual sparsity needs a schedule: section in the config")
+
+    def on_step(step: int) -> None:
+        due = (step - sch.begin_step) % sch.frequency == 0 or step == sch.end_step
+        if due and sch.begin_step <= step <= sch.end_step:
+            s = polynomial_sparsity(
+                step, sch.initial_sparsity, sch.final_sparsity, sch.begin_step, sch.end_step, sch.frequency, sch.power
+            )
+            sparsify(model, cfg, calib_data, inplace=True, sparsity_now=s)
+
+    return on_step
