@@ -81,3 +81,78 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
 def for_inference(model: nn.Module, example_inputs: Sequence[Any]) -> nn.Module:
     """BN folded and channels-last weights (feed it channels-last inputs for the full effect)."""
     return fold_batchnorm(model, example_inputs).to(memory_format=torch.channels_last)
+
+
+class SparseLinear(nn.Module):
+    """A Linear layer whose weight is stored as torch sparse CSR (used only where it is faster)."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = nn.Parameter(linear.weight.detach().to_sparse_csr(), requires_grad=False)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)
+        y = torch.sparse.mm(self.weight, flat.t()).t()
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+
+def median_ms(fn: Any, runs: int) -> float:
+    import statistics
+    import time
+
+    with torch.inference_mode():
+        for _ in range(2):
+            fn()
+        ts = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    return statistics.median(ts) * 1e3
+
+
+def choose_sparse_kernels(
+    model: nn.Module, example_inputs: Sequence[Any], runs: int = 20, min_zeros: float = 0.5
+) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """A copy of ``model`` with each Linear of at least ``min_zeros`` zero weights replaced by a
+    :class:`SparseLinear` only where the sparse kernel measured faster on this machine, on the
+    very input that layer sees for ``example_inputs``; returns the model and the measurements."""
+    out = copy.deepcopy(model).eval()
+    seen: dict[str, torch.Tensor] = {}
+    linears = {n: m for n, m in out.named_modules() if isinstance(m, nn.Linear)}
+    hooks = [
+        m.register_forward_pre_hook(lambda m, i, n=n: seen.__setitem__(n, i[0].detach())) for n, m in linears.items()
+    ]
+    try:
+        with torch.no_grad():
+            out(*example_inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    rows = []
+    for name, lin in linears.items():
+        zeros = float((lin.weight == 0).float().mean())
+        if name not in seen or zeros < min_zeros:
+            continue
+        x = seen[name]
+        sparse = SparseLinear(lin)
+        d = median_ms(lambda lin=lin, x=x: lin(x), runs)
+        s = median_ms(lambda sparse=sparse, x=x: sparse(x), runs)
+        use = s < d
+        rows.append(
+            {
+                "layer": name,
+                "shape": tuple(lin.weight.shape),
+                "sparsity": zeros,
+                "dense_ms": d,
+                "sparse_ms": s,
+                "sparse": use,
+            }
+        )
+        if use:
+            _set(out, name, sparse)
+    return out, rows
