@@ -70,3 +70,23 @@ def test_miou_exact() -> None:
     m = evaluate(Fixed(pred), [(torch.zeros(1), target)], mode="segmentation")
     # class 0: 1 ∩ / 2 ∪ = 50%; class 1: 1 ∩ / 2 ∪ = 50%; class 2 absent from the labels; pixel 255 ignored
     assert m["miou"] == pytest.approx(50.0) and m["pixel_acc"] == pytest.approx(200 / 3)
+
+
+def test_enet_matches_checkpoint_and_prunes(data_dir) -> None:  # type: ignore[no-untyped-def]
+    from safetensors.torch import load_file
+
+    from cuttree.data import camvid
+    from cuttree.models import enet
+
+    m = enet()
+    state = load_file(str(data_dir / "weights" / "camvid_enet.safetensors"))
+    assert set(state) == set(m.state_dict())
+    cuttree.load_weights(m, data_dir / "weights" / "camvid_enet.safetensors")
+    test = camvid("test", limit=2)
+    x, y = test[0]
+    assert x.shape == (3, 360, 480) and y.shape == (360, 480) and int(y.max()) <= 11
+    r = cuttree.prune(m, (x[None],), cuttree.Config(mode="segmentation", macs_target=0.5, latency_runs=0))
+    assert r.after.macs <= r.before.macs // 2
+    assert r.model.fullconv.out_channels == 12
+    with torch.no_grad():
+        assert r.model.eval()(x[None]).shape == (1, 12, 360, 480)

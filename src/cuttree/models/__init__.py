@@ -7,5 +7,16 @@ and benchmarks, written to match the pretrained weights in ``../shared/data``.
 """
 
 from cuttree.models.cifar import BasicBlock, CifarResNet, resnet20, resnet32, resnet44, resnet56, vgg16_bn_cifar
+from cuttree.models.enet import ENet, enet
 
-__all__ = ["BasicBlock", "CifarResNet", "resnet20", "resnet32", "resnet44", "resnet56", "vgg16_bn_cifar"]
+__all__ = [
+    "BasicBlock",
+    "CifarResNet",
+    "ENet",
+    "enet",
+    "resnet20",
+    "resnet32",
+    "resnet44",
+    "resnet56",
+    "vgg16_bn_cifar",
+]
