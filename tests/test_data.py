@@ -36,14 +36,16 @@ def test_default_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_registry_names() -> None:
-    assert sorted(data.DATASETS) == ["cifar10", "digits", "imagefolder", "mnist", "torchvision-cifar10"]
+    assert sorted(data.DATASETS) == [
+        "camvid", "cifar10", "digits", "imagefolder", "mnist", "segfolder", "torchvision-cifar10",
+    ]  # fmt: skip
 
 
 def test_unknown_dataset_name() -> None:
     with pytest.raises(ValueError) as e:
         data.load_dataset("cifar", "test")
     assert str(e.value) == (
-        "unknown dataset 'cifar' (known: cifar10, digits, imagefolder, mnist, torchvision-cifar10)"
+        "unknown dataset 'cifar' (known: camvid, cifar10, digits, imagefolder, mnist, segfolder, torchvision-cifar10)"
         " — did you mean 'cifar10'?"
     )
 
