@@ -7,7 +7,7 @@ loads read that cache. Images stay uint8 in memory and become float per item (sc
 augment, normalise), so the 50,000 training images take 150 MB rather than 600 MB.
 
 >>> sorted(DATASETS)
-['cifar10', 'digits', 'imagefolder', 'mnist', 'torchvision-cifar10']
+['camvid', 'cifar10', 'digits', 'imagefolder', 'mnist', 'segfolder', 'torchvision-cifar10']
 """
 
 from __future__ import annotations
