@@ -115,3 +115,15 @@ def test_cli_weights_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert code == 0, err
     loaded = cuttree.load(tmp_path / "out.cuttree")
     assert loaded.conv1.weight.shape[0] < 16
+
+
+def test_shared_parameters_round_trip(tmp_path: Path) -> None:
+    from cuttree.models import enet
+
+    m = enet().eval()
+    x = (torch.randn(1, 3, 64, 64),)
+    r = cuttree.prune(m, x, cuttree.Config(mode="segmentation", ratio=0.3, latency_runs=0))
+    loaded = cuttree.load(cuttree.save(r, tmp_path / "e.cuttree", arch="cuttree.models:enet"))
+    assert loaded.b10.activation1 is loaded.b10.activation  # still one module under four names
+    with torch.no_grad():
+        assert torch.equal(loaded(*x), r.model.eval()(*x))

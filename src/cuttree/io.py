@@ -243,7 +243,10 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) ->
     expected = model.state_dict()
     # Checkpoints written by older PyTorch versions lack BN's step counter; it does not affect outputs.
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
-    aliased = {k for k in missing if any(expected[k] is v for kk, v in expected.items() if kk in state)}
+    # A tensor shared by several modules is stored once; its other names are aliases, not gaps.
+    ptr = {k: v.untyped_storage().data_ptr() for k, v in expected.items() if v.numel()}
+    stored = {ptr[k] for k in state if k in ptr}
+    aliased = {k for k in missing if ptr.get(k) in stored}
     unexpected = [k for k in state if k not in expected]
     if unexpected or set(missing) - aliased:
         bad = unexpected[:1] or sorted(set(missing) - aliased)[:1]

@@ -371,8 +371,9 @@ def cat(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any)
         if out.shape[d] == 1:
             continue
         first = next((lab[d] for lab in labs if lab[d] is not None), None)
-        for lab in labs:
-            st.unify(first, lab[d]) if first is not None else None
+        if first is not None:
+            for lab in labs:
+                st.unify(first, lab[d])
         res[d] = first
     st.set(out, res)
 
@@ -385,8 +386,9 @@ def stack(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: An
     res: list[Label] = []
     for d in range(ts[0].dim()):
         first = next((lab[d] for lab in labs if lab[d] is not None), None)
-        for lab in labs:
-            st.unify(first, lab[d]) if first is not None else None
+        if first is not None:
+            for lab in labs:
+                st.unify(first, lab[d])
         res.append(first)
     res.insert(dim, None)
     st.set(out, res)
