@@ -56,8 +56,8 @@ def main() -> None:
                 ts.append(s.elapsed_time(e))
             return statistics.median(ts)
 
-        d = timed(lambda: torch.mm(x, w.t()))
-        sp = timed(lambda: torch.mm(ws, x.t()))
+        d = timed(lambda x=x, w=w: torch.mm(x, w.t()))
+        sp = timed(lambda x=x, ws=ws: torch.mm(ws, x.t()))
         diff = (torch.mm(ws, x.t()).t() - torch.mm(x, w.t())).abs().max().item()
         print(f"{fin:>5d}→{fout:<5d} {d:9.3f} {sp:8.3f} {d / sp:7.2f}× {diff:10.3g}", flush=True)
 
