@@ -1,0 +1,167 @@
+"""Op rules of the layers: convolutions, norms, matrix products, attention, embedding, PReLU."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from cuttree.graph.labels import Label, LabelState, MacTerm, Pin
+from cuttree.graph.ops import aten, op_rule, out_tensors, pointwise
+
+
+@op_rule(aten.convolution)
+def convolution(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+    """Conv and transposed conv: input channels meet the weight's, outputs come from it."""
+    x, w, b = args[0], args[1], args[2]
+    transposed, groups = bool(args[6]), int(args[8])
+    lx, lw = st.get(x), st.get(w)
+    for d in range(2, w.dim()):
+        st.pin(lw[d], Pin.OP)
+    w_in, w_out = (lw[0], lw[1]) if transposed else (lw[1], lw[0])
+    out_lab: Label
+    if groups == 1:
+        st.unify(lx[1], w_in)
+        out_lab = w_out
+    elif groups == x.shape[1] and not transposed and w.shape[1] == 1:
+        # Depthwise (with channel multiplier m): output o reads input channel o // m.
+        mult = w.shape[0] // groups
+        src = lx[1] if mult == 1 or lx[1] is None else np.repeat(lx[1], mult)
+        st.unify(src, w_out)
+        out_lab = w_out
+    elif groups == x.shape[1] and transposed and w.shape[1] == 1:
+        st.unify(lx[1], w_in)
+        out_lab = w_in
+    else:
+        # Grouped conv: every group must keep the same width; not pruned (yet).
+        for lab in (lx[1], w_in, w_out):
+            st.pin(lab, Pin.OP)
+        out_lab = None
+    if isinstance(b, torch.Tensor):
+        st.unify(st.get(b)[0], out_lab)
+    st.set(out, (lx[0], out_lab) + (None,) * (out.dim() - 2))
+    spatial = x.shape[2:] if transposed else out.shape[2:]
+    macs = out.shape[0] * math.prod(w.shape) * math.prod(spatial)
+    st.mac_terms.append(MacTerm(macs, [lab for lab in lw[:2] if lab is not None]))
+
+
+@op_rule(
+    aten.native_batch_norm,
+    aten._native_batch_norm_legit_no_training,
+    aten._native_batch_norm_legit,
+    aten.cudnn_batch_norm,
+    aten.miopen_batch_norm,
+)
+def batch_norm(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+    """Batch norm: weight, bias and running statistics follow the input's channels."""
+    lx = st.get(args[0])
+    for p in args[1:5]:
+        if isinstance(p, torch.Tensor) and p.dim() == 1:
+            st.unify(lx[1], st.get(p)[0])
+    st.set(out_tensors(out)[0], lx)
+
+
+@op_rule(aten.native_layer_norm)
+def layer_norm(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+    """Layer norm over the last dims: its affine parameters follow them."""
+    x, shape = args[0], args[1]
+    lx = st.get(x)
+    k = len(shape)
+    if not isinstance(args[2], torch.Tensor):
+        # No affine weight: the normalised shape is a fixed number in the model's code.
+        for lab in lx[-k:]:
+            st.pin(lab, Pin.FIXED)
+    for p in args[2:4]:
+        if isinstance(p, torch.Tensor):
+            for a, b in zip(st.get(p), lx[-k:], strict=True):
+                st.unify(a, b)
+    st.set(out_tensors(out)[0], lx)
+
+
+@op_rule(aten.native_group_norm)
+def group_norm(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+    """Group norm: prunable with one group or one channel per group, else pinned."""
+    x, groups = args[0], int(args[6])
+    lx = st.get(x)
+    params = [st.get(p)[0] for p in args[1:3] if isinstance(p, torch.Tensor)]
+    if groups in (1, x.shape[1]):
+        for lab in params:
+            st.unify(lx[1], lab)
+        st.set(out_tensors(out)[0], lx)
+        return
+    for lab in [lx[1], *params]:
+        st.pin(lab, Pin.OP)
+    st.set(out_tensors(out)[0], (lx[0], None, *lx[2:]))
+
+
+def _matmul(st: LabelState, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
+    """``a @ b`` over the last two dims, with any leading (batch) dims lined up."""
+    la, lb = st.get(a), st.get(b)
+    for d in range(a.dim() - 2):
+        st.unify(la[d], lb[d])
+    st.unify(la[-1], lb[-2])
+    st.set(out, [*la[:-1], lb[-1]])
+    labs = [x for x in (*la, lb[-1]) if x is not None]
+    st.mac_terms.append(MacTerm(math.prod(a.shape) * b.shape[-1], labs))
+
+
+@op_rule(aten.mm, aten.bmm)
+def mm(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+    """Matrix product (from ``F.linear``, ``matmul``, attention written by hand)."""
+    _matmul(st, args[0], args[1], out)
+
+
+@op_rule(aten.addmm, aten.baddbmm)
+def addmm(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+    """``bias + a @ b``: the bias broadcasts against the product."""
+    _matmul(st, args[1], args[2], out)
+    pointwise(st, (args[0], out), {}, out)
+
+
+@op_rule(
+    aten._scaled_dot_product_flash_attention_for_cpu,
+    aten._scaled_dot_product_attention_math,
+    aten._scaled_dot_product_flash_attention,
+    aten._scaled_dot_product_efficient_attention,
+    aten._scaled_dot_product_cudnn_attention,
+    aten._scaled_dot_product_attention_math_for_mps,
+)
+def attention(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+    """Scaled dot-product attention: q·k contract over E, the weights then mix v over S."""
+    q, k, v = args[0], args[1], args[2]
+    lq, lk, lv = st.get(q), st.get(k), st.get(v)
+    for d in range(q.dim() - 2):
+        st.unify(lq[d], lk[d])
+        st.unify(lq[d], lv[d])
+    st.unify(lq[-1], lk[-1])
+    st.unify(lk[-2], lv[-2])
+    for t in args[3:]:
+        if isinstance(t, torch.Tensor):
+            st.pin_all(t, Pin.OP)
+    st.set(out_tensors(out)[0], [*list(lq[:-1]), lv[-1]])
+    lead = [x for x in lq[:-2] if x is not None]
+    base = math.prod(q.shape[:-1]) * k.shape[-2]
+    st.mac_terms.append(MacTerm(base * q.shape[-1], lead + [x for x in (lq[-2], lk[-2], lq[-1]) if x is not None]))
+    st.mac_terms.append(MacTerm(base * v.shape[-1], lead + [x for x in (lq[-2], lk[-2], lv[-1]) if x is not None]))
+
+
+@op_rule(aten.embedding)
+def embedding(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+    w, idx = args[0], args[1]
+    lw = st.get(w)
+    st.pin(lw[0], Pin.OP)
+    st.pin_all(idx, Pin.OP)
+    st.set(out, [None] * idx.dim() + [lw[1]])
+
+
+@op_rule(aten._prelu_kernel, aten.prelu)
+def prelu(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+    """PReLU: one weight per channel (dim 1), or one shared weight."""
+    x, w = args[0], args[1]
+    lx = st.get(x)
+    if w.numel() > 1:
+        lw = st.get(w)
+        st.unify(lx[1], lw[1] if w.dim() == x.dim() else lw[0])
+    st.set(out, lx)

@@ -1,0 +1,302 @@
+"""Op rules that move data around: views, permutes, concat/split/slice, padding, pooling, reductions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from cuttree.graph.labels import Label, LabelState, Pin
+from cuttree.graph.ops import OpRule, aten, op_rule, out_tensors, pos_dim
+
+
+def _reshape_groups(a: Sequence[int], b: Sequence[int]) -> list[tuple[list[int], list[int]]]:
+    """Pair up runs of dims of two shapes with equal products (dims of size 1 left out)."""
+    ia = [i for i, s in enumerate(a) if s != 1]
+    ib = [j for j, s in enumerate(b) if s != 1]
+    groups: list[tuple[list[int], list[int]]] = []
+    i = j = 0
+    while i < len(ia) and j < len(ib):
+        gi, gj = [ia[i]], [ib[j]]
+        pa, pb = a[ia[i]], b[ib[j]]
+        i, j = i + 1, j + 1
+        while pa != pb:
+            if pa < pb and i < len(ia):
+                gi.append(ia[i])
+                pa *= a[ia[i]]
+                i += 1
+            elif j < len(ib):
+                gj.append(ib[j])
+                pb *= b[ib[j]]
+                j += 1
+            else:
+                break
+        groups.append((gi, gj))
+    return groups
+
+
+@op_rule(aten.view, aten._unsafe_view, aten.reshape, aten.view_copy, aten._reshape_alias)
+def view(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+    """Reshape: a channel dim merged with untracked dims keeps its blocks; splits are pinned."""
+    x = args[0]
+    lx = st.get(x)
+    res: list[Label] = [None] * out.dim()
+    for gi, gj in _reshape_groups(tuple(x.shape), tuple(out.shape)):
+        tracked = [d for d in gi if lx[d] is not None]
+        if not tracked:
+            continue
+        if len(gi) == 1 and len(gj) == 1:
+            res[gj[0]] = lx[gi[0]]
+        elif len(gj) == 1 and len(tracked) == 1:
+            d = tracked[0]
+            sizes = [x.shape[k] for k in gi]
+            shape = [1] * len(gi)
+            shape[gi.index(d)] = x.shape[d]
+            res[gj[0]] = np.broadcast_to(lx[d].reshape(shape), sizes).reshape(-1)
+        else:
+            for d in tracked:
+                st.pin(lx[d], Pin.OP)
+    st.set(out, res)
+
+
+@op_rule(aten.permute)
+def permute(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+    lx = st.get(args[0])
+    st.set(out, [lx[pos_dim(d, len(lx))] for d in args[1]])
+
+
+@op_rule(aten.transpose, aten.t)
+def transpose(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+    lx = list(st.get(args[0]))
+    if len(lx) >= 2:
+        d0, d1 = (pos_dim(args[1], len(lx)), pos_dim(args[2], len(lx))) if len(args) > 2 else (0, 1)
+        lx[d0], lx[d1] = lx[d1], lx[d0]
+    st.set(out, lx)
+
+
+@op_rule(aten.unsqueeze)
+def unsqueeze(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+    lx = list(st.get(args[0]))
+    lx.insert(pos_dim(args[1], len(lx) + 1), None)
+    st.set(out, lx)
+
+
+@op_rule(aten.squeeze)
+def squeeze(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+    x = args[0]
+    lx = st.get(x)
+    dims = args[1] if len(args) > 1 else range(x.dim())
+    gone = {pos_dim(d, x.dim()) for d in ([dims] if isinstance(dims, int) else dims) if x.shape[d] == 1}
+    st.set(out, [lab for d, lab in enumerate(lx) if d not in gone])
+
+
+@op_rule(aten.expand)
+def expand(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+    x = args[0]
+    lx = st.get(x)
+    res: list[Label] = [None] * out.dim()
+    for i in range(1, x.dim() + 1):
+        if x.shape[-i] == out.shape[-i]:
+            res[-i] = lx[-i]
+    st.set(out, res)
+
+
+@op_rule(aten.cat)
+def cat(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+    """Concatenation: the output's channels are the inputs' channels, one block after another."""
+    ts = [t for t in args[0] if not (t.dim() == 1 and t.numel() == 0)]
+    dim = pos_dim(args[1] if len(args) > 1 else kwargs.get("dim", 0), out.dim())
+    labs = [st.get(t) for t in ts]
+    res: list[Label] = [None] * out.dim()
+    for d in range(out.dim()):
+        if d == dim:
+            if any(lab[d] is not None for lab in labs):
+                res[d] = np.concatenate(
+                    [lab[d] if lab[d] is not None else st.filler(t.shape[d]) for t, lab in zip(ts, labs, strict=True)]
+                )
+            continue
+        if out.shape[d] == 1:
+            continue
+        first = next((lab[d] for lab in labs if lab[d] is not None), None)
+        if first is not None:
+            for lab in labs:
+                st.unify(first, lab[d])
+        res[d] = first
+    st.set(out, res)
+
+
+@op_rule(aten.stack)
+def stack(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+    ts = args[0]
+    dim = pos_dim(args[1] if len(args) > 1 else 0, out.dim())
+    labs = [st.get(t) for t in ts]
+    res: list[Label] = []
+    for d in range(ts[0].dim()):
+        first = next((lab[d] for lab in labs if lab[d] is not None), None)
+        if first is not None:
+            for lab in labs:
+                st.unify(first, lab[d])
+        res.append(first)
+    res.insert(dim, None)
+    st.set(out, res)
+
+
+@op_rule(aten.slice)
+def slice_(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+    """Slicing a channel range is pinned: the bounds are numbers written in the model's code."""
+    x = args[0]
+    dim = pos_dim(args[1] if len(args) > 1 else 0, x.dim())
+    lx = list(st.get(x))
+    if out.shape[dim] != x.shape[dim]:
+        st.pin(lx[dim], Pin.OP)
+        lx[dim] = None
+    st.set(out, lx)
+
+
+@op_rule(aten.select)
+def select(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+    x = args[0]
+    dim = pos_dim(args[1], x.dim())
+    lx = list(st.get(x))
+    st.pin(lx[dim], Pin.OP)
+    del lx[dim]
+    st.set(out, lx)
+
+
+def _split(st: LabelState, x: torch.Tensor, dim: int, out: Any) -> None:
+    """Splitting a channel dim into pieces is pinned: the piece sizes are written in the code."""
+    dim = pos_dim(dim, x.dim())
+    lx = list(st.get(x))
+    outs = out_tensors(out)
+    if len(outs) == 1 and outs[0].shape == x.shape:
+        st.set(outs[0], lx)
+        return
+    st.pin(lx[dim], Pin.OP)
+    for o in outs:
+        lo = list(lx)
+        if o.dim() == x.dim():
+            lo[dim] = None
+        else:
+            del lo[dim]
+        st.set(o, lo)
+
+
+@op_rule(aten.split, aten.split_with_sizes, aten.unsafe_split, aten.split_with_sizes_copy)
+def split(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+    _split(st, args[0], args[2] if len(args) > 2 else kwargs.get("dim", 0), out)
+
+
+@op_rule(aten.unbind)
+def unbind(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+    _split(st, args[0], args[1] if len(args) > 1 else kwargs.get("dim", 0), out)
+
+
+@op_rule(aten.constant_pad_nd)
+def pad(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+    """Constant padding: padded positions are fixed, the original ones keep their labels."""
+    x, pads = args[0], list(args[1])
+    lx = list(st.get(x))
+    for k in range(len(pads) // 2):
+        d = x.dim() - 1 - k
+        lo, hi = pads[2 * k], pads[2 * k + 1]
+        if (lo, hi) == (0, 0) or lx[d] is None:
+            continue
+        if lo < 0 or hi < 0:
+            st.pin(lx[d], Pin.OP)
+            lx[d] = None
+        else:
+            lx[d] = np.concatenate([st.filler(lo), lx[d], st.filler(hi)])
+    st.set(out, lx)
+
+
+def _spatial(n: int) -> OpRule:
+    def rule(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+        x = args[0]
+        lx = list(st.get(x))
+        k = min(n, x.dim() - 1)
+        for d in range(x.dim() - k, x.dim()):
+            st.pin(lx[d], Pin.OP)
+            lx[d] = None
+        for o in out_tensors(out):
+            if o.dim() == x.dim():
+                st.set(o, lx)
+
+    rule.__doc__ = f"Pooling, upsampling, padding over the last {n} dims: the others keep their labels."
+    return rule
+
+
+for _n, _names in {
+    1: "avg_pool1d max_pool1d max_pool1d_with_indices adaptive_avg_pool1d adaptive_max_pool1d "
+    "_adaptive_avg_pool1d upsample_nearest1d upsample_linear1d reflection_pad1d replication_pad1d",
+    2: "avg_pool2d max_pool2d max_pool2d_with_indices adaptive_avg_pool2d _adaptive_avg_pool2d "
+    "adaptive_max_pool2d upsample_nearest2d upsample_bilinear2d upsample_bicubic2d "
+    "_upsample_nearest_exact2d _upsample_bilinear2d_aa reflection_pad2d replication_pad2d "
+    "mkldnn_max_pool2d fractional_max_pool2d",
+    3: "avg_pool3d max_pool3d max_pool3d_with_indices adaptive_avg_pool3d _adaptive_avg_pool3d "
+    "adaptive_max_pool3d upsample_nearest3d upsample_trilinear3d reflection_pad3d replication_pad3d",
+}.items():
+    op_rule(*[getattr(aten, name) for name in _names.split() if hasattr(aten, name)])(_spatial(_n))
+
+
+@op_rule(aten.max_unpool2d, aten.max_unpool3d)
+def max_unpool(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+    """Unpooling with the indices of an earlier pool ties the two channel sets together."""
+    x, idx = args[0], args[1]
+    lx, li = st.get(x), st.get(idx)
+    k = x.dim() - 2
+    for d in range(x.dim() - k):
+        st.unify(lx[d], li[d])
+    for d in range(x.dim() - k, x.dim()):
+        st.pin(lx[d], Pin.OP)
+        st.pin(li[d], Pin.OP)
+    st.set(out, list(lx[: x.dim() - k]) + [None] * k)
+
+
+@op_rule(
+    aten.mean,
+    aten.sum,
+    aten.amax,
+    aten.amin,
+    aten.max,
+    aten.min,
+    aten.var,
+    aten.std,
+    aten.prod,
+    aten.argmax,
+    aten.argmin,
+    aten.logsumexp,
+    aten.any,
+    aten.all,
+    aten.var_mean,
+    aten.std_mean,
+)
+def reduction(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+    """Reducing over a channel dim pins it (the result would depend on how many are left)."""
+    x = args[0]
+    lx = list(st.get(x))
+    dims: Any = args[1] if len(args) > 1 else kwargs.get("dim")
+    if isinstance(dims, int):
+        dims = [dims]
+    reduced = set(range(x.dim())) if not dims else {pos_dim(d, x.dim()) for d in dims}
+    for d in reduced:
+        st.pin(lx[d], Pin.OP)
+    keep = [lab for d, lab in enumerate(lx) if d not in reduced]
+    for o in out_tensors(out):
+        if o.dim() == x.dim():
+            st.set(o, [None if d in reduced else lab for d, lab in enumerate(lx)])
+        elif o.dim() == len(keep):
+            st.set(o, keep)
+
+
+@op_rule(aten.roll, aten.flip)
+def roll(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+    """Rolling or flipping a dim reorders it: fine for spatial dims, pinned for channels."""
+    x = args[0]
+    dims = args[2] if len(args) > 2 else args[1]
+    lx = list(st.get(x))
+    for d in [dims] if isinstance(dims, int) else dims:
+        st.pin(lx[pos_dim(d, x.dim())], Pin.OP)
+        lx[pos_dim(d, x.dim())] = None
+    st.set(out, lx)
