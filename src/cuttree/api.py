@@ -116,6 +116,13 @@ def make_plan(
     ignore = sorted({n for hits in resolve(config.ignore, names, "ignore").values() for n in hits})
     overrides = resolve(config.layers, names, "layers")
     graph = build_graph(model, example_inputs, ignore)
+    if graph.unreached:
+        warnings.warn(
+            f"the eval-mode forward never used {', '.join(graph.unreached[:4])}{' …' if len(graph.unreached) > 4 else ''}: "
+            "they keep their shapes, so if they run in training mode (auxiliary heads), disable them or add the layers "
+            "feeding them to 'ignore'",
+            stacklevel=2,
+        )
     budgets = _budgets(graph, config, overrides)
     extra = _extra(model, graph, config, calib_data)
     tensors = named_tensors(model)

@@ -59,6 +59,7 @@ class DependencyGraph:
     outputs: list[torch.Size]
     unsupported: dict[str, int]
     trace_seconds: float
+    unreached: list[str]  # modules whose parameters the eval-mode forward never used
 
     @property
     def macs(self) -> int:
@@ -139,6 +140,7 @@ def _group(
         outputs=[o.shape for o in res.outputs],
         unsupported=dict(res.state.unsupported),
         trace_seconds=res.seconds,
+        unreached=sorted({_module_of(n)[0] for n in res.unreached if isinstance(tensors[n], nn.Parameter)}),
     )
     if not cs:
         return DependencyGraph(groups=[], comp_group=np.full(ncomp, -1, dtype=np.int64), **base)  # type: ignore[arg-type]

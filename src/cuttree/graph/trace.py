@@ -59,11 +59,13 @@ class TraceResult:
         tensors: dict[str, tuple[Label, ...]],
         outputs: list[torch.Tensor],
         seconds: float,
+        unreached: list[str],
     ) -> None:
         self.state = state
         self.tensors = tensors
         self.outputs = outputs
         self.seconds = seconds
+        self.unreached = unreached
 
 
 def named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -117,11 +119,13 @@ def trace(
         )
     for t in outputs:
         state.pin_all(t, Pin.OUTPUT)
+    unreached = []
     for name, t in tensors.items():
         if id(t) not in rec.seen:
+            unreached.append(name)
             for lab in labels[name]:
                 state.pin(lab, Pin.UNUSED)
-    return TraceResult(state, labels, outputs, seconds)
+    return TraceResult(state, labels, outputs, seconds, unreached)
 
 
 def components(state: LabelState) -> np.ndarray:
