@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
@@ -174,6 +175,7 @@ def finetune(
     step = int(state["step"])
     done_here = 0
     running = 0.0
+    t_start = time.perf_counter()
     while step < total and (max_steps is None or done_here < max_steps):
         epoch, in_epoch = divmod(step, steps_per_epoch)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))[rank::size]
