@@ -201,8 +201,10 @@ def finetune(
         done_here += 1
         running = loss.item() if step == 1 else 0.9 * running + 0.1 * loss.item()
         if step % max(1, steps_per_epoch // 10) == 0 or step == total:
+            eta = (time.perf_counter() - t_start) / done_here * (total - step)
             log(
-                f"step {step}/{total} epoch {step / steps_per_epoch:.2f} loss {running:.4f} lr {opt.param_groups[0]['lr']:.5f}"
+                f"step {step}/{total} epoch {step / steps_per_epoch:.2f} loss {running:.4f} "
+                f"lr {opt.param_groups[0]['lr']:.5f} eta {int(eta) // 60}:{int(eta) % 60:02d}"
             )
         state["history"].append({"step": step, "loss": loss.item()})
         if run is not None and rank == 0 and ft.checkpoint_every and (step % ft.checkpoint_every == 0 or step == total):
