@@ -160,3 +160,27 @@ def test_torchrun_two_processes_agree(tmp_path: Path) -> None:
 def test_missing_dataset_path_is_an_error(tmp_path: Path) -> None:
     r = _cli("eval", str(_pruned_file(tmp_path)), "--data", f"imagefolder:{tmp_path / 'nope'}")
     assert r.returncode == 2 and "does not exist" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_cli_run_writes_a_complete_run_folder(tmp_path: Path) -> None:
+    _digits_ready()
+    out = tmp_path / "run"
+    r = _cli(
+        "run", "--arch", "cuttree.models:vgg16_bn_cifar", "--input-shape", "1,3,32,32", "--data", "digits",
+        "--out", str(out), "--set", "ratio=0.5", "--set", "steps=2", "--set", "latency_runs=0",
+        "--set", "finetune.epochs=0.2", "--set", "finetune.batch_size=32", "--set", "min_samples=32", "--quiet",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["config.yaml", "model.cuttree", "report.json"]
+    import json
+
+    report = json.loads((out / "report.json").read_text())
+    assert [h["step"] for h in report["history"]] == [1, 2]
+    assert report["after"]["params"] < report["before"]["params"]
+    model = cuttree.load(out / "model.cuttree")  # the composed plan rebuilds from the original architecture
+    assert sum(p.numel() for p in model.parameters()) == report["after"]["params"]
+
+
+def test_cli_layers_lists_groups(tmp_path: Path) -> None:
+    r = _cli("layers", "--arch", "cuttree.models:resnet20", "--input-shape", "1,3,32,32")
+    assert r.returncode == 0 and "prunable groups" in r.stdout and "linear" in r.stdout and "output" in r.stdout
