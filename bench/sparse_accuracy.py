@@ -5,7 +5,7 @@ on the JPEG CIFAR-10 train split, evaluated on its test split:
 
 - dense: the unpruned model fine-tuned (the fair baseline on this JPEG copy of CIFAR-10);
 - cuttree: magnitude masks grown by the cubic schedule (Zhu & Gupta) from 0 to 80% over the
-  first 70% of the steps, during the fine-tuning, then stripped;
+  first ``--end-fraction`` (default 70%) of the steps, during the fine-tuning, then stripped;
 - torch.nn.utils.prune: global L1 to 80% in one shot, then the same fine-tuning.
 
     python bench/sparse_accuracy.py [--epochs 1] [--train-limit 50000]
@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("--train-limit", type=int, default=50000)
     ap.add_argument("--sparsity", type=float, default=0.8)
     ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--end-fraction", type=float, default=0.7, help="the schedule reaches its final sparsity here")
     ap.add_argument("--json", default="")
     a = ap.parse_args()
     torch.set_num_threads(2)
@@ -47,7 +48,7 @@ def main() -> None:
         "initial_sparsity": 0.0,
         "final_sparsity": a.sparsity,
         "begin_step": 0,
-        "end_step": max(1, int(0.7 * steps)),
+        "end_step": max(1, int(a.end_fraction * steps)),
         "frequency": max(1, steps // 50),
         "power": 3,
     }
