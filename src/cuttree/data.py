@@ -411,11 +411,11 @@ def _pairs_from_folders(
         )
     xs, ys = [], []
     for s in stems:
-        img = Image.open(next(img_dir.glob(f"{s}.*"))).convert("RGB")
-        lab = Image.open(labels[s])
+        img: Image.Image = Image.open(next(img_dir.glob(f"{s}.*"))).convert("RGB")
+        lab: Image.Image = Image.open(labels[s])
         if size is not None:
-            img = img.resize((size[1], size[0]), Image.NEAREST)
-            lab = lab.resize((size[1], size[0]), Image.NEAREST)
+            img = img.resize((size[1], size[0]), Image.Resampling.NEAREST)
+            lab = lab.resize((size[1], size[0]), Image.Resampling.NEAREST)
         xs.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1))
         ys.append(torch.from_numpy(np.asarray(lab).copy()))
     return torch.stack(xs), torch.stack(ys)

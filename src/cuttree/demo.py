@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -36,8 +37,8 @@ def run_demo(args: argparse.Namespace) -> int:
     sets = parse_set(args.set or [])
     cfg = Config(**merge(DEMO, sets))
     kw = {"limit": args.limit} if args.data != "digits" and args.limit else {}
-    train = load_dataset(args.data, "train", **kw)
-    test = load_dataset(args.data, "test", **kw)
+    train: Any = load_dataset(args.data, "train", **kw)
+    test: Any = load_dataset(args.data, "test", **kw)
     out = Path(args.out_dir)
     print(
         f"cuttree demo: VGG-16-BN on {args.data} ({len(train)} train / {len(test)} test images, 32×32), "

@@ -60,7 +60,7 @@ def fold_batchnorm(model: nn.Module, example_inputs: Sequence[Any], atol: float 
     out = copy.deepcopy(model).eval()
     for conv_name, bn_name in _pairs(out, example_inputs):
         conv, bn = out.get_submodule(conv_name), out.get_submodule(bn_name)
-        _set(out, conv_name, fuse_conv_bn_eval(conv, bn))  # type: ignore[arg-type]
+        _set(out, conv_name, fuse_conv_bn_eval(conv, bn))  # type: ignore[arg-type, type-var]
         _set(out, bn_name, nn.Identity())
     with eval_mode(model), torch.no_grad():
         ref = [t for t in tree_flatten(model(*example_inputs))[0] if isinstance(t, torch.Tensor)]

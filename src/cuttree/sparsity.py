@@ -32,6 +32,8 @@ from cuttree.rules import rule_for_module
 class Mask(nn.Module):
     """A parametrization: ``weight = original * mask`` (the mask is a buffer, saved with the model)."""
 
+    mask: torch.Tensor
+
     def __init__(self, mask: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("mask", mask.to(torch.bool))
@@ -60,8 +62,8 @@ def prunable_layers(
 
 def _weight(m: nn.Module) -> torch.Tensor:
     if parametrize.is_parametrized(m, "weight"):
-        return m.parametrizations.weight.original.detach()  # type: ignore[union-attr]
-    return m.weight.detach()  # type: ignore[union-attr]
+        return m.parametrizations.weight.original.detach()  # type: ignore[union-attr, operator]
+    return m.weight.detach()  # type: ignore[union-attr, operator]
 
 
 def scores(layers: dict[str, nn.Module], input_norms: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:

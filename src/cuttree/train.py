@@ -239,8 +239,8 @@ def recalibrate_bn(model: nn.Module, data: Dataset[Any], cfg: Config) -> int:
                 model(x.to(next(model.parameters()).device))
                 seen += len(x)
     finally:
-        for m, mo in zip(bns, momenta, strict=True):
-            m.momentum = mo
-        for m, f in flags.items():
-            m.training = f
+        for bn, mo in zip(bns, momenta, strict=True):
+            bn.momentum = mo
+        for mod, f in flags.items():
+            mod.training = f
     return seen

@@ -153,7 +153,8 @@ def embedding(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out
     lw = st.get(w)
     st.pin(lw[0], Pin.OP)
     st.pin_all(idx, Pin.OP)
-    st.set(out, [None] * idx.dim() + [lw[1]])
+    res: list[Label] = [None] * idx.dim()
+    st.set(out, [*res, lw[1]])
 
 
 @op_rule(aten._prelu_kernel, aten.prelu)

@@ -51,10 +51,12 @@ def view(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
             res[gj[0]] = lx[gi[0]]
         elif len(gj) == 1 and len(tracked) == 1:
             d = tracked[0]
+            lab = lx[d]
+            assert lab is not None  # tracked
             sizes = [x.shape[k] for k in gi]
             shape = [1] * len(gi)
             shape[gi.index(d)] = x.shape[d]
-            res[gj[0]] = np.broadcast_to(lx[d].reshape(shape), sizes).reshape(-1)
+            res[gj[0]] = np.broadcast_to(lab.reshape(shape), sizes).reshape(-1)
         else:
             for d in tracked:
                 st.pin(lx[d], Pin.OP)
