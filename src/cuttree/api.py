@@ -21,7 +21,7 @@ from torch import nn
 
 from cuttree import calibrate
 from cuttree.budget import GroupBudget, estimate_macs, search_macs, select
-from cuttree.config import Config
+from cuttree.config import Config, LayerOverride
 from cuttree.errors import PlanError, SurgeryError, did_you_mean
 from cuttree.graph.groups import DependencyGraph, build_graph
 from cuttree.graph.trace import named_tensors
@@ -149,7 +149,7 @@ def make_plan(
         config=config.to_dict(),
     )
     if validate:
-        plan = _validated(model, plan, example_inputs, graph)
+        return _validated(model, plan, example_inputs, graph), graph
     return dataclasses.replace(plan, macs_after=_estimate(graph, plan)), graph
 
 
@@ -172,7 +172,7 @@ def _validated(
 
 def _budgets(graph: DependencyGraph, cfg: Config, overrides: dict[str, list[str]]) -> list[GroupBudget]:
     owners = {o: i for i, g in enumerate(graph.groups) for o in g.owners}
-    per_group: dict[int, Any] = {}
+    per_group: dict[int, LayerOverride] = {}
     for pattern, hits in overrides.items():
         idx = {owners[h] for h in hits if h in owners}
         if not idx:
