@@ -127,3 +127,25 @@ def test_shared_parameters_round_trip(tmp_path: Path) -> None:
     assert loaded.b10.activation1 is loaded.b10.activation  # still one module under four names
     with torch.no_grad():
         assert torch.equal(loaded(*x), r.model.eval()(*x))
+
+
+def test_cli_model_that_cannot_run_on_the_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = prune_args(tmp_path, "--set", "ratio=0.5")
+    args[args.index("1,3,32,32")] = "1,3,32"
+    code, _, err = run(args, capsys)
+    assert code == 2 and "the model failed on example inputs of shapes [(1, 3, 32)]" in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_model_without_tensor_outputs_is_an_error() -> None:
+    class NoTensor(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> str:
+            self.conv(x)
+            return "done"
+
+    with pytest.raises(cuttree.TraceError, match="returned str with no tensors"):
+        cuttree.make_plan(NoTensor(), (torch.randn(1, 3, 4, 4),), cuttree.Config(ratio=0.5))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from torch import nn
+
+from cuttree.errors import TraceError
 
 
 @contextmanager
@@ -18,3 +21,16 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, f in flags.items():
             m.training = f
+
+
+def run_model(model: nn.Module, example_inputs: Sequence[Any]) -> Any:
+    """``model(*example_inputs)``; a failure of the user's forward becomes one clear TraceError."""
+    try:
+        return model(*example_inputs)
+    except Exception as e:  # any failure of user code is reported, never swallowed
+        first = str(e).splitlines()[0] if str(e) else ""
+        shapes = [tuple(x.shape) for x in example_inputs if hasattr(x, "shape")]
+        raise TraceError(
+            f"the model failed on example inputs of shapes {shapes} ({type(e).__name__}: {first}); "
+            "pass inputs the model's forward accepts (shape, dtype, device), e.g. --input-shape 1,3,224,224"
+        ) from e

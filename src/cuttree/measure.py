@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from cuttree._util import eval_mode
+from cuttree._util import eval_mode, run_model
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def count_params(model: nn.Module) -> int:
 def count_macs(model: nn.Module, example_inputs: Sequence[Any]) -> int:
     """Multiply-accumulates of one forward pass on ``example_inputs``."""
     with eval_mode(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(*example_inputs)
+        run_model(model, example_inputs)
     return int(counter.get_total_flops()) // 2
 
 

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from cuttree._util import eval_mode
+from cuttree._util import eval_mode, run_model
 from cuttree.errors import TraceError
 from cuttree.graph.labels import Label, LabelState, Pin
 from cuttree.graph.ops import rule_for
@@ -101,14 +101,8 @@ def trace(
     watched = {id(t): name for name, t in tensors.items()}
     rec = _Recorder(state, watched)
     t0 = time.perf_counter()
-    try:
-        with eval_mode(model), torch.no_grad(), rec:
-            out = model(*example_inputs)
-    except Exception as e:  # any failure of user code is reported, never swallowed
-        raise TraceError(
-            f"the model failed on the example inputs ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-            "pass inputs the model's forward accepts (shape, dtype, device)"
-        ) from e
+    with eval_mode(model), torch.no_grad(), rec:
+        out = run_model(model, example_inputs)
     seconds = time.perf_counter() - t0
     leaves, _ = tree_flatten(out)
     outputs = [t for t in leaves if isinstance(t, torch.Tensor)]
