@@ -8,7 +8,7 @@
 Prints mean IoU (void = 11 ignored), pixel accuracy and per-class IoU on the test split, MACs and
 latency at that resolution for the checkpoint, the dense and the pruned model.
 
-    python bench/camvid_enet.py [--size 180,240] [--epochs 20] [--macs 0.5]
+    python bench/camvid_enet.py [--size 176,240] [--epochs 20] [--macs 0.5]   (H and W multiples of 8)
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from cuttree.train import finetune, recalibrate_bn
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--size", default="180,240")
+    ap.add_argument("--size", default="176,240")
     ap.add_argument("--epochs", type=float, default=20)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--batch-size", type=int, default=8)
