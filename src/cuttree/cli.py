@@ -187,8 +187,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     meta = io.read_metadata(args.model)
     model = io.load(args.model, trusted=[meta["arch"].partition(":")[0]])
     mode = args.mode or meta["plan"].config.get("mode", "classification")
-    m = evaluate(model, _data(args, args.split), mode)
+    data = _data(args, args.split)
+    m = evaluate(model, data, mode, ignore_index=int(meta["plan"].config.get("finetune", {}).get("ignore_index", 255)))
     print(" ".join(f"{k} {v:.2f}" for k, v in m.items() if not k.startswith("iou_")))
+    names = getattr(data, "classes", None) or []
+    for k, v in m.items():
+        if k.startswith("iou_"):
+            i = int(k[4:])
+            print(f"  IoU {names[i] if i < len(names) else i}: {v:.2f}")
     return 0
 
 
