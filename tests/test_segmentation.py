@@ -90,3 +90,17 @@ def test_enet_matches_checkpoint_and_prunes(data_dir) -> None:  # type: ignore[n
     assert r.model.fullconv.out_channels == 12
     with torch.no_grad():
         assert r.model.eval()(x[None]).shape == (1, 12, 360, 480)
+
+
+def test_cli_eval_segmentation_per_class(data_dir, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from cuttree.cli import main
+    from cuttree.models import enet
+
+    m = enet()
+    cuttree.load_weights(m, data_dir / "weights" / "camvid_enet.safetensors")
+    cfg = cuttree.Config(mode="segmentation", ratio=0.3, latency_runs=0, finetune={"ignore_index": 11})
+    r = cuttree.prune(m, (torch.randn(1, 3, 96, 128),), cfg)
+    path = cuttree.save(r, tmp_path / "e.cuttree", arch="cuttree.models:enet")
+    assert main(["eval", str(path), "--data", "camvid", "--limit", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("miou ") and "IoU Sky:" in out and "IoU Bicyclist:" in out
