@@ -34,3 +34,13 @@ def run_model(model: nn.Module, example_inputs: Sequence[Any]) -> Any:
             f"the model failed on example inputs of shapes {shapes} ({type(e).__name__}: {first}); "
             "pass inputs the model's forward accepts (shape, dtype, device), e.g. --input-shape 1,3,224,224"
         ) from e
+
+
+def primary_output(out: Any) -> Any:
+    """The tensor a task loss or metric reads: the output itself, a dict's first value
+    (``"out"`` for torchvision's segmentation models), or a tuple's first item."""
+    if isinstance(out, dict):
+        return next(iter(out.values()))
+    if isinstance(out, tuple | list):
+        return out[0]
+    return out

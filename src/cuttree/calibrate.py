@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cuttree._util import eval_mode
+from cuttree._util import eval_mode, primary_output
 from cuttree.config import Config
 from cuttree.graph.groups import DependencyGraph
 from cuttree.rules import rule_for_module
@@ -53,7 +53,7 @@ def batches(
 
 def task_loss(out: Any, y: torch.Tensor, mode: str, ignore_index: int = 255) -> torch.Tensor:
     """Cross-entropy on the first output: logits (N, C) or per-pixel maps (N, C, H, W)."""
-    logits = out if isinstance(out, torch.Tensor) else next(iter(out.values())) if isinstance(out, dict) else out[0]
+    logits = primary_output(out)
     if mode == "segmentation":
         return F.cross_entropy(logits, y.long(), ignore_index=ignore_index)
     return F.cross_entropy(logits, y.long())

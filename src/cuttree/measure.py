@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from cuttree._util import eval_mode, run_model
+from cuttree._util import eval_mode, primary_output, run_model
 
 
 @dataclass(frozen=True)
@@ -123,9 +123,7 @@ def evaluate(
         for s in range(0, n, batch_size):
             x, y = default_collate([data[i] for i in range(s, min(s + batch_size, n))])
             out = model(x.to(device))
-            logits = (
-                out if isinstance(out, torch.Tensor) else next(iter(out.values())) if isinstance(out, dict) else out[0]
-            )
+            logits = primary_output(out)
             y = y.to(device)
             if mode == "segmentation":
                 k = logits.shape[1]

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
+from cuttree._util import primary_output
 from cuttree.calibrate import task_loss
 from cuttree.config import Config, FinetuneConfig
 from cuttree.io import atomic_write, load_state
@@ -73,14 +74,6 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: floa
     log_t = F.log_softmax(teacher / t, dim=1)
     kl = (log_t.exp() * (log_t - log_s)).sum(1)
     return kl.mean() * t * t
-
-
-def _first(out: Any) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, dict):
-        return next(iter(out.values()))  # type: ignore[no-any-return]
-    return out[0]  # type: ignore[no-any-return]
 
 
 def _autocast(ft: FinetuneConfig, device: torch.device) -> Any:
@@ -188,11 +181,11 @@ def finetune(
             g["lr"] = lr_at(step, total, steps_per_epoch, ft)
         net.train()
         with _autocast(ft, device):
-            out = _first(net(x))
+            out = primary_output(net(x))
             loss = task_loss(out, y, cfg.mode, ft.ignore_index)
             if teacher is not None and ft.distill > 0:
                 with torch.no_grad():
-                    t_out = _first(teacher(x))
+                    t_out = primary_output(teacher(x))
                 loss = (1 - ft.distill) * loss + ft.distill * distill_loss(out.float(), t_out.float(), ft.temperature)
         opt.zero_grad(set_to_none=True)
         loss.backward()
