@@ -141,12 +141,13 @@ def test_global_scope_removes_ratio_of_all_channels() -> None:
     assert r.plan.channels_before == 16 and r.plan.channels_after == 8
 
 
-def test_macs_target_is_met_and_estimate_is_exact() -> None:
+@pytest.mark.parametrize("scope", ["local", "global"])
+def test_macs_target_is_met_and_estimate_is_exact(scope: str) -> None:
     from cuttree.models import resnet20
 
     m = resnet20()
     x = (torch.randn(1, 3, 32, 32),)
-    r = cuttree.prune(m, x, cuttree.Config(macs_target=0.5, latency_runs=0))
+    r = cuttree.prune(m, x, cuttree.Config(macs_target=0.5, scope=scope, latency_runs=0))
     assert r.after.macs <= 0.5 * r.before.macs
     assert r.after.macs >= 0.45 * r.before.macs
     assert r.plan.macs_after == r.after.macs

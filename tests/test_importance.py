@@ -101,3 +101,13 @@ def test_too_few_calibration_samples_is_an_error() -> None:
         cuttree.prune(Pooled(), X, cfg, calib_data=[])
     with pytest.raises(ValueError, match="needs calibration data"):
         cuttree.prune(Pooled(), X, cfg)
+
+
+def test_a_dataset_of_samples_calibrates_like_its_batches() -> None:
+    data, m = calib(16, 16), Pooled()
+    samples = torch.utils.data.TensorDataset(torch.cat([x for x, _ in data]), torch.cat([y for _, y in data]))
+    cfg = cuttree.Config(ratio=0.5, criterion="taylor", min_samples=4, latency_runs=0)
+    from cuttree.calibrate import gradients
+
+    a, b = gradients(m, data, cfg), gradients(m, samples, cfg)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)

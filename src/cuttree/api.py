@@ -198,7 +198,9 @@ def _budgets(graph: DependencyGraph, cfg: Config, overrides: dict[str, list[str]
                 threshold=o.threshold if o is not None and o.threshold is not None else cfg.threshold,
                 min_channels=o.min_channels if o is not None and o.min_channels is not None else cfg.min_channels,
                 round_to=cfg.round_to,
-                in_global_pool=cfg.scope == "global" and (o is None or o.ratio is None) and cfg.ratio is not None,
+                in_global_pool=cfg.scope == "global"
+                and (o is None or o.ratio is None)
+                and (cfg.ratio is not None or cfg.macs_target is not None),
             )
         )
     return out

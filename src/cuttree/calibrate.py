@@ -1,7 +1,7 @@
 """Statistics that data-driven criteria need, gathered from calibration data.
 
 Calibration data is any iterable of batches: a tensor ``x``, or a pair ``(x, y)`` (``y`` is
-needed by ``taylor``). At most ``calib_samples`` samples are used; fewer than ``min_samples``
+needed by ``taylor``); a map-style ``torch.utils.data.Dataset`` of samples is batched in order. At most ``calib_samples`` samples are used; fewer than ``min_samples``
 is an error, never a silent fallback.
 """
 
@@ -29,6 +29,8 @@ def batches(
             f"criterion '{cfg.criterion}' needs calibration data; pass calib_data= (an iterable of (x, y) batches) "
             "or use a data-free criterion (l1, l2, bn_scale, random)"
         )
+    if isinstance(data, torch.utils.data.Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
+        data = torch.utils.data.DataLoader(data, batch_size=64)
     seen = 0
     for batch in data:
         if isinstance(batch, torch.Tensor):
