@@ -1,15 +1,17 @@
 """Recovery benchmark: cuttree vs Torch-Pruning, same budget, on the pretrained CIFAR-10 ResNets.
 
 For ResNet-20 and ResNet-56 (pretrained, ../shared/data/weights), in one process and with the
-same budget for every arm (L1 criterion, SGD + cosine, same epochs, batch, learning rate and seed,
-same data order):
+same budget for every arm (the same criterion and ranking scope, SGD + cosine, same epochs, batch,
+learning rate and seed, same data order):
 
 - dense: the unpruned model fine-tuned on the JPEG CIFAR-10 train split (the fair baseline:
   this copy of CIFAR-10 is JPEG re-encoded and fine-tuning alone adapts the model to it);
-- cuttree: pruned to half the MACs (``macs_target: 0.5``), BN recalibrated, fine-tuned with
-  distillation from the dense pretrained model;
-- Torch-Pruning 1.6.1: pruned by its MetaPruner with the same L1 importance to the same MACs
-  (its ratio searched until its MACs are at most cuttree's), then the same fine-tuning.
+- cuttree: pruned to half the MACs (``macs_target: 0.5``; by default L2 magnitude ranked globally,
+  ``--criterion``/``--scope``), BN recalibrated, fine-tuned with distillation from the dense
+  pretrained model;
+- Torch-Pruning 1.6.1: pruned by its MetaPruner with the same magnitude importance and the same
+  scope (``global_pruning``) to the same MACs (its ratio searched until its MACs are at most
+  cuttree's), then the same fine-tuning.
 
 Prints top-1 on the JPEG test split before pruning, right after, after fine-tuning, MACs and
 latency (batch 256, 2 threads) for every arm.
@@ -35,8 +37,10 @@ from cuttree.train import finetune, recalibrate_bn
 BUILD = {"resnet20": resnet20, "resnet56": resnet56}
 
 
-def tp_prune(model: torch.nn.Module, x: torch.Tensor, target_macs: int) -> tuple[torch.nn.Module, str]:
-    """Torch-Pruning's MetaPruner (L1) at the ratio whose MACs first fall to ``target_macs``.
+def tp_prune(
+    model: torch.nn.Module, x: torch.Tensor, target_macs: int, p: int, global_pruning: bool
+) -> tuple[torch.nn.Module, str]:
+    """Torch-Pruning's MetaPruner (Lp magnitude) at the ratio whose MACs first fall to ``target_macs``.
 
     Its generic use breaks these ResNets (the zero-padded shortcut: the pruned model no longer
     runs), so if that happens it is retried with every residual-stream conv ignored, i.e. pruning
@@ -59,8 +63,9 @@ def tp_prune(model: torch.nn.Module, x: torch.Tensor, target_macs: int) -> tuple
                 pruner = tp.pruner.MetaPruner(
                     m,
                     x,
-                    importance=tp.importance.MagnitudeImportance(p=1),
+                    importance=tp.importance.MagnitudeImportance(p=p),
                     pruning_ratio=mid,
+                    global_pruning=global_pruning,
                     ignored_layers=ignored(m, variant == "inner-only"),
                 )
                 pruner.step()
@@ -68,7 +73,7 @@ def tp_prune(model: torch.nn.Module, x: torch.Tensor, target_macs: int) -> tuple
                     hi, best = mid, m
                 else:
                     lo = mid
-        except RuntimeError as e:
+        except (RuntimeError, cuttree.CuttreeError) as e:
             print(f"torch-pruning ({variant}) gives a model that does not run: {str(e).splitlines()[0][:90]}")
             continue
         if best is not None:
@@ -84,6 +89,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--distill", type=float, default=0.5)
+    ap.add_argument("--criterion", choices=["l1", "l2"], default="l2")
+    ap.add_argument("--scope", choices=["local", "global"], default="global")
     ap.add_argument("--json", default="")
     a = ap.parse_args()
     torch.set_num_threads(2)
@@ -99,7 +106,9 @@ def main() -> None:
         base = evaluate(dense0, test)["top1"]
         arms: dict[str, dict[str, float]] = {}
         t0 = time.perf_counter()
-        cfg = cuttree.Config(macs_target=0.5, latency_runs=0, finetune={**ft, "distill": 0.0})
+        cfg = cuttree.Config(
+            macs_target=0.5, criterion=a.criterion, scope=a.scope, latency_runs=0, finetune={**ft, "distill": 0.0}
+        )
         dense = copy.deepcopy(dense0)
         finetune(dense, train, cfg, log=lambda m: None)
         arms["dense fine-tuned"] = {"pruned": base, "tuned": evaluate(dense, test)["top1"], "model": dense}  # type: ignore[dict-item]
@@ -110,7 +119,7 @@ def main() -> None:
         kd = cfg.model_copy(update={"finetune": cfg.finetune.model_copy(update={"distill": a.distill})})
         finetune(cm, train, kd, teacher=dense0, log=lambda m: None)
         arms["cuttree"] = {"pruned": after, "tuned": evaluate(cm, test)["top1"], "model": cm}  # type: ignore[dict-item]
-        tm, variant = tp_prune(dense0, x1, r.after.macs)
+        tm, variant = tp_prune(dense0, x1, r.after.macs, int(a.criterion[1]), a.scope == "global")
         recalibrate_bn(tm, train, cfg)
         after = evaluate(tm, test)["top1"]
         finetune(tm, train, kd, teacher=dense0, log=lambda m: None)

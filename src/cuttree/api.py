@@ -321,15 +321,27 @@ def plan_and_apply(
 
     The plan is tried for real first (surgery is all or nothing); only if the forward check
     fails is it repaired on shape-only copies (see :func:`make_plan`'s ``validate``) and
-    applied again.
+    applied again. With ``config.reconstruct`` the layers that lost input channels are then
+    refitted on ``calib_data`` (:func:`cuttree.reconstruct.reconstruct`).
     """
+    if config.reconstruct and calib_data is None:
+        raise ValueError(
+            "reconstruct=true needs calibration data: pass calib_data= (an iterable of batches, or a Dataset) "
+            "or set reconstruct=false"
+        )
     plan, graph = make_plan(model, example_inputs, config, calib_data, validate=False)
+    original = copy.deepcopy(model) if config.reconstruct and inplace else model
     work = model if inplace else copy.deepcopy(model)
     try:
-        return apply_plan(work, plan, example_inputs, graph.outputs), plan, graph
+        work = apply_plan(work, plan, example_inputs, graph.outputs)
     except SurgeryError:
-        plan = _validated(model, plan, example_inputs, graph)
-        return apply_plan(work, plan, example_inputs, graph.outputs), plan, graph
+        plan = _validated(original, plan, example_inputs, graph)
+        work = apply_plan(work, plan, example_inputs, graph.outputs)
+    if config.reconstruct:
+        from cuttree.reconstruct import reconstruct
+
+        reconstruct(original, work, plan, calib_data, config)
+    return work, plan, graph
 
 
 def keep_fraction(plan: PruningPlan) -> float:

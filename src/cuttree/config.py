@@ -90,6 +90,9 @@ class Config(BaseModel):
       groups together). With ``threshold`` too, a channel goes only if both select it.
     - ``macs_target``: the fraction of the original MACs to keep (e.g. 0.5 halves them).
     - ``steps``: reach the target in this many prune → fine-tune rounds.
+    - ``reconstruct``: after surgery, refit every layer that lost input channels by least squares
+      so it reproduces the original's outputs on the calibration data (needs calibration data;
+      BN recalibration is then skipped, since it would undo the fit).
     - ``finetune``: the recovery settings (:class:`FinetuneConfig`).
     """
 
@@ -110,6 +113,7 @@ class Config(BaseModel):
     seed: int = 0
     latency_runs: int = Field(default=10, ge=0)
     steps: int = Field(default=1, ge=1)
+    reconstruct: bool = False
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     method: Literal["structured", "unstructured"] = "structured"
     nm: str | None = Field(default=None, pattern=r"^[1-9][0-9]*:[1-9][0-9]*$")

@@ -71,9 +71,9 @@ def run_job(
     current = model
     for i in range(cfg.steps):
         scfg = step_config(cfg, i)
-        current, step_plan, _ = plan_and_apply(current, example_inputs, scfg)
+        current, step_plan, _ = plan_and_apply(current, example_inputs, scfg, calib_data=train_data)
         plan = step_plan if plan is None else compose(plan, step_plan)
-        if cfg.finetune.bn_recalibrate:
+        if cfg.finetune.bn_recalibrate and not cfg.reconstruct:
             recalibrate_bn(current, train_data, scfg)
         pruned_metric = evaluate(current, test_data, cfg.mode, ignore_index=cfg.finetune.ignore_index)
         log(f"step {i + 1}/{cfg.steps}: pruned, {key} {pruned_metric[key]:.2f} before fine-tuning")
