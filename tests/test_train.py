@@ -184,3 +184,25 @@ def test_cli_run_writes_a_complete_run_folder(tmp_path: Path) -> None:
 def test_cli_layers_lists_groups(tmp_path: Path) -> None:
     r = _cli("layers", "--arch", "cuttree.models:resnet20", "--input-shape", "1,3,32,32")
     assert r.returncode == 0 and "prunable groups" in r.stdout and "linear" in r.stdout and "output" in r.stdout
+
+
+@pytest.mark.parametrize("extra", [{"criterion": "taylor"}, {"criterion": "activation"}, {"reconstruct": True}])
+def test_run_job_feeds_its_training_data_to_calibration(tmp_path: Path, extra: dict[str, object]) -> None:
+    from cuttree.job import run_job
+    from cuttree.models import resnet20
+
+    g = torch.Generator().manual_seed(5)
+    ds = TensorDataset(torch.randn(48, 3, 32, 32, generator=g), torch.randint(0, 10, (48,), generator=g))
+    c = cuttree.Config(
+        ratio=0.5,
+        min_samples=32,
+        calib_samples=32,
+        latency_runs=0,
+        finetune={"epochs": 0.25, "batch_size": 16},
+        **extra,
+    )
+    torch.manual_seed(0)
+    arch = "cuttree.models:resnet20"
+    report = run_job(resnet20(), (torch.randn(1, 3, 32, 32),), c, ds, ds, tmp_path, arch, log=lambda m: None)
+    assert report["after"]["params"] < report["before"]["params"]
+    assert (tmp_path / "model.cuttree").is_file()
