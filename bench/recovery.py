@@ -25,6 +25,7 @@ import argparse
 import copy
 import json
 import time
+from typing import Any
 
 import torch
 
@@ -81,6 +82,15 @@ def tp_prune(
     raise RuntimeError("torch-pruning reached the MACs target in neither variant")
 
 
+def finish(
+    arms: dict[str, dict[str, Any]], name: str, arm: str, pruned: float, model: torch.nn.Module, since: float, test: Any
+) -> None:
+    """Record one arm (accuracy after pruning and after fine-tuning, the model, seconds) and print it."""
+    arms[arm] = {"pruned": pruned, "tuned": evaluate(model, test)["top1"], "model": model}
+    arms[arm]["seconds"] = time.perf_counter() - since
+    print(f"{name} {arm}: {pruned:.2f}% -> {arms[arm]['tuned']:.2f}% in {arms[arm]['seconds']:.0f} s", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--models", default="resnet20,resnet56")
@@ -91,8 +101,10 @@ def main() -> None:
     ap.add_argument("--distill", type=float, default=0.5)
     ap.add_argument("--criterion", choices=["l1", "l2"], default="l2")
     ap.add_argument("--scope", choices=["local", "global"], default="global")
+    ap.add_argument("--arms", default="dense,cuttree,tp", help="which arms to run (a longer budget may skip tp)")
     ap.add_argument("--json", default="")
     a = ap.parse_args()
+    run = set(a.arms.split(","))
     torch.set_num_threads(2)
     train = cifar10("train", limit=a.train_limit, augment=True)
     test = cifar10("test")
@@ -104,34 +116,44 @@ def main() -> None:
         dense0 = BUILD[name]()
         cuttree.load_weights(dense0, _weights(name))
         base = evaluate(dense0, test)["top1"]
-        arms: dict[str, dict[str, float]] = {}
+        arms: dict[str, dict[str, Any]] = {}
         t0 = time.perf_counter()
         cfg = cuttree.Config(
             macs_target=0.5, criterion=a.criterion, scope=a.scope, latency_runs=0, finetune={**ft, "distill": 0.0}
         )
-        dense = copy.deepcopy(dense0)
-        finetune(dense, train, cfg, log=lambda m: None)
-        arms["dense fine-tuned"] = {"pruned": base, "tuned": evaluate(dense, test)["top1"], "model": dense}  # type: ignore[dict-item]
+
+        if "dense" in run:
+            t = time.perf_counter()
+            dense = copy.deepcopy(dense0)
+            finetune(dense, train, cfg, log=lambda m: None)
+            finish(arms, name, "dense fine-tuned", base, dense, t, test)
         r = cuttree.prune(dense0, (x1,), cfg)
-        cm = r.model
-        recalibrate_bn(cm, train, cfg)
-        after = evaluate(cm, test)["top1"]
         kd = cfg.model_copy(update={"finetune": cfg.finetune.model_copy(update={"distill": a.distill})})
-        finetune(cm, train, kd, teacher=dense0, log=lambda m: None)
-        arms["cuttree"] = {"pruned": after, "tuned": evaluate(cm, test)["top1"], "model": cm}  # type: ignore[dict-item]
-        tm, variant = tp_prune(dense0, x1, r.after.macs, int(a.criterion[1]), a.scope == "global")
-        recalibrate_bn(tm, train, cfg)
-        after = evaluate(tm, test)["top1"]
-        finetune(tm, train, kd, teacher=dense0, log=lambda m: None)
-        arms[f"torch-pruning ({variant})"] = {"pruned": after, "tuned": evaluate(tm, test)["top1"], "model": tm}  # type: ignore[dict-item]
+        if "cuttree" in run:
+            t = time.perf_counter()
+            cm = r.model
+            recalibrate_bn(cm, train, cfg)
+            after = evaluate(cm, test)["top1"]
+            finetune(cm, train, kd, teacher=dense0, log=lambda m: None)
+            finish(arms, name, "cuttree", after, cm, t, test)
+        if "tp" in run:
+            t = time.perf_counter()
+            tm, variant = tp_prune(dense0, x1, r.after.macs, int(a.criterion[1]), a.scope == "global")
+            recalibrate_bn(tm, train, cfg)
+            after = evaluate(tm, test)["top1"]
+            finetune(tm, train, kd, teacher=dense0, log=lambda m: None)
+            finish(arms, name, f"torch-pruning ({variant})", after, tm, t, test)
         print(f"\n{name}: pretrained top-1 on the JPEG test split {base:.2f}%  ({time.perf_counter() - t0:.0f} s)")
-        print(f"{'arm':18s} {'after pruning':>13s} {'fine-tuned':>10s} {'MACs':>13s} {'latency':>9s}")
+        print(f"{'arm':18s} {'after pruning':>13s} {'fine-tuned':>10s} {'MACs':>13s} {'latency':>9s} {'time':>7s}")
         for arm, v in arms.items():
-            m = v.pop("model")  # type: ignore[arg-type]
-            macs = count_macs(m, (x1,))  # type: ignore[arg-type]
-            lat = latency_ms(m, xb, runs=5)  # type: ignore[arg-type]
+            m = v.pop("model")
+            macs = count_macs(m, (x1,))
+            lat = latency_ms(m, xb, runs=5)
             rows.append({"model": name, "arm": arm, **v, "macs": macs, "latency_ms": lat})
-            print(f"{arm:18s} {v['pruned']:12.2f}% {v['tuned']:9.2f}% {macs:13,} {lat:7.1f}ms", flush=True)
+            print(
+                f"{arm:18s} {v['pruned']:12.2f}% {v['tuned']:9.2f}% {macs:13,} {lat:7.1f}ms {v['seconds']:6.0f}s",
+                flush=True,
+            )
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"args": vars(a), "rows": rows}, f, indent=1)
