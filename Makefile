@@ -19,7 +19,7 @@ setup: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m ruff check src tests bench
-	$(BIN)/python -m mypy src/cuttree
+	$(BIN)/python -m mypy src/cuttree bench
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)

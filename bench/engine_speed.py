@@ -113,7 +113,7 @@ def main() -> None:
     print(f"{'model':16s} {'tool':14s} {'median s':>9s} {'min s':>7s} {'mem growth':>10s} {'params kept':>11s}")
     for name in a.models.split(","):
         for tool in a.tools.split(","):
-            runs = []
+            runs: list[dict[str, float]] = []
             for _ in range(a.repeats):
                 p = subprocess.run(
                     [sys.executable, __file__, "--worker", tool, name], capture_output=True, text=True, check=False

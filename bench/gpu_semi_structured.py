@@ -39,7 +39,8 @@ def main() -> None:
         torch.manual_seed(0)
         lin = nn.Linear(fin, fout, bias=False)
         r = cuttree.sparsify(nn.Sequential(lin, nn.Linear(fout, 2)), cuttree.Config(method="unstructured", nm="2:4"))
-        w = cuttree.strip(r.model)[0].weight.detach().half().to(dev)
+        first = cuttree.strip(r.model)[0]  # type: ignore[index]
+        w = first.weight.detach().half().to(dev)
         x = torch.randn(a.rows, fin, device=dev, dtype=torch.half)
         ws = to_sparse_semi_structured(w)
 
