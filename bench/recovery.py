@@ -50,9 +50,12 @@ def tp_prune(
     import torch_pruning as tp
 
     def ignored(m: torch.nn.Module, inner_only: bool) -> list[torch.nn.Module]:
-        names = ["linear", *(["conv1"] if inner_only else [])]
-        convs = [mod.conv2 for mod in m.modules() if hasattr(mod, "conv2")] if inner_only else []
-        return [m.get_submodule(n) for n in names] + [c for c in convs if isinstance(c, torch.nn.Module)]
+        layers = [m.get_submodule("linear")]
+        if inner_only:
+            layers += [m.get_submodule("conv1")] + [
+                b.get_submodule("conv2") for b in m.modules() if hasattr(b, "conv2")
+            ]
+        return layers
 
     for variant in ("generic", "inner-only"):
         lo, hi, best = 0.0, 0.95, None
