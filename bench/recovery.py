@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import json
 import time
 from typing import Any
@@ -107,6 +108,11 @@ def main() -> None:
     ap.add_argument("--json", default="")
     a = ap.parse_args()
     run = set(a.arms.split(","))
+    if unknown := sorted(run - {"dense", "cuttree", "tp"}):
+        ap.error(f"--arms {unknown[0]!r} is not an arm; the arms are dense, cuttree and tp")
+    if "tp" in run and importlib.util.find_spec("torch_pruning") is None:
+        # fail before an hour of fine-tuning, not after it
+        ap.error("the tp arm needs torch-pruning 1.6.1: pip install -e '.[bench]' (or drop tp from --arms)")
     torch.set_num_threads(2)
     train = cifar10("train", limit=a.train_limit, augment=True)
     test = cifar10("test")
