@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.cuttree-installed
 ARGS ?=
 
-.PHONY: setup test demo lint bench-zoo bench-speed clean
+.PHONY: setup test demo lint bench-zoo bench-speed bench-recovery clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,9 +32,14 @@ lint: $(STAMP)
 bench-zoo: $(STAMP)
 	$(BIN)/python bench/zoo.py $(ARGS)
 
+# the bench extra (torch-pruning, the comparison tool) on top of the editable install
 bench-speed: $(STAMP)
-	$(BIN)/python -m pip install --quiet '.[bench]'
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/engine_speed.py $(ARGS)
+
+bench-recovery: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/recovery.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
