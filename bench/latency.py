@@ -6,7 +6,9 @@ mode with 2 threads, interleaved (dense, pruned, dense, …) so both see the sam
 prints the median latencies, the speed-up, the MAC reduction and their ratio (target ≥ 0.9),
 for two forms of both models: as they are ("plain") and in inference form ("deploy": batch norm
 folded into the convs and channels-last layout, ``cuttree.deploy.for_inference``, applied to the
-dense and the pruned model alike). Unless ``--default-allocator`` is given, glibc is first told to
+dense and the pruned model alike), and the same with oneDNN layout ("onednn": weights pre-packed
+once, activations kept in oneDNN's blocked format from input to output, still eager;
+``for_inference(..., layout="onednn")``). Unless ``--default-allocator`` is given, glibc is first told to
 keep freed memory (``cuttree.deploy.keep_freed_memory``: no fresh, page-faulted ``mmap`` for every
 large activation), which makes both models faster and the timings far steadier.
 
@@ -70,6 +72,7 @@ def main() -> None:
         forms = {
             "plain": (model, r.model.eval(), x),
             "deploy": (for_inference(model, x1), for_inference(r.model, x1), x.to(memory_format=torch.channels_last)),
+            "onednn": (for_inference(model, x1, "onednn"), for_inference(r.model, x1, "onednn"), x),
         }
         for form, (dense, pruned, xx) in forms.items():
             for _ in range(a.warmup):

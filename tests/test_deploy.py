@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
+import torchvision
 from torch import nn
 
 import cuttree
@@ -37,3 +39,26 @@ def test_sparse_linear_exact_and_choice_keeps_outputs() -> None:
         torch.testing.assert_close(fast(x), dense(x), rtol=1e-5, atol=1e-5)
     assert [r["layer"] for r in rows] == ["0"]  # the output layer is kept dense by sparsify
     assert isinstance(fast[0], SparseLinear) == rows[0]["sparse"]
+
+
+def test_onednn_layout_same_outputs_and_plain_modules() -> None:
+    torch.manual_seed(0)
+    m = torchvision.models.resnet18(num_classes=10).eval()
+    x = (torch.randn(2, 3, 32, 32),)
+    f = for_inference(m, x, layout="onednn")
+    assert not any(isinstance(mod, nn.Conv2d | nn.Linear | nn.BatchNorm2d) for mod in f.modules())
+    assert not any(isinstance(mod, torch.jit.ScriptModule) for mod in f.modules())  # eager, not TorchScript
+    with torch.no_grad():
+        y = f(torch.randn(5, 3, 32, 32).clone())  # another batch size than the check's
+        assert y.shape == (5, 10) and not y.is_mkldnn
+        torch.testing.assert_close(f(*x), m(*x), rtol=1e-4, atol=1e-4)
+
+
+def test_onednn_layout_refuses_a_model_with_an_op_it_lacks() -> None:
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Hardtanh()).eval()
+    with pytest.raises(cuttree.CuttreeError, match=r"layout 'onednn'.*hardtanh.*use layout='channels_last'"):
+        for_inference(m, (torch.randn(1, 3, 8, 8),), layout="onednn")
+    with pytest.raises(cuttree.CuttreeError, match=r"layout 'onednn'.*as_strided.*use layout='channels_last'"):
+        for_inference(resnet20().eval(), (torch.randn(1, 3, 32, 32),), layout="onednn")  # its x[:, :, ::2, ::2]
+    with pytest.raises(cuttree.CuttreeError, match=r"layout 'nhwc' is not known: must be one of channels_last, onednn"):
+        for_inference(m, (torch.randn(1, 3, 8, 8),), layout="nhwc")

@@ -1,4 +1,4 @@
-"""Inference form of a model: batch norm folded into the conv before it, channels-last layout.
+"""Inference form of a model: batch norm folded into the conv before it, channels-last or oneDNN layout.
 
 This is what a pruned model is deployed as, and it is applied to the dense model alike when the
 two are compared (``bench/latency.py``): folding removes the memory-bound BN passes that do not
@@ -62,16 +62,26 @@ def fold_batchnorm(model: nn.Module, example_inputs: Sequence[Any], atol: float 
         conv, bn = out.get_submodule(conv_name), out.get_submodule(bn_name)
         _set(out, conv_name, fuse_conv_bn_eval(conv, bn))  # type: ignore[arg-type, type-var]
         _set(out, bn_name, nn.Identity())
-    with eval_mode(model), torch.no_grad():
-        ref = [t for t in tree_flatten(model(*example_inputs))[0] if isinstance(t, torch.Tensor)]
-        got = [t for t in tree_flatten(out(*example_inputs))[0] if isinstance(t, torch.Tensor)]
-    for a, b in zip(ref, got, strict=True):
-        if not torch.allclose(a, b, atol=atol, rtol=1e-3):
-            raise CuttreeError(
-                f"folding batch norm changed the outputs (max diff {(a - b).abs().max().item():.3g}); a conv output "
-                "is used besides its BN: deploy without folding"
-            )
+    diff = _max_diff(model, out, example_inputs, atol)
+    if diff is not None:
+        raise CuttreeError(
+            f"folding batch norm changed the outputs (max diff {diff:.3g}); a conv output "
+            "is used besides its BN: deploy without folding"
+        )
     return out
+
+
+def _outputs(model: nn.Module, example_inputs: Sequence[Any]) -> list[torch.Tensor]:
+    with eval_mode(model), torch.no_grad():
+        return [t for t in tree_flatten(model(*example_inputs))[0] if isinstance(t, torch.Tensor)]
+
+
+def _max_diff(model: nn.Module, other: nn.Module, example_inputs: Sequence[Any], atol: float) -> float | None:
+    """The largest output difference where ``other`` disagrees with ``model`` beyond tolerance, else None."""
+    for a, b in zip(_outputs(model, example_inputs), _outputs(other, example_inputs), strict=True):
+        if not torch.allclose(a, b, atol=atol, rtol=1e-3):
+            return float((a - b).abs().max().item())
+    return None
 
 
 def _set(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -79,9 +89,111 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, attr, module)
 
 
-def for_inference(model: nn.Module, example_inputs: Sequence[Any]) -> nn.Module:
-    """BN folded and channels-last weights (feed it channels-last inputs for the full effect)."""
-    return fold_batchnorm(model, example_inputs).to(memory_format=torch.channels_last)
+LAYOUTS = ("channels_last", "onednn")
+
+
+def for_inference(model: nn.Module, example_inputs: Sequence[Any], layout: str = "channels_last") -> nn.Module:
+    """BN folded, then laid out for CPU inference.
+
+    ``layout="channels_last"``: channels-last weights (feed it channels-last inputs for the full
+    effect). ``layout="onednn"``: every 2-D conv and Linear holds its weight pre-packed in oneDNN's
+    blocked format, and activations stay oneDNN tensors from input to output (``OneDNNModel``),
+    so no layer reorders its weight or its input on each call; still torch eager. Only models
+    whose every op accepts oneDNN tensors can take it (ResNets, VGG: yes; ops such as hardtanh or
+    as_strided: no); otherwise an error names the op.
+
+    >>> m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2))
+    >>> x = torch.randn(2, 3, 8, 8)
+    >>> f = for_inference(m, (x,), layout="onednn")
+    >>> with torch.no_grad():
+    ...     torch.allclose(f(x), m.eval()(x), atol=1e-5)
+    True
+    """
+    if layout not in LAYOUTS:
+        raise CuttreeError(f"layout {layout!r} is not known: must be one of {', '.join(LAYOUTS)}")
+    folded = fold_batchnorm(model, example_inputs)
+    if layout == "channels_last":
+        return folded.to(memory_format=torch.channels_last)
+    return onednn_form(folded, example_inputs)
+
+
+class OneDNNConv2d(nn.Module):
+    """An eager 2-D conv whose weight is pre-packed once in oneDNN's blocked format (inference only)."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise CuttreeError(
+                f"conv padding {conv.padding!r} / padding_mode {conv.padding_mode!r} has no oneDNN form: "
+                "use layout='channels_last'"
+            )
+        self.padding = list(conv.padding)
+        self.stride = list(conv.stride)
+        self.dilation = list(conv.dilation)
+        self.groups = conv.groups
+        w = conv.weight.detach().float()
+        self.packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
+            w.to_mkldnn(), self.padding, self.stride, self.dilation, self.groups
+        )
+        b = conv.bias.detach().float() if conv.bias is not None else torch.zeros(w.shape[0])
+        self.bias = b.to_mkldnn()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.mkldnn_convolution(
+            x, self.packed, self.bias, self.padding, self.stride, self.dilation, self.groups
+        )
+
+
+class OneDNNLinear(nn.Module):
+    """An eager Linear layer whose weight is a oneDNN tensor (inference only)."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.packed = linear.weight.detach().float().to_mkldnn()
+        b = linear.bias.detach().float() if linear.bias is not None else torch.zeros(linear.out_features)
+        self.bias = b.to_mkldnn()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch._C._nn.mkldnn_linear(x, self.packed, self.bias)
+
+
+class OneDNNModel(nn.Module):
+    """Feeds its network oneDNN tensors and hands back ordinary (strided) tensors."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, *args: Any) -> Any:
+        ins = [a.to_mkldnn() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
+        out = self.net(*ins)
+        leaves, spec = tree_flatten(out)
+        dense = [t.to_dense() if isinstance(t, torch.Tensor) and t.is_mkldnn else t for t in leaves]
+        return spec.unflatten(dense)
+
+
+def onednn_form(model: nn.Module, example_inputs: Sequence[Any], atol: float = 1e-4) -> OneDNNModel:
+    """A copy of ``model`` (float32, CPU, eval) in oneDNN layout, checked on ``example_inputs``."""
+    if not torch.backends.mkldnn.is_available():
+        raise CuttreeError("layout 'onednn' needs a PyTorch build with oneDNN (mkldnn): use layout='channels_last'")
+    net = copy.deepcopy(model).eval()
+    for name, mod in list(net.named_modules()):
+        if type(mod) is nn.Conv2d:
+            _set(net, name, OneDNNConv2d(mod))
+        elif type(mod) is nn.Linear:
+            _set(net, name, OneDNNLinear(mod))
+    out = OneDNNModel(net)
+    try:
+        diff = _max_diff(model, out, example_inputs, atol)
+    except (NotImplementedError, RuntimeError) as e:
+        first = str(e).splitlines()[0][:160]
+        raise CuttreeError(
+            f"layout 'onednn' needs every op of the model to take oneDNN tensors, and one does not ({first}): "
+            "use layout='channels_last'"
+        ) from None
+    if diff is not None:
+        raise CuttreeError(f"layout 'onednn' changed the outputs (max diff {diff:.3g}): use layout='channels_last'")
+    return out
 
 
 def keep_freed_memory() -> bool:
