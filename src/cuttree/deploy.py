@@ -114,7 +114,7 @@ def for_inference(model: nn.Module, example_inputs: Sequence[Any], layout: str =
     folded = fold_batchnorm(model, example_inputs)
     if layout == "channels_last":
         return folded.to(memory_format=torch.channels_last)
-    return onednn_form(folded, example_inputs)
+    return _onednn_checked(model, folded, example_inputs)  # ``folded`` is already a copy
 
 
 class OneDNNConv2d(nn.Module):
@@ -174,9 +174,13 @@ class OneDNNModel(nn.Module):
 
 def onednn_form(model: nn.Module, example_inputs: Sequence[Any], atol: float = 1e-4) -> OneDNNModel:
     """A copy of ``model`` (float32, CPU, eval) in oneDNN layout, checked on ``example_inputs``."""
+    return _onednn_checked(model, copy.deepcopy(model).eval(), example_inputs, atol)
+
+
+def _onednn_checked(model: nn.Module, net: nn.Module, example_inputs: Sequence[Any], atol: float = 1e-4) -> OneDNNModel:
+    """Turn ``net`` (a copy of ``model``, changed in place) into oneDNN layout, checked against ``model``."""
     if not torch.backends.mkldnn.is_available():
         raise CuttreeError("layout 'onednn' needs a PyTorch build with oneDNN (mkldnn): use layout='channels_last'")
-    net = copy.deepcopy(model).eval()
     for name, mod in list(net.named_modules()):
         if type(mod) is nn.Conv2d:
             _set(net, name, OneDNNConv2d(mod))
