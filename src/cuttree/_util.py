@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
+import torch
 from torch import nn
 
 from cuttree.errors import TraceError
@@ -21,6 +24,27 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, f in flags.items():
             m.training = f
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s first parameter (or buffer) lives; the CPU for a model with neither."""
+    t = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return t.device if t is not None else torch.device("cpu")
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """The one border between torch and the numpy decisions: ``t`` detached, on the CPU, as numpy.
+
+    Wherever the model lives (GPU, CPU), the planning code sees the same arrays. Half-precision
+    floats are widened to float32 (numpy has no bfloat16).
+
+    >>> to_numpy(torch.tensor([1.5, 2.0], dtype=torch.bfloat16)).dtype
+    dtype('float32')
+    """
+    x = t.detach()
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
+    return x.cpu().numpy()
 
 
 def run_model(model: nn.Module, example_inputs: Sequence[Any]) -> Any:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from cuttree import calibrate
+from cuttree._util import model_device, to_numpy
 from cuttree.budget import GroupBudget, estimate_macs, search_macs, select
 from cuttree.config import Config, LayerOverride
 from cuttree.errors import PlanError, SurgeryError, did_you_mean
@@ -124,10 +125,9 @@ def make_plan(
             stacklevel=2,
         )
     budgets = _budgets(graph, config, overrides)
-    extra = _extra(model, graph, config, calib_data)
-    tensors = named_tensors(model)
+    extra, weights = criterion_inputs(model, graph, config, calib_data)
     score_fn = CRITERIA[config.criterion]
-    scores = [score_fn(g, tensors, extra, config.seed) for g in graph.groups]
+    scores = [score_fn(g, weights, extra, config.seed) for g in graph.groups]
     names_g = [g.name for g in graph.groups]
     if config.macs_target is not None:
         keeps = search_macs(graph, scores, budgets, config.macs_target, config.scope == "global")
@@ -206,16 +206,23 @@ def _budgets(graph: DependencyGraph, cfg: Config, overrides: dict[str, list[str]
     return out
 
 
-def _extra(
+def criterion_inputs(
     model: nn.Module, graph: DependencyGraph, cfg: Config, data: Iterable[Any] | None
-) -> dict[str, torch.Tensor]:
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """What the criterion reads, as numpy (the border: each tensor goes to the CPU once):
+    the statistics it needs from ``data``, and the groups' parameters by state-dict name."""
+    stats: dict[str, torch.Tensor] = {}
     if cfg.criterion == "taylor":
-        return calibrate.gradients(model, data, cfg)
-    if cfg.criterion == "activation":
-        return calibrate.activations(model, graph, data, cfg)
-    if cfg.criterion == "bn_scale":
-        return calibrate.norm_scales(model, graph)
-    return {}
+        stats = calibrate.gradients(model, data, cfg)
+    elif cfg.criterion == "activation":
+        stats = calibrate.activations(model, graph, data, cfg)
+    elif cfg.criterion == "bn_scale":
+        stats = calibrate.norm_scales(model, graph)
+    members = {m.tensor for g in graph.groups for m in g.members}
+    params = {k: v for k, v in named_tensors(model).items() if k in members and isinstance(v, nn.Parameter)}
+    if cfg.criterion == "taylor":
+        stats = {k: v for k, v in stats.items() if k in params}
+    return {k: to_numpy(v) for k, v in stats.items()}, {k: to_numpy(v) for k, v in params.items()}
 
 
 def prune(
@@ -293,7 +300,8 @@ def sparsify(
     layers = sp.prunable_layers(work, ignore, include_output=list(config.layers))
     norms = None
     if config.criterion == "wanda":
-        norms = sp.input_norms(work, layers, (x for x, _ in calibrate.batches(calib_data, config, need_labels=False)))
+        batches = calibrate.batches(calib_data, config, need_labels=False, device=model_device(work))
+        norms = sp.input_norms(work, layers, (x for x, _ in batches))
     score = sp.scores(layers, norms)
     if config.nm is not None:
         n, m = (int(v) for v in config.nm.split(":"))

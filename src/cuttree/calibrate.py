@@ -14,16 +14,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cuttree._util import eval_mode, primary_output
+from cuttree._util import eval_mode, model_device, primary_output
 from cuttree.config import Config
 from cuttree.graph.groups import DependencyGraph
 from cuttree.rules import rule_for_module
 
 
 def batches(
-    data: Iterable[Any] | None, cfg: Config, need_labels: bool
+    data: Iterable[Any] | None, cfg: Config, need_labels: bool, device: torch.device | None = None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-    """Yield ``(x, y)`` batches up to ``calib_samples`` samples; check ``min_samples``."""
+    """Yield ``(x, y)`` batches up to ``calib_samples`` samples, on ``device`` (the model's, where
+    the data is elsewhere); check ``min_samples``."""
     if data is None:
         raise ValueError(
             f"criterion '{cfg.criterion}' needs calibration data; pass calib_data= (an iterable of (x, y) batches) "
@@ -42,7 +43,7 @@ def batches(
         if need_labels and y is None:
             raise ValueError(f"criterion '{cfg.criterion}' needs labels; give calibration batches as (x, y) pairs")
         take = min(len(x), cfg.calib_samples - seen)
-        yield x[:take], (y[:take] if y is not None else None)
+        yield x[:take].to(device), (y[:take].to(device) if y is not None else None)
         seen += take
         if seen >= cfg.calib_samples:
             break
@@ -66,7 +67,7 @@ def gradients(model: nn.Module, data: Iterable[Any] | None, cfg: Config) -> dict
     params = dict(model.named_parameters())
     grads = {k: torch.zeros_like(p) for k, p in params.items()}
     with eval_mode(model):
-        for x, y in batches(data, cfg, need_labels=True):
+        for x, y in batches(data, cfg, need_labels=True, device=model_device(model)):
             model.zero_grad(set_to_none=True)
             assert y is not None
             task_loss(model(x), y, cfg.mode, cfg.finetune.ignore_index).backward()
@@ -104,7 +105,7 @@ def activations(
     handles = [modules[n].register_forward_hook(hook(n)) for n in wanted]
     try:
         with eval_mode(model), torch.no_grad():
-            for x, _ in batches(data, cfg, need_labels=False):
+            for x, _ in batches(data, cfg, need_labels=False, device=model_device(model)):
                 model(x)
     finally:
         for h in handles:

@@ -135,11 +135,15 @@ def _log(args: argparse.Namespace) -> Any:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from cuttree.job import metric_name, report_table, run_job
+    from cuttree.train import deterministic_env, rank_device
 
     cfg = _config(args)
-    model = _model(args).to(args.device)
+    if cfg.finetune.deterministic:
+        deterministic_env()
+    device = rank_device(args.device)
+    model = _model(args).to(device)
     torch.manual_seed(cfg.seed)
-    x = (torch.randn(*args.input_shape, device=args.device),)
+    x = (torch.randn(*args.input_shape).to(device),)
     report = run_job(
         model, x, cfg, _data(args, "train"), _data(args, "test"), args.out, args.arch, args.arch_kwargs, _log(args)
     )
@@ -149,16 +153,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from cuttree.measure import evaluate
-    from cuttree.train import finetune, init_distributed
+    from cuttree.train import deterministic_env, finetune, init_distributed, rank_device
 
-    rank, size = init_distributed()
     cfg = _config(args, need_target=False)
+    if cfg.finetune.deterministic:
+        deterministic_env()
+    rank, size = init_distributed(args.device)
+    device = rank_device(args.device)
     meta = io.read_metadata(args.model)
-    model = io.load(args.model, trusted=[meta["arch"].partition(":")[0]]).train()
+    model = io.load(args.model, trusted=[meta["arch"].partition(":")[0]]).to(device).train()
     teacher = None
     if args.teacher:
         teacher = io.build_model(meta["arch"], meta.get("arch_kwargs"), trusted=[meta["arch"].partition(":")[0]])
         io.load_weights(teacher, args.teacher)
+        teacher.to(device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -183,9 +191,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from cuttree.measure import evaluate
+    from cuttree.train import rank_device
 
+    device = rank_device(args.device)
     meta = io.read_metadata(args.model)
-    model = io.load(args.model, trusted=[meta["arch"].partition(":")[0]])
+    model = io.load(args.model, trusted=[meta["arch"].partition(":")[0]]).to(device)
     mode = args.mode or meta["plan"].config.get("mode", "classification")
     data = _data(args, args.split)
     m = evaluate(model, data, mode, ignore_index=int(meta["plan"].config.get("finetune", {}).get("ignore_index", 255)))
@@ -260,6 +270,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="run folder (checkpoints, model.cuttree)")
     sp.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     sp.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (testing)")
+    sp.add_argument("--device", default="cpu", help="cpu, cuda (under torchrun: cuda:LOCAL_RANK), cuda:1, …")
     sp.add_argument("--quiet", action="store_true", help="no per-step log lines")
     sp.set_defaults(func=cmd_finetune)
 
@@ -268,6 +279,7 @@ def parser() -> argparse.ArgumentParser:
     data_args(sp)
     sp.add_argument("--split", default="test")
     sp.add_argument("--mode", choices=["classification", "segmentation"], default=None)
+    sp.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, …")
     sp.set_defaults(func=cmd_eval)
     return p
 

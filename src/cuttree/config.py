@@ -56,7 +56,13 @@ class LayerOverride(BaseModel):
 
 
 class FinetuneConfig(BaseModel):
-    """How to recover accuracy after pruning (``finetune:`` in the YAML)."""
+    """How to recover accuracy after pruning (``finetune:`` in the YAML).
+
+    ``amp``: ``auto`` (bfloat16 on a GPU that has it, float16 with a gradient scaler on one that
+    does not, full precision on the CPU), ``off``, ``bf16`` or ``fp16`` (always with a scaler).
+    ``deterministic``: reproducible kernels, so that a resumed run on a GPU ends with the same
+    weights as an uninterrupted one (slower; CPU runs are reproducible without it).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -73,6 +79,7 @@ class FinetuneConfig(BaseModel):
     distill: float = Field(default=0.0, ge=0.0, le=1.0)
     temperature: float = Field(default=4.0, gt=0.0)
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    deterministic: bool = False
     checkpoint_every: int = Field(default=100, ge=0)
     ignore_index: int = 255
     bn_recalibrate: bool = True

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torch.utils._pytree import tree_flatten
 
-from cuttree._util import eval_mode
+from cuttree._util import eval_mode, model_device
 from cuttree.errors import CuttreeError
 
 
@@ -179,6 +179,11 @@ def onednn_form(model: nn.Module, example_inputs: Sequence[Any], atol: float = 1
 
 def _onednn_checked(model: nn.Module, net: nn.Module, example_inputs: Sequence[Any], atol: float = 1e-4) -> OneDNNModel:
     """Turn ``net`` (a copy of ``model``, changed in place) into oneDNN layout, checked against ``model``."""
+    if model_device(model).type != "cpu":
+        raise CuttreeError(
+            f"layout 'onednn' is for CPU inference and the model is on {model_device(model)}: "
+            "use layout='channels_last' there, or move the model to the CPU first"
+        )
     if not torch.backends.mkldnn.is_available():
         raise CuttreeError("layout 'onednn' needs a PyTorch build with oneDNN (mkldnn): use layout='channels_last'")
     for name, mod in list(net.named_modules()):
@@ -245,19 +250,14 @@ class SparseLinear(nn.Module):
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
-def median_ms(fn: Any, runs: int) -> float:
+def median_ms(fn: Any, runs: int, device: torch.device | None = None) -> float:
+    """Median milliseconds of ``fn()`` on ``device`` (the CPU by default), waited for each time."""
     import statistics
-    import time
+
+    from cuttree.measure import time_ms
 
     with torch.inference_mode():
-        for _ in range(2):
-            fn()
-        ts = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-    return statistics.median(ts) * 1e3
+        return statistics.median(time_ms(fn, device or torch.device("cpu"), runs, warmup=2))
 
 
 def choose_sparse_kernels(
@@ -285,8 +285,8 @@ def choose_sparse_kernels(
             continue
         x = seen[name]
         sparse = SparseLinear(lin)
-        d = median_ms(lambda lin=lin, x=x: lin(x), runs)
-        s = median_ms(lambda sparse=sparse, x=x: sparse(x), runs)
+        d = median_ms(lambda lin=lin, x=x: lin(x), runs, x.device)
+        s = median_ms(lambda sparse=sparse, x=x: sparse(x), runs, x.device)
         use = s < d
         rows.append(
             {

@@ -1,10 +1,13 @@
 """Importance criteria: a coupled group in, one score per channel out.
 
-Every criterion has the same signature: ``(group, tensors, extra) -> np.ndarray`` of length
-``group.size``, non-negative, higher meaning more important. ``tensors`` maps state-dict names
-to the model's current tensors; ``extra`` holds statistics collected beforehand
-(:mod:`cuttree.calibrate`): gradients by tensor name for ``taylor``; per-position vectors keyed
-``"name@dim"`` for ``activation`` (mean |output|) and ``bn_scale`` (the norm layers' γ).
+Every criterion has the same signature: ``(group, weights, extra, seed) -> np.ndarray`` of length
+``group.size``, non-negative, higher meaning more important. Criteria see numpy arrays only,
+never a framework tensor, so a model on a GPU is scored exactly like one on the CPU: ``weights``
+maps the state-dict names of the group members' parameters to their current values; ``extra``
+holds statistics collected beforehand (:mod:`cuttree.calibrate`): gradients by tensor name for
+``taylor``; per-position vectors keyed ``"name@dim"`` for ``activation`` (mean |output|) and
+``bn_scale`` (the norm layers' γ). The frontend converts both once, with
+:func:`cuttree._util.to_numpy`.
 
 Definitions (a channel's *slices* are, in every parameter of its group, the entries at the
 channel's positions along the coupled dim):
@@ -25,12 +28,11 @@ import zlib
 from collections.abc import Callable, Mapping
 
 import numpy as np
-import torch
 
 from cuttree.graph.groups import Group, Member
 
-Tensors = Mapping[str, torch.Tensor]
-Criterion = Callable[[Group, Tensors, Mapping[str, torch.Tensor], int], np.ndarray]
+Arrays = Mapping[str, np.ndarray]
+Criterion = Callable[[Group, Arrays, Arrays, int], np.ndarray]
 CRITERIA: dict[str, Criterion] = {}
 
 
@@ -44,17 +46,18 @@ def criterion(name: str) -> Callable[[Criterion], Criterion]:
     return deco
 
 
-def per_position(t: torch.Tensor, dim: int, fn: str) -> np.ndarray:
-    """Reduce ``t`` over every dim but ``dim``: ``sum_abs`` or ``sum_sq`` or ``sum``."""
-    x = t.detach()
-    others = [d for d in range(x.dim()) if d != dim]
+def per_position(x: np.ndarray, dim: int, fn: str) -> np.ndarray:
+    """Reduce ``x`` over every dim but ``dim``, in float64: ``sum_abs`` or ``sum_sq`` or ``sum``.
+
+    >>> per_position(np.array([[1.0, -2.0], [3.0, 4.0]]), 0, "sum_abs").tolist()
+    [3.0, 7.0]
+    """
+    others = tuple(d for d in range(x.ndim) if d != dim)
     if fn == "sum_abs":
-        r = x.abs().sum(others) if others else x.abs()
+        x = np.abs(x)
     elif fn == "sum_sq":
-        r = (x * x).sum(others) if others else x * x
-    else:
-        r = x.sum(others) if others else x
-    return r.double().numpy()
+        x = np.square(x, dtype=np.float64)
+    return np.asarray(np.sum(x, axis=others, dtype=np.float64))
 
 
 def _accumulate(group: Group, members: list[Member], values: list[np.ndarray]) -> np.ndarray:
@@ -64,50 +67,50 @@ def _accumulate(group: Group, members: list[Member], values: list[np.ndarray]) -
     return out
 
 
-def _params(group: Group, tensors: Tensors) -> list[Member]:
-    return [m for m in group.members if isinstance(tensors[m.tensor], torch.nn.Parameter)]
+def _params(group: Group, weights: Arrays) -> list[Member]:
+    return [m for m in group.members if m.tensor in weights]
 
 
 @criterion("l1")
-def l1(group: Group, tensors: Tensors, extra: Mapping[str, torch.Tensor], seed: int) -> np.ndarray:
-    ms = _params(group, tensors)
-    return _accumulate(group, ms, [per_position(tensors[m.tensor], m.dim, "sum_abs") for m in ms])
+def l1(group: Group, weights: Arrays, extra: Arrays, seed: int) -> np.ndarray:
+    ms = _params(group, weights)
+    return _accumulate(group, ms, [per_position(weights[m.tensor], m.dim, "sum_abs") for m in ms])
 
 
 @criterion("l2")
-def l2(group: Group, tensors: Tensors, extra: Mapping[str, torch.Tensor], seed: int) -> np.ndarray:
-    ms = _params(group, tensors)
-    return np.sqrt(_accumulate(group, ms, [per_position(tensors[m.tensor], m.dim, "sum_sq") for m in ms]))
+def l2(group: Group, weights: Arrays, extra: Arrays, seed: int) -> np.ndarray:
+    ms = _params(group, weights)
+    return np.sqrt(_accumulate(group, ms, [per_position(weights[m.tensor], m.dim, "sum_sq") for m in ms]))
 
 
 @criterion("random")
-def random(group: Group, tensors: Tensors, extra: Mapping[str, torch.Tensor], seed: int) -> np.ndarray:
+def random(group: Group, weights: Arrays, extra: Arrays, seed: int) -> np.ndarray:
     rng = np.random.default_rng([seed, zlib.crc32(group.name.encode())])
     return rng.random(group.size)
 
 
 @criterion("taylor")
-def taylor(group: Group, tensors: Tensors, extra: Mapping[str, torch.Tensor], seed: int) -> np.ndarray:
-    ms = [m for m in _params(group, tensors) if m.tensor in extra]
-    vals = [per_position(tensors[m.tensor].detach() * extra[m.tensor], m.dim, "sum") for m in ms]
+def taylor(group: Group, weights: Arrays, extra: Arrays, seed: int) -> np.ndarray:
+    ms = [m for m in _params(group, weights) if m.tensor in extra]
+    vals = [per_position(np.multiply(weights[m.tensor], extra[m.tensor], dtype=np.float64), m.dim, "sum") for m in ms]
     return _accumulate(group, ms, vals) ** 2
 
 
 @criterion("activation")
-def activation(group: Group, tensors: Tensors, extra: Mapping[str, torch.Tensor], seed: int) -> np.ndarray:
+def activation(group: Group, weights: Arrays, extra: Arrays, seed: int) -> np.ndarray:
     ms = [m for m in group.members if f"{m.tensor}@{m.dim}" in extra]
-    return _accumulate(group, ms, [extra[f"{m.tensor}@{m.dim}"].to(torch.float64).numpy() for m in ms])
+    return _accumulate(group, ms, [extra[f"{m.tensor}@{m.dim}"].astype(np.float64) for m in ms])
 
 
 @criterion("bn_scale")
-def bn_scale(group: Group, tensors: Tensors, extra: Mapping[str, torch.Tensor], seed: int) -> np.ndarray:
+def bn_scale(group: Group, weights: Arrays, extra: Arrays, seed: int) -> np.ndarray:
     ms = [m for m in group.members if f"{m.tensor}@{m.dim}" in extra]
     if not ms:
-        return l1(group, tensors, extra, seed)
-    return _accumulate(group, ms, [extra[f"{m.tensor}@{m.dim}"].abs().to(torch.float64).numpy() for m in ms])
+        return l1(group, weights, extra, seed)
+    return _accumulate(group, ms, [np.abs(extra[f"{m.tensor}@{m.dim}"]).astype(np.float64) for m in ms])
 
 
-def used_criterion(name: str, group: Group, extra: Mapping[str, torch.Tensor]) -> str:
+def used_criterion(name: str, group: Group, extra: Arrays) -> str:
     """The criterion that really scored ``group`` (``bn_scale`` without a norm layer is ``l1``)."""
     if name == "bn_scale" and not any(f"{m.tensor}@{m.dim}" in extra for m in group.members):
         return "l1"

@@ -26,8 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from cuttree._util import to_numpy
 from cuttree.errors import FileFormatError
-from cuttree.measure import state_dict_for_save
+from cuttree.measure import state_dict_for_save, tensor_names
 from cuttree.plan import PruningPlan
 from cuttree.surgery import apply_plan
 
@@ -50,8 +51,8 @@ def compress(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], d
             keep = flat != 0
             nnz = int(keep.sum())
             if nnz <= (1 - SPARSE_MIN_ZEROS) * flat.numel():
-                mask_z = zlib.compress(np.packbits(keep.numpy()).tobytes(), 6)
-                vals_z = zlib.compress(flat[keep].view(torch.uint8).numpy().tobytes(), 6)
+                mask_z = zlib.compress(np.packbits(to_numpy(keep)).tobytes(), 6)
+                vals_z = zlib.compress(to_numpy(flat[keep].view(torch.uint8)).tobytes(), 6)
                 if len(mask_z) + len(vals_z) < flat.numel() * flat.element_size():
                     out[f"{k}::mask"] = torch.frombuffer(bytearray(mask_z), dtype=torch.uint8)
                     out[f"{k}::values"] = torch.frombuffer(bytearray(vals_z), dtype=torch.uint8)
@@ -64,7 +65,7 @@ def compress(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], d
 def _inflate(data: torch.Tensor, size: int, what: str) -> bytes:
     # Bounded: a hostile file cannot make us allocate more than the declared tensor size.
     d = zlib.decompressobj()
-    raw = d.decompress(data.numpy().tobytes(), size + 1)
+    raw = d.decompress(to_numpy(data).tobytes(), size + 1)
     if len(raw) != size or d.unconsumed_tail:
         raise FileFormatError(f"compressed tensor '{what}' does not match its declared size; the file is corrupt")
     return raw
@@ -244,9 +245,9 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) ->
     # Checkpoints written by older PyTorch versions lack BN's step counter; it does not affect outputs.
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     # A tensor shared by several modules is stored once; its other names are aliases, not gaps.
-    ptr = {k: v.untyped_storage().data_ptr() for k, v in expected.items() if v.numel()}
-    stored = {ptr[k] for k in state if k in ptr}
-    aliased = {k for k in missing if ptr.get(k) in stored}
+    first = tensor_names(model)
+    stored = {first[k] for k in state if k in first}
+    aliased = {k for k in missing if first[k] in stored}
     unexpected = [k for k in state if k not in expected]
     if unexpected or set(missing) - aliased:
         bad = unexpected[:1] or sorted(set(missing) - aliased)[:1]

@@ -3,14 +3,16 @@
 MACs come from ``torch.utils.flop_counter`` (FLOPs / 2; convolutions, matrix products and
 attention, as that counter counts them). Size on disk is the byte length of the model's
 safetensors file. Latency is the median wall time of ``runs`` forward passes after
-``warmup`` passes, in eval mode without gradients, on the inputs' device.
+``warmup`` passes, in eval mode without gradients, on the model's device; on a GPU each pass
+is timed by CUDA events and waited for (:func:`time_ms`), so the figure is the work done, not
+the time to queue it.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -18,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from cuttree._util import eval_mode, primary_output, run_model
+from cuttree._util import eval_mode, model_device, primary_output, run_model
 
 
 @dataclass(frozen=True)
@@ -55,29 +57,57 @@ def size_on_disk(model: nn.Module) -> int:
     return len(save(state_dict_for_save(model)))
 
 
+def tensor_names(model: nn.Module) -> dict[str, str]:
+    """Each state-dict name → the first name of the same tensor (a tied weight is one tensor under
+    several names). Identity, not storage address: views of one buffer are distinct tensors."""
+    first: dict[int, str] = {}
+    return {k: first.setdefault(id(v), k) for k, v in model.state_dict(keep_vars=True).items()}
+
+
 def state_dict_for_save(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict, contiguous and with shared tensors stored once (safetensors forbids aliasing)."""
-    out: dict[str, torch.Tensor] = {}
-    seen: dict[int, str] = {}
-    for k, v in model.state_dict().items():
-        key = v.untyped_storage().data_ptr() if v.numel() else id(v)
-        if key in seen and v.numel():
-            continue
-        seen[key] = k
-        out[k] = v.detach().contiguous()
+    """The state dict on the CPU, contiguous, with shared tensors stored once (safetensors forbids aliasing)."""
+    state = model.state_dict()
+    return {k: state[k].detach().cpu().contiguous() for k, first in tensor_names(model).items() if k == first}
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait until ``device`` has finished the work queued on it (nothing to wait for on the CPU)."""
+    if device.type != "cpu":
+        torch.get_device_module(device.type).synchronize(device)
+
+
+def time_ms(fn: Callable[[], object], device: torch.device, runs: int, warmup: int = 2) -> list[float]:
+    """Milliseconds of each of ``runs`` calls of ``fn`` after ``warmup`` untimed ones, each call
+    finished on ``device`` before its time is read: CUDA events on CUDA, the wall clock around a
+    device synchronise elsewhere.
+
+    >>> len(time_ms(lambda: None, torch.device("cpu"), runs=3))
+    3
+    """
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    out = []
+    for _ in range(runs):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            out.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            synchronize(device)
+            out.append((time.perf_counter() - t0) * 1000.0)
     return out
 
 
 def latency_ms(model: nn.Module, example_inputs: Sequence[Any], runs: int = 10, warmup: int = 3) -> float:
-    """Median milliseconds of a forward pass."""
-    times = []
+    """Median milliseconds of a forward pass, on the model's device."""
     with eval_mode(model), torch.inference_mode():
-        for i in range(warmup + runs):
-            t0 = time.perf_counter()
-            model(*example_inputs)
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1000.0
+        return statistics.median(time_ms(lambda: model(*example_inputs), model_device(model), runs, warmup))
 
 
 def measure(model: nn.Module, example_inputs: Sequence[Any], latency_runs: int = 10) -> Measurements:
@@ -116,7 +146,7 @@ def evaluate(
     from torch.utils.data import default_collate
 
     n = len(data)
-    device = next(model.parameters()).device
+    device = model_device(model)
     correct1 = correct5 = total = 0
     conf: torch.Tensor | None = None
     with eval_mode(model), torch.inference_mode():

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cuttree._util import eval_mode
+from cuttree._util import eval_mode, model_device
 from cuttree.calibrate import batches
 from cuttree.config import Config
 from cuttree.plan import PruningPlan
@@ -114,7 +114,7 @@ def reconstruct(
     mean diagonal of the normal matrix. A refit is kept only if it lowers the layer's error.
     """
     x = torch.cat([b for b, _ in batches(calib_data, cfg, need_labels=False)])
-    device = next(pruned.parameters()).device
+    device = model_device(pruned)
     x = x.to(device)
     gone = plan.removed_positions()
     orig_mods = dict(original.named_modules())

@@ -98,7 +98,7 @@ def magnitude_masks(
         pool = [n for n in score if n not in per_layer]
         flat = torch.cat([score[n].reshape(-1) for n in pool]) if pool else torch.zeros(0)
         k = math.floor(ratio * flat.numel() + 1e-9)
-        keep = torch.ones(flat.numel(), dtype=torch.bool)
+        keep = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
         if k:
             keep[torch.argsort(flat, stable=True)[:k]] = False
         off = 0
@@ -111,7 +111,7 @@ def magnitude_masks(
         r = per_layer.get(n, ratio)
         if r is not None:
             k = math.floor(r * s.numel() + 1e-9)
-            keep = torch.ones(s.numel(), dtype=torch.bool)
+            keep = torch.ones(s.numel(), dtype=torch.bool, device=s.device)
             if k:
                 keep[torch.argsort(s.reshape(-1), stable=True)[:k]] = False
             masks[n] = keep.view_as(s)

@@ -6,11 +6,19 @@
 - Data order: epoch *e* visits ``randperm(n, seed · 1000 + e)``, split across DDP ranks, so the
   order is a pure function of (seed, epoch) and a resumed run needs no sampler state.
 - Learning rate: a pure function of the step (cosine, step, constant; linear warm-up).
-- Checkpoints: ``checkpoint.safetensors`` (model, optimizer tensors, RNG state) then
-  ``checkpoint.json`` (step, optimizer settings, history), each written atomically; resuming
-  from them ends with exactly the weights of an uninterrupted run.
-- Under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in DDP (gloo on CPU, nccl on GPU)
-  after pruning; only rank 0 writes.
+- Mixed precision (``amp``): ``auto`` is bfloat16 autocast on a GPU that supports it, float16
+  on one that does not, full precision on the CPU. float16 always comes with a gradient scaler
+  (:class:`Precision` makes one whenever it picks float16), whose state is checkpointed.
+- Checkpoints: ``checkpoint.safetensors`` (model, optimizer tensors, every RNG the run draws
+  from: torch's CPU generator, the CUDA generator of the model's device, Python's and numpy's
+  global generators, the training data's own ``generator`` if it has one) then
+  ``checkpoint.json`` (step, optimizer settings, scaler state, the data order's seed, history),
+  each written atomically; resuming from them ends with exactly the weights of an uninterrupted
+  run. On a GPU that needs ``finetune.deterministic: true`` (cuDNN's deterministic kernels, no
+  autotuning, ``torch.use_deterministic_algorithms`` in warn-only mode, and
+  ``CUBLAS_WORKSPACE_CONFIG=:4096:8``, which must be set before CUDA starts: the CLI does so).
+- Under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in DDP (gloo on CPU, nccl on GPU,
+  one GPU per process: ``cuda:LOCAL_RANK``) after pruning; only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -29,7 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
-from cuttree._util import primary_output
+from cuttree import rng
+from cuttree._util import model_device, primary_output
 from cuttree.calibrate import task_loss
 from cuttree.config import Config, FinetuneConfig
 from cuttree.io import atomic_write, load_state
@@ -44,11 +53,36 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
-def init_distributed() -> tuple[int, int]:
-    """Join the ``torchrun`` process group if this process was started by one."""
+def init_distributed(device: str | torch.device = "cpu") -> tuple[int, int]:
+    """Join the ``torchrun`` process group if this process was started by one: nccl when the
+    model runs on CUDA, gloo otherwise."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        torch.distributed.init_process_group("nccl" if torch.device(device).type == "cuda" else "gloo")
     return world()
+
+
+def rank_device(requested: str) -> torch.device:
+    """The device this process trains on: ``cuda`` under ``torchrun`` means ``cuda:LOCAL_RANK``.
+
+    >>> rank_device("cpu")
+    device(type='cpu')
+    """
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ValueError(f"--device '{requested}' is not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {requested}: this machine has no CUDA GPU; use --device cpu")
+        torch.cuda.set_device(device)
+    return device
+
+
+def deterministic_env() -> None:
+    """What ``finetune.deterministic`` needs before CUDA starts (cuBLAS reads it once)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
 def lr_at(step: int, total: int, steps_per_epoch: int, ft: FinetuneConfig) -> float:
@@ -76,13 +110,61 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: floa
     return kl.mean() * t * t
 
 
-def _autocast(ft: FinetuneConfig, device: torch.device) -> Any:
-    kind = ft.amp
-    if kind == "auto":
-        kind = "fp16" if device.type == "cuda" else "off"  # CPU autocast is rarely faster
-    if kind == "off":
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.float16 if kind == "fp16" else torch.bfloat16)
+class Precision:
+    """How one run computes: the autocast dtype (``None``: full precision) and, with float16,
+    the gradient scaler that float16 cannot train without (made here, so never missing).
+
+    >>> p = Precision("fp16", torch.device("cpu"))
+    >>> p.dtype, p.scaler is not None
+    (torch.float16, True)
+    >>> Precision("auto", torch.device("cpu")).dtype is None  # CPU autocast is rarely faster
+    True
+    """
+
+    def __init__(self, amp: str, device: torch.device) -> None:
+        kind = amp
+        bf16_ok = device.type != "cuda" or torch.cuda.is_bf16_supported()
+        if kind == "auto":
+            kind = ("bf16" if bf16_ok else "fp16") if device.type == "cuda" else "off"
+        if kind == "bf16" and not bf16_ok:
+            raise ValueError(f"finetune.amp=bf16: {device} does not support bfloat16; set finetune.amp=fp16 or auto")
+        if kind not in ("off", "bf16", "fp16"):
+            raise ValueError(f"finetune.amp={amp!r}: must be auto, off, bf16 or fp16")
+        self.kind = kind
+        self.device_type = device.type
+        self.dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[kind]
+        self.scaler = torch.amp.GradScaler(device.type) if kind == "fp16" else None
+
+    def autocast(self) -> Any:
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def step(self, loss: torch.Tensor, opt: torch.optim.Optimizer) -> None:
+        """Backward and optimizer step; with float16 through the scaler (skips a step on inf/NaN)."""
+        if self.scaler is None:
+            loss.backward()
+            opt.step()
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.step(opt)
+        self.scaler.update()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.scaler.state_dict() if self.scaler is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.scaler is not None and state:
+            self.scaler.load_state_dict(state)
+
+
+def _deterministic(device: torch.device) -> None:
+    """Reproducible kernels (what a bit-exact resume on a GPU needs); process-wide, as asked for."""
+    if device.type == "cuda":
+        deterministic_env()
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def _optimizer(model: nn.Module, ft: FinetuneConfig) -> torch.optim.Optimizer:
@@ -94,22 +176,27 @@ def _optimizer(model: nn.Module, ft: FinetuneConfig) -> torch.optim.Optimizer:
     )
 
 
-def _save_checkpoint(run_dir: Path, model: nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+def _save_checkpoint(
+    run_dir: Path, model: nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any], rng: dict[str, torch.Tensor]
+) -> None:
     from safetensors.torch import save_file
 
-    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     sd = opt.state_dict()
     for idx, st in sd["state"].items():
         for k, v in st.items():
             if isinstance(v, torch.Tensor):
-                tensors[f"opt.{idx}.{k}"] = v.detach().contiguous()
-    tensors["rng.torch"] = torch.get_rng_state()
+                tensors[f"opt.{idx}.{k}"] = v.detach().cpu().contiguous()
+    tensors.update(rng)
     meta = {**state, "param_groups": sd["param_groups"]}
     atomic_write(run_dir / "checkpoint.safetensors", lambda p: save_file(tensors, str(p)))
     atomic_write(run_dir / "checkpoint.json", lambda p: p.write_text(json.dumps(meta)))
 
 
-def _load_checkpoint(run_dir: Path, model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
+def _load_checkpoint(
+    run_dir: Path, model: nn.Module, opt: torch.optim.Optimizer
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Model and optimizer restored from ``run_dir``; returns the JSON state and the RNG tensors."""
     from safetensors.torch import load_file
 
     meta = json.loads((run_dir / "checkpoint.json").read_text())
@@ -121,8 +208,7 @@ def _load_checkpoint(run_dir: Path, model: nn.Module, opt: torch.optim.Optimizer
             _, idx, name = k.split(".", 2)
             state.setdefault(int(idx), {})[name] = v
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    torch.set_rng_state(tensors["rng.torch"])
-    return meta
+    return meta, {k: v for k, v in tensors.items() if k.startswith("rng.")}
 
 
 def finetune(
@@ -143,7 +229,7 @@ def finetune(
     """
     ft = cfg.finetune
     rank, size = world()
-    device = next(model.parameters()).device
+    device = model_device(model)
     n = len(train_data)  # type: ignore[arg-type]
     steps_per_epoch = n // (ft.batch_size * size)
     if steps_per_epoch < 1:
@@ -153,15 +239,28 @@ def finetune(
         )
     total = max(1, math.ceil(ft.epochs * steps_per_epoch))
     run = Path(run_dir) if run_dir is not None else None
+    if ft.deterministic:
+        _deterministic(device)
     net: nn.Module = model
     if size > 1:
-        net = nn.parallel.DistributedDataParallel(model)
+        ids = [device.index] if device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     opt = _optimizer(model, ft)
-    state: dict[str, Any] = {"step": 0, "history": []}
+    precision = Precision(ft.amp, device)
+    order = {"seed": cfg.seed, "samples": n, "batch_size": ft.batch_size, "processes": size}
+    state: dict[str, Any] = {"step": 0, "history": [], "data_order": order}
     if resume:
         if run is None or not (run / "checkpoint.json").is_file():
             raise FileNotFoundError(f"--resume: no checkpoint in '{run}'; start without --resume")
-        state = _load_checkpoint(run, model, opt)
+        state, rng_state = _load_checkpoint(run, model, opt)
+        if state.get("data_order", order) != order:
+            raise ValueError(
+                f"--resume: the checkpoint's data order is {state['data_order']}, this run's {order}; "
+                "resume with the same seed, data, batch size and number of processes"
+            )
+        state["data_order"] = order
+        precision.load_state_dict(state.get("scaler", {}))
+        rng.restore(rng_state, device, train_data)
         log(f"resumed at step {state['step']}/{total}")
     if teacher is not None:
         teacher.eval()
@@ -180,7 +279,7 @@ def finetune(
         for g in opt.param_groups:
             g["lr"] = lr_at(step, total, steps_per_epoch, ft)
         net.train()
-        with _autocast(ft, device):
+        with precision.autocast():
             out = primary_output(net(x))
             loss = task_loss(out, y, cfg.mode, ft.ignore_index)
             if teacher is not None and ft.distill > 0:
@@ -188,21 +287,22 @@ def finetune(
                     t_out = primary_output(teacher(x))
                 loss = (1 - ft.distill) * loss + ft.distill * distill_loss(out.float(), t_out.float(), ft.temperature)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        precision.step(loss, opt)
         step += 1
         done_here += 1
-        running = loss.item() if step == 1 else 0.9 * running + 0.1 * loss.item()
+        value = loss.item()
+        running = value if step == 1 else 0.9 * running + 0.1 * value
         if step % max(1, steps_per_epoch // 10) == 0 or step == total:
             eta = (time.perf_counter() - t_start) / done_here * (total - step)
             log(
                 f"step {step}/{total} epoch {step / steps_per_epoch:.2f} loss {running:.4f} "
                 f"lr {opt.param_groups[0]['lr']:.5f} eta {int(eta) // 60}:{int(eta) % 60:02d}"
             )
-        state["history"].append({"step": step, "loss": loss.item()})
+        state["history"].append({"step": step, "loss": value})
         if run is not None and rank == 0 and ft.checkpoint_every and (step % ft.checkpoint_every == 0 or step == total):
             state["step"] = step
-            _save_checkpoint(run, model, opt, state)
+            state["scaler"] = precision.state_dict()
+            _save_checkpoint(run, model, opt, state, rng.capture(device, train_data))
     state["step"] = step
     state["total"] = total
     return state
@@ -229,7 +329,7 @@ def recalibrate_bn(model: nn.Module, data: Dataset[Any], cfg: Config) -> int:
         model.train()
         with torch.no_grad():
             for x, _ in batches(loader, cfg, need_labels=False):
-                model(x.to(next(model.parameters()).device))
+                model(x.to(model_device(model)))
                 seen += len(x)
     finally:
         for bn, mo in zip(bns, momenta, strict=True):
