@@ -242,3 +242,33 @@ def test_cuda_without_a_gpu_is_a_one_line_error(tmp_path: Path) -> None:
         )  # fmt: skip
         assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
         assert f"--device {device}" in out.stderr or f"--device '{device}'" in out.stderr
+
+
+def test_the_readme_gpu_recipe_is_the_command_gpu_check_runs() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
+    assert spec is not None and spec.loader is not None
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    command = " ".join(gpu_check.run_command("../shared/data", "runs/resnet56_gpu"))
+    assert command in (ROOT / "README.md").read_text()
+    assert command in (ROOT / gpu_check.RECIPE).read_text()
+    recipe = cuttree.Config.from_yaml(ROOT / gpu_check.RECIPE)
+    assert (recipe.macs_target, recipe.finetune.epochs, recipe.finetune.amp) == (0.5, 1.0, "auto")
+
+
+def test_finetune_takes_a_recipe_whatever_its_target() -> None:
+    import argparse
+
+    from cuttree.cli import _config
+
+    args = argparse.Namespace(set=["finetune.epochs=2"], config=str(ROOT / "recipes" / "resnet56_gpu.yaml"))
+    c = _config(args, need_target=False)
+    assert (c.macs_target, c.ratio, c.finetune.epochs, c.finetune.distill) == (None, 0.0, 2.0, 0.5)
+
+
+def test_amp_off_written_as_yaml_means_off() -> None:
+    from cuttree.config import parse_set
+
+    assert cuttree.Config(ratio=0.1, **parse_set(["finetune.amp=off"])).finetune.amp == "off"

@@ -45,8 +45,8 @@ def _json_obj(text: str) -> dict[str, Any]:
 
 def _config(args: argparse.Namespace, need_target: bool = True) -> Config:
     sets = parse_set(args.set or [])
-    if not need_target and not any(k in sets for k in ("ratio", "threshold", "macs_target")):
-        sets["ratio"] = 0.0  # fine-tuning alone: the config's target is not used
+    if not need_target:  # fine-tuning alone: whatever target the config names is not used
+        sets.update(ratio=0.0, threshold=None, macs_target=None)
     if args.config:
         return Config.from_yaml(args.config, sets)
     return Config(**sets)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cuttree.errors import did_you_mean
 
@@ -80,6 +80,12 @@ class FinetuneConfig(BaseModel):
     temperature: float = Field(default=4.0, gt=0.0)
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     deterministic: bool = False
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: Any) -> Any:
+        return "off" if v is False else v  # YAML reads a bare `off` as false
+
     checkpoint_every: int = Field(default=100, ge=0)
     ignore_index: int = 255
     bn_recalibrate: bool = True
