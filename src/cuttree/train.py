@@ -130,7 +130,6 @@ class Precision:
             raise ValueError(f"finetune.amp=bf16: {device} does not support bfloat16; set finetune.amp=fp16 or auto")
         if kind not in ("off", "bf16", "fp16"):
             raise ValueError(f"finetune.amp={amp!r}: must be auto, off, bf16 or fp16")
-        self.kind = kind
         self.device_type = device.type
         self.dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[kind]
         self.scaler = torch.amp.GradScaler(device.type) if kind == "fp16" else None
@@ -177,7 +176,7 @@ def _optimizer(model: nn.Module, ft: FinetuneConfig) -> torch.optim.Optimizer:
 
 
 def _save_checkpoint(
-    run_dir: Path, model: nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any], rng: dict[str, torch.Tensor]
+    run_dir: Path, model: nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any], rng_state: dict[str, torch.Tensor]
 ) -> None:
     from safetensors.torch import save_file
 
@@ -187,7 +186,7 @@ def _save_checkpoint(
         for k, v in st.items():
             if isinstance(v, torch.Tensor):
                 tensors[f"opt.{idx}.{k}"] = v.detach().cpu().contiguous()
-    tensors.update(rng)
+    tensors.update(rng_state)
     meta = {**state, "param_groups": sd["param_groups"]}
     atomic_write(run_dir / "checkpoint.safetensors", lambda p: save_file(tensors, str(p)))
     atomic_write(run_dir / "checkpoint.json", lambda p: p.write_text(json.dumps(meta)))
@@ -328,8 +327,8 @@ def recalibrate_bn(model: nn.Module, data: Dataset[Any], cfg: Config) -> int:
     try:
         model.train()
         with torch.no_grad():
-            for x, _ in batches(loader, cfg, need_labels=False):
-                model(x.to(model_device(model)))
+            for x, _ in batches(loader, cfg, need_labels=False, device=model_device(model)):
+                model(x)
                 seen += len(x)
     finally:
         for bn, mo in zip(bns, momenta, strict=True):
