@@ -155,5 +155,5 @@ def test_unstructured_config_errors() -> None:
         cuttree.Config(ratio=0.5, nm="2:4")
     with pytest.raises(ValueError, match="N must be below M"):
         cuttree.Config(method="unstructured", nm="4:4")
-    with pytest.raises(ValueError, match="takes l1, l2 or wanda"):
+    with pytest.raises(ValueError, match="takes l1, l2, wanda"):
         cuttree.Config(method="unstructured", ratio=0.5, criterion="bn_scale")

@@ -19,11 +19,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cuttree.core.importance import REGISTRY
 from cuttree.errors import did_you_mean
 
-Criterion = Literal["l1", "l2", "bn_scale", "random", "taylor", "activation", "wanda"]
-DATA_CRITERIA = ("taylor", "activation", "wanda")
-UNSTRUCTURED_CRITERIA = ("l1", "l2", "wanda")
+# Snapshots of the built-in criteria (old names); Config itself validates against the live registry.
+DATA_CRITERIA = tuple(n for n, c in REGISTRY.items() if c.data_driven)
+UNSTRUCTURED_CRITERIA = tuple(n for n, c in REGISTRY.items() if c.unstructured)
 
 
 class ScheduleConfig(BaseModel):
@@ -116,7 +117,7 @@ class Config(BaseModel):
     min_samples: int = Field(default=8, gt=0)
     ratio: float | None = Field(default=None, ge=0.0, le=1.0)
     macs_target: float | None = Field(default=None, gt=0.0, le=1.0)
-    criterion: Criterion = "l1"
+    criterion: str = "l1"
     scope: Literal["local", "global"] = "local"
     min_channels: int = Field(default=1, ge=1)
     round_to: int = Field(default=1, ge=1)
@@ -138,13 +139,23 @@ class Config(BaseModel):
         except ValidationError as e:
             raise ValueError(_one_line(e, type(self))) from None
 
+    @field_validator("criterion")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        if v not in REGISTRY:
+            raise ValueError(
+                f"unknown criterion{did_you_mean(v, REGISTRY)}; registered: {', '.join(REGISTRY)} "
+                "(add your own with @cuttree.criterion)"
+            )
+        return v
+
     @model_validator(mode="after")
     def _one_target(self) -> Config:
+        info = REGISTRY[self.criterion]
         if self.method == "unstructured":
-            if self.criterion not in UNSTRUCTURED_CRITERIA:
-                raise ValueError(
-                    f"criterion '{self.criterion}' is for channels; unstructured pruning takes l1, l2 or wanda"
-                )
+            if not info.unstructured:
+                takes = ", ".join(n for n, c in REGISTRY.items() if c.unstructured)
+                raise ValueError(f"criterion '{self.criterion}' is for channels; unstructured pruning takes {takes}")
             if self.macs_target is not None:
                 raise ValueError("macs_target needs structured pruning; zeroed weights do not remove MACs on a CPU")
             if self.nm is not None:
@@ -154,8 +165,9 @@ class Config(BaseModel):
                 return self
             if self.schedule is not None and self.ratio is None and self.threshold is None:
                 return self
-        elif self.criterion == "wanda" or self.nm is not None or self.schedule is not None:
-            raise ValueError("criterion wanda, nm and schedule are for method: unstructured; set method: unstructured")
+        elif not info.structured or self.nm is not None or self.schedule is not None:
+            what = f"criterion {self.criterion} is" if not info.structured else "nm and schedule are"
+            raise ValueError(f"{what} for method: unstructured; set method: unstructured")
         if self.ratio is None and self.threshold is None and self.macs_target is None:
             raise ValueError("no pruning target; set ratio (e.g. 0.5), threshold or macs_target")
         if self.macs_target is not None and self.ratio is not None:

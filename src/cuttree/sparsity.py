@@ -12,21 +12,39 @@ dense unless named in ``layers`` (its few weights carry the class logits).
   fraction of the layer's largest score.
 - N:M (``nm: "2:4"``): in every run of M consecutive weights along the input dim, keep the N
   largest scores.
-- Gradual schedules are pure functions of the step (:func:`polynomial_sparsity`).
+- Gradual schedules are pure functions of the step (:mod:`cuttree.core.schedule`); the mask
+  arithmetic is the core's (:mod:`cuttree.core.masks`), on numpy, shared with the Keras frontend.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from cuttree._util import to_numpy
+from cuttree.core import masks as core_masks
+from cuttree.core.schedule import due, polynomial_sparsity
 from cuttree.rules import rule_for_module
+
+__all__ = [
+    "Mask",
+    "apply_masks",
+    "gradual",
+    "input_norms",
+    "magnitude_masks",
+    "nm_masks",
+    "polynomial_sparsity",
+    "prunable_layers",
+    "scores",
+    "sparsity",
+    "strip",
+]
 
 
 class Mask(nn.Module):
@@ -78,6 +96,10 @@ def scores(layers: dict[str, nn.Module], input_norms: dict[str, torch.Tensor] | 
     return out
 
 
+def _to_torch(masks: dict[str, Any], like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {n: torch.from_numpy(np.ascontiguousarray(m)).to(like[n].device) for n, m in masks.items()}
+
+
 def magnitude_masks(
     score: dict[str, torch.Tensor],
     ratio: float | None = None,
@@ -85,41 +107,14 @@ def magnitude_masks(
     scope: str = "local",
     per_layer: dict[str, float] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Keep-masks: ``ratio`` of each layer's (or, global, of all) lowest scores zeroed, or those
-    below ``threshold`` × the layer's largest score. Ties break by position (stable sort).
+    """Keep-masks by score (:func:`cuttree.core.masks.magnitude_masks`), on the scores' device.
 
     >>> m = magnitude_masks({"a": torch.tensor([3.0, 1.0, 2.0, 4.0])}, ratio=0.5)
     >>> m["a"].tolist()
     [True, False, False, True]
     """
-    per_layer = per_layer or {}
-    masks: dict[str, torch.Tensor] = {}
-    if scope == "global" and ratio is not None:
-        pool = [n for n in score if n not in per_layer]
-        flat = torch.cat([score[n].reshape(-1) for n in pool]) if pool else torch.zeros(0)
-        k = math.floor(ratio * flat.numel() + 1e-9)
-        keep = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
-        if k:
-            keep[torch.argsort(flat, stable=True)[:k]] = False
-        off = 0
-        for n in pool:
-            masks[n] = keep[off : off + score[n].numel()].view_as(score[n])
-            off += score[n].numel()
-    for n, s in score.items():
-        if n in masks:
-            continue
-        r = per_layer.get(n, ratio)
-        if r is not None:
-            k = math.floor(r * s.numel() + 1e-9)
-            keep = torch.ones(s.numel(), dtype=torch.bool, device=s.device)
-            if k:
-                keep[torch.argsort(s.reshape(-1), stable=True)[:k]] = False
-            masks[n] = keep.view_as(s)
-        else:
-            masks[n] = torch.ones_like(s, dtype=torch.bool)
-        if threshold is not None:
-            masks[n] &= s >= threshold * s.max()
-    return masks
+    arrays = {n: to_numpy(s) for n, s in score.items()}
+    return _to_torch(core_masks.magnitude_masks(arrays, ratio, threshold, scope, per_layer), score)
 
 
 def nm_masks(score: dict[str, torch.Tensor], n: int, m: int) -> dict[str, torch.Tensor]:
@@ -128,20 +123,8 @@ def nm_masks(score: dict[str, torch.Tensor], n: int, m: int) -> dict[str, torch.
     >>> nm_masks({"a": torch.tensor([[4.0, 1.0, 3.0, 2.0]])}, 2, 4)["a"].tolist()
     [[True, False, True, False]]
     """
-    out = {}
-    for name, s in score.items():
-        rows = s if s.dim() == 2 else s.movedim(1, -1)  # convs: groups run along input channels
-        if rows.shape[-1] % m:
-            raise ValueError(
-                f"layer '{name}': {rows.shape[-1]} input channels is not a multiple of M={m}; "
-                "ignore the layer or use another N:M"
-            )
-        g = rows.reshape(-1, m)
-        keep = torch.zeros_like(g, dtype=torch.bool)
-        keep.scatter_(1, torch.topk(g, n, dim=1, sorted=False).indices, True)
-        keep = keep.reshape(rows.shape)
-        out[name] = keep if s.dim() == 2 else keep.movedim(-1, 1)
-    return out
+    arrays = {k: to_numpy(s) for k, s in score.items()}
+    return _to_torch(core_masks.nm_masks(arrays, n, m, dict.fromkeys(arrays, 1)), score)
 
 
 def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
@@ -174,29 +157,6 @@ def sparsity(model: nn.Module, layers: Iterable[str] | None = None) -> float:
         zeros += int((w == 0).sum())
         total += w.numel()
     return zeros / max(total, 1)
-
-
-def polynomial_sparsity(
-    step: int,
-    initial_sparsity: float,
-    final_sparsity: float,
-    begin_step: int,
-    end_step: int,
-    frequency: int = 1,
-    power: float = 3.0,
-) -> float:
-    """Sparsity at ``step``: Zhu & Gupta's schedule (power 3: cubic), updated every ``frequency``.
-
-    >>> [round(polynomial_sparsity(s, 0.0, 0.8, 0, 100, 10), 4) for s in (0, 50, 100, 200)]
-    [0.0, 0.7, 0.8, 0.8]
-    """
-    if step <= begin_step:
-        return initial_sparsity
-    if step >= end_step:
-        return final_sparsity
-    t = begin_step + (step - begin_step) // frequency * frequency
-    frac = (t - begin_step) / (end_step - begin_step)
-    return initial_sparsity + (final_sparsity - initial_sparsity) * (1 - (1 - frac) ** power)
 
 
 def input_norms(model: nn.Module, layers: dict[str, nn.Module], batches: Iterable[Any]) -> dict[str, torch.Tensor]:
@@ -233,8 +193,7 @@ def gradual(model: nn.Module, cfg: Any, calib_data: Iterable[Any] | None = None)
         raise ValueError("gradual sparsity needs a schedule: section in the config")
 
     def on_step(step: int) -> None:
-        due = (step - sch.begin_step) % sch.frequency == 0 or step == sch.end_step
-        if due and sch.begin_step <= step <= sch.end_step:
+        if due(step, sch.begin_step, sch.end_step, sch.frequency):
             s = polynomial_sparsity(
                 step, sch.initial_sparsity, sch.final_sparsity, sch.begin_step, sch.end_step, sch.frequency, sch.power
             )

@@ -37,6 +37,11 @@ def _owners(model: nn.Module) -> dict[str, list[tuple[nn.Module, str]]]:
 
 def check_shapes(model: nn.Module, plan: PruningPlan) -> None:
     """Raise if ``model``'s tensors are not the shapes the plan was made for."""
+    if plan.framework != "torch":
+        raise SurgeryError(
+            f"the plan was made for a {plan.framework} model (layout '{plan.layout}'); apply it with "
+            f"cuttree.{plan.framework}.apply_plan to the model it was made for"
+        )
     state = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     for name, shape in plan.shapes.items():
         if name not in state:
@@ -54,7 +59,7 @@ def apply_plan(
     model: nn.Module,
     plan: PruningPlan,
     example_inputs: Sequence[Any] | None = None,
-    output_shapes: Sequence[torch.Size] | None = None,
+    output_shapes: Sequence[tuple[int, ...]] | None = None,
 ) -> nn.Module:
     """Remove the plan's channels from ``model`` in place and return it.
 
@@ -98,7 +103,9 @@ def apply_plan(
     return model
 
 
-def _check_forward(model: nn.Module, example_inputs: Sequence[Any], output_shapes: Sequence[torch.Size] | None) -> None:
+def _check_forward(
+    model: nn.Module, example_inputs: Sequence[Any], output_shapes: Sequence[tuple[int, ...]] | None
+) -> None:
     try:
         with eval_mode(model), torch.no_grad():
             out = model(*example_inputs)

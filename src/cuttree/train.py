@@ -176,7 +176,11 @@ def _optimizer(model: nn.Module, ft: FinetuneConfig) -> torch.optim.Optimizer:
 
 
 def _save_checkpoint(
-    run_dir: Path, model: nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any], rng_state: dict[str, torch.Tensor]
+    run_dir: Path,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    state: dict[str, Any],
+    rng_state: dict[str, torch.Tensor],
 ) -> None:
     from safetensors.torch import save_file
 

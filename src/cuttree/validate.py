@@ -35,7 +35,7 @@ def _to_meta(x: Any) -> Any:
 
 
 class _Prober:
-    def __init__(self, model: nn.Module, example_inputs: Sequence[Any], shapes: list[torch.Size]) -> None:
+    def __init__(self, model: nn.Module, example_inputs: Sequence[Any], shapes: list[tuple[int, ...]]) -> None:
         self.model = model
         self.inputs = tree_map(_to_meta, tuple(example_inputs))
         self.shapes = shapes
@@ -64,7 +64,7 @@ def _keep_all(g: GroupPlan) -> GroupPlan:
 
 
 def repair(
-    model: nn.Module, plan: PruningPlan, example_inputs: Sequence[Any], output_shapes: list[torch.Size]
+    model: nn.Module, plan: PruningPlan, example_inputs: Sequence[Any], output_shapes: list[tuple[int, ...]]
 ) -> tuple[PruningPlan, list[str]]:
     """Return ``plan`` with the groups that break the model's forward kept whole, and their names.
 

@@ -12,18 +12,18 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from cuttree._util import eval_mode, run_model
+from cuttree.core.grouping import components
 from cuttree.errors import TraceError
 from cuttree.graph.labels import Label, LabelState, Pin
 from cuttree.graph.ops import rule_for
+
+__all__ = ["TraceResult", "components", "named_tensors", "trace"]
 
 
 class _Recorder(TorchDispatchMode):
@@ -120,16 +120,3 @@ def trace(
             for lab in labels[name]:
                 state.pin(lab, Pin.UNUSED)
     return TraceResult(state, labels, outputs, seconds, unreached)
-
-
-def components(state: LabelState) -> np.ndarray:
-    """Connected components of the recorded unions: element id → component id."""
-    n = state.next_id
-    if state.union_a:
-        a = np.concatenate(state.union_a)
-        b = np.concatenate(state.union_b)
-    else:
-        a = b = np.zeros(0, dtype=np.int64)
-    g = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
-    _, comp = connected_components(g, directed=False)
-    return comp.astype(np.int64)

@@ -1,0 +1,141 @@
+"""From scores and a budget to the channels each group keeps.
+
+Local scope removes ``ratio`` of every group; global scope ranks channels of all groups
+together (scores divided by their group's best, so layers of different scale compare) and
+removes ``ratio`` of all of them. ``threshold`` (alone, or as a second condition beside a
+ratio) removes what scores below that fraction of the group's best. ``macs_target`` searches
+the ratio whose plan keeps that fraction of the MACs, estimated from the trace.
+Every group keeps at least ``min_channels`` (or all it has, if fewer), and kept counts are
+rounded up to a multiple of ``round_to``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from cuttree.core.grouping import DependencyGraph
+from cuttree.errors import PlanError
+
+
+@dataclass(frozen=True)
+class GroupBudget:
+    """The resolved settings of one group (top-level config plus any per-layer override)."""
+
+    ratio: float | None
+    threshold: float | None
+    min_channels: int
+    round_to: int
+    in_global_pool: bool
+
+
+def _finish(name: str, size: int, order: np.ndarray, n_rm: int, b: GroupBudget) -> np.ndarray:
+    if n_rm >= size:
+        raise PlanError(
+            f"the budget would remove all {size} channels of '{name}' (ratio={b.ratio}); a layer must keep at "
+            f"least min_channels={b.min_channels}; use a ratio below 1.0 or a per-layer override for '{name}'"
+        )
+    keep_n = max(size - n_rm, min(b.min_channels, size))
+    keep_n = min(size, math.ceil(keep_n / b.round_to) * b.round_to)
+    return np.sort(order[size - keep_n :])
+
+
+def _n_threshold(score: np.ndarray, t: float | None) -> int:
+    return len(score) if t is None else int((score < t * score.max()).sum())
+
+
+def select(
+    names: Sequence[str], scores: Sequence[np.ndarray], budgets: Sequence[GroupBudget], ratio: float | None
+) -> list[np.ndarray]:
+    """Kept channel indices per group. ``ratio`` is the global ratio (``None`` for local scope)."""
+    orders = [np.argsort(s, kind="stable") for s in scores]
+    n_rm = [0] * len(scores)
+    for i, (s, b) in enumerate(zip(scores, budgets, strict=True)):
+        if b.in_global_pool:
+            continue
+        r = len(s) if b.ratio is None else math.floor(b.ratio * len(s) + 1e-9)
+        n_rm[i] = min(r, _n_threshold(s, b.threshold))
+    pool = [i for i, b in enumerate(budgets) if b.in_global_pool]
+    if pool and ratio is not None:
+        if ratio >= 1.0:
+            i = pool[0]
+            _finish(names[i], len(scores[i]), orders[i], len(scores[i]), budgets[i])
+        norm, gid, rank = [], [], []
+        for i in pool:
+            s = scores[i]
+            top = s.max()
+            cap = min(len(s) - min(budgets[i].min_channels, len(s)), _n_threshold(s, budgets[i].threshold))
+            ranks = np.empty(len(s), dtype=np.int64)
+            ranks[orders[i]] = np.arange(len(s))
+            ok = ranks < cap
+            norm.append((s / top if top > 0 else np.zeros_like(s))[ok])
+            gid.append(np.full(int(ok.sum()), i))
+            rank.append(ranks[ok])
+        total = sum(len(scores[i]) for i in pool)
+        want = math.floor(ratio * total + 1e-9)
+        all_norm, all_gid = np.concatenate(norm), np.concatenate(gid)
+        chosen = np.argsort(all_norm, kind="stable")[:want]
+        counts = np.bincount(all_gid[chosen], minlength=len(scores))
+        for i in pool:
+            n_rm[i] = int(counts[i])
+    return [_finish(names[i], len(s), orders[i], n_rm[i], budgets[i]) for i, s in enumerate(scores)]
+
+
+def estimate_macs(graph: DependencyGraph, keeps: Sequence[np.ndarray]) -> int:
+    """MACs of the model after keeping ``keeps``, from the traced MAC terms (no forward pass)."""
+    sizes = np.array([g.size for g in graph.groups], dtype=np.int64)
+    offsets = np.r_[0, np.cumsum(sizes)]
+    kept = np.zeros(int(offsets[-1]), dtype=bool)
+    for off, k in zip(offsets, keeps, strict=False):
+        kept[off + k] = True
+    cg = graph.comp_group
+    hit = cg >= 0
+    comp_kept = np.ones(len(cg), dtype=bool)
+    comp_kept[hit] = kept[offsets[cg[hit] >> 32] + (cg[hit] & 0xFFFFFFFF)]
+    total = 0.0
+    for macs, factors in graph.mac_terms:
+        frac = 1.0
+        for f in factors:
+            frac *= comp_kept[f].sum() / len(f)
+        total += macs * frac
+    return round(total)
+
+
+def search_macs(
+    graph: DependencyGraph,
+    scores: Sequence[np.ndarray],
+    budgets: Sequence[GroupBudget],
+    target: float,
+    global_scope: bool,
+) -> list[np.ndarray]:
+    """The smallest ratio whose plan keeps at most ``target`` of the MACs (bisection)."""
+    names = [g.name for g in graph.groups]
+    goal = target * graph.macs
+
+    def plan_at(r: float) -> list[np.ndarray]:
+        bs = budgets if global_scope else [b if b.ratio is not None else _with_ratio(b, r) for b in budgets]
+        return select(names, scores, bs, r if global_scope else None)
+
+    lo, hi = 0.0, 0.999
+    best = plan_at(hi)
+    if estimate_macs(graph, best) > goal:
+        reach = estimate_macs(graph, best) / max(graph.macs, 1)
+        raise PlanError(
+            f"macs_target={target} is unreachable: keeping min_channels in every prunable group still leaves "
+            f"{reach:.1%} of the MACs; raise macs_target to at least {math.ceil(reach * 1000) / 1000} or lower min_channels"
+        )
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        keeps = plan_at(mid)
+        if estimate_macs(graph, keeps) <= goal:
+            hi, best = mid, keeps
+        else:
+            lo = mid
+    return best
+
+
+def _with_ratio(b: GroupBudget, r: float) -> GroupBudget:
+    return GroupBudget(r, b.threshold, b.min_channels, b.round_to, b.in_global_pool)

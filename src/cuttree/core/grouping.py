@@ -1,0 +1,227 @@
+"""From labels to coupled groups: the dependency graph a plan is made from.
+
+A *channel* is one connected component of element ids: every tensor position in it must go
+together. A *group* is a set of channels that touch exactly the same tensor dims (a layer's
+output channels with the norms and consumers that follow them; a whole residual stream). Groups
+are named after their first producer (conv/linear/dense) in model order, so configs can address
+them. A frontend says, per tensor, which layer owns it and which dim is that layer's own output
+channels (a :class:`Role`); everything else is numpy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from cuttree.core.labels import N_SENTINELS, Label, LabelState, Pin
+from cuttree.errors import did_you_mean
+
+
+@dataclass(frozen=True)
+class Member:
+    """One tensor dim of a group: ``positions[i]`` belongs to channel ``channels[i]``."""
+
+    tensor: str
+    dim: int
+    positions: np.ndarray
+    channels: np.ndarray
+
+
+@dataclass(frozen=True)
+class Group:
+    """Channels that are pruned together, with every tensor dim they live in."""
+
+    name: str
+    size: int
+    members: tuple[Member, ...]
+    modules: tuple[str, ...]
+    owners: tuple[str, ...] = ()  # layers whose own output channels these are
+
+    def member(self, tensor: str, dim: int) -> Member | None:
+        """The member for ``tensor``'s ``dim``, if the group has one."""
+        return next((m for m in self.members if m.tensor == tensor and m.dim == dim), None)
+
+
+@dataclass(frozen=True)
+class Role:
+    """What a frontend knows about one tensor: its layer, that layer's output dim, producer or not."""
+
+    layer: str
+    out_dim: int | None = None
+    producer: bool = False
+
+
+@dataclass
+class DependencyGraph:
+    """Everything planning needs: groups, pinned reasons, MAC terms, tensor shapes."""
+
+    groups: list[Group]
+    protected: dict[str, str]  # layer name -> why its output channels stay
+    mac_terms: list[tuple[int, list[np.ndarray]]]  # MACs and per-factor component ids
+    comp_group: np.ndarray  # component id -> (group index, channel) packed as g * 2**32 + c, or -1
+    shapes: dict[str, tuple[int, ...]]
+    outputs: list[tuple[int, ...]]
+    unsupported: dict[str, int]
+    trace_seconds: float
+    unreached: list[str]  # layers whose parameters the eval-mode forward never used
+
+    @property
+    def macs(self) -> int:
+        """MACs of the traced forward (conv, matmul and attention; what FLOP counters count)."""
+        return sum(m for m, _ in self.mac_terms)
+
+    def group(self, name: str) -> Group:
+        """The group called ``name``."""
+        for g in self.groups:
+            if g.name == name:
+                return g
+        raise ValueError(f"unknown group '{name}'{did_you_mean(name, [g.name for g in self.groups])}")
+
+
+def components(state: LabelState) -> np.ndarray:
+    """Connected components of the recorded unions: element id → component id."""
+    n = state.next_id
+    if state.union_a:
+        a = np.concatenate(state.union_a)
+        b = np.concatenate(state.union_b)
+    else:
+        a = b = np.zeros(0, dtype=np.int64)
+    g = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
+    _, comp = connected_components(g, directed=False)
+    return comp.astype(np.int64)
+
+
+def group_channels(
+    state: LabelState,
+    tensors: Mapping[str, tuple[Label, ...]],
+    roles: Mapping[str, Role],
+    shapes: dict[str, tuple[int, ...]],
+    outputs: Sequence[tuple[int, ...]],
+    trace_seconds: float = 0.0,
+    unreached: Sequence[str] = (),
+) -> DependencyGraph:
+    """Group the channels of a finished walk: ``tensors`` maps each tensor name to its labels."""
+    comp = components(state)
+    ncomp = int(comp.max()) + 1 if len(comp) else 0
+    pinned = np.zeros(ncomp, dtype=bool)
+    pinned[comp[:N_SENTINELS]] = True
+
+    # Every (tensor, dim, position) whose channel is free, as flat arrays.
+    keys: list[tuple[str, int]] = []
+    cs, ks, ps = [], [], []
+    for name, labs in tensors.items():
+        for d, lab in enumerate(labs):
+            if lab is None:
+                continue
+            c = comp[lab]
+            free = ~pinned[c]
+            if not free.any():
+                continue
+            pos = np.flatnonzero(free)
+            cs.append(c[pos])
+            ks.append(np.full(len(pos), len(keys), dtype=np.int64))
+            ps.append(pos)
+            keys.append((name, d))
+    base = dict(
+        protected=_protected(tensors, comp, roles),
+        mac_terms=[(t.macs, [comp[f] for f in t.factors]) for t in state.mac_terms],
+        shapes=shapes,
+        outputs=[tuple(o) for o in outputs],
+        unsupported=dict(state.unsupported),
+        trace_seconds=trace_seconds,
+        unreached=list(unreached),
+    )
+    if not cs:
+        return DependencyGraph(groups=[], comp_group=np.full(ncomp, -1, dtype=np.int64), **base)  # type: ignore[arg-type]
+    C, K, P = np.concatenate(cs), np.concatenate(ks), np.concatenate(ps)
+
+    # A channel's signature is the set of tensor dims it touches; hash it to group channels.
+    rng = np.random.default_rng(0)
+    key_hash = rng.integers(1, 2**62, size=len(keys), dtype=np.int64).astype(np.uint64)
+    pair = np.unique(C * len(keys) + K)
+    sig = np.zeros(ncomp, dtype=np.uint64)
+    np.add.at(sig, pair // len(keys), key_hash[pair % len(keys)])
+    used = np.unique(C)
+    _, gid_of_used = np.unique(sig[used], return_inverse=True)
+    comp_gid = np.full(ncomp, -1, dtype=np.int64)
+    comp_gid[used] = gid_of_used
+
+    G = comp_gid[C]
+    order = np.lexsort((P, K, G))
+    G, K, P, C = G[order], K[order], P[order], C[order]
+    bounds = np.flatnonzero(np.diff(G)) + 1
+    groups: list[Group] = []
+    comp_group = np.full(ncomp, -1, dtype=np.int64)
+    for gi, (g_start, g_end) in enumerate(zip(np.r_[0, bounds], np.r_[bounds, len(G)], strict=True)):
+        gk, gp, gc = K[g_start:g_end], P[g_start:g_end], C[g_start:g_end]
+        # Channel order: first occurrence in the group's first tensor dim (positions are sorted).
+        c0 = gc[gk == gk[0]]
+        rank = np.full(ncomp, -1, dtype=np.int64)
+        rank[c0[::-1]] = np.arange(len(c0) - 1, -1, -1)
+        chans = c0[rank[c0] == np.arange(len(c0))]
+        rank[chans] = np.arange(len(chans))
+        comp_group[chans] = (gi << 32) + np.arange(len(chans))
+        kb = np.flatnonzero(np.diff(gk)) + 1
+        members = tuple(
+            Member(keys[int(gk[s])][0], keys[int(gk[s])][1], gp[s:e].copy(), rank[gc[s:e]])
+            for s, e in zip(np.r_[0, kb], np.r_[kb, len(gk)], strict=True)
+        )
+        groups.append(_named_group(members, len(chans), roles))
+    # Model order (first tensor dim touched), so tables and names read top to bottom.
+    firsts = [int(K[s]) for s in np.r_[0, bounds]]
+    order_g = np.argsort(firsts, kind="stable")
+    remap = np.empty(len(order_g), dtype=np.int64)
+    remap[order_g] = np.arange(len(order_g))
+    hit = comp_group >= 0
+    comp_group[hit] = (remap[comp_group[hit] >> 32] << 32) + (comp_group[hit] & 0xFFFFFFFF)
+    groups = _dedupe_names([groups[i] for i in order_g])
+    return DependencyGraph(groups=groups, comp_group=comp_group, **base)  # type: ignore[arg-type]
+
+
+def _named_group(members: tuple[Member, ...], size: int, roles: Mapping[str, Role]) -> Group:
+    mods: list[str] = []
+    owners: list[str] = []
+    producer = None
+    for m in members:
+        role = roles[m.tensor]
+        if role.layer not in mods:
+            mods.append(role.layer)
+        if role.out_dim == m.dim:
+            if role.layer not in owners:
+                owners.append(role.layer)
+            if role.producer:
+                producer = producer or role.layer
+    first = roles[members[0].tensor].layer or members[0].tensor
+    name = producer or (owners[0] if owners else first)
+    return Group(name=name, size=size, members=members, modules=tuple(mods), owners=tuple(owners))
+
+
+def _dedupe_names(groups: list[Group]) -> list[Group]:
+    seen: dict[str, int] = {}
+    out = []
+    for g in groups:
+        n = seen.get(g.name, 0)
+        seen[g.name] = n + 1
+        out.append(g if n == 0 else Group(f"{g.name}#{n}", g.size, g.members, g.modules, g.owners))
+    return out
+
+
+def _protected(tensors: Mapping[str, tuple[Label, ...]], comp: np.ndarray, roles: Mapping[str, Role]) -> dict[str, str]:
+    """Layers whose own output channels are all pinned, with the reason (for messages)."""
+    reason = np.full(int(comp.max()) + 1 if len(comp) else 0, -1, dtype=np.int64)
+    for p in reversed(Pin):  # the lowest reason wins where sentinels share a component
+        reason[comp[int(p)]] = int(p)
+    out: dict[str, str] = {}
+    for name, labs in tensors.items():
+        role = roles[name]
+        d = role.out_dim
+        if d is None or labs[d] is None:
+            continue
+        r = reason[comp[labs[d]]]
+        if (r >= 0).all():
+            out.setdefault(role.layer, Pin(int(r[0])).name.lower())
+    return out

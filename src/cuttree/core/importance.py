@@ -1,0 +1,174 @@
+"""Importance criteria: a coupled group in, one score per channel out.
+
+Every criterion has the same signature: ``(group, weights, extra, seed) -> np.ndarray`` of length
+``group.size``, non-negative, higher meaning more important. Criteria see numpy arrays only,
+never a framework tensor, so a model on a GPU is scored exactly like one on the CPU: ``weights``
+maps the state-dict names of the group members' parameters to their current values; ``extra``
+holds statistics collected beforehand by the frontend: gradients by tensor name for
+``taylor``; per-position vectors keyed ``"name@dim"`` for ``activation`` (mean |output|) and
+``bn_scale`` (the norm layers' γ). The frontend converts both once, at its border
+(:func:`cuttree._util.to_numpy` for torch).
+
+Criteria live in one registry, :data:`REGISTRY`, that :class:`cuttree.Config` validates
+against: a criterion registered with :func:`criterion` is usable by name in a config. Its
+:class:`CriterionInfo` says what the frontend must collect for it (``needs``) and for which
+methods it scores.
+
+Definitions (a channel's *slices* are, in every parameter of its group, the entries at the
+channel's positions along the coupled dim):
+
+- ``l1``: the sum of |w| over all the channel's slices;
+- ``l2``: the square root of the sum of w² over them;
+- ``bn_scale``: the sum of |γ| over the group's norm-layer scales (groups without a norm
+  layer, e.g. a classifier's hidden Linear, use ``l1``; the plan records which was used);
+- ``taylor``: (Σ w·∂L/∂w over the slices)², the first-order Taylor estimate of the loss change
+  (Molchanov et al., 2019), gradients summed over the calibration data;
+- ``activation``: the mean |output| of the channel at its producing layers over the data;
+- ``random``: uniform, seeded by the config's ``seed`` and the group name.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from cuttree.core.grouping import Group, Member
+
+Arrays = Mapping[str, np.ndarray]
+Criterion = Callable[[Group, Arrays, Arrays, int], np.ndarray]
+Needs = Literal["weights", "gradients", "activations", "norm_scales", "input_norms"]
+
+
+@dataclass(frozen=True)
+class CriterionInfo:
+    """A registered criterion: its channel scorer (``None`` if it only scores weights), what the
+    frontend collects for it, and whether it serves structured and/or unstructured pruning."""
+
+    name: str
+    fn: Criterion | None
+    needs: Needs = "weights"
+    structured: bool = True
+    unstructured: bool = False
+
+    @property
+    def data_driven(self) -> bool:
+        """Whether it needs calibration data (and so ``min_samples`` of it)."""
+        return self.needs in ("gradients", "activations", "input_norms")
+
+
+REGISTRY: dict[str, CriterionInfo] = {}
+CRITERIA: dict[str, Criterion] = {}  # the channel scorers by name (structured pruning)
+
+
+def criterion(name: str, needs: Needs = "weights", unstructured: bool = False) -> Callable[[Criterion], Criterion]:
+    """Register a channel-importance criterion under ``name`` (warns when it replaces one).
+
+    >>> @criterion("ones_for_doc")
+    ... def ones(group, weights, extra, seed):
+    ...     return np.ones(group.size)
+    >>> REGISTRY["ones_for_doc"].data_driven
+    False
+    >>> _ = REGISTRY.pop("ones_for_doc"), CRITERIA.pop("ones_for_doc")
+    """
+
+    def deco(fn: Criterion) -> Criterion:
+        if name in REGISTRY:
+            warnings.warn(f"criterion '{name}' replaced by {fn.__qualname__}", stacklevel=2)
+        REGISTRY[name] = CriterionInfo(name, fn, needs, structured=True, unstructured=unstructured)
+        CRITERIA[name] = fn
+        return fn
+
+    return deco
+
+
+def register_weight_criterion(name: str, needs: Needs = "weights") -> None:
+    """Register a criterion that only scores individual weights (unstructured pruning, e.g. wanda)."""
+    if name in REGISTRY:
+        warnings.warn(f"criterion '{name}' replaced", stacklevel=2)
+    REGISTRY[name] = CriterionInfo(name, None, needs, structured=False, unstructured=True)
+
+
+def per_position(x: np.ndarray, dim: int, fn: str) -> np.ndarray:
+    """Reduce ``x`` over every dim but ``dim``: ``sum_abs`` or ``sum_sq`` or ``sum``, as float64.
+
+    ``x`` is viewed as (before, ``dim``, after) and summed first over the leading axis, then over
+    the trailing one: both contiguous reductions on views, no copy of a reduced axis (numpy's
+    reduction over scattered axes is several times slower; BLAS would fight torch's threads).
+
+    >>> per_position(np.array([[1.0, -2.0], [3.0, 4.0]]), 0, "sum_abs").tolist()
+    [3.0, 7.0]
+    >>> per_position(np.arange(24.0).reshape(2, 3, 4), 1, "sum").tolist()
+    [60.0, 92.0, 124.0]
+    """
+    a = np.abs(x) if fn == "sum_abs" else np.square(x) if fn == "sum_sq" else x
+    n = a.shape[dim]
+    pre, post = math.prod(a.shape[:dim]), math.prod(a.shape[dim + 1 :])
+    m = a.reshape(pre, n, post)
+    rows = m.sum(axis=0) if pre > 1 else m[0]
+    return np.asarray(rows.sum(axis=1, dtype=np.float64))
+
+
+def _accumulate(group: Group, members: list[Member], values: list[np.ndarray]) -> np.ndarray:
+    out = np.zeros(group.size, dtype=np.float64)
+    for m, v in zip(members, values, strict=True):
+        out += np.bincount(m.channels, weights=v[m.positions], minlength=group.size)
+    return out
+
+
+def _params(group: Group, weights: Arrays) -> list[Member]:
+    return [m for m in group.members if m.tensor in weights]
+
+
+@criterion("l1", unstructured=True)
+def l1(group: Group, weights: Arrays, extra: Arrays, seed: int) -> np.ndarray:
+    ms = _params(group, weights)
+    return _accumulate(group, ms, [per_position(weights[m.tensor], m.dim, "sum_abs") for m in ms])
+
+
+@criterion("l2", unstructured=True)
+def l2(group: Group, weights: Arrays, extra: Arrays, seed: int) -> np.ndarray:
+    ms = _params(group, weights)
+    return np.sqrt(_accumulate(group, ms, [per_position(weights[m.tensor], m.dim, "sum_sq") for m in ms]))
+
+
+@criterion("random")
+def random(group: Group, weights: Arrays, extra: Arrays, seed: int) -> np.ndarray:
+    rng = np.random.default_rng([seed, zlib.crc32(group.name.encode())])
+    return rng.random(group.size)
+
+
+@criterion("taylor", needs="gradients")
+def taylor(group: Group, weights: Arrays, extra: Arrays, seed: int) -> np.ndarray:
+    ms = [m for m in _params(group, weights) if m.tensor in extra]
+    vals = [per_position(np.multiply(weights[m.tensor], extra[m.tensor], dtype=np.float64), m.dim, "sum") for m in ms]
+    return _accumulate(group, ms, vals) ** 2
+
+
+@criterion("activation", needs="activations")
+def activation(group: Group, weights: Arrays, extra: Arrays, seed: int) -> np.ndarray:
+    ms = [m for m in group.members if f"{m.tensor}@{m.dim}" in extra]
+    return _accumulate(group, ms, [extra[f"{m.tensor}@{m.dim}"].astype(np.float64) for m in ms])
+
+
+@criterion("bn_scale", needs="norm_scales")
+def bn_scale(group: Group, weights: Arrays, extra: Arrays, seed: int) -> np.ndarray:
+    ms = [m for m in group.members if f"{m.tensor}@{m.dim}" in extra]
+    if not ms:
+        return l1(group, weights, extra, seed)
+    return _accumulate(group, ms, [np.abs(extra[f"{m.tensor}@{m.dim}"]).astype(np.float64) for m in ms])
+
+
+register_weight_criterion("wanda", needs="input_norms")  # |w|·‖x‖: scored by each frontend's sparsity code
+
+
+def used_criterion(name: str, group: Group, extra: Arrays) -> str:
+    """The criterion that really scored ``group`` (``bn_scale`` without a norm layer is ``l1``)."""
+    if name == "bn_scale" and not any(f"{m.tensor}@{m.dim}" in extra for m in group.members):
+        return "l1"
+    return name

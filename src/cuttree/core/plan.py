@@ -1,0 +1,222 @@
+"""The pruning plan: what stays, as plain data, before any surgery.
+
+A :class:`PruningPlan` lists, for every group, the channels it keeps and every tensor dim the
+group lives in (with the positions each channel occupies there). It prints as a table, diffs,
+and round-trips through ``to_dict``/``from_dict`` (JSON-safe), which is how ``.cuttree`` files
+carry it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cuttree.errors import FileFormatError
+
+PLAN_VERSION = 1
+
+
+@dataclass(frozen=True, eq=False)
+class PlanMember:
+    """``positions[i]`` of ``tensor``'s ``dim`` belongs to the group's channel ``channels[i]``."""
+
+    tensor: str
+    dim: int
+    positions: np.ndarray
+    channels: np.ndarray
+
+    def to_dict(self) -> dict[str, Any]:
+        n = len(self.positions)
+        size = int(self.channels.max()) + 1 if n else 0
+        rep = n // size if size and n % size == 0 else 0
+        if (
+            rep
+            and np.array_equal(self.positions, self.positions[0] + np.arange(n))
+            and np.array_equal(self.channels, np.repeat(np.arange(size), rep))
+        ):
+            return {"tensor": self.tensor, "dim": self.dim, "offset": int(self.positions[0]), "repeat": rep}
+        return {
+            "tensor": self.tensor,
+            "dim": self.dim,
+            "positions": self.positions.tolist(),
+            "channels": self.channels.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], size: int) -> PlanMember:
+        tensor, dim = _get(d, "tensor", str), _get(d, "dim", int)
+        if "offset" in d:
+            off, rep = _get(d, "offset", int), _get(d, "repeat", int)
+            if off < 0 or rep < 1:
+                raise FileFormatError(f"plan member '{tensor}': offset {off} / repeat {rep} out of range")
+            pos = off + np.arange(size * rep, dtype=np.int64)
+            ch = np.repeat(np.arange(size, dtype=np.int64), rep)
+        else:
+            pos = np.asarray(_get(d, "positions", list), dtype=np.int64)
+            ch = np.asarray(_get(d, "channels", list), dtype=np.int64)
+            if pos.shape != ch.shape or pos.ndim != 1 or (len(ch) and (ch.min() < 0 or ch.max() >= size)):
+                raise FileFormatError(f"plan member '{tensor}': positions/channels do not match the group size {size}")
+        return cls(tensor, dim, pos, ch)
+
+
+@dataclass(frozen=True, eq=False)
+class GroupPlan:
+    """One coupled group: its ``size`` channels, the ones it ``keep``s, where they live."""
+
+    name: str
+    size: int
+    keep: tuple[int, ...]
+    members: tuple[PlanMember, ...]
+    criterion: str = "l1"
+
+    @property
+    def removed(self) -> np.ndarray:
+        """Indices of the channels that go."""
+        mask = np.ones(self.size, dtype=bool)
+        mask[list(self.keep)] = False
+        return np.flatnonzero(mask)
+
+
+@dataclass(frozen=True, eq=False)
+class PruningPlan:
+    """What to remove from a model, decided before any surgery."""
+
+    groups: tuple[GroupPlan, ...]
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    macs_before: int = 0
+    macs_after: int = 0
+    config: dict[str, Any] = field(default_factory=dict)
+    framework: str = "torch"  #: the frontend that made it: "torch" or "keras"
+    layout: str = "torch"  #: weight layout of ``shapes``: "torch" (out, in, *k) or "keras" (*k, in, out)
+
+    def __iter__(self) -> Iterator[GroupPlan]:
+        return iter(self.groups)
+
+    @property
+    def channels_before(self) -> int:
+        return sum(g.size for g in self.groups)
+
+    @property
+    def channels_after(self) -> int:
+        return sum(len(g.keep) for g in self.groups)
+
+    def removed_positions(self) -> dict[str, dict[int, np.ndarray]]:
+        """For each tensor and dim, the sorted positions that surgery removes."""
+        out: dict[str, dict[int, list[np.ndarray]]] = {}
+        for g in self.groups:
+            gone = np.zeros(g.size, dtype=bool)
+            gone[g.removed] = True
+            for m in g.members:
+                pos = m.positions[gone[m.channels]]
+                if len(pos):
+                    out.setdefault(m.tensor, {}).setdefault(m.dim, []).append(pos)
+        return {
+            t: {d: np.unique(np.concatenate(ps)) if len(ps) > 1 else np.sort(ps[0]) for d, ps in dims.items()}
+            for t, dims in out.items()
+        }
+
+    def table(self, limit: int | None = None) -> str:
+        """A readable table: group, channels before → after, criterion, coupled tensors."""
+        rows = [("group", "channels", "kept", "criterion", "tensors")]
+        for g in self.groups[:limit]:
+            rows.append(
+                (g.name, str(g.size), f"{len(g.keep)} ({len(g.keep) / g.size:.0%})", g.criterion, str(len(g.members)))
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        if limit is not None and len(self.groups) > limit:
+            lines.append(f"… {len(self.groups) - limit} more groups")
+        lines.append(
+            f"total: {self.channels_before} → {self.channels_after} channels in {len(self.groups)} groups; "
+            f"MACs {self.macs_before:,} → {self.macs_after:,} (estimated)"
+        )
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": PLAN_VERSION,
+            "framework": self.framework,
+            "layout": self.layout,
+            "macs_before": self.macs_before,
+            "macs_after": self.macs_after,
+            "config": self.config,
+            "shapes": {k: list(v) for k, v in self.shapes.items()},
+            "groups": [
+                {
+                    "name": g.name,
+                    "size": g.size,
+                    "keep": list(g.keep),
+                    "criterion": g.criterion,
+                    "members": [m.to_dict() for m in g.members],
+                }
+                for g in self.groups
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any) -> PruningPlan:
+        """Rebuild a plan from :meth:`to_dict` output, validating every field."""
+        if not isinstance(d, dict) or d.get("version") != PLAN_VERSION:
+            raise FileFormatError(
+                f"plan version {d.get('version') if isinstance(d, dict) else None!r} is not {PLAN_VERSION}; "
+                "re-create the file with this cuttree version"
+            )
+        groups = []
+        for g in _get(d, "groups", list):
+            if not isinstance(g, dict):
+                raise FileFormatError("plan group is not a mapping; the file is corrupt")
+            size = _get(g, "size", int)
+            keep = tuple(int(k) for k in _get(g, "keep", list))
+            if size < 1 or any(k < 0 or k >= size for k in keep) or len(set(keep)) != len(keep):
+                raise FileFormatError(f"plan group '{g.get('name')}': keep indices out of range 0..{size - 1}")
+            members = tuple(PlanMember.from_dict(m, size) for m in _get(g, "members", list))
+            groups.append(GroupPlan(_get(g, "name", str), size, keep, members, str(g.get("criterion", "l1"))))
+        shapes = {str(k): tuple(int(x) for x in v) for k, v in _get(d, "shapes", dict).items()}
+        return cls(
+            groups=tuple(groups),
+            shapes=shapes,
+            macs_before=int(d.get("macs_before", 0)),
+            macs_after=int(d.get("macs_after", 0)),
+            config=dict(d.get("config", {})),
+            framework=str(d.get("framework", "torch")),  # files written before the field were all torch
+            layout=str(d.get("layout", "torch")),
+        )
+
+
+def _get(d: dict[str, Any], key: str, typ: type) -> Any:
+    if key not in d or not isinstance(d[key], typ) or (typ is int and isinstance(d[key], bool)):
+        raise FileFormatError(f"plan field '{key}' is missing or not a {typ.__name__}; the file is corrupt")
+    return d[key]
+
+
+def compose(first: PruningPlan, second: PruningPlan) -> PruningPlan:
+    """The plan that takes the original model straight to what ``second`` makes of ``first``'s result.
+
+    Groups are matched by name and tensor dims; ``second``'s channel *i* of a group is
+    ``first``'s kept channel ``keep[i]``.
+    """
+    from cuttree.errors import PlanError
+
+    by_name = {g.name: g for g in first.groups}
+    later = {g.name: g for g in second.groups}
+    groups = []
+    for g1 in first.groups:
+        g2 = later.get(g1.name)
+        if g2 is None:
+            groups.append(g1)
+            continue
+        if {(m.tensor, m.dim) for m in g1.members} != {(m.tensor, m.dim) for m in g2.members} or g2.size != len(
+            g1.keep
+        ):
+            raise PlanError(f"cannot compose plans: group '{g1.name}' couples different tensors in the second plan")
+        groups.append(GroupPlan(g1.name, g1.size, tuple(g1.keep[i] for i in g2.keep), g1.members, g2.criterion))
+    extra = [n for n in later if n not in by_name]
+    if extra:
+        raise PlanError(f"cannot compose plans: group '{extra[0]}' of the second plan is not in the first")
+    return PruningPlan(
+        tuple(groups), first.shapes, first.macs_before, second.macs_after, second.config, first.framework, first.layout
+    )

@@ -1,0 +1,94 @@
+"""The framework-neutral core: imports neither torch nor keras; criteria are a registry Config checks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import cuttree
+from cuttree.core.grouping import Group, Member
+from cuttree.core.importance import CRITERIA, REGISTRY, criterion
+from cuttree.core.plan import GroupPlan, PlanMember, PruningPlan
+
+BLOCK = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "keras", "tensorflow", "jax"):
+            raise ImportError(f"blocked: {name}")
+sys.meta_path.insert(0, Block())
+"""
+
+
+def test_core_imports_with_torch_and_keras_blocked() -> None:
+    code = BLOCK + (
+        "import cuttree, cuttree.config, cuttree.errors\n"
+        "import cuttree.core.labels, cuttree.core.grouping, cuttree.core.importance, cuttree.core.budget\n"
+        "import cuttree.core.plan, cuttree.core.masks, cuttree.core.schedule\n"
+        "c = cuttree.Config(mode='classification', threshold=0.5, min_samples=2, ratio=0.3)\n"
+        "assert c.criterion == 'l1'\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_import_cuttree_loads_no_framework_and_leaves_keras_backend_alone() -> None:
+    code = "import os, sys, cuttree; print(sorted(m for m in ('torch', 'keras') if m in sys.modules), os.environ.get('KERAS_BACKEND'))"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "KERAS_BACKEND"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.stdout.strip() == "[] None", out.stderr
+
+
+def test_a_registered_criterion_is_usable_by_name() -> None:
+    with pytest.raises(ValueError, match="unknown criterion — did you mean 'taylor'"):
+        cuttree.Config(ratio=0.5, criterion="taylr")
+
+    @criterion("reverse_index")
+    def reverse_index(group: Group, weights: object, extra: object, seed: int) -> np.ndarray:
+        return np.arange(group.size, 0, -1, dtype=np.float64)
+
+    try:
+        cfg = cuttree.Config(ratio=0.5, criterion="reverse_index")
+        g = Group("g", 4, (Member("w", 0, np.arange(4), np.arange(4)),), ("m",))
+        assert CRITERIA[cfg.criterion](g, {}, {}, 0).tolist() == [4.0, 3.0, 2.0, 1.0]
+        assert not REGISTRY["reverse_index"].data_driven
+        with pytest.raises(ValueError, match="unstructured pruning takes l1, l2, wanda"):
+            cuttree.Config(ratio=0.5, criterion="reverse_index", method="unstructured")
+        with pytest.warns(UserWarning, match="criterion 'reverse_index' replaced"):
+            criterion("reverse_index")(reverse_index)
+    finally:
+        REGISTRY.pop("reverse_index")
+        CRITERIA.pop("reverse_index")
+
+
+def test_registry_flags_of_the_builtins() -> None:
+    assert {n for n, c in REGISTRY.items() if c.data_driven} == {"taylor", "activation", "wanda"}
+    assert {n for n, c in REGISTRY.items() if c.unstructured} == {"l1", "l2", "wanda"}
+    assert {n for n, c in REGISTRY.items() if c.structured} == set(CRITERIA)
+
+
+def _plan(framework: str, layout: str) -> PruningPlan:
+    member = PlanMember("conv/kernel", 3, np.arange(4), np.arange(4))
+    return PruningPlan(
+        (GroupPlan("conv", 4, (0, 2), (member,)),), {"conv/kernel": (3, 3, 3, 4)}, 10, 5, {}, framework, layout
+    )
+
+
+def test_plan_records_framework_and_layout() -> None:
+    d = _plan("keras", "keras").to_dict()
+    assert (d["framework"], d["layout"]) == ("keras", "keras")
+    back = PruningPlan.from_dict(d)
+    assert (back.framework, back.layout, back.groups[0].keep) == ("keras", "keras", (0, 2))
+    del d["framework"], d["layout"]  # a file written before the fields existed was made by the torch frontend
+    assert PruningPlan.from_dict(d).framework == "torch"
+
+
+def test_torch_surgery_refuses_a_keras_plan() -> None:
+    torch = pytest.importorskip("torch")
+    with pytest.raises(cuttree.SurgeryError, match=r"made for a keras model .* cuttree\.keras\.apply_plan"):
+        cuttree.apply_plan(torch.nn.Conv2d(3, 4, 3), _plan("keras", "keras"))
