@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import fnmatch
 import time
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,83 +20,25 @@ from torch import nn
 
 from cuttree import calibrate
 from cuttree._util import model_device, to_numpy
-from cuttree.budget import GroupBudget, estimate_macs, search_macs, select
-from cuttree.config import Config, LayerOverride
-from cuttree.errors import PlanError, SurgeryError, did_you_mean
+from cuttree.config import Config
+from cuttree.core.planner import decide, estimate, resolve
+from cuttree.errors import SurgeryError
 from cuttree.graph.groups import DependencyGraph, build_graph
 from cuttree.graph.trace import named_tensors
-from cuttree.importance import CRITERIA, used_criterion
-from cuttree.measure import Measurements, measure
-from cuttree.plan import GroupPlan, PlanMember, PruningPlan
+from cuttree.measure import measure
+from cuttree.plan import PruningPlan
+from cuttree.results import Measurements as Measurements  # re-exported: old import path
+from cuttree.results import PruneResult
+from cuttree.results import measurements_table as measurements_table  # re-exported: old import path
 from cuttree.sparsity import strip
 from cuttree.surgery import apply_plan
 from cuttree.validate import repair
-
-
-@dataclass
-class PruneResult:
-    """The pruned model, the plan that made it, and before/after measurements."""
-
-    model: nn.Module
-    plan: PruningPlan
-    before: Measurements
-    after: Measurements
-    timings: dict[str, float] = field(default_factory=dict)
-    unsupported_ops: dict[str, int] = field(default_factory=dict)
-
-    def table(self) -> str:
-        """Before/after figures as a small text table."""
-        return measurements_table(self.before, self.after)
-
-
-def measurements_table(before: Measurements, after: Measurements) -> str:
-    """``metric  before  after  change`` rows for params, MACs, size and latency."""
-
-    def ratio(a: float | None, b: float | None) -> str:
-        return f"{a / b:.2f}× smaller" if a and b else "—"
-
-    def lat(x: float | None) -> str:
-        return f"{x:.2f} ms" if x is not None else "not measured"
-
-    rows = [
-        ("", "before", "after", "change"),
-        ("parameters", f"{before.params:,}", f"{after.params:,}", ratio(before.params, after.params)),
-        ("MACs", f"{before.macs:,}", f"{after.macs:,}", ratio(before.macs, after.macs)),
-        (
-            "size on disk",
-            f"{before.size_bytes / 1e6:.2f} MB",
-            f"{after.size_bytes / 1e6:.2f} MB",
-            ratio(before.size_bytes, after.size_bytes),
-        ),
-        (
-            "latency",
-            lat(before.latency_ms),
-            lat(after.latency_ms),
-            ratio(before.latency_ms, after.latency_ms).replace("smaller", "faster"),
-        ),
-    ]
-    w = [max(len(r[i]) for r in rows) for i in range(4)]
-    return "\n".join("  ".join(c.rjust(w[i]) if i else c.ljust(w[i]) for i, c in enumerate(r)) for r in rows)
 
 
 def module_names(model: nn.Module) -> list[str]:
     """Dotted names of the modules that hold tensors (what configs can name)."""
     tensors = named_tensors(model)
     return sorted({n.rpartition(".")[0] for n in tensors} - {""})
-
-
-def resolve(patterns: Iterable[str], names: Sequence[str], key: str) -> dict[str, list[str]]:
-    """Each dotted name or glob → the module names it matches; no match is an error."""
-    out: dict[str, list[str]] = {}
-    for p in patterns:
-        hits = [n for n in names if fnmatch.fnmatchcase(n, p) or n.startswith(p + ".")]
-        if not hits:
-            raise ValueError(
-                f"{key}: unknown layer '{p}'{did_you_mean(p, names)}; use a dotted module name or glob "
-                "(list them with `cuttree layers`)"
-            )
-        out[p] = hits
-    return out
 
 
 def make_plan(
@@ -124,37 +65,11 @@ def make_plan(
             "feeding them to 'ignore'",
             stacklevel=2,
         )
-    budgets = _budgets(graph, config, overrides)
     extra, weights = criterion_inputs(model, graph, config, calib_data)
-    score_fn = CRITERIA[config.criterion]
-    scores = [score_fn(g, weights, extra, config.seed) for g in graph.groups]
-    names_g = [g.name for g in graph.groups]
-    if config.macs_target is not None:
-        keeps = search_macs(graph, scores, budgets, config.macs_target, config.scope == "global")
-    else:
-        keeps = select(names_g, scores, budgets, config.ratio if config.scope == "global" else None)
-    plan = PruningPlan(
-        groups=tuple(
-            GroupPlan(
-                g.name,
-                g.size,
-                tuple(int(k) for k in keep),
-                tuple(PlanMember(m.tensor, m.dim, m.positions, m.channels) for m in g.members),
-                used_criterion(config.criterion, g, extra),
-            )
-            for g, keep in zip(graph.groups, keeps, strict=True)
-        ),
-        shapes={n: graph.shapes[n] for g in graph.groups for n in {m.tensor for m in g.members}},
-        macs_before=graph.macs,
-        config=config.to_dict(),
-    )
+    plan = decide(graph, config, overrides, weights, extra, framework="torch", layout="torch")
     if validate:
         return _validated(model, plan, example_inputs, graph), graph
-    return dataclasses.replace(plan, macs_after=_estimate(graph, plan)), graph
-
-
-def _estimate(graph: DependencyGraph, plan: PruningPlan) -> int:
-    return estimate_macs(graph, [np.asarray(g.keep, dtype=np.int64) for g in plan])
+    return plan, graph
 
 
 def _validated(
@@ -167,43 +82,7 @@ def _validated(
             + (" …" if len(broken) > 5 else ""),
             stacklevel=3,
         )
-    return dataclasses.replace(plan, macs_after=_estimate(graph, plan))
-
-
-def _budgets(graph: DependencyGraph, cfg: Config, overrides: dict[str, list[str]]) -> list[GroupBudget]:
-    owners = {o: i for i, g in enumerate(graph.groups) for o in g.owners}
-    per_group: dict[int, LayerOverride] = {}
-    for pattern, hits in overrides.items():
-        idx = {owners[h] for h in hits if h in owners}
-        if not idx:
-            why = {graph.protected[h] for h in hits if h in graph.protected}
-            if "output" in why:
-                raise PlanError(
-                    f"layers: '{pattern}' produces a model output, which mode={cfg.mode} never prunes; "
-                    f"remove '{pattern}' from 'layers'"
-                )
-            raise PlanError(
-                f"layers: '{pattern}' has no prunable output channels ({', '.join(sorted(why)) or 'coupled to fixed shapes'}); "
-                f"remove '{pattern}' from 'layers' or name a layer that `cuttree layers` lists as prunable"
-            )
-        for i in idx:
-            per_group[i] = cfg.layers[pattern]
-    out = []
-    for i in range(len(graph.groups)):
-        o = per_group.get(i)
-        ratio = o.ratio if o is not None and o.ratio is not None else cfg.ratio
-        out.append(
-            GroupBudget(
-                ratio=ratio,
-                threshold=o.threshold if o is not None and o.threshold is not None else cfg.threshold,
-                min_channels=o.min_channels if o is not None and o.min_channels is not None else cfg.min_channels,
-                round_to=cfg.round_to,
-                in_global_pool=cfg.scope == "global"
-                and (o is None or o.ratio is None)
-                and (cfg.ratio is not None or cfg.macs_target is not None),
-            )
-        )
-    return out
+    return dataclasses.replace(plan, macs_after=estimate(graph, plan))
 
 
 def criterion_inputs(

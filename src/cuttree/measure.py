@@ -13,7 +13,6 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -21,21 +20,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from cuttree._util import eval_mode, model_device, primary_output, run_model
-
-
-@dataclass(frozen=True)
-class Measurements:
-    """One model's figures; ``latency_ms`` is ``None`` when it was not measured."""
-
-    params: int
-    macs: int
-    size_bytes: int
-    latency_ms: float | None
-    batch_size: int
-    threads: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from cuttree.results import Measurements as Measurements  # re-exported: old import path
 
 
 def count_params(model: nn.Module) -> int:

@@ -1,0 +1,116 @@
+"""Decide what to remove: budgets per group, scores, selection, and the plan (no framework here).
+
+Both frontends call :func:`decide` with their dependency graph and the criterion's inputs as
+numpy arrays; what comes back is the same :class:`~cuttree.core.plan.PruningPlan`, tagged with
+the frontend and its weight layout.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from cuttree.config import Config, LayerOverride
+from cuttree.core.budget import GroupBudget, estimate_macs, search_macs, select
+from cuttree.core.grouping import DependencyGraph
+from cuttree.core.importance import CRITERIA, used_criterion
+from cuttree.core.plan import GroupPlan, PlanMember, PruningPlan
+from cuttree.errors import PlanError, did_you_mean
+
+
+def resolve(patterns: Iterable[str], names: Sequence[str], key: str, sep: str = ".") -> dict[str, list[str]]:
+    """Each dotted name or glob → the module names it matches; no match is an error."""
+    out: dict[str, list[str]] = {}
+    for p in patterns:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, p) or n.startswith(p + sep)]
+        if not hits:
+            raise ValueError(
+                f"{key}: unknown layer '{p}'{did_you_mean(p, names)}; use a dotted module name or glob "
+                "(list them with `cuttree layers`)"
+            )
+        out[p] = hits
+    return out
+
+
+def decide(
+    graph: DependencyGraph,
+    config: Config,
+    overrides: dict[str, list[str]],
+    weights: Mapping[str, np.ndarray],
+    extra: Mapping[str, np.ndarray],
+    framework: str,
+    layout: str,
+) -> PruningPlan:
+    """Score every group with ``config.criterion``, choose what each keeps, and return the plan."""
+    budgets = group_budgets(graph, config, overrides)
+    score_fn = CRITERIA[config.criterion]
+    scores = [score_fn(g, weights, extra, config.seed) for g in graph.groups]
+    if config.macs_target is not None:
+        keeps = search_macs(graph, scores, budgets, config.macs_target, config.scope == "global")
+    else:
+        keeps = select(
+            [g.name for g in graph.groups], scores, budgets, config.ratio if config.scope == "global" else None
+        )
+    plan = PruningPlan(
+        groups=tuple(
+            GroupPlan(
+                g.name,
+                g.size,
+                tuple(int(k) for k in keep),
+                tuple(PlanMember(m.tensor, m.dim, m.positions, m.channels) for m in g.members),
+                used_criterion(config.criterion, g, extra),
+            )
+            for g, keep in zip(graph.groups, keeps, strict=True)
+        ),
+        shapes={n: graph.shapes[n] for g in graph.groups for n in {m.tensor for m in g.members}},
+        macs_before=graph.macs,
+        config=config.to_dict(),
+        framework=framework,
+        layout=layout,
+    )
+    return PruningPlan(
+        plan.groups, plan.shapes, plan.macs_before, estimate(graph, plan), plan.config, framework, layout
+    )
+
+
+def estimate(graph: DependencyGraph, plan: PruningPlan) -> int:
+    """MACs after ``plan``, from the graph's MAC terms."""
+    return estimate_macs(graph, [np.asarray(g.keep, dtype=np.int64) for g in plan])
+
+
+def group_budgets(graph: DependencyGraph, cfg: Config, overrides: dict[str, list[str]]) -> list[GroupBudget]:
+    owners = {o: i for i, g in enumerate(graph.groups) for o in g.owners}
+    per_group: dict[int, LayerOverride] = {}
+    for pattern, hits in overrides.items():
+        idx = {owners[h] for h in hits if h in owners}
+        if not idx:
+            why = {graph.protected[h] for h in hits if h in graph.protected}
+            if "output" in why:
+                raise PlanError(
+                    f"layers: '{pattern}' produces a model output, which mode={cfg.mode} never prunes; "
+                    f"remove '{pattern}' from 'layers'"
+                )
+            raise PlanError(
+                f"layers: '{pattern}' has no prunable output channels ({', '.join(sorted(why)) or 'coupled to fixed shapes'}); "
+                f"remove '{pattern}' from 'layers' or name a layer that `cuttree layers` lists as prunable"
+            )
+        for i in idx:
+            per_group[i] = cfg.layers[pattern]
+    out = []
+    for i in range(len(graph.groups)):
+        o = per_group.get(i)
+        ratio = o.ratio if o is not None and o.ratio is not None else cfg.ratio
+        out.append(
+            GroupBudget(
+                ratio=ratio,
+                threshold=o.threshold if o is not None and o.threshold is not None else cfg.threshold,
+                min_channels=o.min_channels if o is not None and o.min_channels is not None else cfg.min_channels,
+                round_to=cfg.round_to,
+                in_global_pool=cfg.scope == "global"
+                and (o is None or o.ratio is None)
+                and (cfg.ratio is not None or cfg.macs_target is not None),
+            )
+        )
+    return out

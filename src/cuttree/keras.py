@@ -1,0 +1,223 @@
+"""Prune Keras 3 models, on any backend, with the same Config and PruningPlan as the torch API.
+
+>>> import cuttree.keras as ck, keras
+>>> inp = keras.Input((8, 8, 3))
+>>> x = keras.layers.Conv2D(8, 3, activation="relu", name="c1")(inp)
+>>> out = keras.layers.Dense(2, name="head")(keras.layers.GlobalAveragePooling2D()(x))
+>>> r = ck.prune(keras.Model(inp, out), cuttree.Config(ratio=0.5, latency_runs=0))
+>>> r.model.get_layer("c1").filters, r.plan.framework, r.after.params < r.before.params
+(4, 'keras', True)
+
+Functional and Sequential models are supported, nested ones included (the original design's
+``base_model(inputs)`` inside an outer model), as are ``keras.applications`` models. A
+subclassed model without a layer graph is refused with a one-line error.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import statistics
+import tempfile
+import time
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+import cuttree
+from cuttree.config import Config
+from cuttree.core.grouping import DependencyGraph
+from cuttree.core.plan import PruningPlan
+from cuttree.core.planner import decide
+from cuttree.errors import FileFormatError, did_you_mean
+from cuttree.frontends.keras import surgery
+from cuttree.frontends.keras.calibrate import criterion_inputs
+from cuttree.frontends.keras.graph import build_graph, check_model, macs_of, trace
+from cuttree.results import Measurements, PruneResult
+
+__all__ = ["apply_plan", "layer_names", "load", "make_plan", "measure", "prune", "read_metadata", "save"]
+
+META = "cuttree.json"  # the plan and measurements, stored inside the .keras zip beside Keras's own files
+
+
+def input_shapes(model: Any, example_inputs: Any = None) -> list[tuple[int, ...]]:
+    """Shapes (batch included) of ``example_inputs``, or of the model's own inputs with batch 1."""
+    check_model(model)
+    if example_inputs is None:
+        shapes = [(1, *x.shape[1:]) for x in model.inputs]
+        for s in shapes:
+            if any(d is None for d in s):
+                raise ValueError(
+                    f"the model's input shape {s} has unknown sizes; pass example_inputs=np.zeros((1, H, W, C)) "
+                    "with the size to prune for"
+                )
+        return [tuple(int(d) for d in s) for s in shapes]  # type: ignore[arg-type]
+    items = list(example_inputs) if isinstance(example_inputs, list | tuple) else [example_inputs]
+    if len(items) != len(model.inputs):
+        raise ValueError(
+            f"example_inputs has {len(items)} arrays, the model takes {len(model.inputs)} inputs; pass one array per input"
+        )
+    return [tuple(int(d) for d in np.shape(x)) for x in items]
+
+
+def layer_names(model: Any) -> list[str]:
+    """Paths of the layers that hold weights (what ``ignore`` and ``layers`` can name)."""
+    return [p for p, layer in surgery.leaf_layers(model).items() if getattr(layer, "weights", None)]
+
+
+def _resolve(patterns: Sequence[str], names: list[str], key: str) -> dict[str, list[str]]:
+    """Layer paths or globs; a bare layer name matches inside nested models too."""
+    leaf = {n: n.rsplit("/", 1)[-1] for n in names}
+    out: dict[str, list[str]] = {}
+    for p in patterns:
+        hits = [
+            n for n in names if fnmatch.fnmatchcase(n, p) or fnmatch.fnmatchcase(leaf[n], p) or n.startswith(p + "/")
+        ]
+        if not hits:
+            raise ValueError(
+                f"{key}: unknown layer '{p}'{did_you_mean(p, [*names, *leaf.values()])}; use a Keras layer name, "
+                "a path such as vgg16/block1_conv1, or a glob (list them with cuttree.keras.layer_names)"
+            )
+        out[p] = hits
+    return out
+
+
+def make_plan(
+    model: Any, config: Config, example_inputs: Any = None, calib_data: Any = None
+) -> tuple[PruningPlan, DependencyGraph]:
+    """Trace, score and plan; ``model`` is not modified."""
+    _check_config(config)
+    shapes = input_shapes(model, example_inputs)
+    names = layer_names(model)
+    ignore = sorted({n for hits in _resolve(config.ignore, names, "ignore").values() for n in hits})
+    overrides = _resolve(list(config.layers), names, "layers")
+    graph, tr = build_graph(model, shapes, ignore)
+    extra, weights = criterion_inputs(model, tr, graph, config, calib_data)
+    return decide(graph, config, overrides, weights, extra, framework="keras", layout="keras"), graph
+
+
+def apply_plan(model: Any, plan: PruningPlan, example_inputs: Any = None) -> Any:
+    """A new Keras model with the plan's channels removed (the original is left untouched)."""
+    return surgery.apply_plan(model, plan, input_shapes(model, example_inputs))
+
+
+def prune(model: Any, config: Config, example_inputs: Any = None, calib_data: Any = None) -> PruneResult:
+    """Structurally prune a Keras model: returns a new model, the plan and before/after figures."""
+    _check_config(config)
+    shapes = input_shapes(model, example_inputs)
+    before = measure(model, shapes, config.latency_runs)
+    t0 = time.perf_counter()
+    if config.method == "unstructured":
+        from cuttree.frontends.keras.sparsity import sparsify, strip
+
+        work = strip(sparsify(model, config, calib_data).model)
+        plan = PruningPlan(groups=(), config=config.to_dict(), framework="keras", layout="keras")
+        unsupported: dict[str, int] = {}
+    else:
+        plan, graph = make_plan(model, config, example_inputs, calib_data)
+        work = surgery.apply_plan(model, plan, shapes)
+        unsupported = dict(graph.unsupported)
+    t1 = time.perf_counter()
+    after = measure(work, shapes, config.latency_runs)
+    return PruneResult(work, plan, before, after, timings={"engine_s": t1 - t0}, unsupported_ops=unsupported)
+
+
+def _check_config(config: Any) -> None:
+    if not isinstance(config, Config):
+        raise TypeError(f"config must be a cuttree.Config, got {type(config).__name__}; build one with Config(...)")
+
+
+def measure(model: Any, shapes: Any = None, latency_runs: int = 10) -> Measurements:
+    """Parameters, MACs (from the Keras graph), ``.keras`` file size and median latency (ms)."""
+    if shapes is None or not (isinstance(shapes, list) and all(isinstance(s, tuple) for s in shapes)):
+        shapes = input_shapes(model, shapes)
+    macs = macs_of(trace(model, shapes))
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "m.keras"
+        model.save(p)
+        size = p.stat().st_size
+    latency = None
+    if latency_runs:
+        xs = [np.zeros(s, dtype="float32") for s in shapes]
+        arg = xs if len(xs) > 1 else xs[0]
+        for _ in range(2):
+            model(arg, training=False)
+        times = []
+        for _ in range(latency_runs):
+            t = time.perf_counter()
+            keras.ops.convert_to_numpy(keras.tree.flatten(model(arg, training=False))[0])
+            times.append((time.perf_counter() - t) * 1e3)
+        latency = statistics.median(times)
+    return Measurements(
+        params=int(model.count_params()),
+        macs=int(macs),
+        size_bytes=int(size),
+        latency_ms=latency,
+        batch_size=int(shapes[0][0]),
+        threads=int(os.cpu_count() or 1),
+    )
+
+
+def save(result: Any, path: str | os.PathLike[str]) -> Path:
+    """Write a ``.keras`` file (Keras's own format) with the plan and figures inside; atomic."""
+    from cuttree.io import atomic_write
+
+    model = result.model if isinstance(result, PruneResult) else result
+    p = Path(path)
+    if p.suffix != ".keras":
+        raise ValueError(f"'{p}': a Keras model is saved as .keras; use a path ending in .keras")
+    meta: dict[str, Any] = {"cuttree": cuttree.__version__, "backend": keras.backend.backend()}
+    if isinstance(result, PruneResult):
+        meta |= {"plan": result.plan.to_dict(), "before": result.before.to_dict(), "after": result.after.to_dict()}
+
+    def write(tmp: Path) -> None:
+        keras_tmp = tmp.with_name(tmp.name + ".keras")  # Keras insists on the suffix
+        try:
+            model.save(keras_tmp)
+            with zipfile.ZipFile(keras_tmp, "a") as z:
+                z.writestr(META, json.dumps(meta))
+            os.replace(keras_tmp, tmp)
+        finally:
+            keras_tmp.unlink(missing_ok=True)
+
+    return atomic_write(p, write)
+
+
+def load(path: str | os.PathLike[str]) -> Any:
+    """The model in a ``.keras`` (safe mode: no Lambda code runs) or legacy ``.h5`` file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"model file '{p}' does not exist; pass the path of a .keras or .h5 file")
+    if p.suffix not in (".keras", ".h5"):
+        raise ValueError(f"'{p}' is not a Keras file; cuttree.keras reads .keras and .h5")
+    try:
+        return keras.saving.load_model(p, safe_mode=True, compile=False)
+    except ValueError as e:
+        if "Lambda" in str(e) or "safe_mode" in str(e):
+            raise FileFormatError(
+                f"'{p}' holds a Lambda layer, whose code cuttree will not run (safe mode); rebuild the model with "
+                "built-in layers or a registered custom layer instead of the Lambda"
+            ) from None
+        raise FileFormatError(f"'{p}' could not be loaded as a Keras model ({str(e).splitlines()[0]})") from None
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What :func:`save` stored beside the model (plan, figures); ``{}`` for a plain Keras file."""
+    p = Path(path)
+    if p.suffix != ".keras":
+        return {}
+    with zipfile.ZipFile(p) as z:
+        if META not in z.namelist():
+            return {}
+        return dict(json.loads(z.read(META)))
+
+
+def plan_of(path: str | os.PathLike[str]) -> PruningPlan | None:
+    """The plan stored in a file written by :func:`save`, if any."""
+    meta = read_metadata(path)
+    return PruningPlan.from_dict(meta["plan"]) if "plan" in meta else None
