@@ -68,3 +68,13 @@ def primary_output(out: Any) -> Any:
     if isinstance(out, tuple | list):
         return out[0]
     return out
+
+
+def refuse_keras(model: object) -> None:
+    """A Keras 3 model on the torch backend *is* an ``nn.Module``, but its layers keep their own
+    sizes: the torch surgery would change tensors behind Keras's back. Send it to cuttree.keras."""
+    if any(c.__module__.split(".")[0] == "keras" for c in type(model).__mro__):
+        raise TypeError(
+            f"'{getattr(model, 'name', type(model).__name__)}' is a Keras model; the torch API would lose the pruning "
+            "when Keras saves it: use cuttree.keras.prune(model, config) (or `cuttree prune --model my.keras`)"
+        )

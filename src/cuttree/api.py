@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from cuttree import calibrate
-from cuttree._util import model_device, to_numpy
+from cuttree._util import model_device, refuse_keras, to_numpy
 from cuttree.config import Config
 from cuttree.core.planner import decide, estimate, resolve
 from cuttree.errors import SurgeryError
@@ -54,6 +54,7 @@ def make_plan(
     and groups whose pruning the model's code cannot take (a literal channel count in a
     ``view``) are kept whole, with a warning.
     """
+    refuse_keras(model)
     names = module_names(model)
     ignore = sorted({n for hits in resolve(config.ignore, names, "ignore").values() for n in hits})
     overrides = resolve(config.layers, names, "layers")
@@ -121,6 +122,7 @@ def prune(
     """
     if not isinstance(config, Config):
         raise TypeError(f"config must be a cuttree.Config, got {type(config).__name__}; build one with Config(...)")
+    refuse_keras(model)
     example_inputs = tuple(example_inputs) if isinstance(example_inputs, list) else example_inputs
     before = measure(model, example_inputs, config.latency_runs)
     t0 = time.perf_counter()
@@ -172,6 +174,7 @@ def sparsify(
     """
     from cuttree import sparsity as sp
 
+    refuse_keras(model)
     names = module_names(model)
     ignore = [n for hits in resolve(config.ignore, names, "ignore").values() for n in hits]
     overrides = resolve(config.layers, names, "layers")

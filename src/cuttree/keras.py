@@ -38,9 +38,23 @@ from cuttree.errors import FileFormatError, did_you_mean
 from cuttree.frontends.keras import surgery
 from cuttree.frontends.keras.calibrate import criterion_inputs
 from cuttree.frontends.keras.graph import build_graph, check_model, macs_of, trace
+from cuttree.frontends.keras.sparsity import GradualPruning, SparsifyResult, strip
+from cuttree.frontends.keras.sparsity import sparsify as _sparsify
 from cuttree.results import Measurements, PruneResult
 
-__all__ = ["apply_plan", "layer_names", "load", "make_plan", "measure", "prune", "read_metadata", "save"]
+__all__ = [
+    "GradualPruning",
+    "apply_plan",
+    "layer_names",
+    "load",
+    "make_plan",
+    "measure",
+    "prune",
+    "read_metadata",
+    "save",
+    "sparsify",
+    "strip",
+]
 
 META = "cuttree.json"  # the plan and measurements, stored inside the .keras zip beside Keras's own files
 
@@ -113,8 +127,6 @@ def prune(model: Any, config: Config, example_inputs: Any = None, calib_data: An
     before = measure(model, shapes, config.latency_runs)
     t0 = time.perf_counter()
     if config.method == "unstructured":
-        from cuttree.frontends.keras.sparsity import sparsify, strip
-
         work = strip(sparsify(model, config, calib_data).model)
         plan = PruningPlan(groups=(), config=config.to_dict(), framework="keras", layout="keras")
         unsupported: dict[str, int] = {}
@@ -125,6 +137,14 @@ def prune(model: Any, config: Config, example_inputs: Any = None, calib_data: An
     t1 = time.perf_counter()
     after = measure(work, shapes, config.latency_runs)
     return PruneResult(work, plan, before, after, timings={"engine_s": t1 - t0}, unsupported_ops=unsupported)
+
+
+def sparsify(model: Any, config: Config, calib_data: Any = None, sparsity_now: float | None = None) -> SparsifyResult:
+    """A copy of ``model`` with its kernels masked by magnitude (or N:M); see :class:`GradualPruning`
+    for the schedule during ``model.fit``."""
+    _check_config(config)
+    check_model(model)
+    return _sparsify(model, config, calib_data, sparsity_now)
 
 
 def _check_config(config: Any) -> None:

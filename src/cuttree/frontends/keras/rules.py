@@ -441,18 +441,13 @@ def _grid(shape: tuple[int, ...], labs: Labels) -> np.ndarray | None:
 
 
 def _from_grid(tr: Tracer, g: np.ndarray) -> Labels | None:
-    """The output labels if one dim explains the grid (constant along every other), else None."""
-    found: list[Label] = [None] * g.ndim
-    for d in range(g.ndim):
-        if g.shape[d] == 1:
-            continue
-        rows = np.moveaxis(g, d, 0).reshape(g.shape[d], -1)
-        if not (rows == rows[:, :1]).all():
-            return None
-        found[d] = rows[:, 0].copy()
-    if sum(f is not None for f in found) > 1:
+    """The output labels if the grid varies along exactly one dim (that dim carries them), else None."""
+    varying = [d for d in range(g.ndim) if g.shape[d] > 1 and not (g == g.take([0], axis=d)).all()]
+    if len(varying) != 1:
         return None
-    return tuple(found)
+    d = varying[0]
+    line = g[tuple(slice(None) if i == d else 0 for i in range(g.ndim))]
+    return tuple(line.copy() if i == d else None for i in range(g.ndim))
 
 
 @layer_rule("Flatten", "Reshape")

@@ -135,7 +135,9 @@ def apply_plan(model: Any, plan: PruningPlan, input_shapes: Sequence[tuple[int, 
     cfg = model.get_config()
     _edit(cfg, "", tr, new, _new_out_shapes(tr, plan))
     try:
-        rebuilt = type(model).from_config(cfg)
+        custom = {type(layer).__name__: type(layer) for layer in tr.layers.values()}
+        with keras.saving.custom_object_scope(custom):  # the user's own layer classes, by name
+            rebuilt = type(model).from_config(cfg)
         layers = leaf_layers(rebuilt)
         for path, arrays in new.items():
             if arrays:

@@ -1,0 +1,10 @@
+"""Pytest setup for the whole repository (tests and the docstring examples under src/).
+
+The Keras tests and examples run on the torch backend unless the caller chose one
+(``make test-keras-tf`` sets ``KERAS_BACKEND=tensorflow``); this must happen before keras is
+first imported.
+"""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "torch")

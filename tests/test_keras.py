@@ -1,0 +1,342 @@
+"""The Keras 3 frontend: the original design's VGG16, layer rules with an oracle, MACs against
+torch's flop counter, files, errors, and parity with the torch frontend (plans, masks).
+
+Runs on the backend in KERAS_BACKEND (torch by default, see conftest.py; `make test-keras-tf`
+runs it on TensorFlow). Tests that need torch's flop counter are skipped on other backends.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+import cuttree  # noqa: E402
+import cuttree.keras as ck  # noqa: E402
+from cuttree.frontends.keras.graph import macs_of, trace  # noqa: E402
+
+TORCH_BACKEND = keras.backend.backend() == "torch"
+ORIGINAL = {"mode": "classification", "threshold": 0.5, "min_samples": 2}
+
+
+def np_out(model: object, x: np.ndarray) -> np.ndarray:
+    return np.asarray(keras.ops.convert_to_numpy(model(x, training=False)))  # type: ignore[operator]
+
+
+def original_design(include_top_classes: int = 10) -> object:
+    """The original design's model, as written: VGG16 base on 32×32, nested, with a 10-class head."""
+    base = keras.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3))
+    inputs = keras.Input((32, 32, 3))
+    x = base(inputs)
+    x = keras.layers.Flatten()(x)
+    outputs = keras.layers.Dense(include_top_classes, activation="softmax")(x)
+    return keras.Model(inputs, outputs)
+
+
+def test_original_design_vgg16_nested(tmp_path: object) -> None:
+    keras.utils.set_random_seed(0)
+    model = original_design()
+    x = np.random.default_rng(0).random((2, 32, 32, 3), dtype=np.float32)
+    r = ck.prune(model, cuttree.Config(**ORIGINAL, ratio=0.3, latency_runs=0))
+    # threshold 0.5 and ratio 0.3 together: a channel goes only if both select it; on glorot
+    # init no channel scores below half its layer's best, so nothing may go.
+    assert r.after.params == r.before.params
+    r = ck.prune(model, cuttree.Config(mode="classification", min_samples=2, ratio=0.3, latency_runs=0))
+    conv = r.model.get_layer("vgg16").get_layer("block1_conv1")
+    assert conv.filters == 64 - 19  # floor(0.3 · 64) removed
+    assert np_out(r.model, x).shape == (2, 10)
+    assert r.after.params < r.before.params and r.after.macs < r.before.macs
+    assert r.plan.framework == "keras" and r.plan.macs_after == r.after.macs
+    assert model.get_layer("vgg16").get_layer("block1_conv1").filters == 64  # the original is untouched
+    path = tmp_path / "small.keras"  # type: ignore[operator]
+    ck.save(r, path)
+    again = ck.load(path)
+    assert np.array_equal(np_out(again, x), np_out(r.model, x))
+    assert again.count_params() == r.after.params
+    assert ck.read_metadata(path)["plan"]["framework"] == "keras"
+
+
+def test_ratio_zero_gives_identical_outputs() -> None:
+    keras.utils.set_random_seed(0)
+    model = original_design()
+    x = np.random.default_rng(1).random((2, 32, 32, 3), dtype=np.float32)
+    r = ck.prune(model, cuttree.Config(ratio=0.0, latency_runs=0))
+    assert np.array_equal(np_out(r.model, x), np_out(model, x))
+
+
+def branchy() -> object:
+    """Residual add, concat, depthwise (multiplier 2), separable, transposed conv, SE, Flatten→Dense, no BN."""
+    inp = keras.Input((12, 12, 3))
+    a = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="a")(inp)
+    b = keras.layers.Conv2D(8, 3, padding="same", name="b")(a)
+    s = keras.layers.Add(name="res")([a, b])
+    d = keras.layers.DepthwiseConv2D(3, padding="same", depth_multiplier=2, name="dw")(s)
+    e = keras.layers.Conv2D(6, 1, name="e")(d)
+    f = keras.layers.SeparableConv2D(5, 3, padding="same", name="sep")(s)
+    c = keras.layers.Concatenate(name="cat")([e, f])
+    se = keras.layers.GlobalAveragePooling2D(keepdims=True)(c)
+    se = keras.layers.Conv2D(4, 1, activation="relu", name="se_reduce")(se)
+    se = keras.layers.Conv2D(11, 1, activation="sigmoid", name="se_expand")(se)
+    c = keras.layers.Multiply(name="se_mul")([c, se])
+    t = keras.layers.Conv2DTranspose(7, 3, strides=2, name="up")(c)
+    p = keras.layers.MaxPooling2D(4)(t)
+    h = keras.layers.Dense(9, activation="relu", name="hidden")(keras.layers.Flatten()(p))
+    out = keras.layers.Dense(3, name="head")(h)
+    return keras.Model(inp, out)
+
+
+def _masked_original(model: object, plan: cuttree.PruningPlan) -> object:
+    """The oracle: the original with every removed channel's producer outputs zeroed."""
+    from cuttree.frontends.keras.sparsity import copy_model
+
+    oracle = copy_model(model)
+    weights = {}
+    from cuttree.frontends.keras.graph import trace as tr_fn
+
+    tr = tr_fn(oracle, [(1, 12, 12, 3)])
+    for path, layer in tr.layers.items():
+        for name, v in zip(tr.layer_weights[path], layer.weights, strict=True):
+            weights[name] = v
+    for g in plan.groups:
+        dead = np.zeros(g.size, dtype=bool)
+        dead[g.removed] = True
+        for m in g.members:
+            role = tr.roles[m.tensor]
+            if role.out_dim == m.dim:  # the layer's own outputs (kernel out, bias): zero them
+                a = keras.ops.convert_to_numpy(weights[m.tensor].value).copy()
+                idx = [slice(None)] * a.ndim
+                idx[m.dim] = m.positions[dead[m.channels]]
+                a[tuple(idx)] = 0
+                weights[m.tensor].assign(a)
+    return oracle
+
+
+def test_branchy_model_equals_masked_original() -> None:
+    keras.utils.set_random_seed(0)
+    model = branchy()
+    x = np.random.default_rng(2).random((3, 12, 12, 3), dtype=np.float32)
+    r = ck.prune(model, cuttree.Config(ratio=0.5, latency_runs=0))
+    names = {g.name for g in r.plan.groups}
+    assert names == {"a", "e", "sep", "se_reduce", "up", "hidden"}, names  # a, b, res and dw are one stream
+    assert r.model.get_layer("a").filters == 4 and r.model.get_layer("hidden").units == 5
+    assert r.model.get_layer("se_expand").filters == 6  # coupled to the concat: 3 of e's + 3 of sep's
+    assert r.model.get_layer("head").units == 3  # the output layer keeps its classes
+    oracle = _masked_original(model, r.plan)
+    np.testing.assert_allclose(np_out(r.model, x), np_out(oracle, x), rtol=1e-4, atol=1e-5)
+
+
+def test_plan_macs_match_the_pruned_graph() -> None:
+    model = branchy()
+    r = ck.prune(model, cuttree.Config(ratio=0.5, latency_runs=0))
+    assert r.plan.macs_after == macs_of(trace(r.model, [(1, 12, 12, 3)]))
+
+
+@pytest.mark.skipif(not TORCH_BACKEND, reason="torch's flop counter needs the torch backend")
+@pytest.mark.parametrize("builder", ["branchy", "norms", "conv1d3d"])
+def test_macs_equal_torch_flop_counter(builder: str) -> None:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = {"branchy": branchy, "norms": norms, "conv1d3d": conv1d3d}[builder]()
+    shape = (1, *model.inputs[0].shape[1:])
+    with torch.no_grad(), FlopCounterMode(display=False) as c:
+        model(np.zeros(shape, dtype="float32"), training=False)
+    assert macs_of(trace(model, [shape])) == c.get_total_flops() // 2
+
+
+def norms() -> object:
+    inp = keras.Input((8, 8, 4))
+    x = keras.layers.Conv2D(8, 3, name="c1")(inp)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.Conv2D(8, 1, name="c2")(x)
+    x = keras.layers.LayerNormalization(name="ln")(x)
+    x = keras.layers.Conv2D(8, 1, name="c3")(x)
+    x = keras.layers.GroupNormalization(groups=4, name="gn")(x)  # 2 channels per group: kept whole
+    x = keras.layers.Conv2D(6, 1, name="c4")(x)
+    x = keras.layers.GroupNormalization(groups=6, name="gn_per_channel")(x)
+    x = keras.layers.Reshape((-1, 6))(x)
+    return keras.Model(inp, keras.layers.Dense(2, name="head")(keras.layers.GlobalAveragePooling1D()(x)))
+
+
+def test_norm_rules() -> None:
+    keras.utils.set_random_seed(0)
+    model = norms()
+    r = ck.prune(model, cuttree.Config(ratio=0.5, latency_runs=0))
+    names = {g.name for g in r.plan.groups}
+    assert {"c1", "c2", "c4"} <= names and "c3" not in names  # c3 feeds a 2-channels-per-group norm
+    assert r.model.get_layer("gn_per_channel").groups == 3
+    assert np_out(r.model, np.ones((2, 8, 8, 4), dtype="float32")).shape == (2, 2)
+
+
+def conv1d3d() -> object:
+    inp = keras.Input((4, 6, 6, 2))
+    x = keras.layers.Conv3D(6, 3, padding="same", name="c3d")(inp)
+    x = keras.layers.Reshape((4 * 36, 6))(x)
+    x = keras.layers.Conv1D(5, 3, name="c1d")(x)
+    x = keras.layers.Dense(4, name="dense")(x)
+    return keras.Model(inp, keras.layers.GlobalMaxPooling1D()(x))
+
+
+def test_reshape_keeping_channels_last_prunes_through() -> None:
+    r = ck.prune(conv1d3d(), cuttree.Config(ratio=0.5, latency_runs=0))
+    assert r.model.get_layer("c3d").filters == 3 and r.model.get_layer("c1d").filters == 3
+
+
+def test_sequential_and_unknown_layer_pins_with_a_warning() -> None:
+    model = keras.Sequential(
+        [
+            keras.Input((6, 6, 3)),
+            keras.layers.Conv2D(8, 3, name="c1"),
+            keras.layers.Conv2D(8, 1, name="c2"),
+            keras.layers.Identity(name="ident"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(3, name="head"),
+        ]
+    )
+    r = ck.prune(model, cuttree.Config(ratio=0.5, latency_runs=0))
+    assert r.model.get_layer("c1").filters == 4 and r.model.get_layer("c2").filters == 4
+    inp = keras.Input((6, 6, 3))
+    x = keras.layers.Conv2D(8, 3, name="c1")(inp)
+    x = keras.layers.Conv2D(8, 1, name="c2")(x)
+    x = keras.layers.UnitNormalization(name="unit")(x)  # L2 over channels: they are coupled, kept whole
+    x = keras.layers.MultiHeadAttention(2, 4, name="mha")(
+        keras.layers.Reshape((16, 8))(x), keras.layers.Reshape((16, 8))(x)
+    )
+    out = keras.layers.Dense(2, name="head")(keras.layers.GlobalAveragePooling1D()(x))
+    r = ck.prune(keras.Model(inp, out), cuttree.Config(ratio=0.5, latency_runs=0))
+    assert r.model.get_layer("c1").filters == 4 and r.model.get_layer("c2").filters == 8
+
+
+class Custom(keras.layers.Layer):
+    def call(self, x: object) -> object:
+        return x * 2.0
+
+
+def test_layer_without_a_rule_is_kept_whole_with_a_warning() -> None:
+    inp = keras.Input((6, 6, 3))
+    x = keras.layers.Conv2D(8, 3, name="c1")(inp)
+    x = Custom(name="mystery")(x)
+    x = keras.layers.Conv2D(8, 1, name="c2")(x)
+    out = keras.layers.Dense(2, name="head")(keras.layers.GlobalAveragePooling2D()(x))
+    with pytest.warns(UserWarning, match=r"no layer rule for mystery \(Custom\)"):
+        r = ck.prune(keras.Model(inp, out), cuttree.Config(ratio=0.5, latency_runs=0))
+    assert r.model.get_layer("c1").filters == 8 and r.model.get_layer("c2").filters == 4
+
+
+def test_ignore_and_layers_by_keras_name_and_glob() -> None:
+    model = original_design()
+    cfg = cuttree.Config(
+        ratio=0.5, ignore=("block1_*",), layers={"vgg16/block2_conv1": {"ratio": 0.25}}, latency_runs=0
+    )
+    plan, _ = ck.make_plan(model, cfg)
+    keep = {g.name: len(g.keep) for g in plan.groups}
+    assert "vgg16/block1_conv1" not in keep and keep["vgg16/block2_conv1"] == 96 and keep["vgg16/block2_conv2"] == 64
+    with pytest.raises(ValueError, match="unknown layer 'block9_conv1' — did you mean"):
+        ck.make_plan(model, cuttree.Config(ratio=0.5, ignore=("block9_conv1",)))
+
+
+def test_subclassed_model_and_torch_api_errors() -> None:
+    class Sub(keras.Model):
+        def __init__(self) -> None:
+            super().__init__()
+            self.d = keras.layers.Dense(2)
+
+        def call(self, x: object) -> object:
+            return self.d(x)
+
+    sub = Sub()
+    sub(np.zeros((1, 3), dtype="float32"))
+    with pytest.raises(cuttree.TraceError, match="subclassed Sub without a layer graph"):
+        ck.prune(sub, cuttree.Config(ratio=0.5))
+    if TORCH_BACKEND:
+        import torch
+
+        with pytest.raises(TypeError, match=r"is a Keras model; .* use cuttree\.keras\.prune"):
+            cuttree.prune(branchy(), (torch.zeros(1, 12, 12, 3),), cuttree.Config(ratio=0.5))
+
+
+def test_lambda_file_is_refused_in_safe_mode(tmp_path: object) -> None:
+    inp = keras.Input((4,))
+    model = keras.Model(inp, keras.layers.Lambda(lambda t: t * 2)(inp))
+    path = tmp_path / "lam.keras"  # type: ignore[operator]
+    model.save(path)
+    with pytest.raises(cuttree.FileFormatError, match="holds a Lambda layer"):
+        ck.load(path)
+
+
+def test_data_driven_criteria_need_min_samples() -> None:
+    keras.utils.set_random_seed(0)
+    model = branchy()
+    rng = np.random.default_rng(0)
+    x, y = rng.random((16, 12, 12, 3), dtype=np.float32), rng.integers(0, 3, 16)
+    for crit in ("activation", "taylor", "bn_scale"):
+        r = ck.prune(model, cuttree.Config(ratio=0.5, criterion=crit, min_samples=8, latency_runs=0), calib_data=(x, y))
+        assert r.model.get_layer("a").filters == 4
+    with pytest.raises(ValueError, match="calibration data has 4 samples; min_samples=8"):
+        ck.prune(model, cuttree.Config(ratio=0.5, criterion="activation", min_samples=8), calib_data=(x[:4], y[:4]))
+
+
+@pytest.mark.skipif(not TORCH_BACKEND, reason="compares with the torch frontend on the same weights")
+def test_one_config_drives_torch_and_keras_with_one_plan_format(tmp_path: object) -> None:
+    import torch
+
+    cfg_file = tmp_path / "cut.yaml"  # type: ignore[operator]
+    cfg_file.write_text("mode: classification\nthreshold: 0.5\nmin_samples: 2\nratio: 0.25\nlatency_runs: 0\n")
+    cfg = cuttree.Config.from_yaml(cfg_file)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1))
+    tp, _ = cuttree.make_plan(net, (torch.randn(1, 3, 8, 8),), cfg)
+    inp = keras.Input((8, 8, 3))
+    kp, _ = ck.make_plan(keras.Model(inp, keras.layers.Conv2D(4, 1)(keras.layers.Conv2D(8, 3)(inp))), cfg)
+    td, kd = tp.to_dict(), kp.to_dict()
+    assert td.keys() == kd.keys() and td["groups"][0].keys() == kd["groups"][0].keys()
+    assert (td["framework"], kd["framework"], kd["layout"]) == ("torch", "keras", "keras")
+    assert td["config"] == kd["config"]
+
+
+@pytest.mark.skipif(not TORCH_BACKEND, reason="compares with the torch frontend on the same weights")
+@pytest.mark.parametrize("scope", ["local", "global"])
+def test_unstructured_masks_equal_the_torch_frontends(scope: str) -> None:
+    import torch
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    k1 = keras.layers.Conv2D(6, 3, name="c1")
+    k2 = keras.layers.Conv2D(5, 3, name="c2")
+    k3 = keras.layers.Dense(4, name="d")
+    kmodel = keras.Model(inp, k3(keras.layers.Flatten()(k2(k1(inp)))))
+    tmodel = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 6, 3), torch.nn.Conv2d(6, 5, 3), torch.nn.Flatten(), torch.nn.Linear(80, 4)
+    )
+    with torch.no_grad():  # the same weights in each framework's layout
+        tmodel[0].weight.copy_(torch.from_numpy(keras.ops.convert_to_numpy(k1.kernel.value)).permute(3, 2, 0, 1))
+        tmodel[1].weight.copy_(torch.from_numpy(keras.ops.convert_to_numpy(k2.kernel.value)).permute(3, 2, 0, 1))
+    cfg = cuttree.Config(method="unstructured", ratio=0.6, scope=scope)
+    km = ck.sparsify(kmodel, cfg).masks
+    tm = cuttree.sparsify(tmodel, cfg).masks
+    assert np.array_equal(km["c1"], tm["0"].permute(2, 3, 1, 0).numpy())
+    assert np.array_equal(km["c2"], tm["1"].permute(2, 3, 1, 0).numpy())
+    nm = ck.sparsify(kmodel, cuttree.Config(method="unstructured", nm="2:3")).masks
+    assert nm["c2"].sum(axis=2).tolist() == np.full((3, 3, 5), 4).tolist()  # 2 of every 3 inputs, 6 inputs
+
+
+def test_gradual_pruning_callback_reaches_the_final_sparsity() -> None:
+    keras.utils.set_random_seed(0)
+    model = branchy()
+    cfg = cuttree.Config(
+        method="unstructured",
+        schedule={"initial_sparsity": 0.0, "final_sparsity": 0.8, "begin_step": 0, "end_step": 4, "frequency": 2},
+    )
+    rng = np.random.default_rng(0)
+    x, y = rng.random((24, 12, 12, 3), dtype=np.float32), rng.integers(0, 3, 24)
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    cb = ck.GradualPruning(cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(x, y, batch_size=4, epochs=1, callbacks=[cb], verbose=0)
+    from cuttree.frontends.keras.sparsity import prunable_layers, sparsity
+
+    ck.strip(model, cb.masks)
+    assert sparsity(prunable_layers(model)) == pytest.approx(0.8, abs=0.01)
