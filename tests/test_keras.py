@@ -340,3 +340,39 @@ def test_gradual_pruning_callback_reaches_the_final_sparsity() -> None:
 
     ck.strip(model, cb.masks)
     assert sparsity(prunable_layers(model)) == pytest.approx(0.8, abs=0.01)
+
+
+def test_cli_prunes_and_inspects_a_keras_file(tmp_path: object, capsys: pytest.CaptureFixture[str]) -> None:
+    from cuttree.cli import main
+
+    src = tmp_path / "my.keras"  # type: ignore[operator]
+    branchy().save(src)
+    cfg = tmp_path / "cut.yaml"  # type: ignore[operator]
+    cfg.write_text("mode: classification\nthreshold: 0.5\nmin_samples: 2\nratio: 0.5\nlatency_runs: 0\n")
+    threshold_only = tmp_path / "small.keras"  # type: ignore[operator]
+    assert (
+        main(
+            [
+                "prune",
+                "--model",
+                str(src),
+                "--config",
+                str(cfg),
+                "--set",
+                "threshold=null",
+                "--out",
+                str(threshold_only),
+            ]
+        )
+        == 0
+    )
+    assert ck.load(threshold_only).get_layer("a").filters == 4
+    assert main(["inspect", str(threshold_only)]) == 0
+    out = capsys.readouterr().out
+    assert "saved on the" in out and "parameters" in out
+    bad = tmp_path / "bad.cuttree"  # type: ignore[operator]
+    assert main(["prune", "--model", str(src), "--config", str(cfg), "--out", str(bad)]) == 2
+    assert main(["eval", str(threshold_only), "--data", "digits"]) == 2
+    err = capsys.readouterr().err
+    assert "must end in .keras" in err and "is a Keras model; `cuttree eval` takes .cuttree files" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.yaml", "my.keras", "small.keras"]  # type: ignore[attr-defined]

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 
 from cuttree import io
 from cuttree.api import measurements_table, module_names, prune
 from cuttree.config import Config, parse_set
+from cuttree.core.plan import PruningPlan
 from cuttree.errors import CuttreeError
 from cuttree.measure import Measurements
 
@@ -61,8 +64,43 @@ def _model(args: argparse.Namespace) -> torch.nn.Module:
     return model
 
 
+def _keras() -> Any:
+    """cuttree.keras, on the user's KERAS_BACKEND (never set here), or a one-line reason why not."""
+    try:
+        import cuttree.keras as ck
+    except ModuleNotFoundError as e:
+        backend = os.environ.get("KERAS_BACKEND", "tensorflow (Keras's default)")
+        raise ValueError(
+            f"Keras files need keras and its backend; importing them failed ({e}); KERAS_BACKEND={backend}: "
+            "pip install 'cuttree[keras]' and set KERAS_BACKEND=torch (or install that backend)"
+        ) from None
+    return ck
+
+
+def cmd_prune_keras(args: argparse.Namespace, cfg: Config) -> int:
+    ck = _keras()
+    out = Path(args.out)
+    if out.suffix != ".keras":
+        raise ValueError(f"--out '{out}' must end in .keras for a Keras model (--model {args.model})")
+    model = ck.load(args.model)
+    example = None if args.input_shape is None else np.zeros(args.input_shape, dtype="float32")
+    r = ck.prune(model, cfg, example_inputs=example)
+    print(r.plan.table(limit=args.rows))
+    print()
+    print(r.table())
+    ck.save(r, out)
+    print(f"\nwrote {out} (backend {ck.keras.backend.backend()})")
+    return 0
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     cfg = _config(args)
+    if args.model is not None:
+        if args.arch is not None:
+            raise ValueError("give --model (a .keras/.h5 file) or --arch (a torch model), not both")
+        return cmd_prune_keras(args, cfg)
+    if args.arch is None or args.input_shape is None:
+        raise ValueError("prune needs --arch and --input-shape for a torch model, or --model my.keras for a Keras one")
     out = Path(args.out)
     if out.suffix != ".cuttree":
         raise ValueError(f"--out '{out}' must end in .cuttree")
@@ -82,6 +120,17 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    if str(args.file).endswith((".keras", ".h5")):
+        meta = _keras().read_metadata(args.file)
+        if "plan" not in meta:
+            raise ValueError(f"'{args.file}' has no cuttree plan; it was not written by cuttree prune")
+        print(f"file: {args.file} (Keras, saved on the {meta.get('backend')} backend)")
+        plan_k = PruningPlan.from_dict(meta["plan"])
+        print(f"config: {json.dumps(plan_k.config)}\n")
+        print(plan_k.table(limit=args.rows))
+        print()
+        print(measurements_table(Measurements(**meta["before"]), Measurements(**meta["after"])))
+        return 0
     meta = io.read_metadata(args.file)
     plan = meta["plan"]
     print(f"file: {args.file}")
@@ -133,6 +182,14 @@ def _log(args: argparse.Namespace) -> Any:
     return (lambda msg: None) if getattr(args, "quiet", False) else (lambda msg: print(msg, flush=True))
 
 
+def _torch_file(path: str, command: str) -> None:
+    if str(path).endswith((".keras", ".h5")):
+        raise ValueError(
+            f"'{path}' is a Keras model; `cuttree {command}` takes .cuttree files so far: prune and inspect it with "
+            "the CLI, fine-tune and evaluate it with model.fit/model.evaluate (or cuttree.keras in Python)"
+        )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from cuttree.job import metric_name, report_table, run_job
     from cuttree.train import deterministic_env, rank_device
@@ -155,6 +212,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from cuttree.measure import evaluate
     from cuttree.train import deterministic_env, finetune, init_distributed, rank_device
 
+    _torch_file(args.model, "finetune")
     cfg = _config(args, need_target=False)
     if cfg.finetune.deterministic:
         deterministic_env()
@@ -193,6 +251,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from cuttree.measure import evaluate
     from cuttree.train import rank_device
 
+    _torch_file(args.model, "eval")
     device = rank_device(args.device)
     meta = io.read_metadata(args.model)
     model = io.load(args.model, trusted=[meta["arch"].partition(":")[0]]).to(device)
@@ -218,23 +277,32 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cuttree", description="Prune neural networks and measure the result.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    def model_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--arch", required=True, help="import path of the model, e.g. torchvision.models:resnet18")
+    def model_args(sp: argparse.ArgumentParser, keras_too: bool = False) -> None:
+        sp.add_argument(
+            "--arch", required=not keras_too, help="import path of the model, e.g. torchvision.models:resnet18"
+        )
+        if keras_too:
+            sp.add_argument("--model", help="a Keras model file (.keras or .h5), pruned on your KERAS_BACKEND")
         sp.add_argument(
             "--arch-kwargs", type=_json_obj, default={}, help="JSON keyword arguments, e.g. '{\"num_classes\": 10}'"
         )
         sp.add_argument("--weights", help="state dict: .safetensors, or .pt/.pth (loaded with weights_only=True)")
-        sp.add_argument("--input-shape", type=_shape, required=True, help="example input shape, e.g. 1,3,224,224")
+        sp.add_argument(
+            "--input-shape",
+            type=_shape,
+            required=not keras_too,
+            help="example input shape, e.g. 1,3,224,224 (Keras: defaults to the model's own, batch 1)",
+        )
 
-    sp = sub.add_parser("prune", help="prune a model and write a .cuttree file")
-    model_args(sp)
+    sp = sub.add_parser("prune", help="prune a model and write a .cuttree file (or a .keras file for a Keras model)")
+    model_args(sp, keras_too=True)
     sp.add_argument("--config", help="YAML config (mode, threshold, min_samples, ratio, …)")
     sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
-    sp.add_argument("--out", required=True, help="output .cuttree file")
+    sp.add_argument("--out", required=True, help="output .cuttree file (.keras for --model)")
     sp.add_argument("--rows", type=int, default=40, help="plan rows to print")
     sp.set_defaults(func=cmd_prune)
 
-    sp = sub.add_parser("inspect", help="print a .cuttree file's plan and measurements")
+    sp = sub.add_parser("inspect", help="print a .cuttree (or cuttree-written .keras) file's plan and measurements")
     sp.add_argument("file")
     sp.add_argument("--rows", type=int, default=None, help="plan rows to print (default: all)")
     sp.set_defaults(func=cmd_inspect)
