@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.cuttree-installed
 ARGS ?=
 
-.PHONY: setup test demo lint bench-zoo bench-speed bench-recovery clean
+.PHONY: setup test test-keras-tf demo lint bench-zoo bench-speed bench-recovery bench-keras clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,6 +21,14 @@ test: $(STAMP)
 	$(BIN)/python -m ruff check src tests bench
 	$(BIN)/python -m mypy src/cuttree bench
 	$(BIN)/python -m pytest -q
+
+# the Keras tests again on the TensorFlow backend (tensorflow-cpu from PyPI, not in CI)
+test-keras-tf: $(STAMP)
+	$(BIN)/python -m pip install --quiet tensorflow-cpu
+	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q tests/test_keras.py src/cuttree/keras.py
+
+bench-keras: $(STAMP)
+	KERAS_BACKEND=torch $(BIN)/python bench/keras_zoo.py $(ARGS)
 
 demo: $(STAMP)
 	$(BIN)/cuttree demo $(ARGS)

@@ -376,3 +376,24 @@ def test_cli_prunes_and_inspects_a_keras_file(tmp_path: object, capsys: pytest.C
     err = capsys.readouterr().err
     assert "must end in .keras" in err and "is a Keras model; `cuttree eval` takes .cuttree files" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.yaml", "my.keras", "small.keras"]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "name", ["ResNet50", "MobileNetV2", "EfficientNetB0", "DenseNet121", "ConvNeXtTiny", "Xception"]
+)
+def test_keras_applications_prune_at_ratio_03(name: str) -> None:
+    keras.utils.set_random_seed(0)
+    size = 71 if name == "Xception" else 64
+    model = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3))
+    r = ck.prune(model, cuttree.Config(ratio=0.3, latency_runs=0))
+    x = np.random.default_rng(0).random((1, size, size, 3), dtype=np.float32)
+    assert np_out(r.model, x).shape == (1, 1000)
+    assert r.after.params < r.before.params and r.after.macs < r.before.macs
+    assert r.plan.macs_after == r.after.macs
+    if TORCH_BACKEND:
+        import torch
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with torch.no_grad(), FlopCounterMode(display=False) as c:
+            r.model(x, training=False)
+        assert r.after.macs == c.get_total_flops() // 2

@@ -184,7 +184,10 @@ def measure(model: Any, shapes: Any = None, latency_runs: int = 10) -> Measureme
 
 
 def save(result: Any, path: str | os.PathLike[str]) -> Path:
-    """Write a ``.keras`` file (Keras's own format) with the plan and figures inside; atomic."""
+    """Write a ``.keras`` file (Keras's own format, zip-deflated) with the plan and figures inside; atomic.
+
+    ``keras.saving.load_model`` reads it as any ``.keras`` file; :func:`read_metadata` reads the plan.
+    """
     from cuttree.io import atomic_write
 
     model = result.model if isinstance(result, PruneResult) else result
@@ -199,13 +202,23 @@ def save(result: Any, path: str | os.PathLike[str]) -> Path:
         keras_tmp = tmp.with_name(tmp.name + ".keras")  # Keras insists on the suffix
         try:
             model.save(keras_tmp)
-            with zipfile.ZipFile(keras_tmp, "a") as z:
-                z.writestr(META, json.dumps(meta))
-            os.replace(keras_tmp, tmp)
+            # Keras stores its zip uncompressed. Compressed, the zeros of a sparse model cost little:
+            # bzip2 where most weights are zero (smaller, slower), deflate otherwise; keras reads both.
+            method = zipfile.ZIP_BZIP2 if _zero_fraction(model) >= 0.5 else zipfile.ZIP_DEFLATED
+            with zipfile.ZipFile(keras_tmp) as src, zipfile.ZipFile(tmp, "w", method) as dst:
+                for item in src.infolist():
+                    dst.writestr(item.filename, src.read(item.filename))
+                dst.writestr(META, json.dumps(meta))
         finally:
             keras_tmp.unlink(missing_ok=True)
 
     return atomic_write(p, write)
+
+
+def _zero_fraction(model: Any) -> float:
+    arrays = [np.asarray(keras.ops.convert_to_numpy(v.value)) for v in model.weights]
+    total = sum(a.size for a in arrays)
+    return sum(int((a == 0).sum()) for a in arrays) / max(total, 1)
 
 
 def load(path: str | os.PathLike[str]) -> Any:
