@@ -397,3 +397,53 @@ def test_keras_applications_prune_at_ratio_03(name: str) -> None:
         with torch.no_grad(), FlopCounterMode(display=False) as c:
             r.model(x, training=False)
         assert r.after.macs == c.get_total_flops() // 2
+
+
+def test_evaluate_top1_and_mean_iou_exactly() -> None:
+    inp = keras.Input((3,))
+    lin = keras.layers.Dense(3, use_bias=False, name="eye")
+    model = keras.Model(inp, lin(inp))
+    lin.kernel.assign(np.eye(3, dtype="float32"))
+    x = np.array([[1, 0, 0], [0, 2, 0], [0, 0, 3], [5, 0, 0]], dtype="float32")
+    assert ck.evaluate(model, x, np.array([0, 1, 0, 1])) == 50.0
+    seg_in = keras.Input((2, 2, 2))
+    seg = keras.Model(seg_in, keras.layers.Identity()(seg_in))
+    logits = np.zeros((1, 2, 2, 2), dtype="float32")
+    logits[0, :, :, 0] = [[1, 1], [0, 0]]  # predicted class 0 on the top row, class 1 below
+    logits[0, :, :, 1] = [[0, 0], [1, 1]]
+    target = np.array([[[0, 1], [1, 255]]])  # one void pixel, ignored
+    # class 0: inter 1, union 2; class 1: inter 1, union 2 → mean IoU 50%
+    assert ck.evaluate(seg, logits, target, mode="segmentation") == 50.0
+
+
+def test_recalibrate_bn_is_the_exact_average() -> None:
+    inp = keras.Input((4,))
+    model = keras.Model(inp, keras.layers.BatchNormalization(name="bn")(inp))
+    x = np.random.default_rng(0).normal(3.0, 2.0, size=(32, 4)).astype("float32")
+    assert ck.recalibrate_bn(model, x, batches=3, batch_size=32) == 1
+    bn = model.get_layer("bn")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_mean.value), x.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_variance.value), x.var(0), rtol=1e-4)
+    assert bn.momentum == 0.99  # restored
+
+
+def test_finetune_learns_and_distillation_leaves_the_teacher_alone() -> None:
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")
+
+    def mlp() -> object:
+        inp = keras.Input((8,))
+        return keras.Model(inp, keras.layers.Dense(2)(keras.layers.Dense(16, activation="relu")(inp)))
+
+    student, teacher = mlp(), mlp()
+    before = [w.copy() for w in teacher.get_weights()]
+    cfg = cuttree.Config(ratio=0.0, finetune={"epochs": 8, "batch_size": 32, "lr": 0.1, "distill": 0.3})
+    acc0 = ck.evaluate(student, x, y)
+    out = ck.finetune(student, cfg, x, y, teacher=teacher, augment=False)
+    assert out["steps"] == 64 and ck.evaluate(student, x, y) > max(acc0, 85.0)
+    assert all(np.array_equal(a, b) for a, b in zip(before, teacher.get_weights(), strict=True))
+    assert teacher.trainable
+    with pytest.raises(ValueError, match="needs the unpruned model"):
+        ck.finetune(student, cfg, x, y)

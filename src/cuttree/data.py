@@ -254,6 +254,18 @@ def cifar10(
     return _rgb_dataset(decoded, f"CIFAR-10 {split}", limit, normalize, augment, generator)
 
 
+def cifar10_arrays(
+    split: Split, root: str | Path | None = None, limit: int | None = None, cache: str | Path | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """CIFAR-10 as numpy ``(x (N, 32, 32, 3) uint8, y (N,) int64)``, channels last, for Keras models;
+    ``limit`` is the same class-balanced subset as :func:`cifar10`'s."""
+    _check_choice("split", split, ["train", "test"])
+    path = _data_file(root, "cifar10", f"cifar10_{split}_jpeg.npz", "CIFAR-10")
+    x, y, _ = _decode_jpeg_npz(path, Path(cache) if cache is not None else cache_dir())
+    rows = _balanced(y, limit, f"CIFAR-10 {split}")
+    return x[rows], y[rows].astype(np.int64)
+
+
 @register_dataset("torchvision-cifar10")
 def torchvision_cifar10(
     root: str | Path,

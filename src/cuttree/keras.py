@@ -38,6 +38,7 @@ from cuttree.errors import FileFormatError, did_you_mean
 from cuttree.frontends.keras import surgery
 from cuttree.frontends.keras.calibrate import criterion_inputs
 from cuttree.frontends.keras.graph import build_graph, check_model, macs_of, trace
+from cuttree.frontends.keras.recover import evaluate, finetune, recalibrate_bn
 from cuttree.frontends.keras.sparsity import GradualPruning, SparsifyResult, strip
 from cuttree.frontends.keras.sparsity import sparsify as _sparsify
 from cuttree.results import Measurements, PruneResult
@@ -45,12 +46,15 @@ from cuttree.results import Measurements, PruneResult
 __all__ = [
     "GradualPruning",
     "apply_plan",
+    "evaluate",
+    "finetune",
     "layer_names",
     "load",
     "make_plan",
     "measure",
     "prune",
     "read_metadata",
+    "recalibrate_bn",
     "save",
     "sparsify",
     "strip",

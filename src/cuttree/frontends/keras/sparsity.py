@@ -134,8 +134,9 @@ class GradualPruning(keras.callbacks.Callback):
     masks recomputed every ``frequency`` steps between ``begin_step`` and ``end_step``, masked
     weights zeroed again after every batch (the optimizer moves them)."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, target: Any | None = None) -> None:
         super().__init__()
+        self.target = target  # the model to mask, when fit runs on a wrapper (distillation)
         if config.schedule is None:
             raise ValueError("gradual sparsity needs a schedule: section in the config")
         self.config = config
@@ -144,7 +145,8 @@ class GradualPruning(keras.callbacks.Callback):
         self.layers: dict[str, Any] = {}
 
     def on_train_begin(self, logs: Any = None) -> None:
-        self.layers = prunable_layers(self.model, self.config.ignore, include_output=list(self.config.layers))
+        model = self.target if self.target is not None else self.model
+        self.layers = prunable_layers(model, self.config.ignore, include_output=list(self.config.layers))
 
     def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
         sch = self.config.schedule
