@@ -372,10 +372,78 @@ def test_cli_prunes_and_inspects_a_keras_file(tmp_path: object, capsys: pytest.C
     assert "saved on the" in out and "parameters" in out
     bad = tmp_path / "bad.cuttree"  # type: ignore[operator]
     assert main(["prune", "--model", str(src), "--config", str(cfg), "--out", str(bad)]) == 2
-    assert main(["eval", str(threshold_only), "--data", "digits"]) == 2
-    err = capsys.readouterr().err
-    assert "must end in .keras" in err and "is a Keras model; `cuttree eval` takes .cuttree files" in err
+    assert main(["eval", str(threshold_only), "--data", "digits"]) == 2  # 12×12 model, 32×32 digits
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "must end in .keras" in err[0] and err[1].startswith("cuttree: error: ")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.yaml", "my.keras", "small.keras"]  # type: ignore[attr-defined]
+
+
+def test_cli_run_finetune_eval_on_a_keras_file(tmp_path: object, capsys: pytest.CaptureFixture[str]) -> None:
+    from cuttree.cli import main
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(16, 3, strides=2, activation="relu", name="c1")(inp)
+    x = keras.layers.BatchNormalization(name="bn1")(x)
+    x = keras.layers.Conv2D(16, 3, strides=2, activation="relu", name="c2")(x)
+    out = keras.layers.Dense(10, name="head")(keras.layers.Flatten()(x))
+    src = tmp_path / "digits.keras"  # type: ignore[operator]
+    keras.Model(inp, out).save(src)
+    run_dir = tmp_path / "run"  # type: ignore[operator]
+    sets = [
+        "--set",
+        "ratio=0.5",
+        "--set",
+        "finetune.epochs=2",
+        "--set",
+        "finetune.batch_size=32",
+        "--set",
+        "finetune.lr=0.05",
+    ]
+    assert (
+        main(
+            [
+                "run",
+                "--model",
+                str(src),
+                "--data",
+                "digits",
+                *sets,
+                "--set",
+                "finetune.distill=0",
+                "--out",
+                str(run_dir),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    report = __import__("json").loads((run_dir / "report.json").read_text())
+    assert (
+        report["metric"] == "top-1"
+        and report["finetuned"] > 40.0
+        and report["after"]["params"] < report["before"]["params"]
+    )
+    assert ck.load(run_dir / "model.keras").get_layer("c1").filters == 8
+    ft_dir = tmp_path / "ft"  # type: ignore[operator]
+    args = [
+        "finetune",
+        str(run_dir / "model.keras"),
+        "--data",
+        "digits",
+        *sets,
+        "--teacher",
+        str(src),
+        "--out",
+        str(ft_dir),
+        "--quiet",
+    ]
+    assert main(args) == 0
+    assert (ft_dir / "model.keras").is_file() and (ft_dir / "report.json").is_file()
+    capsys.readouterr()
+    assert main(["eval", str(ft_dir / "model.keras"), "--data", "digits"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("top-1 ") and printed.rstrip().endswith("on digits test (451 samples)"), printed
 
 
 @pytest.mark.parametrize(
@@ -447,3 +515,12 @@ def test_finetune_learns_and_distillation_leaves_the_teacher_alone() -> None:
     assert teacher.trainable
     with pytest.raises(ValueError, match="needs the unpruned model"):
         ck.finetune(student, cfg, x, y)
+
+
+def test_torch_only_keys_are_refused_not_ignored() -> None:
+    with pytest.raises(ValueError, match="'reconstruct' = True is not available for Keras"):
+        ck.prune(branchy(), cuttree.Config(ratio=0.5, reconstruct=True))
+    with pytest.raises(ValueError, match="'steps' = 3 is not available for Keras"):
+        ck.make_plan(branchy(), cuttree.Config(ratio=0.5, steps=3))
+    with pytest.raises(ValueError, match="criterion 'wanda' is not available for Keras"):
+        ck.sparsify(branchy(), cuttree.Config(method="unstructured", ratio=0.5, criterion="wanda"))

@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 
-from cuttree import io
+from cuttree import cli_keras, io
 from cuttree.api import measurements_table, module_names, prune
 from cuttree.config import Config, parse_set
-from cuttree.core.plan import PruningPlan
 from cuttree.errors import CuttreeError
 from cuttree.measure import Measurements
 
@@ -64,41 +61,12 @@ def _model(args: argparse.Namespace) -> torch.nn.Module:
     return model
 
 
-def _keras() -> Any:
-    """cuttree.keras, on the user's KERAS_BACKEND (never set here), or a one-line reason why not."""
-    try:
-        import cuttree.keras as ck
-    except ModuleNotFoundError as e:
-        backend = os.environ.get("KERAS_BACKEND", "tensorflow (Keras's default)")
-        raise ValueError(
-            f"Keras files need keras and its backend; importing them failed ({e}); KERAS_BACKEND={backend}: "
-            "pip install 'cuttree[keras]' and set KERAS_BACKEND=torch (or install that backend)"
-        ) from None
-    return ck
-
-
-def cmd_prune_keras(args: argparse.Namespace, cfg: Config) -> int:
-    ck = _keras()
-    out = Path(args.out)
-    if out.suffix != ".keras":
-        raise ValueError(f"--out '{out}' must end in .keras for a Keras model (--model {args.model})")
-    model = ck.load(args.model)
-    example = None if args.input_shape is None else np.zeros(args.input_shape, dtype="float32")
-    r = ck.prune(model, cfg, example_inputs=example)
-    print(r.plan.table(limit=args.rows))
-    print()
-    print(r.table())
-    ck.save(r, out)
-    print(f"\nwrote {out} (backend {ck.keras.backend.backend()})")
-    return 0
-
-
 def cmd_prune(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if args.model is not None:
         if args.arch is not None:
             raise ValueError("give --model (a .keras/.h5 file) or --arch (a torch model), not both")
-        return cmd_prune_keras(args, cfg)
+        return cli_keras.cmd_prune(args, cfg)
     if args.arch is None or args.input_shape is None:
         raise ValueError("prune needs --arch and --input-shape for a torch model, or --model my.keras for a Keras one")
     out = Path(args.out)
@@ -120,17 +88,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    if str(args.file).endswith((".keras", ".h5")):
-        meta = _keras().read_metadata(args.file)
-        if "plan" not in meta:
-            raise ValueError(f"'{args.file}' has no cuttree plan; it was not written by cuttree prune")
-        print(f"file: {args.file} (Keras, saved on the {meta.get('backend')} backend)")
-        plan_k = PruningPlan.from_dict(meta["plan"])
-        print(f"config: {json.dumps(plan_k.config)}\n")
-        print(plan_k.table(limit=args.rows))
-        print()
-        print(measurements_table(Measurements(**meta["before"]), Measurements(**meta["after"])))
-        return 0
+    if cli_keras.is_keras_file(args.file):
+        return cli_keras.cmd_inspect(args)
     meta = io.read_metadata(args.file)
     plan = meta["plan"]
     print(f"file: {args.file}")
@@ -162,6 +121,12 @@ def cmd_layers(args: argparse.Namespace) -> int:
 def data_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--data", required=True, help="digits, cifar10, mnist, imagefolder:PATH")
     sp.add_argument("--limit", type=int, default=None, help="use this many images per split")
+    sp.add_argument(
+        "--normalize",
+        choices=["imagenet", "none", "raw255"],
+        default=None,
+        help="CIFAR-10 scaling: imagenet (default; the pretrained torch ResNets), none ([0, 1]), raw255 (0–255)",
+    )
 
 
 def _data(args: argparse.Namespace, split: str) -> Any:
@@ -173,6 +138,10 @@ def _data(args: argparse.Namespace, split: str) -> Any:
         kw["limit"] = args.limit
     if path:
         kw["path"] = path
+    if getattr(args, "normalize", None) is not None:
+        if name not in ("cifar10", "torchvision-cifar10"):
+            raise ValueError(f"--normalize applies to cifar10, not to --data {name}; drop it")
+        kw["normalize"] = args.normalize
     if name in ("cifar10", "torchvision-cifar10") and split == "train":
         kw["augment"] = True  # random crop with padding 4 and horizontal flip, the usual CIFAR recipe
     return load_dataset(name, split, **kw)
@@ -182,19 +151,15 @@ def _log(args: argparse.Namespace) -> Any:
     return (lambda msg: None) if getattr(args, "quiet", False) else (lambda msg: print(msg, flush=True))
 
 
-def _torch_file(path: str, command: str) -> None:
-    if str(path).endswith((".keras", ".h5")):
-        raise ValueError(
-            f"'{path}' is a Keras model; `cuttree {command}` takes .cuttree files so far: prune and inspect it with "
-            "the CLI, fine-tune and evaluate it with model.fit/model.evaluate (or cuttree.keras in Python)"
-        )
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from cuttree.job import metric_name, report_table, run_job
     from cuttree.train import deterministic_env, rank_device
 
     cfg = _config(args)
+    if args.model is not None:
+        return cli_keras.cmd_run(args, cfg, _data(args, "train"), _data(args, "test"))
+    if args.arch is None or args.input_shape is None:
+        raise ValueError("run needs --arch and --input-shape for a torch model, or --model my.keras for a Keras one")
     if cfg.finetune.deterministic:
         deterministic_env()
     device = rank_device(args.device)
@@ -212,8 +177,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from cuttree.measure import evaluate
     from cuttree.train import deterministic_env, finetune, init_distributed, rank_device
 
-    _torch_file(args.model, "finetune")
     cfg = _config(args, need_target=False)
+    if cli_keras.is_keras_file(args.model):
+        return cli_keras.cmd_finetune(args, cfg, _data(args, "train"), _data(args, "test"))
     if cfg.finetune.deterministic:
         deterministic_env()
     rank, size = init_distributed(args.device)
@@ -251,7 +217,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from cuttree.measure import evaluate
     from cuttree.train import rank_device
 
-    _torch_file(args.model, "eval")
+    if cli_keras.is_keras_file(args.model):
+        return cli_keras.cmd_eval(args, _data(args, args.split))
     device = rank_device(args.device)
     meta = io.read_metadata(args.model)
     model = io.load(args.model, trusted=[meta["arch"].partition(":")[0]]).to(device)
@@ -320,7 +287,7 @@ def parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_demo)
 
     sp = sub.add_parser("run", help="prune, fine-tune (with distillation) and report: the whole job")
-    model_args(sp)
+    model_args(sp, keras_too=True)
     data_args(sp)
     sp.add_argument("--config", help="YAML config")
     sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
@@ -329,10 +296,12 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--quiet", action="store_true", help="no per-step log lines")
     sp.set_defaults(func=cmd_run)
 
-    sp = sub.add_parser("finetune", help="fine-tune a .cuttree model (resumable; runs under torchrun)")
-    sp.add_argument("model", help="a .cuttree file")
+    sp = sub.add_parser("finetune", help="fine-tune a .cuttree model (resumable; runs under torchrun) or a .keras one")
+    sp.add_argument("model", help="a .cuttree file, or a .keras/.h5 file")
     data_args(sp)
-    sp.add_argument("--teacher", help="weights of the unpruned model (.safetensors/.pt) to distil from")
+    sp.add_argument(
+        "--teacher", help="the unpruned model to distil from: weights (.safetensors/.pt), or a .keras file for Keras"
+    )
     sp.add_argument("--config", help="YAML config (its finetune: section is used)")
     sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     sp.add_argument("--out", required=True, help="run folder (checkpoints, model.cuttree)")
@@ -342,8 +311,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--quiet", action="store_true", help="no per-step log lines")
     sp.set_defaults(func=cmd_finetune)
 
-    sp = sub.add_parser("eval", help="evaluate a .cuttree model on a dataset")
-    sp.add_argument("model", help="a .cuttree file")
+    sp = sub.add_parser("eval", help="evaluate a .cuttree (or .keras/.h5) model on a dataset")
+    sp.add_argument("model", help="a .cuttree file, or a .keras/.h5 file")
     data_args(sp)
     sp.add_argument("--split", default="test")
     sp.add_argument("--mode", choices=["classification", "segmentation"], default=None)

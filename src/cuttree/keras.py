@@ -154,6 +154,12 @@ def sparsify(model: Any, config: Config, calib_data: Any = None, sparsity_now: f
 def _check_config(config: Any) -> None:
     if not isinstance(config, Config):
         raise TypeError(f"config must be a cuttree.Config, got {type(config).__name__}; build one with Config(...)")
+    for key, bad in (("reconstruct", config.reconstruct), ("steps", config.steps > 1)):
+        if bad:
+            raise ValueError(
+                f"config key '{key}' = {getattr(config, key)!r} is not available for Keras models yet (torch only); "
+                f"remove it from the config"
+            )
 
 
 def measure(model: Any, shapes: Any = None, latency_runs: int = 10) -> Measurements:

@@ -1,0 +1,156 @@
+"""The ``cuttree`` commands for Keras files (``.keras``, ``.h5``), on the user's KERAS_BACKEND.
+
+``prune --model``, ``run --model``, ``finetune`` and ``eval`` of a Keras file, and ``inspect`` of
+one that cuttree wrote. Data come from the same loaders as for torch models, as channels-last
+numpy arrays; ``--normalize`` sets CIFAR-10's scaling (the MLPerf-Tiny ResNet takes ``raw255``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cuttree.config import Config
+from cuttree.core.plan import PruningPlan
+from cuttree.results import Measurements, measurements_table
+
+
+def keras_api() -> Any:
+    """cuttree.keras, on the user's KERAS_BACKEND (never set here), or a one-line reason why not."""
+    try:
+        import cuttree.keras as ck
+    except ModuleNotFoundError as e:
+        backend = os.environ.get("KERAS_BACKEND", "tensorflow (Keras's default)")
+        raise ValueError(
+            f"Keras files need keras and its backend; importing them failed ({e}); KERAS_BACKEND={backend}: "
+            "pip install 'cuttree[keras]' and set KERAS_BACKEND=torch (or install that backend)"
+        ) from None
+    return ck
+
+
+def is_keras_file(path: str | None) -> bool:
+    return path is not None and str(path).endswith((".keras", ".h5"))
+
+
+def arrays(args: argparse.Namespace, split: str, dataset: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A loader's dataset as channels-last numpy ``(x, y)``."""
+    items = [dataset[i] for i in range(len(dataset))]
+    if not items:
+        raise ValueError(f"--data {args.data} has no {split} samples; check the data folder or --limit")
+    x = np.stack([np.asarray(a) for a, _ in items]).astype("float32")
+    if x.ndim == 4:
+        x = x.transpose(0, 2, 3, 1)
+    return x, np.asarray([int(b) if np.ndim(b) == 0 else np.asarray(b) for _, b in items])
+
+
+def _metric(mode: str) -> str:
+    return "mean IoU" if mode == "segmentation" else "top-1"
+
+
+def cmd_prune(args: argparse.Namespace, cfg: Config) -> int:
+    ck = keras_api()
+    out = Path(args.out)
+    if out.suffix != ".keras":
+        raise ValueError(f"--out '{out}' must end in .keras for a Keras model (--model {args.model})")
+    model = ck.load(args.model)
+    example = None if args.input_shape is None else np.zeros(args.input_shape, dtype="float32")
+    r = ck.prune(model, cfg, example_inputs=example)
+    print(r.plan.table(limit=args.rows))
+    print()
+    print(r.table())
+    ck.save(r, out)
+    print(f"\nwrote {out} (backend {ck.keras.backend.backend()})")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    meta = keras_api().read_metadata(args.file)
+    if "plan" not in meta:
+        raise ValueError(f"'{args.file}' has no cuttree plan; it was not written by cuttree prune")
+    plan = PruningPlan.from_dict(meta["plan"])
+    print(f"file: {args.file} (Keras, saved on the {meta.get('backend')} backend)")
+    print(f"config: {json.dumps(plan.config)}\n")
+    print(plan.table(limit=args.rows))
+    print()
+    print(measurements_table(Measurements(**meta["before"]), Measurements(**meta["after"])))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace, test: Any) -> int:
+    ck = keras_api()
+    model = ck.load(args.model)
+    plan_cfg = ck.read_metadata(args.model).get("plan", {}).get("config", {})
+    mode = args.mode or plan_cfg.get("mode", "classification")
+    x, y = arrays(args, args.split, test)
+    print(f"{_metric(mode)} {ck.evaluate(model, x, y, mode):.2f} on {args.data} {args.split} ({len(x)} samples)")
+    return 0
+
+
+def _write_report(out: Path, report: dict[str, Any]) -> None:
+    from cuttree.io import atomic_write
+
+    atomic_write(out / "report.json", lambda p: p.write_text(json.dumps(report, indent=2)))
+
+
+def cmd_finetune(args: argparse.Namespace, cfg: Config, train: Any, test: Any) -> int:
+    ck = keras_api()
+    model = ck.load(args.model)
+    teacher = ck.load(args.teacher) if args.teacher else None
+    xtr, ytr = arrays(args, "train", train)
+    xt, yt = arrays(args, "test", test)
+    before = ck.evaluate(model, xt, yt, cfg.mode)
+    state = ck.finetune(model, cfg, xtr, ytr, teacher=teacher, verbose=0 if args.quiet else 2)
+    after = ck.evaluate(model, xt, yt, cfg.mode)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ck.save(model, out / "model.keras")
+    _write_report(
+        out, {"metric": _metric(cfg.mode), "before": before, "after": after, **state, "config": cfg.to_dict()}
+    )
+    print(f"{_metric(cfg.mode)} {before:.2f} → {after:.2f} after {state['steps']} steps; wrote {out / 'model.keras'}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, cfg: Config, train: Any, test: Any) -> int:
+    """Prune → recalibrate BN → fine-tune with distillation from the original → evaluate → save."""
+    ck = keras_api()
+    original = ck.load(args.model)
+    xtr, ytr = arrays(args, "train", train)
+    xt, yt = arrays(args, "test", test)
+    example = None if args.input_shape is None else np.zeros(args.input_shape, dtype="float32")
+    dense = ck.evaluate(original, xt, yt, cfg.mode)
+    r = ck.prune(original, cfg, example_inputs=example, calib_data=(xtr[: cfg.calib_samples], ytr[: cfg.calib_samples]))
+    pruned = ck.evaluate(r.model, xt, yt, cfg.mode)
+    if cfg.finetune.bn_recalibrate:
+        ck.recalibrate_bn(r.model, xtr, seed=cfg.seed)
+    recal = ck.evaluate(r.model, xt, yt, cfg.mode)
+    state = ck.finetune(
+        r.model, cfg, xtr, ytr, teacher=original if cfg.finetune.distill else None, verbose=0 if args.quiet else 2
+    )
+    final = ck.evaluate(r.model, xt, yt, cfg.mode)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ck.save(r, out / "model.keras")
+    report = {
+        "metric": _metric(cfg.mode),
+        "dense": dense,
+        "pruned": pruned,
+        "bn_recalibrated": recal,
+        "finetuned": final,
+        "before": r.before.to_dict(),
+        "after": r.after.to_dict(),
+        **state,
+        "config": cfg.to_dict(),
+    }
+    _write_report(out, report)
+    print(r.table())
+    print(
+        f"{_metric(cfg.mode)}: dense {dense:.2f}, pruned {pruned:.2f}, BN recalibrated {recal:.2f}, "
+        f"fine-tuned {final:.2f}; wrote {out / 'model.keras'} and {out / 'report.json'}"
+    )
+    return 0

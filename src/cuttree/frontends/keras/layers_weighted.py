@@ -1,0 +1,271 @@
+"""Layer rules for the layers that hold channel weights: convolutions (plain, transposed,
+depthwise, separable), Dense, Embedding, the norms, per-channel scales.
+
+Registered into :data:`cuttree.frontends.keras.rules.LAYER_RULES` on import.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from cuttree.core.labels import Label, Pin
+from cuttree.frontends.keras.graph import Call, Tracer, add_macs, prod
+from cuttree.frontends.keras.rules import Labels, _axis, _index, _set, layer_rule
+
+
+def _pin_window(tr: Tracer, kernel: tuple[Label, ...]) -> None:
+    """A kernel's window dims (all but the last two) are fixed sizes, never channels."""
+    for lab in kernel[:-2]:
+        tr.state.pin(lab, Pin.FIXED)
+
+
+# --- producers ------------------------------------------------------------------------------
+
+
+def _conv_update(cfg: dict[str, Any], layer: Any, new: list[np.ndarray], out_shapes: list[tuple[int, ...]]) -> None:
+    filters = int(new[_index(layer, layer.kernel)].shape[-1])
+    if int(cfg.get("groups", 1)) > 1 and int(cfg["groups"]) == int(cfg["filters"]):
+        cfg["groups"] = filters  # depthwise as a grouped conv: one group per channel
+    cfg["filters"] = filters
+
+
+@layer_rule("Conv1D", "Conv2D", "Conv3D", out_dims={"kernel": -1, "bias": 0}, producer=True, update=_conv_update)
+def conv(tr: Tracer, call: Call) -> list[Labels]:
+    """Convolution: kernel (*k, in/groups, out). With groups equal to the channels it is a
+    depthwise conv (channel c in, channel c out); other grouped convs are kept whole."""
+    layer, x, xs = call.layer, call.in_labels[0], call.in_shapes[0]
+    ax = _axis(layer, len(xs))
+    k = tr.w(layer.kernel)
+    _pin_window(tr, k)
+    b = tr.w(layer.bias)[0] if layer.use_bias else None
+    groups = int(getattr(layer, "groups", 1))
+    out: list[Label] = [None] * len(call.out_shapes[0])
+    if b is not None:
+        tr.state.unify(k[-1], b)
+    if groups == 1:
+        tr.state.unify(x[ax], k[-2])
+        out[ax] = k[-1]
+    elif groups == xs[ax] == int(layer.filters):  # depthwise, written as a grouped conv (ConvNeXt)
+        tr.state.unify(x[ax], k[-1])
+        out[ax] = k[-1]
+    else:
+        for lab in (x[ax], k[-2], k[-1], b):
+            tr.state.pin(lab, Pin.OP)
+    ys = call.out_shapes[0]
+    spatial = prod([s for i, s in enumerate(ys) if i != ax])
+    kshape = tr.shapes[tr.var_name[id(layer.kernel)]]
+    add_macs(tr, spatial * prod(kshape), k[-2], k[-1])
+    return [tuple(out)]
+
+
+@layer_rule(
+    "Conv1DTranspose",
+    "Conv2DTranspose",
+    "Conv3DTranspose",
+    out_dims={"kernel": -2, "bias": 0},
+    producer=True,
+    update=_set("filters", "kernel", -2),
+)
+def conv_transpose(tr: Tracer, call: Call) -> list[Labels]:
+    """Transposed convolution: kernel (*k, out, in)."""
+    layer, x, xs = call.layer, call.in_labels[0], call.in_shapes[0]
+    ax = _axis(layer, len(xs))
+    k = tr.w(layer.kernel)
+    _pin_window(tr, k)
+    tr.state.unify(x[ax], k[-1])
+    if layer.use_bias:
+        tr.state.unify(k[-2], tr.w(layer.bias)[0])
+    out: list[Label] = [None] * len(call.out_shapes[0])
+    out[ax] = k[-2]
+    kshape = tr.shapes[tr.var_name[id(layer.kernel)]]
+    add_macs(tr, prod([s for i, s in enumerate(xs) if i != ax]) * prod(kshape), k[-2], k[-1])
+    return [tuple(out)]
+
+
+def _depthwise(tr: Tracer, x: Label, k: tuple[Label, ...], dm: int) -> Label:
+    """Depthwise kernel (*k, in, multiplier): output channel c·dm + m follows input channel c."""
+    tr.state.unify(x, k[-2])
+    if dm == 1:
+        return k[-2]
+    tr.state.pin(k[-1], Pin.FIXED)  # the multiplier itself is a fixed number
+    return None if k[-2] is None else np.repeat(k[-2], dm)
+
+
+@layer_rule("DepthwiseConv1D", "DepthwiseConv2D", out_dims={"kernel": -2, "bias": 0}, producer=True)
+def depthwise(tr: Tracer, call: Call) -> list[Labels]:
+    layer, x, xs = call.layer, call.in_labels[0], call.in_shapes[0]
+    ax = _axis(layer, len(xs))
+    k = tr.w(layer.kernel)
+    _pin_window(tr, k)
+    y = _depthwise(tr, x[ax], k, int(layer.depth_multiplier))
+    if layer.use_bias:
+        tr.state.unify(y, tr.w(layer.bias)[0])
+    out: list[Label] = [None] * len(call.out_shapes[0])
+    out[ax] = y
+    ys = call.out_shapes[0]
+    kshape = tr.shapes[tr.var_name[id(layer.kernel)]]
+    add_macs(tr, prod([s for i, s in enumerate(ys) if i != ax]) * prod(kshape), k[-2])
+    return [tuple(out)]
+
+
+@layer_rule(
+    "SeparableConv1D",
+    "SeparableConv2D",
+    out_dims={"pointwise_kernel": -1, "bias": 0},
+    producer=True,
+    update=_set("filters", "pointwise_kernel"),
+)
+def separable(tr: Tracer, call: Call) -> list[Labels]:
+    """Depthwise then pointwise: the input's channels, the middle ones, and the pointwise outputs."""
+    layer, x, xs = call.layer, call.in_labels[0], call.in_shapes[0]
+    ax = _axis(layer, len(xs))
+    dk, pk = tr.w(layer.depthwise_kernel), tr.w(layer.pointwise_kernel)
+    _pin_window(tr, dk)
+    _pin_window(tr, pk)
+    mid = _depthwise(tr, x[ax], dk, int(layer.depth_multiplier))
+    tr.state.unify(mid, pk[-2])
+    if layer.use_bias:
+        tr.state.unify(pk[-1], tr.w(layer.bias)[0])
+    out: list[Label] = [None] * len(call.out_shapes[0])
+    out[ax] = pk[-1]
+    ys = call.out_shapes[0]
+    spatial = prod([s for i, s in enumerate(ys) if i != ax])
+    add_macs(tr, spatial * prod(tr.shapes[tr.var_name[id(layer.depthwise_kernel)]]), dk[-2])
+    add_macs(tr, spatial * prod(tr.shapes[tr.var_name[id(layer.pointwise_kernel)]]), pk[-2], pk[-1])
+    return [tuple(out)]
+
+
+@layer_rule("Dense", out_dims={"kernel": -1, "bias": 0}, producer=True, update=_set("units", "kernel"))
+def dense(tr: Tracer, call: Call) -> list[Labels]:
+    """Dense on the last axis: kernel (in, units)."""
+    layer, x, xs = call.layer, call.in_labels[0], call.in_shapes[0]
+    k = tr.w(layer.kernel)
+    tr.state.unify(x[-1], k[0])
+    if layer.use_bias:
+        tr.state.unify(k[1], tr.w(layer.bias)[0])
+    add_macs(tr, prod(xs) * int(layer.units), k[0], k[1])
+    return [(*x[:-1], k[1])]
+
+
+@layer_rule("Embedding", out_dims={"embeddings": 1}, producer=True, update=_set("output_dim", "embeddings"))
+def embedding(tr: Tracer, call: Call) -> list[Labels]:
+    e = tr.w(call.layer.embeddings)
+    tr.state.pin(e[0], Pin.FIXED)  # the vocabulary is indexed by the input ids
+    return [(*call.in_labels[0], e[1])]
+
+
+# --- norms and per-channel scales ----------------------------------------------------------------
+
+
+def _norm_axis(layer: Any, rank: int) -> int | None:
+    axis = layer.axis
+    if isinstance(axis, list | tuple):
+        if len(axis) != 1:
+            return None
+        axis = axis[0]
+    return int(axis) % rank
+
+
+@layer_rule(
+    "BatchNormalization",
+    out_dims={"gamma": 0, "beta": 0, "moving_mean": 0, "moving_variance": 0},
+    scale="gamma",
+)
+def batch_norm(tr: Tracer, call: Call) -> list[Labels]:
+    layer, x = call.layer, call.in_labels[0]
+    ax = _norm_axis(layer, len(x))
+    for v in layer.weights:
+        lab = tr.w(v)[0] if tr.w(v) else None
+        if ax is None:
+            tr.state.pin(lab, Pin.OP)
+        else:
+            tr.state.unify(x[ax], lab)
+    return [x]
+
+
+@layer_rule("LayerNormalization", "RMSNormalization", out_dims={"gamma": 0, "beta": 0}, scale="gamma")
+def layer_norm(tr: Tracer, call: Call) -> list[Labels]:
+    """Layer norm over one axis: its γ/β follow that axis (as the torch frontend's layer_norm)."""
+    layer, x = call.layer, call.in_labels[0]
+    ax = _norm_axis(layer, len(x))
+    if ax is None:
+        for lab in x:
+            tr.state.pin(lab, Pin.OP)
+    for v in layer.weights:
+        lab = tr.w(v)[0] if tr.w(v) else None
+        if ax is not None:
+            tr.state.unify(x[ax], lab)
+        else:
+            tr.state.pin(lab, Pin.OP)
+    return [x]
+
+
+def _group_norm_update(
+    cfg: dict[str, Any], layer: Any, new: list[np.ndarray], out_shapes: list[tuple[int, ...]]
+) -> None:
+    if layer.groups not in (1, -1) and new:
+        cfg["groups"] = int(new[0].shape[0])  # one channel per group stays one channel per group
+
+
+@layer_rule("GroupNormalization", out_dims={"gamma": 0, "beta": 0}, scale="gamma", update=_group_norm_update)
+def group_norm(tr: Tracer, call: Call) -> list[Labels]:
+    """Prunable with one group or one channel per group (as in torch), otherwise kept whole."""
+    layer, x, xs = call.layer, call.in_labels[0], call.in_shapes[0]
+    ax = int(layer.axis) % len(xs)
+    c = xs[ax]
+    ok = layer.groups in (1, -1, c)
+    for v in layer.weights:
+        lab = tr.w(v)[0] if tr.w(v) else None
+        if ok:
+            tr.state.unify(x[ax], lab)
+        else:
+            tr.state.pin(lab, Pin.OP)
+    if not ok:
+        tr.state.pin(x[ax], Pin.OP)
+        return [tuple(None if i == ax else lab for i, lab in enumerate(x))]
+    return [x]
+
+
+@layer_rule("LayerScale", out_dims={"gamma": 0}, update=_set("projection_dim", "gamma", 0))
+def layer_scale(tr: Tracer, call: Call) -> list[Labels]:
+    """ConvNeXt's per-channel scale γ ⊙ x on the last axis."""
+    x = call.in_labels[0]
+    tr.state.unify(x[-1], tr.w(call.layer.weights[0])[0])
+    return [x]
+
+
+@layer_rule("PReLU", out_dims={"alpha": -1})
+def prelu(tr: Tracer, call: Call) -> list[Labels]:
+    """α has the input's shape (minus batch); its channel dim follows the input's channels."""
+    x = call.in_labels[0]
+    alpha = tr.w(call.layer.alpha)
+    for d, lab in enumerate(alpha):
+        if x[d + 1] is not None:
+            tr.state.unify(x[d + 1], lab)
+        else:
+            tr.state.pin(lab, Pin.FIXED)
+    return [x]
+
+
+@layer_rule("Normalization", "UnitNormalization")
+def fixed_channels(tr: Tracer, call: Call) -> list[Labels]:
+    """Preprocessing statistics (or an L2 norm across channels) fix the channel count."""
+    x = call.in_labels[0]
+    for lab in x:
+        tr.state.pin(lab, Pin.FIXED)
+    for v in call.layer.weights:
+        for lab in tr.w(v):
+            tr.state.pin(lab, Pin.FIXED)
+    return [x]
+
+
+@layer_rule("Rescaling")
+def rescaling(tr: Tracer, call: Call) -> list[Labels]:
+    """A scalar scale/offset passes channels through; per-channel ones fix them."""
+    x = call.in_labels[0]
+    if np.ndim(call.layer.scale) or np.ndim(call.layer.offset):
+        for lab in x:
+            tr.state.pin(lab, Pin.FIXED)
+    return [x]
