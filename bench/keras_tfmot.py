@@ -35,31 +35,35 @@ BATCH, LR, FREQ = 128, 0.005, 50
 
 
 def batches(x: np.ndarray, y: np.ndarray, steps: int, seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The seeded order and augmentation of cuttree.frontends.keras.recover.Batches, as a generator."""
-    from cuttree.frontends.keras.recover import Batches
+    """The seeded order and augmentation cuttree.keras.finetune uses (cuttree.batching), as a generator."""
+    from cuttree.batching import batch_at, shuffled_order
 
-    data = Batches(x, y, BATCH, steps, seed, augment=True)
+    order = shuffled_order(len(x), BATCH, steps, seed)
     for i in range(steps):
-        yield data[i]
+        yield batch_at(x, y, order, i, BATCH, augment=True)
+
+
+def load_arrays(path: str) -> tuple[np.ndarray, ...]:
+    """The CIFAR-10 arrays the parent process decoded (workers import neither torch nor the loaders:
+    TensorFlow and torch in one process crash on import here)."""
+    with np.load(path) as d:
+        return d["xt"], d["yt"], d["xtr"], d["ytr"]
 
 
 def schedule_steps(epochs: float, n: int) -> tuple[int, int]:
     steps = max(round(epochs * (n // BATCH)), 1)
-    return steps, int(0.7 * steps)
+    return steps, max(int(0.7 * steps) // FREQ * FREQ, FREQ)  # a multiple of FREQ: TFMOT prunes only on those
 
 
-def tfmot_worker(epochs: float, final: float) -> dict[str, Any]:
+def tfmot_worker(epochs: float, final: float, data: str, weights: str) -> dict[str, Any]:
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
     import tensorflow as tf
     import tensorflow_model_optimization as tfmot
     import tf_keras
 
-    from cuttree.data import cifar10_arrays, data_root
-
-    xt, yt = cifar10_arrays("test")
-    xtr, ytr = cifar10_arrays("train")
+    xt, yt, xtr, ytr = load_arrays(data)
     steps, end = schedule_steps(epochs, len(xtr))
-    model = tf_keras.models.load_model(data_root() / "weights" / "cifar10_mlperf_tiny_resnet.h5", compile=False)
+    model = tf_keras.models.load_model(weights, compile=False)
     sched = tfmot.sparsity.keras.PolynomialDecay(0.0, final, begin_step=0, end_step=end, power=3, frequency=FREQ)
     pruned = tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=sched)
     lr = tf_keras.optimizers.schedules.CosineDecay(LR, decay_steps=steps)
@@ -93,17 +97,15 @@ def tfmot_worker(epochs: float, final: float) -> dict[str, Any]:
     }
 
 
-def cuttree_worker(epochs: float, final: float) -> dict[str, Any]:
+def cuttree_worker(epochs: float, final: float, data: str, weights: str) -> dict[str, Any]:
     os.environ["KERAS_BACKEND"] = "tensorflow"
     import cuttree
     import cuttree.keras as ck
-    from cuttree.data import cifar10_arrays, data_root
     from cuttree.frontends.keras.sparsity import prunable_layers, sparsity
 
-    xt, yt = cifar10_arrays("test")
-    xtr, ytr = cifar10_arrays("train")
+    xt, yt, xtr, ytr = load_arrays(data)
     _, end = schedule_steps(epochs, len(xtr))
-    model = ck.load(data_root() / "weights" / "cifar10_mlperf_tiny_resnet.h5")
+    model = ck.load(weights)
     cfg = cuttree.Config(
         method="unstructured",
         schedule={
@@ -138,12 +140,21 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--sparsity", type=float, default=0.8)
+    ap.add_argument("--weights", help=argparse.SUPPRESS)
     ap.add_argument("--worker", choices=["tfmot", "cuttree"])
+    ap.add_argument("--arrays", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         fn = tfmot_worker if args.worker == "tfmot" else cuttree_worker
-        print("RESULT " + json.dumps(fn(args.epochs, args.sparsity)))
+        print("RESULT " + json.dumps(fn(args.epochs, args.sparsity, args.arrays, args.weights)))
         return
+    from cuttree.data import cifar10_arrays, data_root
+
+    tmp = tempfile.TemporaryDirectory()
+    arrays = str(Path(tmp.name) / "cifar10.npz")
+    (xt, yt), (xtr, ytr) = cifar10_arrays("test"), cifar10_arrays("train")
+    np.savez(arrays, xt=xt, yt=yt, xtr=xtr, ytr=ytr)
+    args.weights = str(data_root() / "weights" / "cifar10_mlperf_tiny_resnet.h5")
     print(
         f"schedule 0 → {args.sparsity} (cubic, every {FREQ} steps, to 70% of the run); {args.epochs} epochs, batch {BATCH}"
     )
@@ -158,6 +169,10 @@ def main() -> None:
             str(args.epochs),
             "--sparsity",
             str(args.sparsity),
+            "--arrays",
+            arrays,
+            "--weights",
+            args.weights,
         ]
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
         line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
@@ -175,6 +190,7 @@ def main() -> None:
             f"fine-tuning wall {r['wall_s']:.0f} s",
             flush=True,
         )
+    tmp.cleanup()
 
 
 if __name__ == "__main__":

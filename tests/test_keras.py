@@ -524,3 +524,35 @@ def test_torch_only_keys_are_refused_not_ignored() -> None:
         ck.make_plan(branchy(), cuttree.Config(ratio=0.5, steps=3))
     with pytest.raises(ValueError, match="criterion 'wanda' is not available for Keras"):
         ck.sparsify(branchy(), cuttree.Config(method="unstructured", ratio=0.5, criterion="wanda"))
+
+
+def test_segmentation_class_maps_keep_their_channels() -> None:
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16, 16, 3))
+    e = keras.layers.Conv2D(12, 3, strides=2, padding="same", activation="relu", name="enc")(inp)
+    e = keras.layers.BatchNormalization(name="enc_bn")(e)
+    d = keras.layers.Conv2DTranspose(8, 3, strides=2, padding="same", name="dec")(e)
+    skip = keras.layers.Concatenate(name="skip")([d, keras.layers.Conv2D(4, 1, name="side")(inp)])
+    classes = keras.layers.Conv2D(5, 1, name="classes")(skip)
+    model = keras.Model(inp, classes)
+    r = ck.prune(model, cuttree.Config(mode="segmentation", ratio=0.5, latency_runs=0))
+    assert r.model.get_layer("classes").filters == 5  # the class map is an output: never pruned
+    assert (r.model.get_layer("enc").filters, r.model.get_layer("dec").filters, r.model.get_layer("side").filters) == (
+        6,
+        4,
+        2,
+    )
+    x = np.random.default_rng(0).random((2, 16, 16, 3), dtype=np.float32)
+    assert np_out(r.model, x).shape == (2, 16, 16, 5)
+    y = np.random.default_rng(1).integers(0, 5, (2, 16, 16))
+    assert 0.0 <= ck.evaluate(r.model, x, y, mode="segmentation") <= 100.0
+
+
+def test_macs_target_global_scope_round_to_and_min_channels() -> None:
+    keras.utils.set_random_seed(0)
+    model = original_design()
+    r = ck.prune(model, cuttree.Config(macs_target=0.5, scope="global", round_to=8, min_channels=16, latency_runs=0))
+    assert r.after.macs <= 0.5 * r.before.macs and r.after.macs == r.plan.macs_after
+    kept = [len(g.keep) for g in r.plan.groups]
+    assert all(k % 8 == 0 and k >= 16 for k in kept), kept
+    assert len(set(kept)) > 1  # global: layers lose different fractions

@@ -92,7 +92,7 @@ def cmd_eval(args: argparse.Namespace, test: Any) -> int:
 
 
 def _write_report(out: Path, report: dict[str, Any]) -> None:
-    from cuttree.io import atomic_write
+    from cuttree.files import atomic_write
 
     atomic_write(out / "report.json", lambda p: p.write_text(json.dumps(report, indent=2)))
 

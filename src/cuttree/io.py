@@ -15,8 +15,6 @@ from __future__ import annotations
 import importlib
 import json
 import math
-import os
-import tempfile
 import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -28,6 +26,7 @@ from torch import nn
 
 from cuttree._util import to_numpy
 from cuttree.errors import FileFormatError
+from cuttree.files import atomic_write as atomic_write  # re-exported: old import path
 from cuttree.measure import state_dict_for_save, tensor_names
 from cuttree.plan import PruningPlan
 from cuttree.surgery import apply_plan
@@ -95,23 +94,6 @@ def decompress(tensors: dict[str, torch.Tensor], sparse: dict[str, Any], source:
         flat[keep] = vals
         out[k] = flat.reshape(shape)
     return out
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
-    """Call ``write(tmp)`` on a temp file next to ``path``, fsync it, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def _versions() -> dict[str, str]:

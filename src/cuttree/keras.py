@@ -35,6 +35,7 @@ from cuttree.core.grouping import DependencyGraph
 from cuttree.core.plan import PruningPlan
 from cuttree.core.planner import decide
 from cuttree.errors import FileFormatError, did_you_mean
+from cuttree.files import atomic_write
 from cuttree.frontends.keras import surgery
 from cuttree.frontends.keras.calibrate import criterion_inputs
 from cuttree.frontends.keras.graph import build_graph, check_model, macs_of, trace
@@ -198,8 +199,6 @@ def save(result: Any, path: str | os.PathLike[str]) -> Path:
 
     ``keras.saving.load_model`` reads it as any ``.keras`` file; :func:`read_metadata` reads the plan.
     """
-    from cuttree.io import atomic_write
-
     model = result.model if isinstance(result, PruneResult) else result
     p = Path(path)
     if p.suffix != ".keras":

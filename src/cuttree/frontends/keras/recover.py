@@ -12,12 +12,12 @@ as log-probabilities, so both logits and probabilities work.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import keras
 import numpy as np
 
+from cuttree.batching import batch_at, shuffled_order
 from cuttree.config import Config
 from cuttree.frontends.keras.calibrate import to_numpy
 from cuttree.frontends.keras.surgery import leaf_layers
@@ -91,40 +91,26 @@ def recalibrate_bn(model: Any, x: np.ndarray, batches: int = 20, batch_size: int
 
 
 class Batches(keras.utils.PyDataset):
-    """``steps`` seeded, shuffled batches (reshuffled each pass), optionally augmented."""
+    """``steps`` seeded, shuffled batches (reshuffled each pass), optionally augmented
+    (:mod:`cuttree.batching`)."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, steps: int, seed: int, augment: bool) -> None:
         super().__init__()
         self.x, self.y, self.batch_size, self.steps, self.augment = x, y, batch_size, steps, augment
-        self.rng = np.random.default_rng(seed)
-        per_pass = max(len(x) // batch_size, 1)
-        passes = math.ceil(steps / per_pass)
-        self.order = np.concatenate([self.rng.permutation(len(x)) for _ in range(passes)])
+        self.order = shuffled_order(len(x), batch_size, steps, seed)
 
     def __len__(self) -> int:
         return self.steps
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        idx = self.order[i * self.batch_size : (i + 1) * self.batch_size]
-        xb = self.x[idx].astype("float32")
-        if self.augment and xb.ndim == 4:
-            rng = np.random.default_rng([i, 7])
-            pad = np.pad(xb, ((0, 0), (4, 4), (4, 4), (0, 0)), mode="constant")
-            h, w = xb.shape[1:3]
-            out = np.empty_like(xb)
-            for j in range(len(xb)):
-                a, b = rng.integers(0, 9, 2)
-                img = pad[j, a : a + h, b : b + w]
-                out[j] = img[:, ::-1] if rng.random() < 0.5 else img
-            xb = out
-        return xb, self.y[idx]
+        return batch_at(self.x, self.y, self.order, i, self.batch_size, self.augment)
 
 
 class _Distill(keras.Model):
     """The student, trained on (1 − α)·CE + α·T²·KL to a frozen teacher."""
 
     def __init__(self, student: Any, teacher: Any | None, alpha: float, temperature: float) -> None:
-        super().__init__()
+        super().__init__(name="cuttree_finetune")  # TensorFlow refuses scope names that start with "_"
         self.student, self.teacher = student, teacher
         self.alpha, self.t = alpha, temperature
         self.s_probs = outputs_probabilities(student)
