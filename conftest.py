@@ -8,3 +8,8 @@ first imported.
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
+
+if os.environ["KERAS_BACKEND"] == "tensorflow":
+    # Triton (loaded by torch's flop counter) crashes the process when it loads after TensorFlow;
+    # the CLI imports it first anyway, the test session must too.
+    import torch.utils.flop_counter  # noqa: F401
