@@ -556,3 +556,21 @@ def test_macs_target_global_scope_round_to_and_min_channels() -> None:
     kept = [len(g.keep) for g in r.plan.groups]
     assert all(k % 8 == 0 and k >= 16 for k in kept), kept
     assert len(set(kept)) > 1  # global: layers lose different fractions
+
+
+def test_two_inputs_two_outputs() -> None:
+    a, b = keras.Input((6, 6, 3), name="img"), keras.Input((4,), name="meta")
+    x = keras.layers.Conv2D(8, 3, name="conv")(a)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    m = keras.layers.Dense(6, name="meta_dense")(b)
+    h = keras.layers.Concatenate(name="joint")([x, m])
+    h = keras.layers.Dense(10, activation="relu", name="hidden")(h)
+    model = keras.Model([a, b], [keras.layers.Dense(3, name="cls")(h), keras.layers.Dense(1, name="reg")(h)])
+    r = ck.prune(model, cuttree.Config(ratio=0.5, latency_runs=0))
+    assert (
+        r.model.get_layer("conv").filters,
+        r.model.get_layer("meta_dense").units,
+        r.model.get_layer("hidden").units,
+    ) == (4, 3, 5)
+    outs = r.model([np.ones((2, 6, 6, 3), "float32"), np.ones((2, 4), "float32")])
+    assert [tuple(o.shape) for o in outs] == [(2, 3), (2, 1)]

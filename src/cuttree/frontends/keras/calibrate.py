@@ -82,6 +82,11 @@ def criterion_inputs(
     }
     weights = {n: to_numpy(variables[n]) for n in members if variables[n].trainable}
     needs = REGISTRY[cfg.criterion].needs
+    if needs in ("activations", "gradients") and len(model.inputs) > 1:
+        raise ValueError(
+            f"criterion '{cfg.criterion}' on a Keras model with {len(model.inputs)} inputs is not supported yet; "
+            "use a data-free criterion (l1, l2, bn_scale)"
+        )
     extra: dict[str, np.ndarray] = {}
     if needs == "norm_scales":
         for g in graph.groups:

@@ -142,7 +142,8 @@ def apply_plan(model: Any, plan: PruningPlan, input_shapes: Sequence[tuple[int, 
         for path, arrays in new.items():
             if arrays:
                 layers[path].set_weights(arrays)
-        outs = keras.tree.flatten(rebuilt(*[np.zeros(s, dtype="float32") for s in input_shapes], training=False))
+        xs = [np.zeros(s, dtype="float32") for s in input_shapes]
+        outs = keras.tree.flatten(rebuilt(xs if len(xs) > 1 else xs[0], training=False))
     except Exception as e:  # any failure of the rebuild: report, keep the cause, the original is untouched
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise SurgeryError(
