@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.cuttree-installed
 ARGS ?=
 
-.PHONY: setup test test-keras-tf demo lint bench-zoo bench-speed bench-recovery bench-keras clean
+.PHONY: setup test test-keras-tf test-keras-jax demo lint bench-zoo bench-speed bench-recovery bench-keras clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,6 +26,11 @@ test: $(STAMP)
 test-keras-tf: $(STAMP)
 	$(BIN)/python -m pip install --quiet tensorflow-cpu
 	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q tests/test_keras.py src/cuttree/keras.py
+
+# and on JAX (jax from PyPI, not in CI)
+test-keras-jax: $(STAMP)
+	$(BIN)/python -m pip install --quiet jax
+	KERAS_BACKEND=jax $(BIN)/python -m pytest -q tests/test_keras.py src/cuttree/keras.py
 
 bench-keras: $(STAMP)
 	KERAS_BACKEND=torch $(BIN)/python bench/keras_zoo.py $(ARGS)

@@ -9,7 +9,7 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
-if os.environ["KERAS_BACKEND"] == "tensorflow":
-    # Triton (loaded by torch's flop counter) crashes the process when it loads after TensorFlow;
-    # the CLI imports it first anyway, the test session must too.
+if os.environ["KERAS_BACKEND"] != "torch":
+    # Triton (loaded by torch's flop counter) crashes the process when it loads after TensorFlow
+    # or jaxlib; the CLI imports it first anyway, the test session must too.
     import torch.utils.flop_counter  # noqa: F401

@@ -148,10 +148,18 @@ class GradualPruning(keras.callbacks.Callback):
         model = self.target if self.target is not None else self.model
         self.layers = prunable_layers(model, self.config.ignore, include_output=list(self.config.layers))
 
+    def _sync(self) -> None:
+        """On JAX, fit keeps the weights outside the variables between steps: bring them back
+        (a no-op when they are there), so that masks read and write the real weights."""
+        sync = getattr(self.model, "jax_state_sync", None)
+        if sync is not None:
+            sync()
+
     def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
         sch = self.config.schedule
         assert sch is not None
         if due(self.step, sch.begin_step, sch.end_step, sch.frequency):
+            self._sync()
             s = polynomial_sparsity(
                 self.step,
                 sch.initial_sparsity,
@@ -166,5 +174,6 @@ class GradualPruning(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
         if self.masks:
+            self._sync()
             apply_masks(self.layers, self.masks)
         self.step += 1
