@@ -11,6 +11,8 @@ feeds TFMOT the very same batches.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -40,3 +42,24 @@ def batch_at(
             out[j] = img[:, ::-1] if rng.random() < 0.5 else img
         xb = out
     return xb, y[idx]
+
+
+def capped(pairs: Iterable[tuple[Any, Any]], calib_samples: int, min_samples: int) -> Iterator[tuple[Any, Any]]:
+    """``(x, y)`` batches cut to ``calib_samples`` samples in all; at the end, at least
+    ``min_samples`` must have come (any sliceable arrays or tensors; ``y`` may be ``None``).
+
+    >>> [len(x) for x, _ in capped([(np.zeros(4), None)] * 3, 6, 2)]
+    [4, 2]
+    """
+    seen = 0
+    for x, y in pairs:
+        take = min(len(x), calib_samples - seen)
+        yield x[:take], (y[:take] if y is not None else None)
+        seen += take
+        if seen >= calib_samples:
+            break
+    if seen < min_samples:
+        raise ValueError(
+            f"calibration data has {seen} samples; min_samples={min_samples} requires at least that many; "
+            "pass more data or lower min_samples"
+        )

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cuttree._util import eval_mode, model_device, primary_output
+from cuttree.batching import capped
 from cuttree.config import Config
 from cuttree.graph.groups import DependencyGraph
 from cuttree.rules import rule_for_module
@@ -32,26 +33,23 @@ def batches(
         )
     if isinstance(data, torch.utils.data.Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
         data = torch.utils.data.DataLoader(data, batch_size=64)
-    seen = 0
-    for batch in data:
-        if isinstance(batch, torch.Tensor):
-            x, y = batch, None
-        elif isinstance(batch, list | tuple) and len(batch) >= 1 and isinstance(batch[0], torch.Tensor):
-            x, y = batch[0], batch[1] if len(batch) > 1 else None
-        else:
-            raise TypeError(f"calibration batch of type {type(batch).__name__}; expected a tensor or an (x, y) pair")
-        if need_labels and y is None:
-            raise ValueError(f"criterion '{cfg.criterion}' needs labels; give calibration batches as (x, y) pairs")
-        take = min(len(x), cfg.calib_samples - seen)
-        yield x[:take].to(device), (y[:take].to(device) if y is not None else None)
-        seen += take
-        if seen >= cfg.calib_samples:
-            break
-    if seen < cfg.min_samples:
-        raise ValueError(
-            f"calibration data has {seen} samples; min_samples={cfg.min_samples} requires at least that many; "
-            "pass more data or lower min_samples"
-        )
+
+    def pairs() -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        for batch in data:
+            if isinstance(batch, torch.Tensor):
+                x, y = batch, None
+            elif isinstance(batch, list | tuple) and len(batch) >= 1 and isinstance(batch[0], torch.Tensor):
+                x, y = batch[0], batch[1] if len(batch) > 1 else None
+            else:
+                raise TypeError(
+                    f"calibration batch of type {type(batch).__name__}; expected a tensor or an (x, y) pair"
+                )
+            if need_labels and y is None:
+                raise ValueError(f"criterion '{cfg.criterion}' needs labels; give calibration batches as (x, y) pairs")
+            yield x, y
+
+    for x, y in capped(pairs(), cfg.calib_samples, cfg.min_samples):
+        yield x.to(device), (y.to(device) if y is not None else None)
 
 
 def task_loss(out: Any, y: torch.Tensor, mode: str, ignore_index: int = 255) -> torch.Tensor:

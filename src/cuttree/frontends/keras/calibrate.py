@@ -8,12 +8,13 @@ into batches of 64). ``min_samples`` is checked after reading.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import keras
 import numpy as np
 
+from cuttree.batching import capped
 from cuttree.config import Config
 from cuttree.core.grouping import DependencyGraph
 from cuttree.core.importance import REGISTRY
@@ -44,29 +45,18 @@ def batches(data: Any, cfg: Config, need_labels: bool, batch_size: int = 64) -> 
     elif hasattr(data, "shape"):
         xs = np.asarray(data)
         data = [(xs[i : i + batch_size], None) for i in range(0, len(xs), batch_size)]
-    seen = 0
-    for batch in _iterate(data):
-        if isinstance(batch, list | tuple):
-            x, y = batch[0], batch[1] if len(batch) > 1 else None
-        else:
-            x, y = batch, None
-        if need_labels and y is None:
-            raise ValueError(f"criterion '{cfg.criterion}' needs labels; give calibration batches as (x, y) pairs")
-        x = to_numpy(x)
-        take = min(len(x), cfg.calib_samples - seen)
-        yield x[:take], (to_numpy(y)[:take] if y is not None else None)
-        seen += take
-        if seen >= cfg.calib_samples:
-            break
-    if seen < cfg.min_samples:
-        raise ValueError(
-            f"calibration data has {seen} samples; min_samples={cfg.min_samples} requires at least that many; "
-            "pass more data or lower min_samples"
-        )
 
+    def pairs() -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        for batch in data:
+            if isinstance(batch, list | tuple):
+                x, y = batch[0], batch[1] if len(batch) > 1 else None
+            else:
+                x, y = batch, None
+            if need_labels and y is None:
+                raise ValueError(f"criterion '{cfg.criterion}' needs labels; give calibration batches as (x, y) pairs")
+            yield to_numpy(x), (to_numpy(y) if y is not None else None)
 
-def _iterate(data: Iterable[Any]) -> Iterator[Any]:
-    yield from data
+    yield from capped(pairs(), cfg.calib_samples, cfg.min_samples)
 
 
 def criterion_inputs(
