@@ -17,7 +17,7 @@ import math
 import re
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,46 +130,50 @@ def trace(model: Any, input_shapes: Sequence[tuple[int, ...]], ignore: Sequence[
     return tr
 
 
+def _calls(graph: Any) -> Iterator[tuple[Any, Any]]:
+    """The graph's layer calls (node, operation) in execution order, input nodes skipped."""
+    for depth in sorted(graph._nodes_by_depth, reverse=True):
+        for node in graph._nodes_by_depth[depth]:
+            if node.operation is not None and not node.is_input:
+                yield node, node.operation
+
+
 def _walk(
     tr: Tracer, graph: Any, prefix: str, in_specs: list[Any], in_labels: list[tuple[Label, ...]], rule_for: Any
 ) -> list[tuple[tuple[int, ...], tuple[Label, ...]]]:
     values: dict[int, Any] = {id(x): s for x, s in zip(graph.inputs, in_specs, strict=True)}
     labels: dict[int, tuple[Label, ...]] = {id(s): lab for s, lab in zip(in_specs, in_labels, strict=True)}
     keep: list[Any] = list(in_specs)
-    for depth in sorted(graph._nodes_by_depth, reverse=True):
-        for node in graph._nodes_by_depth[depth]:
-            op = node.operation
-            if op is None or node.is_input:
-                continue
-            args, kwargs = node.arguments.fill_in(values)
-            flat = [x for x in keras.tree.flatten((args, kwargs)) if isinstance(x, keras.KerasTensor)]
-            path = f"{prefix}{op.name}"
-            labs = [labels.get(id(x), (None,) * len(x.shape)) for x in flat]
-            inner = _graph(op) if isinstance(op, keras.Model) else None
-            if inner is not None:
-                tr.nested_inputs[path] = [(_concrete(x.shape), lab) for x, lab in zip(flat, labs, strict=True)]
-                outs = _walk(tr, inner, path + "/", flat, labs, rule_for)
-                result = [_spec(shape, x.dtype) for (shape, _), x in zip(outs, node.outputs, strict=True)]
-                out_labels = [lab for _, lab in outs]
-            else:
-                _register(tr, op, path)
-                result = keras.tree.flatten(op.compute_output_spec(*args, **_spec_kwargs(kwargs)))
-                call = Call(op, path, [_concrete(x.shape) for x in flat], labs, kwargs=kwargs)
-                call.out_shapes = [_concrete(r.shape) for r in result]
-                rule = rule_for(op)
-                if rule.propagate is None:
-                    tr.unknown.setdefault(path, type(op).__name__)
-                out_labels = (rule.propagate or _pin_through)(tr, call)
-                if path in tr.pinned_out:
-                    for lab in out_labels:
-                        for x in lab:
-                            tr.state.pin(x, Pin.IGNORED)
-                call.out_labels = list(out_labels)
-                tr.calls.append(call)
-            for x, r, lab in zip(node.outputs, result, out_labels, strict=True):
-                values[id(x)] = r
-                labels[id(r)] = lab
-                keep.append(r)
+    for node, op in _calls(graph):
+        args, kwargs = node.arguments.fill_in(values)
+        flat = [x for x in keras.tree.flatten((args, kwargs)) if isinstance(x, keras.KerasTensor)]
+        path = f"{prefix}{op.name}"
+        labs = [labels.get(id(x), (None,) * len(x.shape)) for x in flat]
+        inner = _graph(op) if isinstance(op, keras.Model) else None
+        if inner is not None:
+            tr.nested_inputs[path] = [(_concrete(x.shape), lab) for x, lab in zip(flat, labs, strict=True)]
+            outs = _walk(tr, inner, path + "/", flat, labs, rule_for)
+            result = [_spec(shape, x.dtype) for (shape, _), x in zip(outs, node.outputs, strict=True)]
+            out_labels = [lab for _, lab in outs]
+        else:
+            _register(tr, op, path)
+            result = keras.tree.flatten(op.compute_output_spec(*args, **_spec_kwargs(kwargs)))
+            call = Call(op, path, [_concrete(x.shape) for x in flat], labs, kwargs=kwargs)
+            call.out_shapes = [_concrete(r.shape) for r in result]
+            rule = rule_for(op)
+            if rule.propagate is None:
+                tr.unknown.setdefault(path, type(op).__name__)
+            out_labels = (rule.propagate or _pin_through)(tr, call)
+            if path in tr.pinned_out:
+                for lab in out_labels:
+                    for x in lab:
+                        tr.state.pin(x, Pin.IGNORED)
+            call.out_labels = list(out_labels)
+            tr.calls.append(call)
+        for x, r, lab in zip(node.outputs, result, out_labels, strict=True):
+            values[id(x)] = r
+            labels[id(r)] = lab
+            keep.append(r)
     return [
         (_concrete(values[id(x)].shape), labels.get(id(values[id(x)]), (None,) * len(x.shape))) for x in graph.outputs
     ]
@@ -265,25 +269,21 @@ def run_recording(model: Any, inputs: Sequence[Any], paths: set[str]) -> tuple[l
 
 def _run(graph: Any, prefix: str, inputs: list[Any], paths: set[str], seen: dict[str, Any]) -> list[Any]:
     values: dict[int, Any] = {id(x): v for x, v in zip(graph.inputs, inputs, strict=True)}
-    for depth in sorted(graph._nodes_by_depth, reverse=True):
-        for node in graph._nodes_by_depth[depth]:
-            op = node.operation
-            if op is None or node.is_input:
-                continue
-            args, kwargs = node.arguments.fill_in(values)
-            path = f"{prefix}{op.name}"
-            inner = _graph(op) if isinstance(op, keras.Model) else None
-            if inner is not None:
-                flat = [x for x in keras.tree.flatten((args, kwargs)) if not isinstance(x, bool | type(None))]
-                result = _run(inner, path + "/", flat[: len(inner.inputs)], paths, seen)
-            else:
-                if "training" in kwargs or _takes_training(op):
-                    kwargs = {**kwargs, "training": False}
-                result = keras.tree.flatten(op(*args, **kwargs))
-            if path in paths:
-                seen[path] = result[0]
-            for x, r in zip(node.outputs, result, strict=True):
-                values[id(x)] = r
+    for node, op in _calls(graph):
+        args, kwargs = node.arguments.fill_in(values)
+        path = f"{prefix}{op.name}"
+        inner = _graph(op) if isinstance(op, keras.Model) else None
+        if inner is not None:
+            flat = [x for x in keras.tree.flatten((args, kwargs)) if not isinstance(x, bool | type(None))]
+            result = _run(inner, path + "/", flat[: len(inner.inputs)], paths, seen)
+        else:
+            if "training" in kwargs or _takes_training(op):
+                kwargs = {**kwargs, "training": False}
+            result = keras.tree.flatten(op(*args, **kwargs))
+        if path in paths:
+            seen[path] = result[0]
+        for x, r in zip(node.outputs, result, strict=True):
+            values[id(x)] = r
     return [values[id(x)] for x in graph.outputs]
 
 
