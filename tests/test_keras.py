@@ -574,3 +574,77 @@ def test_two_inputs_two_outputs() -> None:
     ) == (4, 3, 5)
     outs = r.model([np.ones((2, 6, 6, 3), "float32"), np.ones((2, 4), "float32")])
     assert [tuple(o.shape) for o in outs] == [(2, 3), (2, 1)]
+
+
+def small_dense_net() -> object:
+    inp = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(32, 3, name="c1")(inp)  # 864 weights: too few to store sparse
+    x = keras.layers.Flatten()(keras.layers.Conv2D(32, 3, name="c2")(x))  # 9,216
+    x = keras.layers.Dense(16, name="d")(x)  # 8,192
+    return keras.Model(inp, keras.layers.Dense(3, name="head")(x))  # the output layer stays dense
+
+
+def test_sparse_storage_round_trips_exactly_and_plain_keras_refuses_it(tmp_path: object) -> None:
+    keras.utils.set_random_seed(0)
+    r = ck.prune(small_dense_net(), cuttree.Config(method="unstructured", ratio=0.9, latency_runs=0))
+    plain, packed = tmp_path / "plain.keras", tmp_path / "packed.keras"  # type: ignore[operator]
+    ck.save(r, plain)
+    ck.save(r, packed, sparse_storage=True)
+    meta = ck.read_metadata(packed)
+    assert sorted(info["shape"] for info in meta["sparse"].values()) == [[3, 3, 32, 32], [512, 16]]
+    assert packed.stat().st_size < plain.stat().st_size
+    again = ck.load(packed)
+    for a, b in zip(r.model.weights, again.weights, strict=True):  # bit for bit, zeros included
+        assert a.path == b.path
+        assert np.array_equal(keras.ops.convert_to_numpy(a.value), keras.ops.convert_to_numpy(b.value))
+    with pytest.raises(ValueError, match=r"model\.weights\.h5"):  # Keras alone never loads zeros in their place
+        keras.saving.load_model(packed, compile=False)
+    assert ck.read_metadata(plain).get("sparse") is None
+    ck.load(plain)  # the default file stays one Keras reads by itself
+    keras.saving.load_model(plain, compile=False)
+
+    from cuttree.cli import main
+
+    src, out = tmp_path / "dense.keras", tmp_path / "cli.keras"  # type: ignore[operator]
+    small_dense_net().save(src)
+    args = [
+        "prune",
+        "--model",
+        str(src),
+        "--set",
+        "method=unstructured",
+        "--set",
+        "ratio=0.9",
+        "--set",
+        "threshold=null",
+    ]
+    assert main([*args, "--set", "latency_runs=0", "--sparse-storage", "--out", str(out)]) == 0
+    assert len(ck.read_metadata(out)["sparse"]) == 2
+
+
+def test_corrupt_sparse_storage_is_refused(tmp_path: object) -> None:
+    import json
+    import zipfile
+
+    keras.utils.set_random_seed(0)
+    r = ck.prune(small_dense_net(), cuttree.Config(method="unstructured", ratio=0.9, latency_runs=0))
+    good = ck.save(r, tmp_path / "good.keras", sparse_storage=True)  # type: ignore[operator]
+    with zipfile.ZipFile(good) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    meta = json.loads(members["cuttree.json"])
+    name = next(iter(meta["sparse"]))
+    for key, value, message in [
+        ("nnz", meta["sparse"][name]["nnz"] + 1, "does not match"),
+        ("dtype", "<i4", "invalid"),
+    ]:
+        broken = json.loads(members["cuttree.json"])
+        broken["sparse"][name][key] = value
+        bad = tmp_path / f"bad_{key}.keras"  # type: ignore[operator]
+        with zipfile.ZipFile(bad, "w") as z:
+            for n, data in members.items():
+                z.writestr(n, json.dumps(broken) if n == "cuttree.json" else data)
+        with pytest.raises(cuttree.FileFormatError, match=message):
+            ck.load(bad)
+    (tmp_path / "junk.keras").write_bytes(b"not a zip")  # type: ignore[operator]
+    with pytest.raises(cuttree.FileFormatError, match=r"not a readable \.keras file"):
+        ck.load(tmp_path / "junk.keras")  # type: ignore[operator]

@@ -266,6 +266,12 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--config", help="YAML config (mode, threshold, min_samples, ratio, …)")
     sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     sp.add_argument("--out", required=True, help="output .cuttree file (.keras for --model)")
+    sp.add_argument(
+        "--sparse-storage",
+        action="store_true",
+        help="Keras: store mostly-zero weights compressed (smaller; only cuttree reads the file). "
+        ".cuttree files always do",
+    )
     sp.add_argument("--rows", type=int, default=40, help="plan rows to print")
     sp.set_defaults(func=cmd_prune)
 

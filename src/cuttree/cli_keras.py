@@ -63,7 +63,7 @@ def cmd_prune(args: argparse.Namespace, cfg: Config) -> int:
     print(r.plan.table(limit=args.rows))
     print()
     print(r.table())
-    ck.save(r, out)
+    ck.save(r, out, sparse_storage=args.sparse_storage)
     print(f"\nwrote {out} (backend {ck.keras.backend.backend()})")
     return 0
 

@@ -15,17 +15,16 @@ from __future__ import annotations
 import importlib
 import json
 import math
-import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from cuttree._util import to_numpy
 from cuttree.errors import FileFormatError
+from cuttree.files import SPARSE_MIN_SIZE, SPARSE_MIN_ZEROS, inflate, pack_sparse, unpack_mask
 from cuttree.files import atomic_write as atomic_write  # re-exported: old import path
 from cuttree.measure import state_dict_for_save, tensor_names
 from cuttree.plan import PruningPlan
@@ -33,7 +32,6 @@ from cuttree.surgery import apply_plan
 
 FORMAT_VERSION = "1"
 TRUSTED_PREFIXES = ("torchvision.models", "cuttree.models")
-SPARSE_MIN_ZEROS = 0.3  # tensors with at least this fraction of zeros are stored compressed, if smaller
 
 
 def compress(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -45,13 +43,12 @@ def compress(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], d
     out: dict[str, torch.Tensor] = {}
     sparse: dict[str, Any] = {}
     for k, v in state.items():
-        if v.is_floating_point() and v.numel() >= 1024:
+        if v.is_floating_point() and v.numel() >= SPARSE_MIN_SIZE:
             flat = v.detach().cpu().contiguous().reshape(-1)
             keep = flat != 0
             nnz = int(keep.sum())
             if nnz <= (1 - SPARSE_MIN_ZEROS) * flat.numel():
-                mask_z = zlib.compress(np.packbits(to_numpy(keep)).tobytes(), 6)
-                vals_z = zlib.compress(to_numpy(flat[keep].view(torch.uint8)).tobytes(), 6)
+                mask_z, vals_z = pack_sparse(to_numpy(keep), to_numpy(flat[keep].view(torch.uint8)).tobytes())
                 if len(mask_z) + len(vals_z) < flat.numel() * flat.element_size():
                     out[f"{k}::mask"] = torch.frombuffer(bytearray(mask_z), dtype=torch.uint8)
                     out[f"{k}::values"] = torch.frombuffer(bytearray(vals_z), dtype=torch.uint8)
@@ -59,15 +56,6 @@ def compress(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], d
                     continue
         out[k] = v
     return out, sparse
-
-
-def _inflate(data: torch.Tensor, size: int, what: str) -> bytes:
-    # Bounded: a hostile file cannot make us allocate more than the declared tensor size.
-    d = zlib.decompressobj()
-    raw = d.decompress(to_numpy(data).tobytes(), size + 1)
-    if len(raw) != size or d.unconsumed_tail:
-        raise FileFormatError(f"compressed tensor '{what}' does not match its declared size; the file is corrupt")
-    return raw
 
 
 def decompress(tensors: dict[str, torch.Tensor], sparse: dict[str, Any], source: str) -> dict[str, torch.Tensor]:
@@ -84,12 +72,13 @@ def decompress(tensors: dict[str, torch.Tensor], sparse: dict[str, Any], source:
         if not isinstance(dtype, torch.dtype) or nnz < 0 or any(x < 0 for x in shape):
             raise FileFormatError(f"'{source}': sparse tensor '{k}' has an invalid dtype or shape")
         numel = math.prod(shape)
-        bits = np.frombuffer(_inflate(mask_t, (numel + 7) // 8, k), dtype=np.uint8)
-        keep = torch.from_numpy(np.unpackbits(bits)[:numel].astype(bool))
-        if int(keep.sum()) != nnz:
-            raise FileFormatError(f"'{source}': sparse tensor '{k}' mask does not match its count; the file is corrupt")
-        elem = torch.empty(0, dtype=dtype).element_size()
-        vals = torch.frombuffer(bytearray(_inflate(vals_t, nnz * elem, k)), dtype=torch.uint8).view(dtype)
+        try:
+            keep = torch.from_numpy(unpack_mask(to_numpy(mask_t).tobytes(), numel, nnz, k))
+            elem = torch.empty(0, dtype=dtype).element_size()
+            vals_raw = inflate(to_numpy(vals_t).tobytes(), nnz * elem, k)
+        except FileFormatError as e:
+            raise FileFormatError(f"'{source}': {e}") from None
+        vals = torch.frombuffer(bytearray(vals_raw), dtype=torch.uint8).view(dtype)
         flat = torch.zeros(numel, dtype=dtype)
         flat[keep] = vals
         out[k] = flat.reshape(shape)

@@ -1,6 +1,6 @@
 """Prune Keras 3 models, on any backend, with the same Config and PruningPlan as the torch API.
 
->>> import cuttree.keras as ck, keras
+>>> import cuttree, cuttree.keras as ck, keras
 >>> inp = keras.Input((8, 8, 3))
 >>> x = keras.layers.Conv2D(8, 3, activation="relu", name="c1")(inp)
 >>> out = keras.layers.Dense(2, name="head")(keras.layers.GlobalAveragePooling2D()(x))
@@ -16,12 +16,10 @@ subclassed model without a layer graph is refused with a one-line error.
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 import statistics
 import tempfile
 import time
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,15 +27,14 @@ from typing import Any
 import keras
 import numpy as np
 
-import cuttree
 from cuttree.config import Config
 from cuttree.core.grouping import DependencyGraph
 from cuttree.core.plan import PruningPlan
 from cuttree.core.planner import decide
-from cuttree.errors import FileFormatError, did_you_mean
-from cuttree.files import atomic_write
+from cuttree.errors import did_you_mean
 from cuttree.frontends.keras import surgery
 from cuttree.frontends.keras.calibrate import criterion_inputs
+from cuttree.frontends.keras.files import load, plan_of, read_metadata, save
 from cuttree.frontends.keras.graph import build_graph, check_model, macs_of, trace
 from cuttree.frontends.keras.recover import evaluate, finetune, recalibrate_bn
 from cuttree.frontends.keras.sparsity import GradualPruning, SparsifyResult, strip
@@ -53,6 +50,7 @@ __all__ = [
     "load",
     "make_plan",
     "measure",
+    "plan_of",
     "prune",
     "read_metadata",
     "recalibrate_bn",
@@ -60,8 +58,6 @@ __all__ = [
     "sparsify",
     "strip",
 ]
-
-META = "cuttree.json"  # the plan and measurements, stored inside the .keras zip beside Keras's own files
 
 
 def input_shapes(model: Any, example_inputs: Any = None) -> list[tuple[int, ...]]:
@@ -192,74 +188,3 @@ def measure(model: Any, shapes: Any = None, latency_runs: int = 10) -> Measureme
         batch_size=int(shapes[0][0]),
         threads=int(os.cpu_count() or 1),
     )
-
-
-def save(result: Any, path: str | os.PathLike[str]) -> Path:
-    """Write a ``.keras`` file (Keras's own format, zip-deflated) with the plan and figures inside; atomic.
-
-    ``keras.saving.load_model`` reads it as any ``.keras`` file; :func:`read_metadata` reads the plan.
-    """
-    model = result.model if isinstance(result, PruneResult) else result
-    p = Path(path)
-    if p.suffix != ".keras":
-        raise ValueError(f"'{p}': a Keras model is saved as .keras; use a path ending in .keras")
-    meta: dict[str, Any] = {"cuttree": cuttree.__version__, "backend": keras.backend.backend()}
-    if isinstance(result, PruneResult):
-        meta |= {"plan": result.plan.to_dict(), "before": result.before.to_dict(), "after": result.after.to_dict()}
-
-    def write(tmp: Path) -> None:
-        keras_tmp = tmp.with_name(tmp.name + ".keras")  # Keras insists on the suffix
-        try:
-            model.save(keras_tmp)
-            # Keras stores its zip uncompressed. Compressed, the zeros of a sparse model cost little:
-            # bzip2 where most weights are zero (smaller, slower), deflate otherwise; keras reads both.
-            method = zipfile.ZIP_BZIP2 if _zero_fraction(model) >= 0.5 else zipfile.ZIP_DEFLATED
-            with zipfile.ZipFile(keras_tmp) as src, zipfile.ZipFile(tmp, "w", method) as dst:
-                for item in src.infolist():
-                    dst.writestr(item.filename, src.read(item.filename))
-                dst.writestr(META, json.dumps(meta))
-        finally:
-            keras_tmp.unlink(missing_ok=True)
-
-    return atomic_write(p, write)
-
-
-def _zero_fraction(model: Any) -> float:
-    arrays = [np.asarray(keras.ops.convert_to_numpy(v.value)) for v in model.weights]
-    total = sum(a.size for a in arrays)
-    return sum(int((a == 0).sum()) for a in arrays) / max(total, 1)
-
-
-def load(path: str | os.PathLike[str]) -> Any:
-    """The model in a ``.keras`` (safe mode: no Lambda code runs) or legacy ``.h5`` file."""
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"model file '{p}' does not exist; pass the path of a .keras or .h5 file")
-    if p.suffix not in (".keras", ".h5"):
-        raise ValueError(f"'{p}' is not a Keras file; cuttree.keras reads .keras and .h5")
-    try:
-        return keras.saving.load_model(p, safe_mode=True, compile=False)
-    except ValueError as e:
-        if "Lambda" in str(e) or "safe_mode" in str(e):
-            raise FileFormatError(
-                f"'{p}' holds a Lambda layer, whose code cuttree will not run (safe mode); rebuild the model with "
-                "built-in layers or a registered custom layer instead of the Lambda"
-            ) from None
-        raise FileFormatError(f"'{p}' could not be loaded as a Keras model ({str(e).splitlines()[0]})") from None
-
-
-def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """What :func:`save` stored beside the model (plan, figures); ``{}`` for a plain Keras file."""
-    p = Path(path)
-    if p.suffix != ".keras":
-        return {}
-    with zipfile.ZipFile(p) as z:
-        if META not in z.namelist():
-            return {}
-        return dict(json.loads(z.read(META)))
-
-
-def plan_of(path: str | os.PathLike[str]) -> PruningPlan | None:
-    """The plan stored in a file written by :func:`save`, if any."""
-    meta = read_metadata(path)
-    return PruningPlan.from_dict(meta["plan"]) if "plan" in meta else None
