@@ -29,8 +29,27 @@ def count_params(model: nn.Module) -> int:
 
 
 def count_macs(model: nn.Module, example_inputs: Sequence[Any]) -> int:
-    """Multiply-accumulates of one forward pass on ``example_inputs``."""
-    with eval_mode(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
+    """Multiply-accumulates of one forward pass on ``example_inputs``, attention products included.
+
+    torch's FLOP counter has no formula for the CPU's fused attention kernel, and
+    ``nn.MultiheadAttention``'s eval fast path is one op it cannot see into; so the CPU kernel
+    gets the counter's own attention formula, and multi-head attention runs as the equivalent
+    :class:`~cuttree.attention.PrunableMultiheadAttention` (as it is traced).
+    """
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    from cuttree.attention import traceable
+
+    def attention_flops(q: Any, k: Any, v: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+        return int(sdpa_flop_count(q, k, v))
+
+    cpu_attention = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: attention_flops}
+    with (
+        eval_mode(model),
+        torch.no_grad(),
+        traceable(model),
+        FlopCounterMode(display=False, custom_mapping=cpu_attention) as counter,
+    ):
         run_model(model, example_inputs)
     return int(counter.get_total_flops()) // 2
 

@@ -34,10 +34,18 @@ class ModuleRule:
     scale: str | None = None  # a norm layer's γ, for the bn_scale criterion
     act_dim: int = 1  # the channel dim of the module's output (producers)
     update: Callable[[nn.Module], None] = _no_update
+    heads: bool = False  # an attention module: reshapes inside it may split channels into heads (cuttree.attention)
 
 
 MODULE_RULES: dict[type[nn.Module], ModuleRule] = {}
+# Rules for classes of libraries cuttree does not import (timm, transformers), found by a test of the type.
+NAMED_RULES: list[tuple[Callable[[type], bool], ModuleRule]] = []
 _DEFAULT = ModuleRule()
+
+
+def named_rule(test: Callable[[type], bool], rule: ModuleRule) -> None:
+    """Use ``rule`` for every module type for which ``test(type)`` holds (checked along the MRO)."""
+    NAMED_RULES.append((test, rule))
 
 
 def module_rule(
@@ -61,6 +69,9 @@ def rule_for_module(m: nn.Module) -> ModuleRule:
         rule = MODULE_RULES.get(t)
         if rule is not None:
             return rule
+        for test, named in NAMED_RULES:
+            if test(t):
+                return named
     return _DEFAULT
 
 
@@ -134,6 +145,5 @@ def _embedding(m: nn.Module) -> None:
     m.embedding_dim = m.weight.shape[1]
 
 
-# MultiheadAttention's forward checks embed_dim/num_heads/head_dim against Python attributes on
-# paths the trace may not take (fast path vs. slow path), so its channels are kept as they are.
-MODULE_RULES[nn.MultiheadAttention] = ModuleRule(frozen=True)
+# Attention modules (nn.MultiheadAttention, timm, Hugging Face) register themselves here.
+from cuttree import attention  # noqa: E402, F401

@@ -87,7 +87,13 @@ def apply_plan(
             setattr(m, a, value)
             touched[id(m)] = m
         del old
+    # Attention modules hold no tensors themselves (timm's Attention owns qkv and proj) but count
+    # heads: their rules run after their children's.
+    for m in model.modules():
+        if id(m) not in touched and rule_for_module(m).heads and any(id(c) in touched for c in m.modules()):
+            touched[id(m)] = m
     attrs = {i: {k: v for k, v in vars(m).items() if not k.startswith("_")} for i, m in touched.items()}
+    classes = {i: type(m) for i, m in touched.items()}
     try:
         for m in touched.values():
             rule_for_module(m).update(m)
@@ -99,6 +105,7 @@ def apply_plan(
             setattr(m, a, t)
         for i, m in touched.items():
             vars(m).update(attrs[i])
+            m.__class__ = classes[i]
         raise
     return model
 

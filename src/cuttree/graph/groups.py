@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cuttree.attention import traceable
 from cuttree.core.grouping import DependencyGraph, Group, Member, Role, group_channels
 from cuttree.graph.trace import TraceResult, named_tensors, trace
 from cuttree.rules import rule_for_module
@@ -30,7 +31,14 @@ def build_graph(model: nn.Module, example_inputs: Sequence[Any], ignore: Sequenc
     """Trace ``model`` and group its coupled channels.
 
     ``ignore`` holds module names (already resolved from globs) whose own output channels stay.
+    ``nn.MultiheadAttention`` modules are traced as :class:`~cuttree.attention.PrunableMultiheadAttention`
+    (their own forward hides the heads in one fused op); the model is unchanged afterwards.
     """
+    with traceable(model):
+        return _build(model, example_inputs, ignore)
+
+
+def _build(model: nn.Module, example_inputs: Sequence[Any], ignore: Sequence[str]) -> DependencyGraph:
     modules = dict(model.named_modules())
     tensors = named_tensors(model)
     pinned_out: dict[str, list[int]] = {}

@@ -23,6 +23,9 @@ class LabelState(core.LabelState):
     """The core's state plus the labels of live torch tensors (weakly keyed by identity)."""
 
     labels: WeakIdKeyDictionary = field(default_factory=WeakIdKeyDictionary)
+    # How many attention modules (module rules with ``heads``) the forward is inside right now:
+    # only there may a reshape split a channel dim into (heads, head width).
+    in_attention: int = 0
 
     def label_tensor(self, t: torch.Tensor) -> tuple[Label, ...]:
         """Give every dimension of size > 1 of ``t`` fresh ids (parameters and buffers)."""

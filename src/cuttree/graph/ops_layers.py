@@ -133,8 +133,8 @@ def attention(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out
     q, k, v = args[0], args[1], args[2]
     lq, lk, lv = st.get(q), st.get(k), st.get(v)
     for d in range(q.dim() - 2):
-        st.unify(lq[d], lk[d])
-        st.unify(lq[d], lv[d])
+        _unify_grouped(st, lq[d], lk[d])
+        _unify_grouped(st, lq[d], lv[d])
     st.unify(lq[-1], lk[-1])
     st.unify(lk[-2], lv[-2])
     for t in args[3:]:
@@ -145,6 +145,16 @@ def attention(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out
     base = math.prod(q.shape[:-1]) * k.shape[-2]
     st.mac_terms.append(MacTerm(base * q.shape[-1], lead + [x for x in (lq[-2], lk[-2], lq[-1]) if x is not None]))
     st.mac_terms.append(MacTerm(base * v.shape[-1], lead + [x for x in (lq[-2], lk[-2], lv[-1]) if x is not None]))
+
+
+def _unify_grouped(st: LabelState, q: Label, kv: Label) -> None:
+    """Query heads against key/value heads: equal counts pair up; under grouped-query attention
+    (``enable_gqa``: H query heads share H/G key/value heads) query head ``h`` reads kv head ``h // G``,
+    so a kv head can only go with all the query heads that share it."""
+    if q is not None and kv is not None and len(q) != len(kv) and len(q) % len(kv) == 0:
+        st.unify(q, np.repeat(kv, len(q) // len(kv)))
+    else:
+        st.unify(q, kv)
 
 
 @op_rule(aten.embedding)

@@ -39,7 +39,8 @@ def _reshape_groups(a: Sequence[int], b: Sequence[int]) -> list[tuple[list[int],
 
 @op_rule(aten.view, aten._unsafe_view, aten.reshape, aten.view_copy, aten._reshape_alias)
 def view(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-    """Reshape: a channel dim merged with untracked dims keeps its blocks; splits are pinned."""
+    """Reshape: a channel dim merged with untracked dims keeps its blocks; a split into heads
+    (inside an attention module) makes the heads the channels; any other split is pinned."""
     x = args[0]
     lx = st.get(x)
     res: list[Label] = [None] * out.dim()
@@ -57,10 +58,29 @@ def view(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
             shape = [1] * len(gi)
             shape[gi.index(d)] = x.shape[d]
             res[gj[0]] = np.broadcast_to(lab.reshape(shape), sizes).reshape(-1)
+        elif len(gj) >= 2 and len(tracked) == 1 and st.in_attention:
+            res[gj[-2]] = _heads(st, [x.shape[k] for k in gi], gi.index(tracked[0]), lx[tracked[0]], out, gj)
         else:
             for d in tracked:
                 st.pin(lx[d], Pin.OP)
     st.set(out, res)
+
+
+def _heads(st: LabelState, sizes: list[int], t: int, lab: Label, out: Any, gj: list[int]) -> np.ndarray:
+    """A channel dim split into (…, heads, head width): each head becomes one channel.
+
+    The split's second-innermost dim carries fresh head labels, and every position of the input
+    dim that lands in head ``h`` is unified with it; the innermost dim (the head width) and any
+    outer one (qkv's "3") are fixed. Only attention modules, whose rules patch their head
+    counts after surgery, may do this: elsewhere a split's sizes are numbers written in the code.
+    """
+    assert lab is not None
+    k = np.arange(int(np.prod(sizes)))
+    pos = (k // int(np.prod(sizes[t + 1 :]))) % sizes[t]
+    head = (k // int(out.shape[gj[-1]])) % int(out.shape[gj[-2]])
+    ids = st.fresh(int(out.shape[gj[-2]]))
+    st.unify(lab[pos], ids[head])
+    return ids
 
 
 @op_rule(aten.permute)

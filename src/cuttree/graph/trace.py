@@ -8,8 +8,9 @@ that run, so nothing has to be symbolically traceable.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -22,6 +23,7 @@ from cuttree.core.grouping import components
 from cuttree.errors import TraceError
 from cuttree.graph.labels import Label, LabelState, Pin
 from cuttree.graph.ops import rule_for
+from cuttree.rules import rule_for_module
 
 __all__ = ["TraceResult", "components", "named_tensors", "trace"]
 
@@ -68,6 +70,27 @@ class TraceResult:
         self.unreached = unreached
 
 
+@contextlib.contextmanager
+def _attention_scopes(state: LabelState) -> Iterator[None]:
+    """Count, while the forward runs, how many attention modules (rules with ``heads``) it is inside."""
+
+    def enter(m: nn.Module, args: Any) -> None:
+        if rule_for_module(m).heads:
+            state.in_attention += 1
+
+    def leave(m: nn.Module, args: Any, out: Any) -> None:
+        if rule_for_module(m).heads:
+            state.in_attention -= 1
+
+    pre = torch.nn.modules.module.register_module_forward_pre_hook(enter)
+    post = torch.nn.modules.module.register_module_forward_hook(leave, always_call=True)
+    try:
+        yield
+    finally:
+        pre.remove()
+        post.remove()
+
+
 def named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """Parameters and buffers by state-dict name (shared ones once, under their first name)."""
     out: dict[str, torch.Tensor] = {}
@@ -101,7 +124,7 @@ def trace(
     watched = {id(t): name for name, t in tensors.items()}
     rec = _Recorder(state, watched)
     t0 = time.perf_counter()
-    with eval_mode(model), torch.no_grad(), rec:
+    with eval_mode(model), torch.no_grad(), _attention_scopes(state), rec:
         out = run_model(model, example_inputs)
     seconds = time.perf_counter() - t0
     leaves, _ = tree_flatten(out)

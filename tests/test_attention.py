@@ -1,0 +1,196 @@
+"""Attention heads found from the trace: exact head counts, a masked-original oracle, patched
+attributes, and grouped-query attention (HF LLaMA) never losing a kv head without its query heads."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import cuttree
+from cuttree.attention import PrunableMultiheadAttention, supported, swapped
+
+
+class Tiny(nn.Module):
+    """embed → x + MHA(x) → head: the residual is the embed's output, the heads are MHA's."""
+
+    def __init__(self, e: int = 16, heads: int = 4, batch_first: bool = True) -> None:
+        super().__init__()
+        self.embed = nn.Linear(6, e)
+        self.attn = nn.MultiheadAttention(e, heads, batch_first=batch_first)
+        self.head = nn.Linear(e, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        return self.head(h + self.attn(h, h, h, need_weights=False)[0])
+
+
+def out(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(x)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("need_weights", [True, False])
+def test_prunable_mha_computes_what_multihead_attention_does(batch_first: bool, need_weights: bool) -> None:
+    torch.manual_seed(0)
+    m = nn.MultiheadAttention(16, 4, batch_first=batch_first).eval()
+    p = swapped(copy.deepcopy(m))
+    q, kv = torch.randn(2, 5, 16), torch.randn(2, 7, 16)
+    if not batch_first:
+        q, kv = q.transpose(0, 1), kv.transpose(0, 1)
+    causal = torch.ones(5, 7, dtype=torch.bool).triu(1)
+    padding = torch.zeros(2, 7, dtype=torch.bool)
+    padding[1, -2:] = True
+    float_mask = torch.randn(5, 7)
+    cases = [
+        {},
+        {"attn_mask": causal},
+        {"attn_mask": float_mask},
+        {"attn_mask": causal, "key_padding_mask": padding},
+        {"key_padding_mask": padding, "average_attn_weights": False},
+    ]
+    with torch.no_grad():
+        for kw in cases:
+            want = m(q, kv, kv, need_weights=need_weights, **kw)
+            got = p(q, kv, kv, need_weights=need_weights, **kw)
+            torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-6)
+            if need_weights:
+                torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-6)
+        unbatched = q[:, 0] if not batch_first else q[0]
+        torch.testing.assert_close(p(unbatched, unbatched, unbatched)[0], m(unbatched, unbatched, unbatched)[0])
+    assert not supported(nn.MultiheadAttention(16, 4, kdim=8, vdim=8))  # separate k/v widths: kept whole
+    assert not supported(nn.MultiheadAttention(16, 4, add_bias_kv=True))
+
+
+def test_heads_are_found_from_the_trace_with_exact_counts() -> None:
+    torch.manual_seed(0)
+    model, x = Tiny(), torch.randn(2, 5, 6)
+    r = cuttree.prune(model, (x,), cuttree.Config(ratio=0.5, ignore=["embed"], latency_runs=0))
+    [g] = list(r.plan)
+    assert (g.name, g.size, len(g.keep)) == ("attn", 4, 2)  # 4 heads of width 4, two kept
+    a = r.model.attn
+    assert isinstance(a, PrunableMultiheadAttention) and (a.num_heads, a.head_dim, a.embed_dim) == (2, 4, 16)
+    assert tuple(a.in_proj_weight.shape) == (3 * 2 * 4, 16) and tuple(a.out_proj.weight.shape) == (16, 8)
+    assert type(model.attn) is nn.MultiheadAttention  # the original is untouched
+    assert out(r.model, x).shape == (2, 5, 3)
+
+
+def test_pruned_heads_equal_the_original_with_those_heads_zeroed() -> None:
+    """The oracle: removing heads physically = zeroing their q/k/v rows and output-projection columns."""
+    torch.manual_seed(0)
+    model, x = Tiny(e=24, heads=6), torch.randn(3, 7, 6)
+    r = cuttree.prune(model, (x,), cuttree.Config(ratio=0.5, ignore=["embed"], latency_runs=0))
+    [g] = list(r.plan)
+    gone = sorted(set(range(6)) - set(g.keep))
+    assert len(gone) == 3
+    masked = copy.deepcopy(model)
+    rows = torch.tensor([s * 24 + h * 4 + d for s in range(3) for h in gone for d in range(4)])
+    cols = torch.tensor([h * 4 + d for h in gone for d in range(4)])
+    with torch.no_grad():
+        masked.attn.in_proj_weight[rows] = 0
+        masked.attn.in_proj_bias[rows] = 0
+        masked.attn.out_proj.weight[:, cols] = 0
+    torch.testing.assert_close(out(r.model, x), out(masked, x), rtol=1e-5, atol=1e-6)
+    kept = torch.tensor([h * 4 + d for h in g.keep for d in range(4)])
+    assert torch.equal(r.model.attn.out_proj.weight, model.attn.out_proj.weight[:, kept])
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_prune_nothing_is_bit_identical_and_keeps_the_stock_class(batch_first: bool) -> None:
+    torch.manual_seed(0)
+    model, x = Tiny(batch_first=batch_first), torch.randn(2, 5, 6)
+    r = cuttree.prune(model, (x,), cuttree.Config(ratio=0.0, latency_runs=0))
+    assert torch.equal(out(r.model, x), out(model, x))
+    assert type(r.model.attn) is nn.MultiheadAttention
+
+
+def test_residual_heads_and_mlp_together_macs_match_the_flop_counter() -> None:
+    from cuttree.measure import count_macs
+
+    torch.manual_seed(0)
+    model, x = Tiny(e=32, heads=4), torch.randn(2, 9, 6)
+    r = cuttree.prune(model, (x,), cuttree.Config(ratio=0.5, latency_runs=0))
+    a = r.model.attn
+    assert (a.num_heads, a.embed_dim, r.model.embed.out_features) == (2, 16, 16)
+    assert r.plan.macs_after == r.after.macs == count_macs(r.model, (x,))
+    assert r.before.macs == count_macs(model, (x,))  # attention products counted before and after
+
+
+def test_timm_vit_heads_and_attributes() -> None:
+    timm_ = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm_.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, num_classes=10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing kept whole for a reason the user must hear about
+        r = cuttree.prune(model, (x,), cuttree.Config(ratio=0.5, latency_runs=0))
+    for blk in r.model.blocks:
+        a = blk.attn
+        assert (a.num_heads, a.head_dim, a.attn_dim) == (2, 64, 128)  # 3 heads, floor(1.5) removed
+        assert tuple(a.qkv.weight.shape) == (3 * 128, 96) and tuple(a.proj.weight.shape) == (96, 128)
+    assert out(r.model, x).shape == (1, 10)
+
+
+def test_hugging_face_bert_and_vit_heads_and_attributes() -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    bert = transformers.BertModel(
+        transformers.BertConfig(
+            vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+        )
+    ).eval()
+    ids = torch.randint(0, 50, (2, 9))
+    r = cuttree.prune(bert, (ids,), cuttree.Config(ratio=0.5, latency_runs=0))
+    for layer in r.model.encoder.layer:
+        sa = layer.attention.self
+        assert (sa.num_attention_heads, sa.attention_head_size, sa.all_head_size) == (2, 8, 16)
+        assert sa.query.out_features == sa.key.out_features == sa.value.out_features == 16
+    with torch.no_grad():
+        assert r.model(ids).last_hidden_state.shape == (2, 9, 32)  # a model output: its width stays
+    vit = transformers.ViTModel(
+        transformers.ViTConfig(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            intermediate_size=64,
+            image_size=32,
+            patch_size=8,
+        )
+    ).eval()
+    r = cuttree.prune(vit, (torch.randn(1, 3, 32, 32),), cuttree.Config(ratio=0.5, latency_runs=0))
+    a = r.model.layers[0].attention
+    assert (a.num_attention_heads, a.q_proj.out_features, a.o_proj.in_features) == (2, 16, 16)
+
+
+def test_grouped_query_attention_never_loses_a_kv_head_without_its_query_heads() -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(
+        vocab_size=100,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=2,  # 4 query heads per key/value head
+        head_dim=8,
+        max_position_embeddings=64,
+    )
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    ids = torch.randint(0, 100, (1, 10))
+    r = cuttree.prune(model, (ids,), cuttree.Config(ratio=0.5, latency_runs=0))
+    for i, layer in enumerate(r.model.model.layers):
+        a, a0 = layer.self_attn, model.model.layers[i].self_attn
+        [g] = [g for g in r.plan if g.name == f"model.layers.{i}.self_attn.q_proj"]
+        assert (g.size, len(g.keep)) == (2, 1)  # the units are the 2 kv heads, each with its 4 query heads
+        kv = g.keep[0]
+        assert a.num_key_value_groups == 4 and a.k_proj.out_features == 8 and a.q_proj.out_features == 32
+        q_rows = torch.arange(kv * 32, kv * 32 + 32)  # query heads 4·kv … 4·kv+3, 8 wide each
+        assert torch.equal(a.q_proj.weight, a0.q_proj.weight[q_rows])
+        assert torch.equal(a.k_proj.weight, a0.k_proj.weight[kv * 8 : kv * 8 + 8])
+    with torch.no_grad():
+        assert r.model(ids).logits.shape == (1, 10, 100)
+        assert r.model.generate(ids, max_new_tokens=16, do_sample=False).shape == (1, 26)
