@@ -78,13 +78,11 @@ def rule_for_module(m: nn.Module) -> ModuleRule:
 @module_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d, out_dims={"weight": 0, "bias": 0}, producer=True)
 def _conv(m: nn.Module) -> None:
     assert isinstance(m, nn.modules.conv._ConvNd)
-    old_groups, old_in, old_out = m.groups, m.in_channels, m.out_channels
+    old_groups, old_out = m.groups, m.out_channels
     out = m.weight.shape[0]
-    if old_groups > 1 and old_groups == old_in:  # depthwise, channel multiplier out/in
+    if old_groups > 1:  # depthwise (channel multiplier out/in) or grouped: whole groups went
         m.groups = out // (old_out // old_groups)
-        m.in_channels = m.groups
-    else:
-        m.in_channels = m.weight.shape[1] * old_groups
+    m.in_channels = m.weight.shape[1] * m.groups
     m.out_channels = out
 
 

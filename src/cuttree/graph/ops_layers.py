@@ -34,9 +34,16 @@ def convolution(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], o
     elif groups == x.shape[1] and transposed and w.shape[1] == 1:
         st.unify(lx[1], w_in)
         out_lab = w_in
+    elif not transposed:
+        # Grouped conv: the unit is a whole group (its input channels and its output channels
+        # together); the width inside a group stays, so every group keeps the same width.
+        ids = st.fresh(groups)
+        st.unify(lx[1], np.repeat(ids, x.shape[1] // groups))
+        st.unify(w_out, np.repeat(ids, w.shape[0] // groups))
+        st.pin(w_in, Pin.OP)
+        out_lab = w_out
     else:
-        # Grouped conv: every group must keep the same width; not pruned (yet).
-        for lab in (lx[1], w_in, w_out):
+        for lab in (lx[1], w_in, w_out):  # grouped transposed conv: not pruned
             st.pin(lab, Pin.OP)
         out_lab = None
     if isinstance(b, torch.Tensor):

@@ -40,7 +40,7 @@ class _Recorder(TorchDispatchMode):
     ) -> Any:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        for a in args:
+        for a in tree_flatten((args, kwargs))[0]:  # tensors inside lists too (``torch.cat((q_bias, v_bias))``)
             if isinstance(a, torch.Tensor) and id(a) in self.watched:
                 self.seen.add(id(a))
         self.state.current_op = str(func.overloadpacket.__name__)

@@ -1,0 +1,61 @@
+"""Grouped convolutions: the unit is a whole group (its input and output channels together);
+exact counts, the masked-original oracle, and torchvision's ResNeXt/RegNet blocks."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import cuttree
+
+
+def tiny() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1, groups=4),  # 4 groups: 4 inputs → 8 outputs each
+        nn.ReLU(),
+        nn.Conv2d(32, 8, 1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 3),
+    ).eval()
+
+
+def test_whole_groups_go_with_their_inputs_exact_counts() -> None:
+    torch.manual_seed(0)
+    model, x = tiny(), torch.randn(2, 3, 8, 8)
+    r = cuttree.prune(model, (x,), cuttree.Config(ratio=0.5, ignore=["4"], latency_runs=0))
+    [g] = list(r.plan)
+    assert (g.name, g.size, len(g.keep)) == ("0", 4, 2)  # named after the first producer of the coupled channels
+    conv = r.model[2]
+    assert (conv.groups, conv.in_channels, conv.out_channels, tuple(conv.weight.shape)) == (2, 8, 16, (16, 4, 3, 3))
+    assert r.model[0].out_channels == 8 and r.model[4].in_channels == 16
+    kept_in = torch.tensor([j * 4 + c for j in g.keep for c in range(4)])
+    kept_out = torch.tensor([j * 8 + c for j in g.keep for c in range(8)])
+    assert torch.equal(r.model[0].weight, model[0].weight[kept_in])
+    assert torch.equal(conv.weight, model[2].weight[kept_out])
+    masked = copy.deepcopy(model)
+    with torch.no_grad():
+        gone = torch.tensor([c for c in range(32) if c not in kept_out.tolist()])
+        masked[4].weight[:, gone] = 0
+        torch.testing.assert_close(r.model(x), masked(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["resnext50_32x4d", "regnet_y_400mf"])
+def test_torchvision_grouped_blocks_prune_their_groups(name: str) -> None:
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None).eval()
+    x = torch.randn(1, 3, 64, 64)
+    r = cuttree.prune(model, (x,), cuttree.Config(ratio=0.3, latency_runs=0))
+    grouped = [(n, m) for n, m in r.model.named_modules() if isinstance(m, nn.Conv2d) and 1 < m.groups < m.in_channels]
+    originals = dict(model.named_modules())
+    assert grouped and all(m.groups < originals[n].groups for n, m in grouped)  # every grouped conv lost groups
+    assert all(m.in_channels // m.groups == originals[n].in_channels // originals[n].groups for n, m in grouped)
+    with torch.no_grad():
+        assert r.model(x).shape == (1, 1000)
+    assert r.after.params < r.before.params
