@@ -71,7 +71,8 @@ def test_heads_are_found_from_the_trace_with_exact_counts() -> None:
     model, x = Tiny(), torch.randn(2, 5, 6)
     r = cuttree.prune(model, (x,), cuttree.Config(ratio=0.5, ignore=["embed"], latency_runs=0))
     [g] = list(r.plan)
-    assert (g.name, g.size, len(g.keep)) == ("attn", 4, 2)  # 4 heads of width 4, two kept
+    assert (g.name, g.unit, g.size, len(g.keep)) == ("attn", "heads", 4, 2)  # 4 heads of width 4, two kept
+    assert r.plan.table().splitlines()[2].split()[:3] == ["attn", "heads", "4"]
     a = r.model.attn
     assert isinstance(a, PrunableMultiheadAttention) and (a.num_heads, a.head_dim, a.embed_dim) == (2, 4, 16)
     assert tuple(a.in_proj_weight.shape) == (3 * 2 * 4, 16) and tuple(a.out_proj.weight.shape) == (16, 8)
@@ -185,7 +186,7 @@ def test_grouped_query_attention_never_loses_a_kv_head_without_its_query_heads()
     for i, layer in enumerate(r.model.model.layers):
         a, a0 = layer.self_attn, model.model.layers[i].self_attn
         [g] = [g for g in r.plan if g.name == f"model.layers.{i}.self_attn.q_proj"]
-        assert (g.size, len(g.keep)) == (2, 1)  # the units are the 2 kv heads, each with its 4 query heads
+        assert (g.unit, g.size, len(g.keep)) == ("heads", 2, 1)  # 2 kv heads, each with its 4 query heads
         kv = g.keep[0]
         assert a.num_key_value_groups == 4 and a.k_proj.out_features == 8 and a.q_proj.out_features == 32
         q_rows = torch.arange(kv * 32, kv * 32 + 32)  # query heads 4·kv … 4·kv+3, 8 wide each

@@ -88,6 +88,16 @@ def test_plan_records_framework_and_layout() -> None:
     assert PruningPlan.from_dict(d).framework == "torch"
 
 
+def test_plan_records_the_unit_of_each_group() -> None:
+    member = PlanMember("attn.in_proj_weight", 0, np.arange(12), np.repeat(np.arange(3), 4))
+    plan = PruningPlan((GroupPlan("attn", 3, (0, 2), (member,), "l1", "heads"),), {"attn.in_proj_weight": (12, 8)})
+    d = plan.to_dict()
+    assert d["groups"][0]["unit"] == "heads" and PruningPlan.from_dict(d).groups[0].unit == "heads"
+    del d["groups"][0]["unit"]  # written before units existed: channels
+    assert PruningPlan.from_dict(d).groups[0].unit == "channels"
+    assert plan.table().splitlines()[2].split()[:3] == ["attn", "heads", "3"]
+
+
 def test_torch_surgery_refuses_a_keras_plan() -> None:
     torch = pytest.importorskip("torch")
     with pytest.raises(cuttree.SurgeryError, match=r"made for a keras model .* cuttree\.keras\.apply_plan"):

@@ -30,7 +30,12 @@ def test_whole_groups_go_with_their_inputs_exact_counts() -> None:
     model, x = tiny(), torch.randn(2, 3, 8, 8)
     r = cuttree.prune(model, (x,), cuttree.Config(ratio=0.5, ignore=["4"], latency_runs=0))
     [g] = list(r.plan)
-    assert (g.name, g.size, len(g.keep)) == ("0", 4, 2)  # named after the first producer of the coupled channels
+    assert (g.name, g.unit, g.size, len(g.keep)) == (
+        "0",
+        "groups",
+        4,
+        2,
+    )  # named after the first producer of the coupled channels
     conv = r.model[2]
     assert (conv.groups, conv.in_channels, conv.out_channels, tuple(conv.weight.shape)) == (2, 8, 16, (16, 4, 3, 3))
     assert r.model[0].out_channels == 8 and r.model[4].in_channels == 16

@@ -180,7 +180,7 @@ def _hf(m: nn.Module) -> None:
     if width is None or q is None:
         raise SurgeryError(f"{type(m).__name__}: no query projection and head width to count heads from")
     heads = _heads_of(int(q.weight.shape[0]), int(width), type(m).__name__)
-    for attr in ("num_attention_heads", "num_heads"):
+    for attr in ("num_attention_heads", "num_heads", "n_heads", "n_head"):
         if hasattr(m, attr):
             setattr(m, attr, heads)
     if hasattr(m, "all_head_size"):

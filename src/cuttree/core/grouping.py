@@ -40,6 +40,7 @@ class Group:
     members: tuple[Member, ...]
     modules: tuple[str, ...]
     owners: tuple[str, ...] = ()  # layers whose own output channels these are
+    unit: str = "channels"  # what one of its channels is: "channels", attention "heads" or conv "groups"
 
     def member(self, tensor: str, dim: int) -> Member | None:
         """The member for ``tensor``'s ``dim``, if the group has one."""
@@ -150,6 +151,7 @@ def group_channels(
     comp_gid = np.full(ncomp, -1, dtype=np.int64)
     comp_gid[used] = gid_of_used
 
+    unit_of = {int(c): kind for ids, kind in state.units for c in np.unique(comp[ids])}
     G = comp_gid[C]
     order = np.lexsort((P, K, G))
     G, K, P, C = G[order], K[order], P[order], C[order]
@@ -170,7 +172,8 @@ def group_channels(
             Member(keys[int(gk[s])][0], keys[int(gk[s])][1], gp[s:e].copy(), rank[gc[s:e]])
             for s, e in zip(np.r_[0, kb], np.r_[kb, len(gk)], strict=True)
         )
-        groups.append(_named_group(members, len(chans), roles))
+        unit = next((unit_of[c] for c in chans.tolist() if c in unit_of), "channels")
+        groups.append(_named_group(members, len(chans), roles, unit))
     # Model order (first tensor dim touched), so tables and names read top to bottom.
     firsts = [int(K[s]) for s in np.r_[0, bounds]]
     order_g = np.argsort(firsts, kind="stable")
@@ -182,7 +185,7 @@ def group_channels(
     return DependencyGraph(groups=groups, comp_group=comp_group, **base)  # type: ignore[arg-type]
 
 
-def _named_group(members: tuple[Member, ...], size: int, roles: Mapping[str, Role]) -> Group:
+def _named_group(members: tuple[Member, ...], size: int, roles: Mapping[str, Role], unit: str) -> Group:
     mods: list[str] = []
     owners: list[str] = []
     producer = None
@@ -197,7 +200,7 @@ def _named_group(members: tuple[Member, ...], size: int, roles: Mapping[str, Rol
                 producer = producer or role.layer
     first = roles[members[0].tensor].layer or members[0].tensor
     name = producer or (owners[0] if owners else first)
-    return Group(name=name, size=size, members=members, modules=tuple(mods), owners=tuple(owners))
+    return Group(name=name, size=size, members=members, modules=tuple(mods), owners=tuple(owners), unit=unit)
 
 
 def _dedupe_names(groups: list[Group]) -> list[Group]:
@@ -206,7 +209,7 @@ def _dedupe_names(groups: list[Group]) -> list[Group]:
     for g in groups:
         n = seen.get(g.name, 0)
         seen[g.name] = n + 1
-        out.append(g if n == 0 else Group(f"{g.name}#{n}", g.size, g.members, g.modules, g.owners))
+        out.append(g if n == 0 else Group(f"{g.name}#{n}", g.size, g.members, g.modules, g.owners, g.unit))
     return out
 
 

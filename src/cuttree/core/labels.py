@@ -59,6 +59,13 @@ class LabelState:
     mac_terms: list[MacTerm] = field(default_factory=list)
     unsupported: dict[str, int] = field(default_factory=dict)
     current_op: str = ""
+    units: list[tuple[np.ndarray, str]] = field(default_factory=list)  # ids that stand for heads or conv groups
+
+    def fresh_unit(self, n: int, kind: str) -> np.ndarray:
+        """``n`` new ids for pruning units other than channels (``"heads"``, ``"groups"``)."""
+        ids = self.fresh(n)
+        self.units.append((ids, kind))
+        return ids
 
     def fresh(self, n: int) -> np.ndarray:
         """Allocate ``n`` new element ids."""

@@ -71,6 +71,7 @@ class GroupPlan:
     keep: tuple[int, ...]
     members: tuple[PlanMember, ...]
     criterion: str = "l1"
+    unit: str = "channels"  #: what one channel is: "channels", attention "heads" or conv "groups"
 
     @property
     def removed(self) -> np.ndarray:
@@ -119,13 +120,12 @@ class PruningPlan:
         }
 
     def table(self, limit: int | None = None) -> str:
-        """A readable table: group, channels before → after, criterion, coupled tensors."""
-        rows = [("group", "channels", "kept", "criterion", "tensors")]
+        """A readable table: group, its unit, channels before → after, criterion, coupled tensors."""
+        rows = [("group", "unit", "channels", "kept", "criterion", "tensors")]
         for g in self.groups[:limit]:
-            rows.append(
-                (g.name, str(g.size), f"{len(g.keep)} ({len(g.keep) / g.size:.0%})", g.criterion, str(len(g.members)))
-            )
-        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+            kept = f"{len(g.keep)} ({len(g.keep) / g.size:.0%})"
+            rows.append((g.name, g.unit, str(g.size), kept, g.criterion, str(len(g.members))))
+        widths = [max(len(r[i]) for r in rows) for i in range(6)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
         if limit is not None and len(self.groups) > limit:
@@ -151,6 +151,7 @@ class PruningPlan:
                     "size": g.size,
                     "keep": list(g.keep),
                     "criterion": g.criterion,
+                    "unit": g.unit,
                     "members": [m.to_dict() for m in g.members],
                 }
                 for g in self.groups
@@ -174,7 +175,8 @@ class PruningPlan:
             if size < 1 or any(k < 0 or k >= size for k in keep) or len(set(keep)) != len(keep):
                 raise FileFormatError(f"plan group '{g.get('name')}': keep indices out of range 0..{size - 1}")
             members = tuple(PlanMember.from_dict(m, size) for m in _get(g, "members", list))
-            groups.append(GroupPlan(_get(g, "name", str), size, keep, members, str(g.get("criterion", "l1"))))
+            criterion, unit = str(g.get("criterion", "l1")), str(g.get("unit", "channels"))
+            groups.append(GroupPlan(_get(g, "name", str), size, keep, members, criterion, unit))
         shapes = {str(k): tuple(int(x) for x in v) for k, v in _get(d, "shapes", dict).items()}
         return cls(
             groups=tuple(groups),
@@ -213,7 +215,8 @@ def compose(first: PruningPlan, second: PruningPlan) -> PruningPlan:
             g1.keep
         ):
             raise PlanError(f"cannot compose plans: group '{g1.name}' couples different tensors in the second plan")
-        groups.append(GroupPlan(g1.name, g1.size, tuple(g1.keep[i] for i in g2.keep), g1.members, g2.criterion))
+        keep = tuple(g1.keep[i] for i in g2.keep)
+        groups.append(GroupPlan(g1.name, g1.size, keep, g1.members, g2.criterion, g1.unit))
     extra = [n for n in later if n not in by_name]
     if extra:
         raise PlanError(f"cannot compose plans: group '{extra[0]}' of the second plan is not in the first")

@@ -61,6 +61,7 @@ def decide(
                 tuple(int(k) for k in keep),
                 tuple(PlanMember(m.tensor, m.dim, m.positions, m.channels) for m in g.members),
                 used_criterion(config.criterion, g, extra),
+                g.unit,
             )
             for g, keep in zip(graph.groups, keeps, strict=True)
         ),

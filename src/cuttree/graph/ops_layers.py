@@ -37,7 +37,7 @@ def convolution(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], o
     elif not transposed:
         # Grouped conv: the unit is a whole group (its input channels and its output channels
         # together); the width inside a group stays, so every group keeps the same width.
-        ids = st.fresh(groups)
+        ids = st.fresh_unit(groups, "groups")
         st.unify(lx[1], np.repeat(ids, x.shape[1] // groups))
         st.unify(w_out, np.repeat(ids, w.shape[0] // groups))
         st.pin(w_in, Pin.OP)

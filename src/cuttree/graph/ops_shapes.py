@@ -78,7 +78,7 @@ def _heads(st: LabelState, sizes: list[int], t: int, lab: Label, out: Any, gj: l
     k = np.arange(int(np.prod(sizes)))
     pos = (k // int(np.prod(sizes[t + 1 :]))) % sizes[t]
     head = (k // int(out.shape[gj[-1]])) % int(out.shape[gj[-2]])
-    ids = st.fresh(int(out.shape[gj[-2]]))
+    ids = st.fresh_unit(int(out.shape[gj[-2]]), "heads")
     st.unify(lab[pos], ids[head])
     return ids
 
