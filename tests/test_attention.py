@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from typing import Any
 
 import pytest
 import torch
@@ -136,16 +137,19 @@ def test_timm_vit_heads_and_attributes() -> None:
     assert out(r.model, x).shape == (1, 10)
 
 
+def pruned_bert(transformers: Any, layers: int) -> tuple[Any, torch.Tensor]:
+    """A random 4-head BertModel pruned at ratio 0.5, and its example token ids."""
+    cfg = transformers.BertConfig(
+        vocab_size=50, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=64
+    )
+    ids = torch.randint(0, 50, (2, 9))
+    return cuttree.prune(transformers.BertModel(cfg).eval(), (ids,), cuttree.Config(ratio=0.5, latency_runs=0)), ids
+
+
 def test_hugging_face_bert_and_vit_heads_and_attributes() -> None:
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    bert = transformers.BertModel(
-        transformers.BertConfig(
-            vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
-        )
-    ).eval()
-    ids = torch.randint(0, 50, (2, 9))
-    r = cuttree.prune(bert, (ids,), cuttree.Config(ratio=0.5, latency_runs=0))
+    r, ids = pruned_bert(transformers, layers=2)
     for layer in r.model.encoder.layer:
         sa = layer.attention.self
         assert (sa.num_attention_heads, sa.attention_head_size, sa.all_head_size) == (2, 8, 16)
@@ -167,9 +171,8 @@ def test_hugging_face_bert_and_vit_heads_and_attributes() -> None:
     assert (a.num_attention_heads, a.q_proj.out_features, a.o_proj.in_features) == (2, 16, 16)
 
 
-def test_grouped_query_attention_never_loses_a_kv_head_without_its_query_heads() -> None:
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
+def tiny_llama(transformers: Any) -> nn.Module:
+    """A random LlamaForCausalLM with grouped-query attention: 8 query heads on 2 key/value heads."""
     cfg = transformers.LlamaConfig(
         vocab_size=100,
         hidden_size=64,
@@ -180,7 +183,13 @@ def test_grouped_query_attention_never_loses_a_kv_head_without_its_query_heads()
         head_dim=8,
         max_position_embeddings=64,
     )
-    model = transformers.LlamaForCausalLM(cfg).eval()
+    return transformers.LlamaForCausalLM(cfg).eval()  # type: ignore[no-any-return]
+
+
+def test_grouped_query_attention_never_loses_a_kv_head_without_its_query_heads() -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = tiny_llama(transformers)
     ids = torch.randint(0, 100, (1, 10))
     r = cuttree.prune(model, (ids,), cuttree.Config(ratio=0.5, latency_runs=0))
     for i, layer in enumerate(r.model.model.layers):
@@ -195,3 +204,51 @@ def test_grouped_query_attention_never_loses_a_kv_head_without_its_query_heads()
     with torch.no_grad():
         assert r.model(ids).logits.shape == (1, 10, 100)
         assert r.model.generate(ids, max_new_tokens=16, do_sample=False).shape == (1, 26)
+
+
+def test_save_pretrained_loads_without_cuttree_or_refuses_cleanly(tmp_path: object) -> None:
+    import subprocess
+    import sys
+
+    transformers = pytest.importorskip("transformers")
+    from cuttree.hf import save_pretrained
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, 100, (1, 10))
+    r = cuttree.prune(tiny_llama(transformers), (ids,), cuttree.Config(ratio=0.5, latency_runs=0))
+    folder = save_pretrained(r.model, tmp_path / "llama_half", (ids,))  # type: ignore[operator]
+    with torch.no_grad():
+        torch.save(r.model(ids).logits, tmp_path / "want.pt")  # type: ignore[operator]
+    torch.save(ids, tmp_path / "ids.pt")  # type: ignore[operator]
+    script = (
+        "import sys, torch; sys.modules['cuttree'] = None\n"  # cuttree cannot be imported in this process
+        "from transformers import LlamaForCausalLM\n"
+        f"m = LlamaForCausalLM.from_pretrained({str(folder)!r}).eval()\n"
+        f"ids, want = torch.load({str(tmp_path / 'ids.pt')!r}), torch.load({str(tmp_path / 'want.pt')!r})\n"  # type: ignore[operator]
+        "c = m.config\n"
+        "print(c.num_attention_heads, c.num_key_value_heads, c.intermediate_size, "
+        "torch.allclose(m(ids).logits, want, atol=1e-5))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["4", "1", "48", "True"]
+
+    r, ids = pruned_bert(transformers, layers=1)
+    with pytest.raises(
+        cuttree.FileFormatError, match=r"config cannot describe the pruned sizes .* save it as \.cuttree"
+    ):
+        save_pretrained(r.model, tmp_path / "bert_half", (ids,))  # type: ignore[operator]
+    assert not (tmp_path / "bert_half").exists()  # type: ignore[operator]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ids.pt", "llama_half", "want.pt"]  # type: ignore[attr-defined]
+
+
+def test_head_ratio_sets_the_share_of_heads_apart_from_ratio() -> None:
+    torch.manual_seed(0)
+    model, x = Tiny(e=32, heads=4), torch.randn(2, 5, 6)
+    keep_heads = cuttree.prune(model, (x,), cuttree.Config(ratio=0.5, head_ratio=0.0, latency_runs=0)).model
+    assert (keep_heads.attn.num_heads, keep_heads.embed.out_features) == (4, 16)
+    fewer = cuttree.prune(model, (x,), cuttree.Config(ratio=0.5, head_ratio=0.75, latency_runs=0)).model
+    assert (fewer.attn.num_heads, fewer.embed.out_features) == (1, 16)
+    half_macs = cuttree.prune(model, (x,), cuttree.Config(macs_target=0.5, head_ratio=0.0, latency_runs=0))
+    assert half_macs.model.attn.num_heads == 4 and half_macs.after.macs <= 0.5 * half_macs.before.macs
+    with pytest.raises(ValueError, match="head_ratio"):
+        cuttree.Config(ratio=0.5, head_ratio=1.0)

@@ -119,7 +119,11 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 
 def data_args(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--data", required=True, help="digits, cifar10, mnist, imagefolder:PATH")
+    sp.add_argument(
+        "--data",
+        required=True,
+        help="digits, cifar10, mnist, imagefolder:PATH, camvid; eval also stsb (sentence encoders)",
+    )
     sp.add_argument("--limit", type=int, default=None, help="use this many images per split")
     sp.add_argument(
         "--normalize",
@@ -222,6 +226,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     device = rank_device(args.device)
     meta = io.read_metadata(args.model)
     model = io.load(args.model, trusted=[meta["arch"].partition(":")[0]]).to(device)
+    if args.data == "stsb":  # a sentence encoder: Spearman of cosine similarity against the scores
+        from cuttree.text import minilm_tokenizer, spearman, stsb
+
+        pairs = stsb(args.split, limit=args.limit)
+        print(f"spearman {spearman(model.cpu(), minilm_tokenizer(), pairs):.2f} ({len(pairs)} pairs, {args.split})")
+        return 0
     mode = args.mode or meta["plan"].config.get("mode", "classification")
     data = _data(args, args.split)
     m = evaluate(model, data, mode, ignore_index=int(meta["plan"].config.get("finetune", {}).get("ignore_index", 255)))

@@ -103,6 +103,8 @@ class Config(BaseModel):
     - ``ratio``: the fraction of each group's channels to remove (``scope: global`` ranks all
       groups together). With ``threshold`` too, a channel goes only if both select it.
     - ``macs_target``: the fraction of the original MACs to keep (e.g. 0.5 halves them).
+    - ``head_ratio``: the fraction of attention heads to remove (default: ``ratio``); 0 keeps
+      every head. Per-layer overrides in ``layers`` still win.
     - ``steps``: reach the target in this many prune → fine-tune rounds.
     - ``reconstruct``: after surgery, refit every layer that lost input channels by least squares
       so it reproduces the original's outputs on the calibration data (needs calibration data;
@@ -117,6 +119,7 @@ class Config(BaseModel):
     min_samples: int = Field(default=8, gt=0)
     ratio: float | None = Field(default=None, ge=0.0, le=1.0)
     macs_target: float | None = Field(default=None, gt=0.0, le=1.0)
+    head_ratio: float | None = Field(default=None, ge=0.0, lt=1.0)
     criterion: str = "l1"
     scope: Literal["local", "global"] = "local"
     min_channels: int = Field(default=1, ge=1)

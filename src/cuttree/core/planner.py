@@ -103,6 +103,9 @@ def group_budgets(graph: DependencyGraph, cfg: Config, overrides: dict[str, list
     for i in range(len(graph.groups)):
         o = per_group.get(i)
         ratio = o.ratio if o is not None and o.ratio is not None else cfg.ratio
+        heads = graph.groups[i].unit == "heads" and cfg.head_ratio is not None and (o is None or o.ratio is None)
+        if heads:
+            ratio = cfg.head_ratio
         out.append(
             GroupBudget(
                 ratio=ratio,
@@ -111,6 +114,7 @@ def group_budgets(graph: DependencyGraph, cfg: Config, overrides: dict[str, list
                 round_to=cfg.round_to,
                 in_global_pool=cfg.scope == "global"
                 and (o is None or o.ratio is None)
+                and not heads
                 and (cfg.ratio is not None or cfg.macs_target is not None),
             )
         )

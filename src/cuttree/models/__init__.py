@@ -9,11 +9,21 @@ and benchmarks, written to match the pretrained weights in ``../shared/data``.
 from cuttree.models.cifar import BasicBlock, CifarResNet, resnet20, resnet32, resnet44, resnet56, vgg16_bn_cifar
 from cuttree.models.enet import ENet, enet
 
+
+def __getattr__(name: str) -> object:  # the text model needs transformers: imported on first use
+    if name == "minilm":
+        from cuttree.models.text import minilm
+
+        return minilm
+    raise AttributeError(f"module 'cuttree.models' has no attribute '{name}'")
+
+
 __all__ = [
     "BasicBlock",
     "CifarResNet",
     "ENet",
     "enet",
+    "minilm",
     "resnet20",
     "resnet32",
     "resnet44",
