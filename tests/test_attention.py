@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import cuttree
@@ -252,3 +253,35 @@ def test_head_ratio_sets_the_share_of_heads_apart_from_ratio() -> None:
     assert half_macs.model.attn.num_heads == 4 and half_macs.after.macs <= 0.5 * half_macs.before.macs
     with pytest.raises(ValueError, match="head_ratio"):
         cuttree.Config(ratio=0.5, head_ratio=1.0)
+
+
+class ElsewhereCountedAttention(nn.Module):
+    """Attention that reads its head count from an attribute no rule patches, with a -1 width:
+    after pruning, shapes still fit but the heads would be silently regrouped."""
+
+    def __init__(self, e: int = 16, heads: int = 4) -> None:
+        super().__init__()
+        self.head_dim, self.config_heads = e // heads, heads
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (nn.Linear(e, e) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.view(b, n, self.config_heads, -1).transpose(1, 2)
+
+        y = F.scaled_dot_product_attention(split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x)))
+        return self.o_proj(y.transpose(1, 2).reshape(b, n, -1))
+
+
+ElsewhereCountedAttention.__module__ = "transformers.models.fake.modeling_fake"  # looks like a Hugging Face attention
+
+
+def test_heads_that_would_be_silently_regrouped_are_kept_whole() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), ElsewhereCountedAttention(), nn.Linear(16, 3)).eval()
+    x = torch.randn(2, 5, 6)
+    with pytest.warns(UserWarning, match=r"kept the attention heads whole \(1\.q_proj\)"):
+        r = cuttree.prune(model, (x,), cuttree.Config(ratio=0.5, ignore=["0", "1.o_proj"], latency_runs=0))
+    assert r.model[1].q_proj.out_features == 16  # every head kept
+    torch.testing.assert_close(out(r.model, x), out(model, x))

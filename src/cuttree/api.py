@@ -32,7 +32,7 @@ from cuttree.results import PruneResult
 from cuttree.results import measurements_table as measurements_table  # re-exported: old import path
 from cuttree.sparsity import strip
 from cuttree.surgery import apply_plan
-from cuttree.validate import repair
+from cuttree.validate import heads_compute_the_same, keep_all, repair
 
 
 def module_names(model: nn.Module) -> list[str]:
@@ -82,6 +82,22 @@ def _validated(
             f"kept {len(broken)} group(s) whole because the model's code fixes their size: {', '.join(broken[:5])}"
             + (" …" if len(broken) > 5 else ""),
             stacklevel=3,
+        )
+    return _heads_checked(model, plan, example_inputs, graph)
+
+
+def _heads_checked(
+    model: nn.Module, plan: PruningPlan, example_inputs: Sequence[Any], graph: DependencyGraph
+) -> PruningPlan:
+    """``plan``, with its attention heads kept whole if removing them is not zeroing them."""
+    if not heads_compute_the_same(model, plan, example_inputs):
+        names = [g.name for g in plan.groups if g.unit == "heads" and len(g.keep) < g.size]
+        plan = dataclasses.replace(plan, groups=tuple(keep_all(g) if g.unit == "heads" else g for g in plan.groups))
+        warnings.warn(
+            f"kept the attention heads whole ({', '.join(names[:3])}{' …' if len(names) > 3 else ''}): removing them "
+            "does not compute what zeroing them does, so the model's code counts heads somewhere cuttree does not patch; "
+            "register a module rule for its attention (cuttree.rules.named_rule) or set head_ratio: 0",
+            stacklevel=4,
         )
     return dataclasses.replace(plan, macs_after=estimate(graph, plan))
 
@@ -220,6 +236,7 @@ def plan_and_apply(
             "or set reconstruct=false"
         )
     plan, graph = make_plan(model, example_inputs, config, calib_data, validate=False)
+    plan = _heads_checked(model, plan, example_inputs, graph)
     original = copy.deepcopy(model) if config.reconstruct and inplace else model
     work = model if inplace else copy.deepcopy(model)
     try:

@@ -110,7 +110,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
     graph = build_graph(model, (torch.zeros(*args.input_shape),))
     print(f"{len(graph.groups)} prunable groups ({sum(g.size for g in graph.groups)} channels):")
     for g in graph.groups:
-        print(f"  {g.name:40s} {g.size:6d} channels  owners: {', '.join(g.owners)}")
+        print(f"  {g.name:40s} {g.size:6d} {g.unit:8s}  owners: {', '.join(g.owners)}")
     print("kept whole (why):")
     for name, why in graph.protected.items():
         print(f"  {name:40s} {why}")

@@ -55,11 +55,12 @@ class _Prober:
 
 def _only(plan: PruningPlan, idx: Sequence[int]) -> PruningPlan:
     chosen = set(idx)
-    groups = tuple(g if i in chosen else _keep_all(g) for i, g in enumerate(plan.groups))
+    groups = tuple(g if i in chosen else keep_all(g) for i, g in enumerate(plan.groups))
     return dataclasses.replace(plan, groups=groups)
 
 
-def _keep_all(g: GroupPlan) -> GroupPlan:
+def keep_all(g: GroupPlan) -> GroupPlan:
+    """``g`` with every channel kept."""
     return dataclasses.replace(g, keep=tuple(range(g.size)))
 
 
@@ -98,5 +99,40 @@ def repair(
             break
     else:
         bad = active
-    fixed = tuple(_keep_all(g) if i in set(bad) else g for i, g in enumerate(plan.groups))
+    fixed = tuple(keep_all(g) if i in set(bad) else g for i, g in enumerate(plan.groups))
     return dataclasses.replace(plan, groups=fixed), [plan.groups[i].name for i in bad]
+
+
+def heads_compute_the_same(model: nn.Module, plan: PruningPlan, example_inputs: Sequence[Any]) -> bool:
+    """Whether removing the plan's attention heads equals zeroing them in the original (the oracle).
+
+    A module rule patches head counts, but an attention module may also read a head count from
+    somewhere the rule does not know (``self.config.num_attention_heads`` with a ``-1`` width):
+    shapes then still fit and the heads are silently regrouped. So the plan's head groups alone
+    are applied to one copy, the same heads are zeroed in another (every tensor position they
+    occupy), and both run on the example inputs. Plans without head groups pass unchanged.
+    """
+    heads = [i for i, g in enumerate(plan.groups) if g.unit == "heads" and len(g.keep) < g.size]
+    if not heads:
+        return True
+    pruned, masked = copy.deepcopy(model), copy.deepcopy(model)
+    state = dict(masked.state_dict(keep_vars=True))
+    with torch.no_grad():
+        for i in heads:
+            g = plan.groups[i]
+            gone = torch.ones(g.size, dtype=torch.bool)
+            gone[list(g.keep)] = False
+            for m in g.members:
+                pos = torch.as_tensor(m.positions)[gone[torch.as_tensor(m.channels)]]
+                state[m.tensor].index_fill_(m.dim, pos.to(state[m.tensor].device), 0.0)
+    try:
+        apply_plan(pruned, _only(plan, heads))
+        with eval_mode(pruned), eval_mode(masked), torch.no_grad():
+            got = [t for t in tree_flatten(pruned(*example_inputs))[0] if isinstance(t, torch.Tensor)]
+            want = [t for t in tree_flatten(masked(*example_inputs))[0] if isinstance(t, torch.Tensor)]
+    except Exception:  # a forward that fails is not the same computation
+        return False
+    return len(got) == len(want) and all(
+        a.shape == b.shape and torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-4)
+        for a, b in zip(got, want, strict=True)
+    )
