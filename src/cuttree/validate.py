@@ -18,7 +18,9 @@ from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
 
 from cuttree._util import eval_mode
+from cuttree.attention import supported
 from cuttree.plan import GroupPlan, PruningPlan
+from cuttree.rules import rule_for_module
 from cuttree.surgery import apply_plan
 
 
@@ -108,31 +110,103 @@ def heads_compute_the_same(model: nn.Module, plan: PruningPlan, example_inputs: 
 
     A module rule patches head counts, but an attention module may also read a head count from
     somewhere the rule does not know (``self.config.num_attention_heads`` with a ``-1`` width):
-    shapes then still fit and the heads are silently regrouped. So the plan's head groups alone
-    are applied to one copy, the same heads are zeroed in another (every tensor position they
-    occupy), and both run on the example inputs. Plans without head groups pass unchanged.
+    shapes then still fit and the heads are silently regrouped. So each attention module with
+    heads to remove is checked on its own: the inputs it received in one forward pass of the
+    model are fed to a copy with its heads removed and to a copy with the same heads zeroed
+    (every position they occupy). Groups that reach outside one attention module are checked on
+    copies of the whole model. Plans without head groups pass unchanged.
     """
-    heads = [i for i, g in enumerate(plan.groups) if g.unit == "heads" and len(g.keep) < g.size]
+    heads = [g for g in plan.groups if g.unit == "heads" and len(g.keep) < g.size]
     if not heads:
         return True
-    pruned, masked = copy.deepcopy(model), copy.deepcopy(model)
+    modules = dict(model.named_modules())
+    attention = [n for n, m in modules.items() if n and (rule_for_module(m).heads or supported(m))]
+    local: dict[str, list[GroupPlan]] = {}
+    rest: list[GroupPlan] = []
+    for g in heads:
+        owner = next(  # the innermost attention module holding every tensor of the group
+            (
+                n
+                for n in sorted(attention, key=len, reverse=True)
+                if all(m.tensor.startswith(n + ".") for m in g.members)
+            ),
+            None,
+        )
+        if owner is None:
+            rest.append(g)
+        else:
+            local.setdefault(owner, []).append(g)
+    try:
+        inputs = _inputs_of(model, list(local), example_inputs)
+        for name, groups in local.items():
+            args, kwargs = inputs[name]
+            if not _same(modules[name], _relative(plan, groups, name + "."), args, kwargs):
+                return False
+        return not rest or _same(model, dataclasses.replace(plan, groups=tuple(rest)), tuple(example_inputs), {})
+    except Exception:  # a forward that fails is not the same computation
+        return False
+
+
+def _inputs_of(model: nn.Module, names: list[str], example_inputs: Sequence[Any]) -> dict[str, tuple[Any, Any]]:
+    """The (args, kwargs) each named module received the first time it ran on ``example_inputs``."""
+    seen: dict[str, tuple[Any, Any]] = {}
+    modules = dict(model.named_modules())
+
+    def grab(name: str) -> Any:
+        def hook(m: nn.Module, args: Any, kwargs: Any) -> None:
+            if name not in seen:  # a copy as it was then: a KV cache among the kwargs fills up as the model runs
+                seen[name] = _copied((args, kwargs))
+
+        return hook
+
+    handles = [modules[n].register_forward_pre_hook(grab(n), with_kwargs=True) for n in names]
+    try:
+        with eval_mode(model), torch.no_grad():
+            model(*example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def _copied(x: Any) -> Any:
+    """A deep copy of a module's call arguments where they allow it (caches, masks), else ``x`` itself."""
+    try:
+        return copy.deepcopy(x)
+    except Exception:  # an argument that cannot be copied is passed as it is
+        return x
+
+
+def _relative(plan: PruningPlan, groups: list[GroupPlan], prefix: str) -> PruningPlan:
+    """``groups`` with their tensor names made relative to the module at ``prefix``."""
+    moved = tuple(
+        dataclasses.replace(g, members=tuple(dataclasses.replace(m, tensor=m.tensor[len(prefix) :]) for m in g.members))
+        for g in groups
+    )
+    shapes = {k[len(prefix) :]: v for k, v in plan.shapes.items() if k.startswith(prefix)}
+    return dataclasses.replace(plan, groups=moved, shapes=shapes)
+
+
+def _same(module: nn.Module, plan: PruningPlan, args: Any, kwargs: Any) -> bool:
+    """``module`` with ``plan``'s channels removed computes what it does with them zeroed."""
+    pruned, masked = copy.deepcopy(module), copy.deepcopy(module)
     state = dict(masked.state_dict(keep_vars=True))
     with torch.no_grad():
-        for i in heads:
-            g = plan.groups[i]
+        for g in plan.groups:
             gone = torch.ones(g.size, dtype=torch.bool)
             gone[list(g.keep)] = False
             for m in g.members:
                 pos = torch.as_tensor(m.positions)[gone[torch.as_tensor(m.channels)]]
                 state[m.tensor].index_fill_(m.dim, pos.to(state[m.tensor].device), 0.0)
-    try:
-        apply_plan(pruned, _only(plan, heads))
-        with eval_mode(pruned), eval_mode(masked), torch.no_grad():
-            got = [t for t in tree_flatten(pruned(*example_inputs))[0] if isinstance(t, torch.Tensor)]
-            want = [t for t in tree_flatten(masked(*example_inputs))[0] if isinstance(t, torch.Tensor)]
-    except Exception:  # a forward that fails is not the same computation
-        return False
-    return len(got) == len(want) and all(
-        a.shape == b.shape and torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-4)
-        for a, b in zip(got, want, strict=True)
+    apply_plan(pruned, plan)
+    with eval_mode(pruned), eval_mode(masked), torch.no_grad():
+        a, k = _copied((args, kwargs))
+        got = [t for t in tree_flatten(pruned(*a, **k))[0] if isinstance(t, torch.Tensor)]
+        a, k = _copied((args, kwargs))
+        want = [t for t in tree_flatten(masked(*a, **k))[0] if isinstance(t, torch.Tensor)]
+    # the first output is the attention's result; later ones (per-head weights) change shape by design
+    return (
+        bool(got and want)
+        and got[0].shape == want[0].shape
+        and torch.allclose(got[0].float(), want[0].float(), rtol=1e-3, atol=1e-4)
     )
