@@ -109,3 +109,15 @@ def test_pruned_minilm_saves_reloads_and_evaluates_from_the_cli(
     want = spearman(r.model, tok, pairs)
     assert main(["eval", str(path), "--data", "stsb", "--limit", "40"]) == 0
     assert capsys.readouterr().out.strip() == f"spearman {want:.2f} (40 pairs, test)"
+
+
+def test_activation_criterion_reads_keyword_batches() -> None:
+    """Calibration batches as dicts of keyword inputs: what a text model takes."""
+    encoder = tiny_encoder()
+    x = (torch.randint(0, 20, (1, 6)), torch.ones(1, 6, dtype=torch.long))
+    calib = [{"input_ids": torch.randint(0, 20, (4, 6)), "attention_mask": torch.ones(4, 6, dtype=torch.long)}] * 3
+    cfg = cuttree.Config(ratio=0.5, criterion="activation", min_samples=12, calib_samples=12, latency_runs=0)
+    r = cuttree.prune(encoder, x, cfg, calib_data=calib)
+    assert {g.criterion for g in r.plan} == {"activation"} and r.after.params < r.before.params
+    with pytest.raises(ValueError, match="calibration data has 12 samples; min_samples=13"):
+        cuttree.prune(encoder, x, cfg.model_copy(update={"min_samples": 13}), calib_data=calib)

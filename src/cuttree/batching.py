@@ -44,6 +44,16 @@ def batch_at(
     return xb, y[idx]
 
 
+def n_samples(x: Any) -> int:
+    """Samples in a batch of inputs: an array or tensor, or a dict of them (keyword inputs)."""
+    return len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+
+
+def first(x: Any, n: int) -> Any:
+    """The first ``n`` samples of a batch of inputs (an array or tensor, or a dict of them)."""
+    return {k: v[:n] for k, v in x.items()} if isinstance(x, dict) else x[:n]
+
+
 def capped(pairs: Iterable[tuple[Any, Any]], calib_samples: int, min_samples: int) -> Iterator[tuple[Any, Any]]:
     """``(x, y)`` batches cut to ``calib_samples`` samples in all; at the end, at least
     ``min_samples`` must have come (any sliceable arrays or tensors; ``y`` may be ``None``).
@@ -53,8 +63,8 @@ def capped(pairs: Iterable[tuple[Any, Any]], calib_samples: int, min_samples: in
     """
     seen = 0
     for x, y in pairs:
-        take = min(len(x), calib_samples - seen)
-        yield x[:take], (y[:take] if y is not None else None)
+        take = min(n_samples(x), calib_samples - seen)
+        yield first(x, take), (y[:take] if y is not None else None)
         seen += take
         if seen >= calib_samples:
             break

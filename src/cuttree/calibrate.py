@@ -7,7 +7,7 @@ is an error, never a silent fallback.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -23,9 +23,10 @@ from cuttree.rules import rule_for_module
 
 def batches(
     data: Iterable[Any] | None, cfg: Config, need_labels: bool, device: torch.device | None = None
-) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+) -> Iterator[tuple[Any, torch.Tensor | None]]:
     """Yield ``(x, y)`` batches up to ``calib_samples`` samples, on ``device`` (the model's, where
-    the data is elsewhere); check ``min_samples``."""
+    the data is elsewhere); check ``min_samples``. ``x`` is a tensor, or a dict of tensors for a
+    model called with keyword inputs (``model(**x)``, e.g. ``input_ids`` and ``attention_mask``)."""
     if data is None:
         raise ValueError(
             f"criterion '{cfg.criterion}' needs calibration data; pass calib_data= (an iterable of (x, y) batches) "
@@ -34,22 +35,33 @@ def batches(
     if isinstance(data, torch.utils.data.Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
         data = torch.utils.data.DataLoader(data, batch_size=64)
 
-    def pairs() -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    def pairs() -> Iterator[tuple[Any, torch.Tensor | None]]:
         for batch in data:
+            x: Any
             if isinstance(batch, torch.Tensor):
                 x, y = batch, None
             elif isinstance(batch, list | tuple) and len(batch) >= 1 and isinstance(batch[0], torch.Tensor):
                 x, y = batch[0], batch[1] if len(batch) > 1 else None
+            elif isinstance(batch, Mapping) and batch and all(isinstance(v, torch.Tensor) for v in batch.values()):
+                x = {k: v for k, v in batch.items() if k != "labels"}  # keyword inputs: model(**x)
+                y = batch.get("labels")
             else:
                 raise TypeError(
-                    f"calibration batch of type {type(batch).__name__}; expected a tensor or an (x, y) pair"
+                    f"calibration batch of type {type(batch).__name__}; expected a tensor, an (x, y) pair, or a "
+                    "dict of tensors (keyword inputs such as input_ids and attention_mask; labels under 'labels')"
                 )
             if need_labels and y is None:
                 raise ValueError(f"criterion '{cfg.criterion}' needs labels; give calibration batches as (x, y) pairs")
             yield x, y
 
     for x, y in capped(pairs(), cfg.calib_samples, cfg.min_samples):
-        yield x.to(device), (y.to(device) if y is not None else None)
+        x = {k: v.to(device) for k, v in x.items()} if isinstance(x, dict) else x.to(device)
+        yield x, (y.to(device) if y is not None else None)
+
+
+def forward(model: nn.Module, x: Any) -> Any:
+    """``model(x)``, or ``model(**x)`` for a batch of keyword inputs."""
+    return model(**x) if isinstance(x, dict) else model(x)
 
 
 def task_loss(out: Any, y: torch.Tensor, mode: str, ignore_index: int = 255) -> torch.Tensor:
@@ -68,7 +80,7 @@ def gradients(model: nn.Module, data: Iterable[Any] | None, cfg: Config) -> dict
         for x, y in batches(data, cfg, need_labels=True, device=model_device(model)):
             model.zero_grad(set_to_none=True)
             assert y is not None
-            task_loss(model(x), y, cfg.mode, cfg.finetune.ignore_index).backward()
+            task_loss(forward(model, x), y, cfg.mode, cfg.finetune.ignore_index).backward()
             for k, p in params.items():
                 if p.grad is not None:
                     grads[k] += p.grad
@@ -104,7 +116,7 @@ def activations(
     try:
         with eval_mode(model), torch.no_grad():
             for x, _ in batches(data, cfg, need_labels=False, device=model_device(model)):
-                model(x)
+                forward(model, x)
     finally:
         for h in handles:
             h.remove()

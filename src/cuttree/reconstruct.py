@@ -113,7 +113,10 @@ def reconstruct(
     (output positions) are sampled per layer; ``ridge`` scales the regulariser relative to the
     mean diagonal of the normal matrix. A refit is kept only if it lowers the layer's error.
     """
-    x = torch.cat([b for b, _ in batches(calib_data, cfg, need_labels=False)])
+    parts = [b for b, _ in batches(calib_data, cfg, need_labels=False)]
+    if any(isinstance(b, dict) for b in parts):
+        raise ValueError("reconstruct needs tensor calibration batches, not keyword inputs; set reconstruct: false")
+    x = torch.cat(parts)
     device = model_device(pruned)
     x = x.to(device)
     gone = plan.removed_positions()

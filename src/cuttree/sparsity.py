@@ -176,7 +176,7 @@ def input_norms(model: nn.Module, layers: dict[str, nn.Module], batches: Iterabl
     try:
         with torch.no_grad():
             for x in batches:
-                model(x)
+                model(**x) if isinstance(x, dict) else model(x)
     finally:
         for h in handles:
             h.remove()

@@ -313,7 +313,8 @@ def finetune(
 
 def recalibrate_bn(model: nn.Module, data: Dataset[Any], cfg: Config) -> int:
     """Re-estimate batch-norm statistics on at least ``min_samples`` samples; returns how many."""
-    from cuttree.calibrate import batches
+    from cuttree.batching import n_samples
+    from cuttree.calibrate import batches, forward
 
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not bns:
@@ -332,8 +333,8 @@ def recalibrate_bn(model: nn.Module, data: Dataset[Any], cfg: Config) -> int:
         model.train()
         with torch.no_grad():
             for x, _ in batches(loader, cfg, need_labels=False, device=model_device(model)):
-                model(x)
-                seen += len(x)
+                forward(model, x)
+                seen += n_samples(x)
     finally:
         for bn, mo in zip(bns, momenta, strict=True):
             bn.momentum = mo
