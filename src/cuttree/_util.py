@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -24,6 +24,16 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, f in flags.items():
             m.training = f
+
+
+@contextmanager
+def removing(handles: Iterable[Any]) -> Iterator[None]:
+    """Run the block, then remove every hook handle in ``handles``, whatever happened."""
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -11,7 +11,7 @@ feeds TFMOT the very same batches.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -52,6 +52,11 @@ def n_samples(x: Any) -> int:
 def first(x: Any, n: int) -> Any:
     """The first ``n`` samples of a batch of inputs (an array or tensor, or a dict of them)."""
     return {k: v[:n] for k, v in x.items()} if isinstance(x, dict) else x[:n]
+
+
+def forward(model: Callable[..., Any], x: Any) -> Any:
+    """``model(x)``, or ``model(**x)`` for a batch of keyword inputs (a dict)."""
+    return model(**x) if isinstance(x, dict) else model(x)
 
 
 def capped(pairs: Iterable[tuple[Any, Any]], calib_samples: int, min_samples: int) -> Iterator[tuple[Any, Any]]:

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cuttree._util import eval_mode, model_device, primary_output
-from cuttree.batching import capped
+from cuttree._util import eval_mode, model_device, primary_output, removing
+from cuttree.batching import capped, forward
 from cuttree.config import Config
 from cuttree.graph.groups import DependencyGraph
 from cuttree.rules import rule_for_module
@@ -57,11 +57,6 @@ def batches(
     for x, y in capped(pairs(), cfg.calib_samples, cfg.min_samples):
         x = {k: v.to(device) for k, v in x.items()} if isinstance(x, dict) else x.to(device)
         yield x, (y.to(device) if y is not None else None)
-
-
-def forward(model: nn.Module, x: Any) -> Any:
-    """``model(x)``, or ``model(**x)`` for a batch of keyword inputs."""
-    return model(**x) if isinstance(x, dict) else model(x)
 
 
 def task_loss(out: Any, y: torch.Tensor, mode: str, ignore_index: int = 255) -> torch.Tensor:
@@ -113,13 +108,9 @@ def activations(
         return fn
 
     handles = [modules[n].register_forward_hook(hook(n)) for n in wanted]
-    try:
-        with eval_mode(model), torch.no_grad():
-            for x, _ in batches(data, cfg, need_labels=False, device=model_device(model)):
-                forward(model, x)
-    finally:
-        for h in handles:
-            h.remove()
+    with removing(handles), eval_mode(model), torch.no_grad():
+        for x, _ in batches(data, cfg, need_labels=False, device=model_device(model)):
+            forward(model, x)
     return {f"{t}@{d}": (sums[n] / counts[n]).double() for n, (t, d) in wanted.items() if n in sums}
 
 

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torch.utils._pytree import tree_flatten
 
-from cuttree._util import eval_mode, model_device
+from cuttree._util import eval_mode, model_device, removing
 from cuttree.errors import CuttreeError
 
 
@@ -41,12 +41,8 @@ def _pairs(model: nn.Module, example_inputs: Sequence[Any]) -> list[tuple[str, s
                     lambda m, i, n=name: pairs.append((produced[id(i[0])], n)) if id(i[0]) in produced else None
                 )
             )
-    try:
-        with eval_mode(model), torch.no_grad():
-            model(*example_inputs)
-    finally:
-        for h in handles:
-            h.remove()
+    with removing(handles), eval_mode(model), torch.no_grad():
+        model(*example_inputs)
     convs = [c for c, _ in pairs]
     return [(c, b) for c, b in pairs if convs.count(c) == 1]
 
@@ -272,12 +268,8 @@ def choose_sparse_kernels(
     hooks = [
         m.register_forward_pre_hook(lambda m, i, n=n: seen.__setitem__(n, i[0].detach())) for n, m in linears.items()
     ]
-    try:
-        with torch.no_grad():
-            out(*example_inputs)
-    finally:
-        for h in hooks:
-            h.remove()
+    with removing(hooks), torch.no_grad():
+        out(*example_inputs)
     rows = []
     for name, lin in linears.items():
         zeros = float((lin.weight == 0).float().mean())

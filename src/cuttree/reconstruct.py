@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cuttree._util import eval_mode, model_device
+from cuttree._util import eval_mode, model_device, removing
 from cuttree.calibrate import batches
 from cuttree.config import Config
 from cuttree.plan import PruningPlan
@@ -127,12 +127,8 @@ def reconstruct(
         for n, m in pruned.named_modules()
         if _refittable(n, m, orig_mods, gone)
     ]
-    try:
-        with eval_mode(pruned), torch.no_grad():
-            pruned(x[:1])
-    finally:
-        for h in hooks:
-            h.remove()
+    with removing(hooks), eval_mode(pruned), torch.no_grad():
+        pruned(x[:1])
     g = torch.Generator().manual_seed(cfg.seed)
     done = []
     with eval_mode(pruned), eval_mode(original), torch.no_grad():

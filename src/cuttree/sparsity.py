@@ -27,7 +27,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from cuttree._util import to_numpy
+from cuttree._util import removing, to_numpy
+from cuttree.batching import forward
 from cuttree.core import masks as core_masks
 from cuttree.core.schedule import due, polynomial_sparsity
 from cuttree.rules import rule_for_module
@@ -173,13 +174,9 @@ def input_norms(model: nn.Module, layers: dict[str, nn.Module], batches: Iterabl
         return fn
 
     handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
-    try:
-        with torch.no_grad():
-            for x in batches:
-                model(**x) if isinstance(x, dict) else model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    with removing(handles), torch.no_grad():
+        for x in batches:
+            forward(model, x)
     return {n: v.sqrt() for n, v in sq.items()}
 
 

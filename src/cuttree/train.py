@@ -313,8 +313,8 @@ def finetune(
 
 def recalibrate_bn(model: nn.Module, data: Dataset[Any], cfg: Config) -> int:
     """Re-estimate batch-norm statistics on at least ``min_samples`` samples; returns how many."""
-    from cuttree.batching import n_samples
-    from cuttree.calibrate import batches, forward
+    from cuttree.batching import forward, n_samples
+    from cuttree.calibrate import batches
 
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not bns:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
 
-from cuttree._util import eval_mode
+from cuttree._util import eval_mode, removing
 from cuttree.attention import supported
 from cuttree.plan import GroupPlan, PruningPlan
 from cuttree.rules import rule_for_module
@@ -160,12 +160,8 @@ def _inputs_of(model: nn.Module, names: list[str], example_inputs: Sequence[Any]
         return hook
 
     handles = [modules[n].register_forward_pre_hook(grab(n), with_kwargs=True) for n in names]
-    try:
-        with eval_mode(model), torch.no_grad():
-            model(*example_inputs)
-    finally:
-        for h in handles:
-            h.remove()
+    with removing(handles), eval_mode(model), torch.no_grad():
+        model(*example_inputs)
     return seen
 
 
