@@ -172,22 +172,32 @@ def _is_timm_attention(t: type) -> bool:
 named_rule(_is_timm_attention, ModuleRule(heads=True, update=_timm))
 
 
-def _hf(m: nn.Module) -> None:
+def linear_child(m: nn.Module, names: tuple[str, ...]) -> nn.Linear | None:
+    """The first of ``m``'s children called one of ``names`` that is a ``nn.Linear``."""
+    return next((c for n in names if isinstance(c := getattr(m, n, None), nn.Linear)), None)
+
+
+def hf_projections(m: nn.Module) -> tuple[int | None, nn.Linear | None, nn.Linear | None]:
+    """A Hugging Face attention module's head width and its query and key projections (each may be missing)."""
     width = getattr(m, "head_dim", None) or getattr(m, "attention_head_size", None)
-    q = next((getattr(m, n) for n in ("q_proj", "query", "q") if isinstance(getattr(m, n, None), nn.Linear)), None)
+    q, k = linear_child(m, ("q_proj", "query", "q")), linear_child(m, ("k_proj", "key", "k"))
+    return (int(width) if width else None), q, k
+
+
+def _hf(m: nn.Module) -> None:
+    width, q, k = hf_projections(m)
     if width is None and q is None:
         return  # a wrapper (BertAttention): the self-attention inside it has the head counts
     if width is None or q is None:
         raise SurgeryError(f"{type(m).__name__}: no query projection and head width to count heads from")
-    heads = _heads_of(int(q.weight.shape[0]), int(width), type(m).__name__)
+    heads = _heads_of(q.out_features, width, type(m).__name__)
     for attr in ("num_attention_heads", "num_heads", "n_heads", "n_head"):
         if hasattr(m, attr):
             setattr(m, attr, heads)
     if hasattr(m, "all_head_size"):
-        setattr(m, "all_head_size", heads * int(width))  # noqa: B010
-    k = next((getattr(m, n) for n in ("k_proj", "key", "k") if isinstance(getattr(m, n, None), nn.Linear)), None)
+        setattr(m, "all_head_size", heads * width)  # noqa: B010
     if k is not None:
-        kv = _heads_of(int(k.weight.shape[0]), int(width), type(m).__name__)
+        kv = _heads_of(k.out_features, width, type(m).__name__)
         if hasattr(m, "num_key_value_heads"):
             setattr(m, "num_key_value_heads", kv)  # noqa: B010
         if hasattr(m, "num_key_value_groups") and heads // kv != getattr(m, "num_key_value_groups"):  # noqa: B009

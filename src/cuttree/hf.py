@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cuttree.attention import hf_projections, linear_child
 from cuttree.errors import FileFormatError
 
 
@@ -39,18 +40,16 @@ def pruned_config(model: nn.Module) -> Any:
     config = copy.deepcopy(model.config)  # type: ignore[union-attr]
     heads, kv_heads, widths, mlp = [], [], [], []
     for m in model.modules():
-        width = getattr(m, "head_dim", None) or getattr(m, "attention_head_size", None)
-        q = next((getattr(m, n) for n in ("q_proj", "query") if isinstance(getattr(m, n, None), nn.Linear)), None)
-        k = next((getattr(m, n) for n in ("k_proj", "key") if isinstance(getattr(m, n, None), nn.Linear)), None)
+        width, q, k = hf_projections(m)
         if width and q is not None and k is not None:
-            heads.append(q.out_features // int(width))
-            kv_heads.append(k.out_features // int(width))
-            widths.append(int(width))
-        up = next((getattr(m, n) for n in ("up_proj", "fc1") if isinstance(getattr(m, n, None), nn.Linear)), None)
+            heads.append(q.out_features // width)
+            kv_heads.append(k.out_features // width)
+            widths.append(width)
+        up = linear_child(m, ("up_proj", "fc1"))
         if up is not None and hasattr(config, "intermediate_size"):
             mlp.append(up.out_features)
-        elif type(m).__name__.endswith("Intermediate") and isinstance(getattr(m, "dense", None), nn.Linear):
-            mlp.append(m.dense.out_features)  # type: ignore[union-attr]
+        elif type(m).__name__.endswith("Intermediate") and (dense := linear_child(m, ("dense",))) is not None:
+            mlp.append(dense.out_features)
     values = {
         "num_attention_heads": _uniform(heads, "attention head counts"),
         "num_key_value_heads": _uniform(kv_heads, "key/value head counts")

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cuttree._util import to_numpy
+from cuttree._util import eval_mode, to_numpy
 from cuttree.batching import shuffled_order
 from cuttree.data import _data_file
 
@@ -93,12 +93,9 @@ def tokenize(tokenizer: Any, sentences: Sequence[str], max_length: int = 128) ->
 def embed(model: nn.Module, tokenizer: Any, sentences: Sequence[str], batch_size: int = 64) -> torch.Tensor:
     """Embeddings of ``sentences`` (eval mode, no grad), one row each."""
     out = []
-    was = model.training
-    model.eval()
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for i in range(0, len(sentences), batch_size):
             out.append(model(*tokenize(tokenizer, sentences[i : i + batch_size])))
-    model.train(was)
     return torch.cat(out)
 
 
