@@ -25,7 +25,7 @@ from cuttree.core.planner import decide, estimate, resolve
 from cuttree.errors import SurgeryError
 from cuttree.graph.groups import DependencyGraph, build_graph
 from cuttree.graph.trace import named_tensors
-from cuttree.measure import measure
+from cuttree.measure import compare, measure
 from cuttree.plan import PruningPlan
 from cuttree.results import Measurements as Measurements  # re-exported: old import path
 from cuttree.results import PruneResult
@@ -140,7 +140,9 @@ def prune(
         raise TypeError(f"config must be a cuttree.Config, got {type(config).__name__}; build one with Config(...)")
     refuse_keras(model)
     example_inputs = tuple(example_inputs) if isinstance(example_inputs, list) else example_inputs
-    before = measure(model, example_inputs, config.latency_runs)
+    # in place, the dense model is gone afterwards: it is measured now and timed alone; otherwise
+    # both are measured at the end, their latencies interleaved in one loop
+    before = measure(model, example_inputs, config.latency_runs) if inplace else None
     t0 = time.perf_counter()
     if config.method == "unstructured":
         # Zeroed weights, made permanent; the plan removes no channels.
@@ -150,7 +152,10 @@ def prune(
         work, plan, graph = plan_and_apply(model, example_inputs, config, calib_data, inplace)
         unsupported = graph.unsupported
     t1 = time.perf_counter()
-    after = measure(work, example_inputs, config.latency_runs)
+    if before is not None:
+        after = measure(work, example_inputs, config.latency_runs)
+    else:
+        before, after = compare(model, work, example_inputs, config.latency_runs)
     return PruneResult(
         model=work,
         plan=plan,

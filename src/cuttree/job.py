@@ -20,8 +20,9 @@ from torch import nn
 from cuttree import io
 from cuttree.api import plan_and_apply
 from cuttree.config import Config
-from cuttree.measure import evaluate, measure
+from cuttree.measure import compare, evaluate, measure
 from cuttree.plan import PruningPlan, compose
+from cuttree.results import Measurements, speed_change
 from cuttree.train import Log, finetune, recalibrate_bn, world
 
 
@@ -63,7 +64,7 @@ def run_job(
     key = metric_name(cfg)
     teacher = copy.deepcopy(model).eval()
     t0 = time.perf_counter()
-    before = measure(model, example_inputs, cfg.latency_runs)
+    before = measure(model, example_inputs, 0)  # timed at the end, interleaved with the pruned model
     metric_before = evaluate(model, test_data, cfg.mode, ignore_index=cfg.finetune.ignore_index)
     log(f"dense: {key} {metric_before[key]:.2f}  params {before.params:,}  MACs {before.macs:,}")
     history: list[dict[str, Any]] = []
@@ -94,7 +95,7 @@ def run_job(
             }
         )
     assert plan is not None
-    after = measure(current, example_inputs, cfg.latency_runs)
+    before, after = compare(teacher, current, example_inputs, cfg.latency_runs)
     metric_after = history[-1]["metric_after_finetune"]
     report = {
         "config": cfg.to_dict(),
@@ -135,6 +136,13 @@ def report_table(report: dict[str, Any], key: str) -> str:
         row("parameters", b["params"], a["params"], ",", "smaller"),
         row("MACs", b["macs"], a["macs"], ",", "smaller"),
         row("size (MB)", b["size_bytes"] / 1e6, a["size_bytes"] / 1e6, ".2f", "smaller"),
-        row("latency (ms)", b["latency_ms"], a["latency_ms"], ".2f", "faster"),
+        f"{'latency':14s} {as_measurements(b).latency_text():>14s} {as_measurements(a).latency_text():>14s}  "
+        + speed_change(as_measurements(b), as_measurements(a)),
     ]
     return "\n".join(lines)
+
+
+def as_measurements(d: dict[str, Any]) -> Measurements:
+    """The :class:`Measurements` inside a report's ``before``/``after`` entry (extra keys ignored)."""
+    names = Measurements.__dataclass_fields__
+    return Measurements(**{k: v for k, v in d.items() if k in names})

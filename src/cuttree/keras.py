@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import statistics
 import tempfile
 import time
 from collections.abc import Sequence
@@ -40,10 +39,12 @@ from cuttree.frontends.keras.recover import evaluate, finetune, recalibrate_bn
 from cuttree.frontends.keras.sparsity import GradualPruning, SparsifyResult, strip
 from cuttree.frontends.keras.sparsity import sparsify as _sparsify
 from cuttree.results import Measurements, PruneResult
+from cuttree.timing import interleaved
 
 __all__ = [
     "GradualPruning",
     "apply_plan",
+    "compare",
     "evaluate",
     "finetune",
     "layer_names",
@@ -125,7 +126,6 @@ def prune(model: Any, config: Config, example_inputs: Any = None, calib_data: An
     """Structurally prune a Keras model: returns a new model, the plan and before/after figures."""
     _check_config(config)
     shapes = input_shapes(model, example_inputs)
-    before = measure(model, shapes, config.latency_runs)
     t0 = time.perf_counter()
     if config.method == "unstructured":
         work = strip(sparsify(model, config, calib_data).model)
@@ -136,7 +136,7 @@ def prune(model: Any, config: Config, example_inputs: Any = None, calib_data: An
         work = surgery.apply_plan(model, plan, shapes)
         unsupported = dict(graph.unsupported)
     t1 = time.perf_counter()
-    after = measure(work, shapes, config.latency_runs)
+    before, after = compare(model, work, shapes, config.latency_runs)
     return PruneResult(work, plan, before, after, timings={"engine_s": t1 - t0}, unsupported_ops=unsupported)
 
 
@@ -160,31 +160,56 @@ def _check_config(config: Any) -> None:
 
 
 def measure(model: Any, shapes: Any = None, latency_runs: int = 10) -> Measurements:
-    """Parameters, MACs (from the Keras graph), ``.keras`` file size and median latency (ms)."""
+    """Parameters, MACs (from the Keras graph), ``.keras`` file size and latency (ms: the median
+    and interquartile range of ``latency_runs`` calls, the model timed alone)."""
+    shapes = _shapes(model, shapes)
+    m = _static(model, shapes)
+    if not latency_runs:
+        return m
+    return m.with_timing(interleaved([_timer(model, shapes)], latency_runs)[0], "alone")
+
+
+def compare(before: Any, after: Any, shapes: Any = None, latency_runs: int = 10) -> tuple[Measurements, Measurements]:
+    """Figures for two models on the same input shapes, their latencies timed interleaved in one
+    loop after the same warm-up (:mod:`cuttree.timing`)."""
+    shapes = _shapes(before, shapes)
+    ma, mb = _static(before, shapes), _static(after, shapes)
+    if not latency_runs:
+        return ma, mb
+    ta, tb = interleaved([_timer(before, shapes), _timer(after, shapes)], latency_runs)
+    return ma.with_timing(ta, "interleaved"), mb.with_timing(tb, "interleaved")
+
+
+def _shapes(model: Any, shapes: Any) -> list[tuple[int, ...]]:
     if shapes is None or not (isinstance(shapes, list) and all(isinstance(s, tuple) for s in shapes)):
-        shapes = input_shapes(model, shapes)
+        return input_shapes(model, shapes)
+    return shapes
+
+
+def _static(model: Any, shapes: list[tuple[int, ...]]) -> Measurements:
     macs = macs_of(trace(model, shapes))
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "m.keras"
         model.save(p)
         size = p.stat().st_size
-    latency = None
-    if latency_runs:
-        xs = [np.zeros(s, dtype="float32") for s in shapes]
-        arg = xs if len(xs) > 1 else xs[0]
-        for _ in range(2):
-            model(arg, training=False)
-        times = []
-        for _ in range(latency_runs):
-            t = time.perf_counter()
-            keras.ops.convert_to_numpy(keras.tree.flatten(model(arg, training=False))[0])
-            times.append((time.perf_counter() - t) * 1e3)
-        latency = statistics.median(times)
     return Measurements(
         params=int(model.count_params()),
         macs=int(macs),
         size_bytes=int(size),
-        latency_ms=latency,
+        latency_ms=None,
         batch_size=int(shapes[0][0]),
         threads=int(os.cpu_count() or 1),
     )
+
+
+def _timer(model: Any, shapes: list[tuple[int, ...]]) -> Any:
+    """A call that runs ``model`` once on zeros, its output read back, and returns milliseconds."""
+    xs = [np.zeros(s, dtype="float32") for s in shapes]
+    arg = xs if len(xs) > 1 else xs[0]
+
+    def timed() -> float:
+        t = time.perf_counter()
+        keras.ops.convert_to_numpy(keras.tree.flatten(model(arg, training=False))[0])
+        return (time.perf_counter() - t) * 1e3
+
+    return timed

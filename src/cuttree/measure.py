@@ -2,17 +2,19 @@
 
 MACs come from ``torch.utils.flop_counter`` (FLOPs / 2; convolutions, matrix products and
 attention, as that counter counts them). Size on disk is the byte length of the model's
-safetensors file. Latency is the median wall time of ``runs`` forward passes after
-``warmup`` passes, in eval mode without gradients, on the model's device; on a GPU each pass
-is timed by CUDA events and waited for (:func:`time_ms`), so the figure is the work done, not
-the time to queue it.
+safetensors file. Latency is the median (and interquartile range) of ``runs`` forward
+passes after ``warmup`` passes, in eval mode without gradients, on the model's device; two models
+compared are timed interleaved in one loop (:func:`compare`). On a GPU each pass is timed by CUDA
+events and waited for (:func:`timer`), so the figure is the work done, not the time to queue it.
 """
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from typing import Any
 
 import torch
@@ -21,6 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from cuttree._util import eval_mode, model_device, primary_output, run_model
 from cuttree.results import Measurements as Measurements  # re-exported: old import path
+from cuttree.timing import Timing, interleaved
 
 
 def count_params(model: nn.Module) -> int:
@@ -80,10 +83,33 @@ def synchronize(device: torch.device) -> None:
         torch.get_device_module(device.type).synchronize(device)
 
 
+def timer(fn: Callable[[], object], device: torch.device) -> Callable[[], float]:
+    """A call that runs ``fn`` once, finished on ``device``, and returns its milliseconds: CUDA
+    events on CUDA, the wall clock around a device synchronise elsewhere.
+
+    >>> t = timer(lambda: None, torch.device("cpu"))
+    >>> t() >= 0.0
+    True
+    """
+
+    def timed() -> float:
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return float(start.elapsed_time(end))
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        return (time.perf_counter() - t0) * 1000.0
+
+    return timed
+
+
 def time_ms(fn: Callable[[], object], device: torch.device, runs: int, warmup: int = 2) -> list[float]:
-    """Milliseconds of each of ``runs`` calls of ``fn`` after ``warmup`` untimed ones, each call
-    finished on ``device`` before its time is read: CUDA events on CUDA, the wall clock around a
-    device synchronise elsewhere.
+    """Milliseconds of each of ``runs`` calls of ``fn`` after ``warmup`` untimed ones (:func:`timer`).
 
     >>> len(time_ms(lambda: None, torch.device("cpu"), runs=3))
     3
@@ -91,21 +117,8 @@ def time_ms(fn: Callable[[], object], device: torch.device, runs: int, warmup: i
     for _ in range(warmup):
         fn()
     synchronize(device)
-    out = []
-    for _ in range(runs):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            out.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            synchronize(device)
-            out.append((time.perf_counter() - t0) * 1000.0)
-    return out
+    t = timer(fn, device)
+    return [t() for _ in range(runs)]
 
 
 def latency_ms(model: nn.Module, example_inputs: Sequence[Any], runs: int = 10, warmup: int = 3) -> float:
@@ -114,20 +127,56 @@ def latency_ms(model: nn.Module, example_inputs: Sequence[Any], runs: int = 10, 
         return statistics.median(time_ms(lambda: model(*example_inputs), model_device(model), runs, warmup))
 
 
+def latencies(models: Sequence[nn.Module], example_inputs: Sequence[Any], runs: int, warmup: int = 3) -> list[Timing]:
+    """Each model's forward pass timed ``runs`` times interleaved in one loop after the same
+    warm-up (:func:`cuttree.timing.interleaved`): figures that can be compared with each other."""
+    with ExitStack() as stack:
+        for m in models:
+            stack.enter_context(eval_mode(m))
+        stack.enter_context(torch.inference_mode())
+        timers = [timer(functools.partial(m, *example_inputs), model_device(m)) for m in models]
+        return interleaved(timers, runs, warmup)
+
+
 def measure(model: nn.Module, example_inputs: Sequence[Any], latency_runs: int = 10) -> Measurements:
-    """All figures for ``model`` on ``example_inputs`` (latency skipped when ``latency_runs`` is 0).
+    """All figures for ``model`` on ``example_inputs`` (latency skipped when ``latency_runs`` is 0),
+    the model timed alone; :func:`compare` times two models side by side.
 
     >>> import torch
     >>> m = measure(torch.nn.Linear(4, 2), (torch.zeros(3, 4),), latency_runs=0)
     >>> (m.params, m.macs)
     (10, 24)
     """
+    m = _static(model, example_inputs)
+    if latency_runs <= 0:
+        return m
+    return m.with_timing(latencies([model], example_inputs, latency_runs)[0], "alone")
+
+
+def compare(
+    before: nn.Module, after: nn.Module, example_inputs: Sequence[Any], latency_runs: int = 10
+) -> tuple[Measurements, Measurements]:
+    """Figures for two models on the same inputs, their latencies timed interleaved.
+
+    >>> import torch
+    >>> a, b = compare(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2), (torch.zeros(3, 4),), latency_runs=3)
+    >>> (a.macs, b.macs, a.latency_timing, b.latency_timing)
+    (48, 24, 'interleaved', 'interleaved')
+    """
+    ma, mb = _static(before, example_inputs), _static(after, example_inputs)
+    if latency_runs <= 0:
+        return ma, mb
+    ta, tb = latencies([before, after], example_inputs, latency_runs)
+    return ma.with_timing(ta, "interleaved"), mb.with_timing(tb, "interleaved")
+
+
+def _static(model: nn.Module, example_inputs: Sequence[Any]) -> Measurements:
     first = next((x for x in example_inputs if isinstance(x, torch.Tensor)), None)
     return Measurements(
         params=count_params(model),
         macs=count_macs(model, example_inputs),
         size_bytes=size_on_disk(model),
-        latency_ms=latency_ms(model, example_inputs, latency_runs) if latency_runs > 0 else None,
+        latency_ms=None,
         batch_size=int(first.shape[0]) if first is not None and first.dim() else 1,
         threads=torch.get_num_threads(),
     )

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from cuttree.core.plan import PruningPlan
+from cuttree.timing import Timing, verdict
 
 
 @dataclass(frozen=True)
 class Measurements:
-    """One model's figures; ``latency_ms`` is ``None`` when it was not measured."""
+    """One model's figures; ``latency_ms`` is ``None`` when it was not measured.
+
+    ``latency_ms`` is a median; ``latency_q1_ms``/``latency_q3_ms`` the interquartile range of the
+    same runs; ``latency_timing`` says whether the model was timed ``"interleaved"`` with the one
+    it is compared with (one loop, the same warm-up) or ``"alone"``.
+    """
 
     params: int
     macs: int
@@ -18,9 +24,29 @@ class Measurements:
     latency_ms: float | None
     batch_size: int
     threads: int
+    latency_q1_ms: float | None = None
+    latency_q3_ms: float | None = None
+    latency_timing: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def latency_iqr(self) -> tuple[float, float] | None:
+        if self.latency_q1_ms is None or self.latency_q3_ms is None:
+            return None
+        return (self.latency_q1_ms, self.latency_q3_ms)
+
+    def with_timing(self, t: Timing, how: str) -> Measurements:
+        """These figures with the latency of ``t``, timed ``how`` ("interleaved" or "alone")."""
+        return replace(self, latency_ms=t.median_ms, latency_q1_ms=t.q1_ms, latency_q3_ms=t.q3_ms, latency_timing=how)
+
+    def latency_text(self) -> str:
+        """``12.30 ms (12.10–12.60)``: the median and the interquartile range, or "not measured"."""
+        if self.latency_ms is None:
+            return "not measured"
+        iqr = self.latency_iqr
+        return f"{self.latency_ms:.2f} ms" + (f" ({iqr[0]:.2f}–{iqr[1]:.2f})" if iqr else "")
 
 
 @dataclass
@@ -45,9 +71,6 @@ def measurements_table(before: Measurements, after: Measurements) -> str:
     def ratio(a: float | None, b: float | None) -> str:
         return f"{a / b:.2f}× smaller" if a and b else "—"
 
-    def lat(x: float | None) -> str:
-        return f"{x:.2f} ms" if x is not None else "not measured"
-
     rows = [
         ("", "before", "after", "change"),
         ("parameters", f"{before.params:,}", f"{after.params:,}", ratio(before.params, after.params)),
@@ -60,10 +83,19 @@ def measurements_table(before: Measurements, after: Measurements) -> str:
         ),
         (
             "latency",
-            lat(before.latency_ms),
-            lat(after.latency_ms),
-            ratio(before.latency_ms, after.latency_ms).replace("smaller", "faster"),
+            before.latency_text(),
+            after.latency_text(),
+            speed_change(before, after),
         ),
     ]
     w = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join("  ".join(c.rjust(w[i]) if i else c.ljust(w[i]) for i, c in enumerate(r)) for r in rows)
+
+
+def speed_change(before: Measurements, after: Measurements) -> str:
+    """ "N× faster", "N× slower" or "within noise", and "timed apart" when the two were not
+    timed in one interleaved loop (their ratio then also measures what else the machine did)."""
+    text = verdict(before.latency_ms, after.latency_ms, before.latency_iqr, after.latency_iqr)
+    if text != "—" and not (before.latency_timing == after.latency_timing == "interleaved"):
+        text += ", timed apart"
+    return text
