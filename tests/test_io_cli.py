@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 import pickle
+import stat
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,9 @@ from safetensors.torch import save_file
 import cuttree
 from cuttree.cli import main
 from cuttree.models import resnet20
+
+UMASK = os.umask(0o022)
+os.umask(UMASK)
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -51,7 +57,15 @@ def prune_args(tmp_path: Path, *extra: str) -> list[str]:
 def test_cli_prune_and_inspect(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(prune_args(tmp_path, "--set", "ratio=0.5", "--set", "latency_runs=2"), capsys)
     assert code == 0 and "parameters" in out and "latency" in out
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.config.yaml", "out.cuttree"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.config.yaml", "out.cuttree", "out.report.json"]
+    report = json.loads((tmp_path / "out.report.json").read_text())
+    assert (report["command"], report["model"], report["config"]["ratio"]) == ("prune", "out.cuttree", 0.5)
+    assert report["after"]["params"] == cuttree.load(tmp_path / "out.cuttree").conv1.weight.numel() + sum(
+        p.numel() for n, p in cuttree.load(tmp_path / "out.cuttree").named_parameters() if n != "conv1.weight"
+    )
+    assert report["before"]["latency_timing"] == report["after"]["latency_timing"] == "interleaved"
+    for p in tmp_path.iterdir():  # the usual permissions (0666 less the umask), not the temp file's 0600
+        assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~UMASK, p.name
     code, out, _ = run(["inspect", str(tmp_path / "out.cuttree")], capsys)
     assert code == 0 and "layer1.0.conv1" in out and "MACs" in out
 
@@ -71,6 +85,10 @@ BAD_CONFIGS = {
     "empties a layer": ("ratio: 1.0\n", "would remove all 16 channels"),
     "bad yaml": ("ratio: [0.5\n", "is not valid YAML"),
     "no target": ("mode: classification\n", "no pruning target"),
+    "unknown nested key": (
+        "ratio: 0.5\nfinetune:\n  epoch: 3\n",
+        "config key 'finetune.epoch': unknown key — did you mean 'epochs'?",
+    ),
 }
 
 
@@ -149,3 +167,77 @@ def test_model_without_tensor_outputs_is_an_error() -> None:
 
     with pytest.raises(cuttree.TraceError, match="returned str with no tensors"):
         cuttree.make_plan(NoTensor(), (torch.randn(1, 3, 4, 4),), cuttree.Config(ratio=0.5))
+
+
+def test_version_and_one_line_argument_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out == f"cuttree {cuttree.__version__}\n"
+    for argv, expect in [
+        (["prune", "--arch", "x:y"], "the following arguments are required: --out"),
+        (["prune", "--input-shape", "1,a"], "argument --input-shape: '1,a' is not a shape"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("cuttree: error: "), err
+        assert expect in err and "usage:" not in err and "--help" in err
+
+
+def test_data_help_lists_every_loader(capsys: pytest.CaptureFixture[str]) -> None:
+    from cuttree.data import DATASETS
+
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert all(name in out for name in DATASETS) and "imagefolder:PATH" in out and "stsb" in out
+
+
+def test_eval_names_the_split_and_writes_its_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(prune_args(tmp_path, "--set", "ratio=0.5", "--set", "latency_runs=0"), capsys)
+    assert code == 0, err
+    code, out, err = run(["eval", str(tmp_path / "out.cuttree"), "--data", "digits"], capsys)
+    assert code == 0, err
+    assert "on digits test (451 samples)" in out
+    assert "eval on digits: 451/451 (100%)" in err  # progress as plain lines off a terminal
+    report = json.loads((tmp_path / "out.eval.json").read_text())
+    assert (report["command"], report["split"], report["samples"]) == ("eval", "test", 451)
+    assert f"top1 {report['after']['metric']['top1']:.2f}" in out
+    code, out, err = run(["eval", str(tmp_path / "out.cuttree"), "--data", "digits", "--quiet"], capsys)
+    assert code == 0 and err == ""
+
+
+def test_eval_on_data_the_model_cannot_take_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cuttree.data import data_root
+
+    if not (data_root() / "mnist").is_dir():
+        pytest.skip(f"MNIST is not in the shared data folder {data_root()} (set CUTTREE_DATA)")
+    code, _, err = run(prune_args(tmp_path, "--set", "ratio=0.5", "--set", "latency_runs=0"), capsys)
+    assert code == 0, err
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, _, err = run(["eval", str(tmp_path / "out.cuttree"), "--data", "mnist", "--limit", "8"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "cannot run on --data mnist samples of shape (1, 28, 28)" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no report for a failed evaluation
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_configs_load_and_the_readme_names_only_shipped_ones() -> None:
+    import re
+
+    shipped = [REPO / "cut.yaml", *sorted((REPO / "recipes").glob("*.yaml"))]
+    assert len(shipped) >= 4
+    for path in shipped:
+        cuttree.Config.from_yaml(path)
+    named = set(re.findall(r"--config (\S+\.yaml)", (REPO / "README.md").read_text()))
+    assert named and all((REPO / n).is_file() for n in named), named
+
+
+def test_sample_config_prunes_a_torch_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = prune_args(tmp_path, "--config", str(REPO / "cut.yaml"), "--set", "latency_runs=0")
+    code, _, err = run(args, capsys)
+    assert code == 0, err
+    plan = cuttree.read_metadata(tmp_path / "out.cuttree")["plan"]
+    assert plan.config["threshold"] == 0.05 and plan.config["ratio"] == 0.5 and plan.config["min_samples"] == 64

@@ -59,6 +59,16 @@ def test_original_design_vgg16_nested(tmp_path: object) -> None:
     assert ck.read_metadata(path)["plan"]["framework"] == "keras"
 
 
+def test_the_shipped_vgg16_recipe_is_the_original_design() -> None:
+    from pathlib import Path
+
+    cfg = cuttree.Config.from_yaml(Path(__file__).resolve().parents[1] / "recipes" / "keras_vgg16.yaml")
+    assert (cfg.mode, cfg.threshold) == (ORIGINAL["mode"], ORIGINAL["threshold"])
+    keras.utils.set_random_seed(0)
+    r = ck.prune(original_design(), cfg.model_copy(update={"ratio": 0.3, "latency_runs": 0}))
+    assert r.after.params == r.before.params  # glorot init: nothing scores below half its layer's best
+
+
 def test_ratio_zero_gives_identical_outputs() -> None:
     keras.utils.set_random_seed(0)
     model = original_design()
@@ -375,7 +385,8 @@ def test_cli_prunes_and_inspects_a_keras_file(tmp_path: object, capsys: pytest.C
     assert main(["eval", str(threshold_only), "--data", "digits"]) == 2  # 12×12 model, 32×32 digits
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and "must end in .keras" in err[0] and err[1].startswith("cuttree: error: ")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.yaml", "my.keras", "small.keras"]  # type: ignore[attr-defined]
+    # the failed eval wrote no report; the successful prune wrote its report beside the model
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.yaml", "my.keras", "small.keras", "small.report.json"]  # type: ignore[attr-defined]
 
 
 def test_cli_run_finetune_eval_on_a_keras_file(tmp_path: object, capsys: pytest.CaptureFixture[str]) -> None:
@@ -420,8 +431,8 @@ def test_cli_run_finetune_eval_on_a_keras_file(tmp_path: object, capsys: pytest.
     )
     report = __import__("json").loads((run_dir / "report.json").read_text())
     assert (
-        report["metric"] == "top-1"
-        and report["finetuned"] > 40.0
+        report["command"] == "run"
+        and report["after"]["metric"]["top1"] > 40.0
         and report["after"]["params"] < report["before"]["params"]
     )
     assert ck.load(run_dir / "model.keras").get_layer("c1").filters == 8
@@ -442,8 +453,11 @@ def test_cli_run_finetune_eval_on_a_keras_file(tmp_path: object, capsys: pytest.
     assert (ft_dir / "model.keras").is_file() and (ft_dir / "report.json").is_file()
     capsys.readouterr()
     assert main(["eval", str(ft_dir / "model.keras"), "--data", "digits"]) == 0
-    printed = capsys.readouterr().out
-    assert printed.startswith("top-1 ") and printed.rstrip().endswith("on digits test (451 samples)"), printed
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("top-1 ") and printed[0].endswith("on digits test (451 samples)"), printed
+    assert printed[1] == f"wrote {ft_dir / 'model.eval.json'}"
+    report = __import__("json").loads((ft_dir / "model.eval.json").read_text())
+    assert f"top-1 {report['after']['metric']['top1']:.2f} " in printed[0] and report["samples"] == 451
 
 
 @pytest.mark.parametrize(

@@ -11,12 +11,12 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import yaml
 
-from cuttree import cli_keras, io
+from cuttree import __version__, cli_keras, io
 from cuttree.api import measurements_table, module_names, prune
 from cuttree.config import Config, parse_set
 from cuttree.errors import CuttreeError
@@ -83,8 +83,25 @@ def cmd_prune(args: argparse.Namespace) -> int:
     io.save(r, out, arch=args.arch, arch_kwargs=args.arch_kwargs, extra=extra)
     cfg_path = out.with_suffix(".config.yaml")
     io.atomic_write(cfg_path, lambda p: p.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
-    print(f"\nwrote {out} and {cfg_path}")
+    report = write_report(
+        out.with_suffix(".report.json"),
+        "prune",
+        cfg,
+        model=out.name,
+        arch=args.arch,
+        before=r.before.to_dict(),
+        after=r.after.to_dict(),
+        timings=r.timings,
+    )
+    print(f"\nwrote {out}, {cfg_path} and {report}")
     return 0
+
+
+def write_report(path: Path, command: str, cfg: Config | None, **fields: Any) -> Path:
+    """A torch command's ``report.json`` (:func:`cuttree.report.write_json`)."""
+    from cuttree.report import write_json
+
+    return write_json(path, command, "torch", cfg, **fields)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -119,11 +136,10 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 
 def data_args(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument(
-        "--data",
-        required=True,
-        help="digits, cifar10, mnist, imagefolder:PATH, camvid; eval also stsb (sentence encoders)",
-    )
+    from cuttree.data import DATASETS
+
+    names = ", ".join(f"{n}:PATH" if n == "imagefolder" else n for n in sorted(DATASETS))
+    sp.add_argument("--data", required=True, help=f"one of {names}; eval also stsb (sentence encoders)")
     sp.add_argument("--limit", type=int, default=None, help="use this many images per split")
     sp.add_argument(
         "--normalize",
@@ -178,7 +194,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from cuttree.measure import evaluate
     from cuttree.train import deterministic_env, finetune, init_distributed, rank_device
 
     cfg = _config(args, need_target=False)
@@ -197,6 +212,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         teacher.to(device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    test = _data(args, "test")
+    before = _evaluate(args, model, test, cfg.mode, cfg.finetune.ignore_index, "before") if rank == 0 else {}
     torch.manual_seed(cfg.seed)
     state = finetune(
         model,
@@ -212,13 +229,26 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     print(f"rank {rank}/{size}: step {state['step']}/{state['total']} weights checksum {digest:.10f}", flush=True)
     if rank == 0 and state["step"] == state["total"]:
         io.save(model, out / "model.cuttree", arch=meta["arch"], arch_kwargs=meta.get("arch_kwargs"), plan=meta["plan"])
-        m = evaluate(model, _data(args, "test"), cfg.mode, ignore_index=cfg.finetune.ignore_index)
-        print(" ".join(f"{k} {v:.2f}" for k, v in m.items() if not k.startswith("iou_")))
+        m = _evaluate(args, model, test, cfg.mode, cfg.finetune.ignore_index, "after")
+        print(f"{_metrics(m)} on {args.data} test ({len(test):,} samples), before fine-tuning {_metrics(before)}")
+        report = write_report(
+            out / "report.json",
+            "finetune",
+            cfg,
+            model="model.cuttree",
+            source=str(args.model),
+            arch=meta["arch"],
+            data=args.data,
+            before={"metric": before},
+            after={"metric": m},
+            steps=state["total"],
+            history=state["history"],
+        )
+        print(f"wrote {out / 'model.cuttree'} and {report}")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from cuttree.measure import evaluate
     from cuttree.train import rank_device
 
     if cli_keras.is_keras_file(args.model):
@@ -226,22 +256,60 @@ def cmd_eval(args: argparse.Namespace) -> int:
     device = rank_device(args.device)
     meta = io.read_metadata(args.model)
     model = io.load(args.model, trusted=[meta["arch"].partition(":")[0]]).to(device)
+    report_path = Path(args.report) if args.report else Path(args.model).with_suffix(".eval.json")
     if args.data == "stsb":  # a sentence encoder: Spearman of cosine similarity against the scores
         from cuttree.text import minilm_tokenizer, spearman, stsb
 
         pairs = stsb(args.split, limit=args.limit)
-        print(f"spearman {spearman(model.cpu(), minilm_tokenizer(), pairs):.2f} ({len(pairs)} pairs, {args.split})")
-        return 0
-    mode = args.mode or meta["plan"].config.get("mode", "classification")
-    data = _data(args, args.split)
-    m = evaluate(model, data, mode, ignore_index=int(meta["plan"].config.get("finetune", {}).get("ignore_index", 255)))
-    print(" ".join(f"{k} {v:.2f}" for k, v in m.items() if not k.startswith("iou_")))
-    names = getattr(data, "classes", None) or []
+        m = {"spearman": spearman(model.cpu(), minilm_tokenizer(), pairs)}
+        n, names = len(pairs), list[str]()
+    else:
+        mode = args.mode or meta["plan"].config.get("mode", "classification")
+        data = _data(args, args.split)
+        ignore = int(meta["plan"].config.get("finetune", {}).get("ignore_index", 255))
+        m = _evaluate(args, model, data, mode, ignore, "eval")
+        n, names = len(data), getattr(data, "classes", None) or []
+    print(f"{_metrics(m)} on {args.data} {args.split} ({n:,} samples)")
     for k, v in m.items():
         if k.startswith("iou_"):
             i = int(k[4:])
             print(f"  IoU {names[i] if i < len(names) else i}: {v:.2f}")
+    write_report(
+        report_path,
+        "eval",
+        None,
+        model=str(args.model),
+        data=args.data,
+        split=args.split,
+        samples=n,
+        after={"metric": m},
+    )
+    print(f"wrote {report_path}")
     return 0
+
+
+def _metrics(m: dict[str, float]) -> str:
+    return " ".join(f"{k} {v:.2f}" for k, v in m.items() if not k.startswith("iou_"))
+
+
+def _evaluate(args: argparse.Namespace, model: torch.nn.Module, data: Any, mode: str, ignore: int, label: str) -> Any:
+    """The metric on ``data`` with a progress bar; a model that cannot run on the data's samples
+    (a 3-channel model on 1-channel images) is a one-line error, not a traceback."""
+    from cuttree.measure import evaluate
+    from cuttree.progress import Progress
+
+    x0 = data[0][0]
+    try:
+        with torch.inference_mode():
+            model.eval()(x0.unsqueeze(0).to(next(model.parameters()).device))
+    except RuntimeError as e:
+        why = str(e).strip().splitlines()[0]
+        raise ValueError(
+            f"the model cannot run on --data {args.data} samples of shape {tuple(x0.shape)} ({why}); "
+            "evaluate it on data shaped like its training data"
+        ) from None
+    with Progress(len(data), f"{label} on {args.data}", quiet=getattr(args, "quiet", False)) as bar:
+        return evaluate(model, data, mode, ignore_index=ignore, on_batch=bar.advance)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -250,8 +318,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line (the rule and where to read more), not the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"cuttree: error: {message}; see '{self.prog} --help'\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cuttree", description="Prune neural networks and measure the result.")
+    p = _Parser(prog="cuttree", description="Prune neural networks and measure the result.")
+    p.add_argument("--version", action="version", version=f"cuttree {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def model_args(sp: argparse.ArgumentParser, keras_too: bool = False) -> None:
@@ -295,7 +371,7 @@ def parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_layers)
 
     sp = sub.add_parser("demo", help="the main job on the embedded default data")
-    sp.add_argument("--out-dir", default="runs/demo")
+    sp.add_argument("--out-dir", default=None, help="run folder (default runs/demo, runs/demo-DATA for other data)")
     sp.add_argument("--data", default="digits", help="digits (default, shipped by scikit-learn), cifar10, mnist")
     sp.add_argument("--limit", type=int, default=None, help="images per split (cifar10/mnist)")
     sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
@@ -333,6 +409,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--split", default="test")
     sp.add_argument("--mode", choices=["classification", "segmentation"], default=None)
     sp.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, …")
+    sp.add_argument("--report", default=None, help="where to write the JSON result (default: MODEL.eval.json)")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
     sp.set_defaults(func=cmd_eval)
     return p
 

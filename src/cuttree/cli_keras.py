@@ -17,6 +17,7 @@ import numpy as np
 
 from cuttree.config import Config
 from cuttree.core.plan import PruningPlan
+from cuttree.report import write_json
 from cuttree.results import Measurements, measurements_table
 
 
@@ -52,6 +53,10 @@ def _metric(mode: str) -> str:
     return "mean IoU" if mode == "segmentation" else "top-1"
 
 
+def _key(mode: str) -> str:
+    return "miou" if mode == "segmentation" else "top1"
+
+
 def cmd_prune(args: argparse.Namespace, cfg: Config) -> int:
     ck = keras_api()
     out = Path(args.out)
@@ -64,7 +69,18 @@ def cmd_prune(args: argparse.Namespace, cfg: Config) -> int:
     print()
     print(r.table())
     ck.save(r, out, sparse_storage=args.sparse_storage)
-    print(f"\nwrote {out} (backend {ck.keras.backend.backend()})")
+    report = write_json(
+        out.with_suffix(".report.json"),
+        "prune",
+        "keras",
+        cfg,
+        model=out.name,
+        source=str(args.model),
+        before=r.before.to_dict(),
+        after=r.after.to_dict(),
+        timings=r.timings,
+    )
+    print(f"\nwrote {out} and {report} (backend {ck.keras.backend.backend()})")
     return 0
 
 
@@ -87,14 +103,16 @@ def cmd_eval(args: argparse.Namespace, test: Any) -> int:
     plan_cfg = ck.read_metadata(args.model).get("plan", {}).get("config", {})
     mode = args.mode or plan_cfg.get("mode", "classification")
     x, y = arrays(args, args.split, test)
-    print(f"{_metric(mode)} {ck.evaluate(model, x, y, mode):.2f} on {args.data} {args.split} ({len(x)} samples)")
+    value = ck.evaluate(model, x, y, mode)
+    print(f"{_metric(mode)} {value:.2f} on {args.data} {args.split} ({len(x):,} samples)")
+    key = _key(mode)
+    report = Path(args.report) if args.report else Path(args.model).with_suffix(".eval.json")
+    write_json(
+        report, "eval", "keras", None, model=str(args.model), data=args.data, split=args.split, samples=len(x),
+        after={"metric": {key: value}},
+    )  # fmt: skip
+    print(f"wrote {report}")
     return 0
-
-
-def _write_report(out: Path, report: dict[str, Any]) -> None:
-    from cuttree.files import atomic_write
-
-    atomic_write(out / "report.json", lambda p: p.write_text(json.dumps(report, indent=2)))
 
 
 def cmd_finetune(args: argparse.Namespace, cfg: Config, train: Any, test: Any) -> int:
@@ -109,9 +127,11 @@ def cmd_finetune(args: argparse.Namespace, cfg: Config, train: Any, test: Any) -
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ck.save(model, out / "model.keras")
-    _write_report(
-        out, {"metric": _metric(cfg.mode), "before": before, "after": after, **state, "config": cfg.to_dict()}
-    )
+    key = _key(cfg.mode)
+    write_json(
+        out / "report.json", "finetune", "keras", cfg, model="model.keras", source=str(args.model), data=args.data,
+        before={"metric": {key: before}}, after={"metric": {key: after}}, **state,
+    )  # fmt: skip
     print(f"{_metric(cfg.mode)} {before:.2f} → {after:.2f} after {state['steps']} steps; wrote {out / 'model.keras'}")
     return 0
 
@@ -136,18 +156,29 @@ def cmd_run(args: argparse.Namespace, cfg: Config, train: Any, test: Any) -> int
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ck.save(r, out / "model.keras")
-    report = {
-        "metric": _metric(cfg.mode),
-        "dense": dense,
-        "pruned": pruned,
-        "bn_recalibrated": recal,
-        "finetuned": final,
-        "before": r.before.to_dict(),
-        "after": r.after.to_dict(),
-        **state,
-        "config": cfg.to_dict(),
-    }
-    _write_report(out, report)
+    key = _key(cfg.mode)
+    write_json(
+        out / "report.json",
+        "run",
+        "keras",
+        cfg,
+        model="model.keras",
+        source=str(args.model),
+        data=args.data,
+        before={**r.before.to_dict(), "metric": {key: dense}},
+        after={**r.after.to_dict(), "metric": {key: final}},
+        history=[
+            {
+                "step": 1,
+                "plan_channels": [r.plan.channels_before, r.plan.channels_after],
+                "metric_after_pruning": {key: pruned},
+                "metric_after_bn_recalibration": {key: recal},
+                "metric_after_finetune": {key: final},
+                "finetune_steps": state["steps"],
+                "final_loss": state["loss"],
+            }
+        ],
+    )
     print(r.table())
     print(
         f"{_metric(cfg.mode)}: dense {dense:.2f}, pruned {pruned:.2f}, BN recalibrated {recal:.2f}, "

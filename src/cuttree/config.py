@@ -225,12 +225,23 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _section(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel]:
+    """The config class that holds the key at ``loc`` (``finetune.epoch`` → FinetuneConfig)."""
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        sub = field.annotation if field is not None else None
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+            break
+        model = sub
+    return model
+
+
 def _one_line(e: ValidationError, model: type[BaseModel]) -> str:
     err = e.errors()[0]
     loc = ".".join(str(x) for x in err["loc"])
     if err["type"] == "extra_forbidden":
         key = str(err["loc"][-1])
-        return f"config key '{loc}': unknown key{did_you_mean(key, model.model_fields)}"
+        return f"config key '{loc}': unknown key{did_you_mean(key, _section(model, err['loc'][:-1]).model_fields)}"
     msg = err["msg"].removeprefix("Value error, ")
     if not loc:
         return msg

@@ -39,7 +39,7 @@ def run_demo(args: argparse.Namespace) -> int:
     kw = {"limit": args.limit} if args.data != "digits" and args.limit else {}
     train: Any = load_dataset(args.data, "train", **kw)
     test: Any = load_dataset(args.data, "test", **kw)
-    out = Path(args.out_dir)
+    out = Path(args.out_dir or default_out_dir(args.data))
     print(
         f"cuttree demo: VGG-16-BN on {args.data} ({len(train)} train / {len(test)} test images, 32×32), "
         f"{torch.get_num_threads()} threads"
@@ -61,6 +61,16 @@ def run_demo(args: argparse.Namespace) -> int:
         "config.yaml)"
     )
     return 0
+
+
+def default_out_dir(data: str) -> str:
+    """The demo's run folder: ``runs/demo`` on the default data, ``runs/demo-DATA`` on other data,
+    so a run on CIFAR-10 never overwrites the default one.
+
+    >>> default_out_dir("digits"), default_out_dir("cifar10")
+    ('runs/demo', 'runs/demo-cifar10')
+    """
+    return "runs/demo" if data == "digits" else f"runs/demo-{data.replace(':', '-').replace('/', '-')}"
 
 
 def _quiet(args: argparse.Namespace):  # type: ignore[no-untyped-def]

@@ -14,7 +14,11 @@ from cuttree.errors import FileFormatError
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
-    """Call ``write(tmp)`` on a temp file next to ``path``, fsync it, then rename it into place."""
+    """Call ``write(tmp)`` on a temp file next to ``path``, fsync it, then rename it into place.
+
+    The file gets the permissions a plain ``open(path, "w")`` would give (0666 less the umask), not
+    the temp file's private 0600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -22,12 +26,19 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 # Sparse storage, shared by the torch .cuttree format and the Keras .keras format: a tensor that is

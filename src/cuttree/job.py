@@ -98,6 +98,9 @@ def run_job(
     before, after = compare(teacher, current, example_inputs, cfg.latency_runs)
     metric_after = history[-1]["metric_after_finetune"]
     report = {
+        "command": "run",
+        "framework": "torch",
+        "model": "model.cuttree",
         "config": cfg.to_dict(),
         "arch": arch,
         "before": {**before.to_dict(), "metric": metric_before},

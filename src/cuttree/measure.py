@@ -183,10 +183,16 @@ def _static(model: nn.Module, example_inputs: Sequence[Any]) -> Measurements:
 
 
 def evaluate(
-    model: nn.Module, data: Any, mode: str = "classification", batch_size: int = 256, ignore_index: int = 255
+    model: nn.Module,
+    data: Any,
+    mode: str = "classification",
+    batch_size: int = 256,
+    ignore_index: int = 255,
+    on_batch: Callable[[int], object] | None = None,
 ) -> dict[str, float]:
     """The task metric on ``data`` (a dataset of ``(x, y)``): top-1/top-5 accuracy in % for
     classification; pixel accuracy and mean IoU in % for segmentation (``ignore_index`` skipped).
+    ``on_batch(n)`` is called after each batch of ``n`` samples (a progress bar).
 
     >>> import torch
     >>> m = torch.nn.Linear(2, 2)
@@ -206,6 +212,8 @@ def evaluate(
         for s in range(0, n, batch_size):
             x, y = default_collate([data[i] for i in range(s, min(s + batch_size, n))])
             out = model(x.to(device))
+            if on_batch is not None:
+                on_batch(len(y))
             logits = primary_output(out)
             y = y.to(device)
             if mode == "segmentation":
