@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from cuttree.core.importance import criterion
     from cuttree.core.plan import GroupPlan, PruningPlan
     from cuttree.errors import CuttreeError, FileFormatError, PlanError, SurgeryError, TraceError
+    from cuttree.export import export_onnx
     from cuttree.io import load, load_weights, read_metadata, save
     from cuttree.measure import Measurements, measure
     from cuttree.sparsity import strip
@@ -43,6 +44,7 @@ _WHERE = {
     "PlanError": "cuttree.errors",
     "SurgeryError": "cuttree.errors",
     "TraceError": "cuttree.errors",
+    "export_onnx": "cuttree.export",
     "load": "cuttree.io",
     "load_weights": "cuttree.io",
     "read_metadata": "cuttree.io",
@@ -68,6 +70,7 @@ __all__ = [
     "TraceError",
     "apply_plan",
     "criterion",
+    "export_onnx",
     "load",
     "load_weights",
     "make_plan",

@@ -312,6 +312,30 @@ def _evaluate(args: argparse.Namespace, model: torch.nn.Module, data: Any, mode:
         return evaluate(model, data, mode, ignore_index=ignore, on_batch=bar.advance)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from cuttree.export import export_onnx
+    from cuttree.progress import Progress
+
+    if args.onnx is None:
+        raise ValueError("export needs a format: --onnx OUT.onnx")
+    meta = io.read_metadata(args.model)
+    shape = args.input_shape or (meta.get("extra") or {}).get("input_shape")
+    if shape is None:
+        raise ValueError(f"'{args.model}' does not record its input shape; pass --input-shape, e.g. 1,3,224,224")
+    with Progress(2, "export", quiet=args.quiet) as bar:
+        model = io.load(args.model, trusted=[meta["arch"].partition(":")[0]])
+        bar.advance(info="loaded")
+        torch.manual_seed(0)
+        r = export_onnx(model, (torch.randn(*shape),), args.onnx, atol=args.atol, fold=not args.no_fold)
+        bar.advance(info="exported and checked")
+    print(
+        f"wrote {r.path}: ONNX Runtime matches torch within {r.max_abs_diff:.2g} (max abs, float32, batch sizes "
+        f"{' and '.join(map(str, r.batch_sizes))}; tolerance {r.atol:g}); opset {r.opset}, {r.exporter} exporter"
+        + (", batch norm folded" if r.folded_batchnorm else "")
+    )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from cuttree.demo import run_demo
 
@@ -402,6 +426,17 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", default="cpu", help="cpu, cuda (under torchrun: cuda:LOCAL_RANK), cuda:1, …")
     sp.add_argument("--quiet", action="store_true", help="no per-step log lines")
     sp.set_defaults(func=cmd_finetune)
+
+    sp = sub.add_parser("export", help="export a .cuttree model to ONNX, checked against torch with ONNX Runtime")
+    sp.add_argument("model", help="a .cuttree file")
+    sp.add_argument("--onnx", help="output .onnx file (written only if ONNX Runtime matches torch)")
+    sp.add_argument(
+        "--input-shape", type=_shape, default=None, help="example input shape (default: the one the file records)"
+    )
+    sp.add_argument("--atol", type=float, default=1e-4, help="largest accepted difference, max abs (default 1e-4)")
+    sp.add_argument("--no-fold", action="store_true", help="keep batch norm as its own op (default: folded)")
+    sp.add_argument("--quiet", action="store_true", help="no progress lines")
+    sp.set_defaults(func=cmd_export)
 
     sp = sub.add_parser("eval", help="evaluate a .cuttree (or .keras/.h5) model on a dataset")
     sp.add_argument("model", help="a .cuttree file, or a .keras/.h5 file")

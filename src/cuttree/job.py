@@ -22,7 +22,7 @@ from cuttree.api import plan_and_apply
 from cuttree.config import Config
 from cuttree.measure import compare, evaluate, measure
 from cuttree.plan import PruningPlan, compose
-from cuttree.results import Measurements, speed_change
+from cuttree.results import Measurements, aligned, speed_change
 from cuttree.train import Log, finetune, recalibrate_bn, world
 
 
@@ -115,7 +115,11 @@ def run_job(
             arch=arch,
             arch_kwargs=arch_kwargs,
             plan=plan,
-            extra={"metric_before": metric_before, "metric_after": metric_after},
+            extra={
+                "metric_before": metric_before,
+                "metric_after": metric_after,
+                "input_shape": [1, *example_inputs[0].shape[1:]] if hasattr(example_inputs[0], "shape") else None,
+            },
         )
         io.atomic_write(out / "report.json", lambda p: p.write_text(json.dumps(report, indent=1)))
         io.atomic_write(out / "config.yaml", lambda p: p.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
@@ -124,25 +128,28 @@ def run_job(
 
 
 def report_table(report: dict[str, Any], key: str) -> str:
-    """Before/after rows for a job report: metric, params, MACs, size, latency."""
+    """Before/after rows for a job report: metric, params, MACs, size, latency (median and
+    interquartile range, the two models timed interleaved)."""
     b, a = report["before"], report["after"]
+    mb, ma = as_measurements(b), as_measurements(a)
 
-    def row(name: str, x: float | None, y: float | None, fmt: str, better: str) -> str:
-        if x is None or y is None:
-            return f"{name:14s} {'—':>14s} {'—':>14s}"
-        ch = f"{x / y:.2f}× {better}" if y else "—"
-        return f"{name:14s} {format(x, fmt):>14s} {format(y, fmt):>14s}  {ch}"
+    def ratio(x: float, y: float) -> str:
+        return f"{x / y:.2f}× smaller" if y else "—"
 
-    lines = [
-        f"{'':14s} {'before':>14s} {'after':>14s}  change",
-        f"{key:14s} {b['metric'][key]:>13.2f}% {a['metric'][key]:>13.2f}%  {a['metric'][key] - b['metric'][key]:+.2f} points",
-        row("parameters", b["params"], a["params"], ",", "smaller"),
-        row("MACs", b["macs"], a["macs"], ",", "smaller"),
-        row("size (MB)", b["size_bytes"] / 1e6, a["size_bytes"] / 1e6, ".2f", "smaller"),
-        f"{'latency':14s} {as_measurements(b).latency_text():>14s} {as_measurements(a).latency_text():>14s}  "
-        + speed_change(as_measurements(b), as_measurements(a)),
+    rows = [
+        ("", "before", "after", "change"),
+        (
+            key,
+            f"{b['metric'][key]:.2f}%",
+            f"{a['metric'][key]:.2f}%",
+            f"{a['metric'][key] - b['metric'][key]:+.2f} points",
+        ),
+        ("parameters", f"{mb.params:,}", f"{ma.params:,}", ratio(mb.params, ma.params)),
+        (f"MACs (counted, batch {mb.batch_size})", f"{mb.macs:,}", f"{ma.macs:,}", ratio(mb.macs, ma.macs)),
+        ("size (MB)", f"{mb.size_bytes / 1e6:.2f}", f"{ma.size_bytes / 1e6:.2f}", ratio(mb.size_bytes, ma.size_bytes)),
+        ("latency", mb.latency_text(), ma.latency_text(), speed_change(mb, ma)),
     ]
-    return "\n".join(lines)
+    return aligned(rows)
 
 
 def as_measurements(d: dict[str, Any]) -> Measurements:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -74,7 +75,7 @@ def measurements_table(before: Measurements, after: Measurements) -> str:
     rows = [
         ("", "before", "after", "change"),
         ("parameters", f"{before.params:,}", f"{after.params:,}", ratio(before.params, after.params)),
-        ("MACs", f"{before.macs:,}", f"{after.macs:,}", ratio(before.macs, after.macs)),
+        ("MACs (counted)", f"{before.macs:,}", f"{after.macs:,}", ratio(before.macs, after.macs)),
         (
             "size on disk",
             f"{before.size_bytes / 1e6:.2f} MB",
@@ -88,8 +89,18 @@ def measurements_table(before: Measurements, after: Measurements) -> str:
             speed_change(before, after),
         ),
     ]
-    w = [max(len(r[i]) for r in rows) for i in range(4)]
-    return "\n".join("  ".join(c.rjust(w[i]) if i else c.ljust(w[i]) for i, c in enumerate(r)) for r in rows)
+    return aligned(rows)
+
+
+def aligned(rows: Sequence[Sequence[str]]) -> str:
+    """Rows of cells as text columns: the first left-aligned, the others right-aligned.
+
+    >>> print(aligned([("", "before", "after"), ("MACs", "10", "5")]))
+          before  after
+    MACs      10      5
+    """
+    w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.rjust(w[i]) if i else c.ljust(w[i]) for i, c in enumerate(r)).rstrip() for r in rows)
 
 
 def speed_change(before: Measurements, after: Measurements) -> str:
