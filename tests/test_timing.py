@@ -85,3 +85,17 @@ def test_prune_times_dense_and_pruned_side_by_side() -> None:
     inplace = cuttree.prune(net, x, cuttree.Config(ratio=0.5, latency_runs=3), inplace=True)
     assert (inplace.before.latency_timing, inplace.after.latency_timing) == ("alone", "alone")
     assert speed_change(inplace.before, inplace.after).endswith("timed apart")
+
+
+def test_cuttree_measure_is_callable_after_its_module_was_imported() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, cuttree\n"
+        "r = cuttree.prune(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)), (torch.zeros(1, 4),),"
+        " cuttree.Config(ratio=0.5, latency_runs=0))\n"  # imports cuttree.measure, the module
+        "print(cuttree.measure(r.model, (torch.zeros(1, 4),), 0).params)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == str(4 * 2 + 2 + 2 * 2 + 2)

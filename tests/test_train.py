@@ -171,7 +171,8 @@ def test_cli_run_writes_a_complete_run_folder(tmp_path: Path) -> None:
         "--set", "finetune.epochs=0.2", "--set", "finetune.batch_size=32", "--set", "min_samples=32", "--quiet",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
-    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["config.yaml", "model.cuttree", "report.json"]
+    files = sorted(p.name for p in out.iterdir() if p.is_file())
+    assert files == ["config.yaml", "model.cuttree", "report.html", "report.json", "report.md"]
     import json
 
     report = json.loads((out / "report.json").read_text())

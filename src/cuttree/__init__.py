@@ -15,6 +15,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from cuttree.analysis import Sensitivity, sensitivity
     from cuttree.api import PruneResult, SparsifyResult, make_plan, prune, sparsify
     from cuttree.config import Config, LayerOverride
     from cuttree.core.importance import criterion
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 _WHERE = {
+    "Sensitivity": "cuttree.analysis",
+    "sensitivity": "cuttree.analysis",
     "PruneResult": "cuttree.api",
     "SparsifyResult": "cuttree.api",
     "make_plan": "cuttree.api",
@@ -65,6 +68,7 @@ __all__ = [
     "PlanError",
     "PruneResult",
     "PruningPlan",
+    "Sensitivity",
     "SparsifyResult",
     "SurgeryError",
     "TraceError",
@@ -78,6 +82,7 @@ __all__ = [
     "prune",
     "read_metadata",
     "save",
+    "sensitivity",
     "sparsify",
     "strip",
 ]

@@ -25,7 +25,7 @@ from cuttree.core.planner import decide, estimate, resolve
 from cuttree.errors import SurgeryError
 from cuttree.graph.groups import DependencyGraph, build_graph
 from cuttree.graph.trace import named_tensors
-from cuttree.measure import compare, measure
+from cuttree.measure import compare, count_params, measure
 from cuttree.plan import PruningPlan
 from cuttree.results import Measurements as Measurements  # re-exported: old import path
 from cuttree.results import PruneResult
@@ -47,12 +47,14 @@ def make_plan(
     config: Config,
     calib_data: Iterable[Any] | None = None,
     validate: bool = True,
+    sensitivity: Any = None,
 ) -> tuple[PruningPlan, DependencyGraph]:
     """Trace, score and plan; ``model`` is not modified.
 
     With ``validate`` (the default) the plan is first tried on a shape-only copy of the model,
     and groups whose pruning the model's code cannot take (a literal channel count in a
-    ``view``) are kept whole, with a warning.
+    ``view``) are kept whole, with a warning. ``sensitivity`` (a
+    :class:`cuttree.analysis.Sensitivity`) is what ``allocation: sensitivity`` allocates from.
     """
     refuse_keras(model)
     names = module_names(model)
@@ -67,7 +69,10 @@ def make_plan(
             stacklevel=2,
         )
     extra, weights = criterion_inputs(model, graph, config, calib_data)
-    plan = decide(graph, config, overrides, weights, extra, framework="torch", layout="torch")
+    curves = sensitivity.curves() if sensitivity is not None else None
+    plan = decide(
+        graph, config, overrides, weights, extra, "torch", "torch", params_total=count_params(model), curves=curves
+    )
     if validate:
         return _validated(model, plan, example_inputs, graph), graph
     return plan, graph
@@ -127,6 +132,7 @@ def prune(
     config: Config,
     calib_data: Iterable[Any] | None = None,
     inplace: bool = False,
+    sensitivity: Any = None,
 ) -> PruneResult:
     """Structurally prune ``model``; returns a new model unless ``inplace=True``.
 
@@ -149,7 +155,7 @@ def prune(
         work = strip(sparsify(model, config, calib_data, inplace).model)
         plan, unsupported = PruningPlan(groups=(), config=config.to_dict()), {}
     else:
-        work, plan, graph = plan_and_apply(model, example_inputs, config, calib_data, inplace)
+        work, plan, graph = plan_and_apply(model, example_inputs, config, calib_data, inplace, sensitivity)
         unsupported = graph.unsupported
     t1 = time.perf_counter()
     if before is not None:
@@ -227,6 +233,7 @@ def plan_and_apply(
     config: Config,
     calib_data: Iterable[Any] | None = None,
     inplace: bool = False,
+    sensitivity: Any = None,
 ) -> tuple[nn.Module, PruningPlan, DependencyGraph]:
     """The engine without measurements: trace, score, plan, surgery, forward check.
 
@@ -240,7 +247,17 @@ def plan_and_apply(
             "reconstruct=true needs calibration data: pass calib_data= (an iterable of batches, or a Dataset) "
             "or set reconstruct=false"
         )
-    plan, graph = make_plan(model, example_inputs, config, calib_data, validate=False)
+    if config.latency_target is not None:
+        from cuttree.latency_budget import meet_latency
+
+        if inplace:
+            raise ValueError("latency_target prunes several candidates: it cannot work in place; drop inplace=True")
+
+        def engine(m: nn.Module, x: Sequence[Any], c: Config, data: Any, s: Any) -> Any:
+            return plan_and_apply(m, x, c, data, False, s)
+
+        return meet_latency(model, example_inputs, config, calib_data, sensitivity, engine)
+    plan, graph = make_plan(model, example_inputs, config, calib_data, validate=False, sensitivity=sensitivity)
     plan = _heads_checked(model, plan, example_inputs, graph)
     original = copy.deepcopy(model) if config.reconstruct and inplace else model
     work = model if inplace else copy.deepcopy(model)

@@ -46,7 +46,7 @@ def _json_obj(text: str) -> dict[str, Any]:
 def _config(args: argparse.Namespace, need_target: bool = True) -> Config:
     sets = parse_set(args.set or [])
     if not need_target:  # fine-tuning alone: whatever target the config names is not used
-        sets.update(ratio=0.0, threshold=None, macs_target=None)
+        sets.update(ratio=0.0, threshold=None, macs_target=None, params_target=None, latency_target=None)
     if args.config:
         return Config.from_yaml(args.config, sets)
     return Config(**sets)
@@ -149,7 +149,7 @@ def data_args(sp: argparse.ArgumentParser) -> None:
     )
 
 
-def _data(args: argparse.Namespace, split: str) -> Any:
+def _data(args: argparse.Namespace, split: str, augment: bool = True) -> Any:
     from cuttree.data import load_dataset
 
     name, _, path = args.data.partition(":")
@@ -162,7 +162,7 @@ def _data(args: argparse.Namespace, split: str) -> Any:
         if name not in ("cifar10", "torchvision-cifar10"):
             raise ValueError(f"--normalize applies to cifar10, not to --data {name}; drop it")
         kw["normalize"] = args.normalize
-    if name in ("cifar10", "torchvision-cifar10") and split == "train":
+    if name in ("cifar10", "torchvision-cifar10") and split == "train" and augment:
         kw["augment"] = True  # random crop with padding 4 and horizontal flip, the usual CIFAR recipe
     return load_dataset(name, split, **kw)
 
@@ -186,10 +186,71 @@ def cmd_run(args: argparse.Namespace) -> int:
     model = _model(args).to(device)
     torch.manual_seed(cfg.seed)
     x = (torch.randn(*args.input_shape).to(device),)
+    sens = None
+    if cfg.allocation == "sensitivity":
+        from cuttree.analysis import Sensitivity
+
+        if not args.sensitivity:
+            raise ValueError(
+                "allocation: sensitivity needs --sensitivity FILE: make it with `cuttree sensitivity` on the same "
+                "model, or set allocation: uniform"
+            )
+        sens = Sensitivity.load(args.sensitivity)
     report = run_job(
-        model, x, cfg, _data(args, "train"), _data(args, "test"), args.out, args.arch, args.arch_kwargs, _log(args)
+        model,
+        x,
+        cfg,
+        _data(args, "train"),
+        _data(args, "test"),
+        args.out,
+        args.arch,
+        args.arch_kwargs,
+        _log(args),
+        sensitivity=sens,
+        data_name=args.data,
     )
     print(report_table(report, metric_name(cfg)))
+    from cuttree.report import write_report
+
+    html_path, md_path = write_report(args.out)
+    print(f"\nwrote {args.out}/: model.cuttree, report.json, {html_path.name}, {md_path.name}, config.yaml")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from cuttree.report import write_report
+
+    html_path, md_path = write_report(args.run)
+    print(f"wrote {html_path} and {md_path}")
+    return 0
+
+
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    from cuttree.analysis import sensitivity
+
+    cfg = _config(args, need_target=False)
+    out = Path(args.out)
+    if out.suffix != ".json":
+        raise ValueError(f"--out '{out}' must end in .json")
+    model = _model(args).eval()
+    try:
+        ratios = tuple(float(r) for r in args.ratios.split(","))
+    except ValueError:
+        raise ValueError(f"--ratios '{args.ratios}' is not a list of numbers; write it as 0.25,0.5,0.75") from None
+    data = _data(args, args.split, augment=False)
+    s = sensitivity(
+        model,
+        (torch.zeros(*args.input_shape),),
+        cfg,
+        data,
+        ratios=ratios,
+        samples=args.samples,
+        cache_dir=args.cache_dir,
+        quiet=args.quiet,
+    )
+    print(s.table())
+    s.save(out)
+    print(f"\nwrote {out} ({len(s.groups)} groups × {len(s.ratios)} ratios, {s.seconds:.0f} s of measuring)")
     return 0
 
 
@@ -409,8 +470,30 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     sp.add_argument("--out", required=True, help="run folder")
     sp.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, …")
+    sp.add_argument(
+        "--sensitivity", default=None, help="a `cuttree sensitivity` file, for --set allocation=sensitivity"
+    )
     sp.add_argument("--quiet", action="store_true", help="no per-step log lines")
     sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("report", help="write report.html (self-contained) and report.md from a run's report.json")
+    sp.add_argument("run", help="a run folder (with report.json) or a report .json file")
+    sp.set_defaults(func=cmd_report)
+
+    sp = sub.add_parser(
+        "sensitivity", help="the metric after pruning each group alone at several ratios (cached; resumable)"
+    )
+    model_args(sp)
+    data_args(sp)
+    sp.add_argument("--split", default="train", help="the split to score on (default train: keep test for the end)")
+    sp.add_argument("--samples", type=int, default=1000, help="validation samples scored (a fixed random subset)")
+    sp.add_argument("--ratios", default="0.25,0.5,0.75", help="ratios each group is pruned at, e.g. 0.25,0.5,0.75")
+    sp.add_argument("--config", help="YAML config (mode, criterion, …; its budget is not used)")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    sp.add_argument("--out", required=True, help="output .json (what `run --sensitivity` reads)")
+    sp.add_argument("--cache-dir", default=None, help="cache folder (default $CUTTREE_CACHE or ~/.cache/cuttree)")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
+    sp.set_defaults(func=cmd_sensitivity)
 
     sp = sub.add_parser("finetune", help="fine-tune a .cuttree model (resumable; runs under torchrun) or a .keras one")
     sp.add_argument("model", help="a .cuttree file, or a .keras/.h5 file")

@@ -167,6 +167,7 @@ def cmd_run(args: argparse.Namespace, cfg: Config, train: Any, test: Any) -> int
         data=args.data,
         before={**r.before.to_dict(), "metric": {key: dense}},
         after={**r.after.to_dict(), "metric": {key: final}},
+        plan={g.name: [g.size, len(g.keep), g.unit] for g in r.plan.groups},
         history=[
             {
                 "step": 1,
@@ -174,14 +175,18 @@ def cmd_run(args: argparse.Namespace, cfg: Config, train: Any, test: Any) -> int
                 "metric_after_pruning": {key: pruned},
                 "metric_after_bn_recalibration": {key: recal},
                 "metric_after_finetune": {key: final},
+                "macs": r.after.macs,
                 "finetune_steps": state["steps"],
                 "final_loss": state["loss"],
             }
         ],
     )
+    from cuttree.report import write_report
+
+    html_path, md_path = write_report(out)
     print(r.table())
     print(
         f"{_metric(cfg.mode)}: dense {dense:.2f}, pruned {pruned:.2f}, BN recalibrated {recal:.2f}, "
-        f"fine-tuned {final:.2f}; wrote {out / 'model.keras'} and {out / 'report.json'}"
+        f"fine-tuned {final:.2f}; wrote {out / 'model.keras'}, {out / 'report.json'}, {html_path.name} and {md_path.name}"
     )
     return 0

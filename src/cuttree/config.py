@@ -56,6 +56,18 @@ class LayerOverride(BaseModel):
     min_channels: int | None = Field(default=None, ge=1)
 
 
+class LatencyTarget(BaseModel):
+    """A latency budget measured on the machine cuttree runs on: at most ``ms`` milliseconds per
+    forward pass at batch ``batch`` (eager torch, or ONNX Runtime with ``runtime: onnxruntime``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ms: float = Field(gt=0.0)
+    batch: int = Field(default=1, gt=0)
+    runtime: Literal["eager", "onnxruntime"] = "eager"
+    tolerance: float = Field(default=0.05, ge=0.0, lt=1.0)  #: accepted overshoot, a fraction of ``ms``
+
+
 class FinetuneConfig(BaseModel):
     """How to recover accuracy after pruning (``finetune:`` in the YAML).
 
@@ -102,7 +114,12 @@ class Config(BaseModel):
     - ``min_samples``: the fewest calibration samples a data-driven criterion may use.
     - ``ratio``: the fraction of each group's channels to remove (``scope: global`` ranks all
       groups together). With ``threshold`` too, a channel goes only if both select it.
-    - ``macs_target``: the fraction of the original MACs to keep (e.g. 0.5 halves them).
+    - ``macs_target``: the fraction of the original MACs to keep (e.g. 0.5 halves them);
+      ``params_target`` the same for parameters; ``latency_target`` (``{ms: X, batch: B}``) a
+      measured latency on this machine (:class:`LatencyTarget`).
+    - ``allocation``: how a budget is split among groups: ``uniform`` (by ``scope``: the same
+      ratio everywhere, or all channels ranked together) or ``sensitivity`` (per-group ratios
+      that meet the budget with the least loss predicted by a sensitivity analysis).
     - ``head_ratio``: the fraction of attention heads to remove (default: ``ratio``); 0 keeps
       every head. Per-layer overrides in ``layers`` still win.
     - ``steps``: reach the target in this many prune → fine-tune rounds.
@@ -119,6 +136,9 @@ class Config(BaseModel):
     min_samples: int = Field(default=8, gt=0)
     ratio: float | None = Field(default=None, ge=0.0, le=1.0)
     macs_target: float | None = Field(default=None, gt=0.0, le=1.0)
+    params_target: float | None = Field(default=None, gt=0.0, le=1.0)
+    latency_target: LatencyTarget | None = None
+    allocation: Literal["uniform", "sensitivity"] = "uniform"
     head_ratio: float | None = Field(default=None, ge=0.0, lt=1.0)
     criterion: str = "l1"
     scope: Literal["local", "global"] = "local"
@@ -171,10 +191,17 @@ class Config(BaseModel):
         elif not info.structured or self.nm is not None or self.schedule is not None:
             what = f"criterion {self.criterion} is" if not info.structured else "nm and schedule are"
             raise ValueError(f"{what} for method: unstructured; set method: unstructured")
-        if self.ratio is None and self.threshold is None and self.macs_target is None:
-            raise ValueError("no pruning target; set ratio (e.g. 0.5), threshold or macs_target")
-        if self.macs_target is not None and self.ratio is not None:
-            raise ValueError("ratio and macs_target are two budgets; set one of them")
+        if all(
+            getattr(self, k) is None for k in ("ratio", "threshold", "macs_target", "params_target", "latency_target")
+        ):
+            raise ValueError(
+                "no pruning target; set ratio (e.g. 0.5), threshold, macs_target, params_target or latency_target"
+            )
+        targets = [
+            k for k in ("ratio", "macs_target", "params_target", "latency_target") if getattr(self, k) is not None
+        ]
+        if len(targets) > 1:
+            raise ValueError(f"{' and '.join(targets)} are {len(targets)} budgets; set one of them")
         return self
 
     @classmethod

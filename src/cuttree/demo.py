@@ -54,11 +54,15 @@ def run_demo(args: argparse.Namespace) -> int:
     )
     x = (torch.randn(32, 3, 32, 32),)
     report = run_job(model, x, cfg, train, test, out, arch="cuttree.models:vgg16_bn_cifar", log=_quiet(args))
+    from cuttree.report import write_report
+
+    html_path, md_path = write_report(out)
     print()
     print(report_table(report, metric_name(cfg)))
     print(
-        f"\n(latency: batch 32, median of {cfg.latency_runs} runs; run folder {out}/: model.cuttree, report.json, "
-        "config.yaml)"
+        f"\n(latency: batch 32, median and interquartile range of {cfg.latency_runs} runs, dense and pruned timed "
+        f"interleaved; run folder {out}/: model.cuttree, report.json, {html_path.name} (open it in a browser), "
+        f"{md_path.name}, config.yaml)"
     )
     return 0
 

@@ -20,7 +20,7 @@ from torch import nn
 from cuttree import io
 from cuttree.api import plan_and_apply
 from cuttree.config import Config
-from cuttree.measure import compare, evaluate, measure
+from cuttree.measure import compare, count_macs, evaluate, measure
 from cuttree.plan import PruningPlan, compose
 from cuttree.results import Measurements, aligned, speed_change
 from cuttree.train import Log, finetune, recalibrate_bn, world
@@ -36,9 +36,10 @@ def step_config(cfg: Config, step: int) -> Config:
     upd: dict[str, Any] = {"steps": 1}
     if cfg.ratio is not None:
         upd["ratio"] = 1 - (1 - cfg.ratio) ** (1 / n)
-    if cfg.macs_target is not None:
-        # step i keeps target^((i+1)/n) of the original MACs; the planner sees the current model
-        upd["macs_target"] = cfg.macs_target ** (1 / n)
+    for key in ("macs_target", "params_target"):
+        if getattr(cfg, key) is not None:
+            # step i keeps target^((i+1)/n) of the original; the planner sees the current model
+            upd[key] = getattr(cfg, key) ** (1 / n)
     ft = cfg.finetune.model_copy(update={"epochs": cfg.finetune.epochs / n})
     return cfg.model_copy(update={**upd, "finetune": ft})
 
@@ -57,9 +58,28 @@ def run_job(
     arch: str,
     arch_kwargs: dict[str, Any] | None = None,
     log: Log = print,
+    sensitivity: Any = None,
+    data_name: str = "",
 ) -> dict[str, Any]:
-    """Prune ``model`` to ``cfg``'s target in ``cfg.steps`` rounds with fine-tuning; write the run folder."""
+    """Prune ``model`` to ``cfg``'s target in ``cfg.steps`` rounds with fine-tuning; write the run folder.
+
+    With ``allocation: sensitivity``, ``sensitivity`` (a :class:`cuttree.analysis.Sensitivity` of
+    this model) decides the per-group ratios; it is written to the run folder.
+    """
     out = Path(out_dir)
+    if cfg.latency_target is not None and cfg.steps > 1:
+        raise ValueError(f"latency_target with steps={cfg.steps}: a measured budget is met in one step; set steps: 1")
+    if cfg.allocation == "sensitivity":
+        if sensitivity is None:
+            raise ValueError(
+                "allocation: sensitivity needs a sensitivity analysis of the model: pass --sensitivity FILE "
+                "(from `cuttree sensitivity`), or set allocation: uniform"
+            )
+        if cfg.steps > 1:
+            raise ValueError(
+                f"allocation: sensitivity with steps={cfg.steps}: the analysis describes the unpruned model only; "
+                "set steps: 1"
+            )
     rank, _ = world()
     key = metric_name(cfg)
     teacher = copy.deepcopy(model).eval()
@@ -72,7 +92,9 @@ def run_job(
     current = model
     for i in range(cfg.steps):
         scfg = step_config(cfg, i)
-        current, step_plan, _ = plan_and_apply(current, example_inputs, scfg, calib_data=train_data)
+        current, step_plan, _ = plan_and_apply(
+            current, example_inputs, scfg, calib_data=train_data, sensitivity=sensitivity
+        )
         plan = step_plan if plan is None else compose(plan, step_plan)
         if cfg.finetune.bn_recalibrate and not cfg.reconstruct:
             recalibrate_bn(current, train_data, scfg)
@@ -88,6 +110,7 @@ def run_job(
                 "step": i + 1,
                 "config": scfg.to_dict(),
                 "plan_channels": [step_plan.channels_before, step_plan.channels_after],
+                "macs": count_macs(current, example_inputs),
                 "metric_after_pruning": pruned_metric,
                 "metric_after_finetune": tuned,
                 "finetune_steps": fstate["total"],
@@ -97,15 +120,19 @@ def run_job(
     assert plan is not None
     before, after = compare(teacher, current, example_inputs, cfg.latency_runs)
     metric_after = history[-1]["metric_after_finetune"]
-    report = {
+    report: dict[str, Any] = {
         "command": "run",
         "framework": "torch",
         "model": "model.cuttree",
         "config": cfg.to_dict(),
         "arch": arch,
+        "data": data_name,
         "before": {**before.to_dict(), "metric": metric_before},
         "after": {**after.to_dict(), "metric": metric_after},
         "history": history,
+        "budget": plan.budget,
+        "plan": {g.name: [g.size, len(g.keep), g.unit] for g in plan.groups},
+        "sensitivity": "sensitivity.json" if sensitivity is not None else None,
         "seconds": time.perf_counter() - t0,
     }
     if rank == 0:
@@ -121,6 +148,8 @@ def run_job(
                 "input_shape": [1, *example_inputs[0].shape[1:]] if hasattr(example_inputs[0], "shape") else None,
             },
         )
+        if sensitivity is not None:
+            sensitivity.save(out / "sensitivity.json")
         io.atomic_write(out / "report.json", lambda p: p.write_text(json.dumps(report, indent=1)))
         io.atomic_write(out / "config.yaml", lambda p: p.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
     report["model"] = current

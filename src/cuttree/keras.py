@@ -114,7 +114,8 @@ def make_plan(
     overrides = _resolve(list(config.layers), names, "layers")
     graph, tr = build_graph(model, shapes, ignore)
     extra, weights = criterion_inputs(model, tr, graph, config, calib_data)
-    return decide(graph, config, overrides, weights, extra, framework="keras", layout="keras"), graph
+    plan = decide(graph, config, overrides, weights, extra, "keras", "keras", params_total=int(model.count_params()))
+    return plan, graph
 
 
 def apply_plan(model: Any, plan: PruningPlan, example_inputs: Any = None) -> Any:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import functools
 import statistics
+import sys
 import time
+import types
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from typing import Any
@@ -241,3 +243,15 @@ def evaluate(
             **{f"iou_{i}": float(v * 100) for i, v in enumerate(iou.tolist())},
         }
     return {"top1": 100.0 * correct1 / max(total, 1), "top5": 100.0 * correct5 / max(total, 1)}
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable as :func:`measure`: importing ``cuttree.measure`` (which ``cuttree.prune``
+    does) makes the package attribute ``cuttree.measure`` this module rather than the function,
+    and ``cuttree.measure(model, inputs)`` must work either way."""
+
+    def __call__(self, model: nn.Module, example_inputs: Sequence[Any], latency_runs: int = 10) -> Measurements:
+        return measure(model, example_inputs, latency_runs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -12,7 +12,7 @@ rounded up to a multiple of ``round_to``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,6 +104,27 @@ def estimate_macs(graph: DependencyGraph, keeps: Sequence[np.ndarray]) -> int:
     return round(total)
 
 
+def estimate_params(graph: DependencyGraph, keeps: Sequence[np.ndarray], params: Collection[str], total: int) -> int:
+    """Parameters of the model after keeping ``keeps``: ``total`` less what each parameter tensor
+    among the groups' members (``params``: their names) loses along its pruned dims."""
+    removed: dict[str, dict[int, int]] = {}
+    for g, keep in zip(graph.groups, keeps, strict=True):
+        gone = np.ones(g.size, dtype=bool)
+        gone[keep] = False
+        for m in g.members:
+            if m.tensor in params:
+                n = int(gone[m.channels].sum())
+                if n:
+                    dims = removed.setdefault(m.tensor, {})
+                    dims[m.dim] = dims.get(m.dim, 0) + n
+    lost = 0
+    for t, dims in removed.items():
+        shape = graph.shapes[t]
+        after = math.prod(size - dims.get(d, 0) for d, size in enumerate(shape))
+        lost += math.prod(shape) - after
+    return total - lost
+
+
 def search_macs(
     graph: DependencyGraph,
     scores: Sequence[np.ndarray],
@@ -112,8 +133,23 @@ def search_macs(
     global_scope: bool,
 ) -> list[np.ndarray]:
     """The smallest ratio whose plan keeps at most ``target`` of the MACs (bisection)."""
+    return search(graph, scores, budgets, target, global_scope, lambda k: estimate_macs(graph, k), graph.macs, "macs")
+
+
+def search(
+    graph: DependencyGraph,
+    scores: Sequence[np.ndarray],
+    budgets: Sequence[GroupBudget],
+    target: float,
+    global_scope: bool,
+    cost: Callable[[Sequence[np.ndarray]], int],
+    full: int,
+    what: str,
+) -> list[np.ndarray]:
+    """The smallest ratio whose plan keeps at most ``target`` of ``cost`` (bisection); ``full`` is
+    the unpruned model's cost and ``what`` its name in errors (``macs``, ``params``)."""
     names = [g.name for g in graph.groups]
-    goal = target * graph.macs
+    goal = target * full
 
     def plan_at(r: float) -> list[np.ndarray]:
         bs = budgets if global_scope else [b if b.ratio is not None else _with_ratio(b, r) for b in budgets]
@@ -121,16 +157,17 @@ def search_macs(
 
     lo, hi = 0.0, 0.999
     best = plan_at(hi)
-    if estimate_macs(graph, best) > goal:
-        reach = estimate_macs(graph, best) / max(graph.macs, 1)
+    if cost(best) > goal:
+        reach = cost(best) / max(full, 1)
         raise PlanError(
-            f"macs_target={target} is unreachable: keeping min_channels in every prunable group still leaves "
-            f"{reach:.1%} of the MACs; raise macs_target to at least {math.ceil(reach * 1000) / 1000} or lower min_channels"
+            f"{what}_target={target} is unreachable: keeping min_channels in every prunable group still leaves "
+            f"{reach:.1%} of the {'MACs' if what == 'macs' else 'parameters'}; raise {what}_target to at least "
+            f"{math.ceil(reach * 1000) / 1000} or lower min_channels"
         )
     for _ in range(30):
         mid = (lo + hi) / 2
         keeps = plan_at(mid)
-        if estimate_macs(graph, keeps) <= goal:
+        if cost(keeps) <= goal:
             hi, best = mid, keeps
         else:
             lo = mid

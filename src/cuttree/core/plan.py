@@ -92,6 +92,9 @@ class PruningPlan:
     config: dict[str, Any] = field(default_factory=dict)
     framework: str = "torch"  #: the frontend that made it: "torch" or "keras"
     layout: str = "torch"  #: weight layout of ``shapes``: "torch" (out, in, *k) or "keras" (*k, in, out)
+    #: how the budget was met: the allocation's per-group ratios and predicted loss, a latency
+    #: target's measured latency and margin (empty for a plain ratio)
+    budget: dict[str, Any] = field(default_factory=dict)
 
     def __iter__(self) -> Iterator[GroupPlan]:
         return iter(self.groups)
@@ -144,6 +147,7 @@ class PruningPlan:
             "macs_before": self.macs_before,
             "macs_after": self.macs_after,
             "config": self.config,
+            "budget": self.budget,
             "shapes": {k: list(v) for k, v in self.shapes.items()},
             "groups": [
                 {
@@ -186,6 +190,7 @@ class PruningPlan:
             config=dict(d.get("config", {})),
             framework=str(d.get("framework", "torch")),  # files written before the field were all torch
             layout=str(d.get("layout", "torch")),
+            budget=dict(d.get("budget", {})) if isinstance(d.get("budget", {}), dict) else {},
         )
 
 
@@ -221,5 +226,12 @@ def compose(first: PruningPlan, second: PruningPlan) -> PruningPlan:
     if extra:
         raise PlanError(f"cannot compose plans: group '{extra[0]}' of the second plan is not in the first")
     return PruningPlan(
-        tuple(groups), first.shapes, first.macs_before, second.macs_after, second.config, first.framework, first.layout
+        tuple(groups),
+        first.shapes,
+        first.macs_before,
+        second.macs_after,
+        second.config,
+        first.framework,
+        first.layout,
+        second.budget,
     )

@@ -7,13 +7,16 @@ the frontend and its weight layout.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from cuttree.config import Config, LayerOverride
-from cuttree.core.budget import GroupBudget, estimate_macs, search_macs, select
+from cuttree.core.allocate import Curve, allocate
+from cuttree.core.budget import GroupBudget, _with_ratio, estimate_macs, estimate_params, search, select
 from cuttree.core.grouping import DependencyGraph
 from cuttree.core.importance import CRITERIA, used_criterion
 from cuttree.core.plan import GroupPlan, PlanMember, PruningPlan
@@ -42,17 +45,32 @@ def decide(
     extra: Mapping[str, np.ndarray],
     framework: str,
     layout: str,
+    params_total: int | None = None,
+    curves: Mapping[str, Curve] | None = None,
 ) -> PruningPlan:
-    """Score every group with ``config.criterion``, choose what each keeps, and return the plan."""
+    """Score every group with ``config.criterion``, choose what each keeps, and return the plan.
+
+    ``params_total`` (the model's parameter count) is needed by ``params_target``; ``curves``
+    (group → measured (ratio, metric drop) pairs, from a sensitivity analysis) by
+    ``allocation: sensitivity``.
+    """
+    if config.latency_target is not None:
+        raise PlanError(
+            "latency_target is met by measuring pruned candidates, which planning alone cannot do: "
+            "use cuttree.prune (or cuttree prune / run), or set macs_target"
+        )
     budgets = group_budgets(graph, config, overrides)
     score_fn = CRITERIA[config.criterion]
     scores = [score_fn(g, weights, extra, config.seed) for g in graph.groups]
-    if config.macs_target is not None:
-        keeps = search_macs(graph, scores, budgets, config.macs_target, config.scope == "global")
+    names = [g.name for g in graph.groups]
+    cost, full, what, target = _cost(graph, config, weights, params_total)
+    allocation: dict[str, Any] | None = None
+    if config.allocation == "sensitivity":
+        keeps, allocation = _by_sensitivity(graph, config, scores, budgets, curves, cost, full, target)
+    elif target is not None:
+        keeps = search(graph, scores, budgets, target, config.scope == "global", cost, full, what)
     else:
-        keeps = select(
-            [g.name for g in graph.groups], scores, budgets, config.ratio if config.scope == "global" else None
-        )
+        keeps = select(names, scores, budgets, config.ratio if config.scope == "global" else None)
     plan = PruningPlan(
         groups=tuple(
             GroupPlan(
@@ -71,9 +89,65 @@ def decide(
         framework=framework,
         layout=layout,
     )
-    return PruningPlan(
-        plan.groups, plan.shapes, plan.macs_before, estimate(graph, plan), plan.config, framework, layout
-    )
+    plan = dataclasses.replace(plan, macs_after=estimate(graph, plan))
+    if allocation is not None:
+        plan = dataclasses.replace(plan, budget=allocation)
+    return plan
+
+
+def _cost(
+    graph: DependencyGraph, config: Config, weights: Mapping[str, np.ndarray], params_total: int | None
+) -> tuple[Callable[[Sequence[np.ndarray]], int], int, str, float | None]:
+    """The budget's cost of a choice of kept channels, the unpruned cost, its name and the target."""
+    if config.params_target is not None:
+        if params_total is None:
+            raise PlanError("params_target needs the model's parameter count; this frontend does not give it")
+        params = set(weights)
+        return (
+            lambda k: estimate_params(graph, k, params, params_total),
+            params_total,
+            "params",
+            config.params_target,
+        )
+    return (lambda k: estimate_macs(graph, k)), graph.macs, "macs", config.macs_target
+
+
+def _by_sensitivity(
+    graph: DependencyGraph,
+    config: Config,
+    scores: Sequence[np.ndarray],
+    budgets: Sequence[GroupBudget],
+    curves: Mapping[str, Curve] | None,
+    cost: Callable[[Sequence[np.ndarray]], int],
+    full: int,
+    target: float | None,
+) -> tuple[list[np.ndarray], dict[str, Any]]:
+    if curves is None:
+        raise PlanError(
+            "allocation: sensitivity needs a sensitivity analysis of this model: pass sensitivity= "
+            "(cuttree.sensitivity(...)) or run `cuttree sensitivity` first; or set allocation: uniform"
+        )
+    if target is None:
+        raise PlanError("allocation: sensitivity needs a budget to allocate: set macs_target or params_target")
+    names = [g.name for g in graph.groups]
+    known = [n for n in names if n in curves]
+    if not known:
+        raise PlanError(
+            f"the sensitivity analysis names none of this model's {len(names)} groups (e.g. '{names[0]}'); "
+            "it was made for another model or other settings: run it again on this one"
+        )
+
+    def keeps_at(rs: Sequence[float]) -> list[np.ndarray]:
+        return select(names, scores, [_with_ratio(b, r) for b, r in zip(budgets, rs, strict=True)], None)
+
+    ratios, loss = allocate(names, keeps_at, curves, cost, target * full)
+    return keeps_at(ratios), {
+        "allocation": "sensitivity",
+        "target": target,
+        "predicted_drop": round(loss, 4),
+        "ratios": {n: round(r, 4) for n, r in zip(names, ratios, strict=True)},
+        "groups_without_curve": [n for n in names if n not in curves],
+    }
 
 
 def estimate(graph: DependencyGraph, plan: PruningPlan) -> int:
