@@ -180,3 +180,27 @@ def test_plans_from_older_files_have_an_empty_budget() -> None:
     del d["budget"]
     assert cuttree.PruningPlan.from_dict(d).budget == {}
     assert dataclasses.replace(cuttree.PruningPlan.from_dict(d)).budget == {}
+
+
+def test_cli_sensitivity_then_run_with_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from cuttree.cli import main
+
+    model = ["--arch", "cuttree.models:resnet20", "--input-shape", "1,3,32,32", "--data", "digits"]
+    sens = tmp_path / "r20.sens.json"
+    assert main(["sensitivity", *model, "--samples", "64", "--ratios", "0.5", "--set", "min_samples=32",
+                 "--cache-dir", str(tmp_path / "cache"), "--out", str(sens), "--quiet"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    s = Sensitivity.load(sens)
+    assert len(s.groups) == 10 and s.ratios == (0.5,) and s.complete and "drop in points" in out
+    run = tmp_path / "run"
+    assert main(["run", *model, "--set", "macs_target=0.6", "--set", "allocation=sensitivity", "--set", "min_samples=32",
+                 "--set", "finetune.epochs=0.05", "--set", "latency_runs=0", "--sensitivity", str(sens),
+                 "--out", str(run), "--quiet"]) == 0  # fmt: skip
+    report = json.loads((run / "report.json").read_text())
+    assert report["budget"]["allocation"] == "sensitivity" and report["after"]["macs"] <= 0.6 * report["before"]["macs"]
+    assert Sensitivity.load(run / "sensitivity.json").key == s.key
+    assert 'id="fig-sensitivity"' in (run / "report.html").read_text()
+    code = main(["run", *model, "--set", "macs_target=0.6", "--set", "allocation=sensitivity", "--out", str(run)])
+    assert code == 2 and "needs --sensitivity FILE" in capsys.readouterr().err

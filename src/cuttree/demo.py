@@ -53,7 +53,9 @@ def run_demo(args: argparse.Namespace) -> int:
         f"epochs with distillation (α {cfg.finetune.distill}, T {cfg.finetune.temperature:g})"
     )
     x = (torch.randn(32, 3, 32, 32),)
-    report = run_job(model, x, cfg, train, test, out, arch="cuttree.models:vgg16_bn_cifar", log=_quiet(args))
+    report = run_job(
+        model, x, cfg, train, test, out, arch="cuttree.models:vgg16_bn_cifar", log=_quiet(args), data_name=args.data
+    )
     from cuttree.report import write_report
 
     html_path, md_path = write_report(out)
