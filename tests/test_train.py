@@ -207,3 +207,37 @@ def test_run_job_feeds_its_training_data_to_calibration(tmp_path: Path, extra: d
     report = run_job(resnet20(), (torch.randn(1, 3, 32, 32),), c, ds, ds, tmp_path, arch, log=lambda m: None)
     assert report["after"]["params"] < report["before"]["params"]
     assert (tmp_path / "model.cuttree").is_file()
+
+
+def test_a_live_bar_on_a_terminal_replaces_the_step_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from rich.console import Console
+
+    from cuttree import progress
+    from cuttree.models import resnet20
+    from cuttree.train import finetune
+
+    g = torch.Generator().manual_seed(1)
+    ds = TensorDataset(torch.randn(64, 3, 32, 32, generator=g), torch.randint(0, 10, (64,), generator=g))
+    cfg = cuttree.Config(ratio=0.1, finetune={"epochs": 1, "batch_size": 16, "checkpoint_every": 0})
+    plain: list[str] = []
+    torch.manual_seed(0)
+    a = resnet20()
+    finetune(a, ds, cfg, log=plain.append, progress=True)  # not a terminal here: plain lines
+    assert [line.split()[1] for line in plain] == ["1/4", "2/4", "3/4", "4/4"]
+    screen = io.StringIO()
+    monkeypatch.setattr(progress, "on_terminal", lambda: True)
+    real = progress.Progress.__init__
+
+    def to_screen(self: progress.Progress, *args: object, **kw: object) -> None:
+        real(self, *args, **{**kw, "console": Console(file=screen, force_terminal=True, width=100)})  # type: ignore[arg-type]
+
+    monkeypatch.setattr(progress.Progress, "__init__", to_screen)
+    live: list[str] = []
+    torch.manual_seed(0)
+    b = resnet20()
+    finetune(b, ds, cfg, log=live.append, progress=True)
+    assert live == [] and "fine-tune" in screen.getvalue() and "4/4" in screen.getvalue()
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(p, q)  # the bar changes nothing but what is printed

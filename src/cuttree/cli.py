@@ -208,6 +208,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _log(args),
         sensitivity=sens,
         data_name=args.data,
+        progress=not args.quiet,
     )
     print(report_table(report, metric_name(cfg)))
     from cuttree.report import write_report
@@ -285,6 +286,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         resume=args.resume,
         log=_log(args) if rank == 0 else (lambda m: None),
         max_steps=args.max_steps,
+        progress=not args.quiet,
     )
     digest = sum(float(p.double().sum()) for p in model.parameters())
     print(f"rank {rank}/{size}: step {state['step']}/{state['total']} weights checksum {digest:.10f}", flush=True)

@@ -54,7 +54,16 @@ def run_demo(args: argparse.Namespace) -> int:
     )
     x = (torch.randn(32, 3, 32, 32),)
     report = run_job(
-        model, x, cfg, train, test, out, arch="cuttree.models:vgg16_bn_cifar", log=_quiet(args), data_name=args.data
+        model,
+        x,
+        cfg,
+        train,
+        test,
+        out,
+        arch="cuttree.models:vgg16_bn_cifar",
+        log=_quiet(args),
+        data_name=args.data,
+        progress=not args.quiet,
     )
     from cuttree.report import write_report
 

@@ -60,6 +60,7 @@ def run_job(
     log: Log = print,
     sensitivity: Any = None,
     data_name: str = "",
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Prune ``model`` to ``cfg``'s target in ``cfg.steps`` rounds with fine-tuning; write the run folder.
 
@@ -102,7 +103,7 @@ def run_job(
         log(f"step {i + 1}/{cfg.steps}: pruned, {key} {pruned_metric[key]:.2f} before fine-tuning")
         ft_dir = out / f"step{i + 1}"
         ft_dir.mkdir(parents=True, exist_ok=True)
-        fstate = finetune(current, train_data, scfg, teacher=teacher, run_dir=ft_dir, log=log)
+        fstate = finetune(current, train_data, scfg, teacher=teacher, run_dir=ft_dir, log=log, progress=progress)
         tuned = evaluate(current, test_data, cfg.mode, ignore_index=cfg.finetune.ignore_index)
         log(f"step {i + 1}/{cfg.steps}: fine-tuned, {key} {tuned[key]:.2f}")
         history.append(

@@ -224,12 +224,17 @@ def finetune(
     log: Log = print,
     max_steps: int | None = None,
     on_step: Callable[[int], None] | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune ``model`` in place on ``train_data`` (pairs ``(x, y)``); returns the history.
 
     ``max_steps`` stops early (as a kill would) after that many steps of this call;
     ``on_step(step)`` runs before each step (a gradual sparsity schedule updates masks there).
+    Progress is a ``log`` line every tenth of an epoch; with ``progress`` on a terminal, a live
+    bar (with the running loss and ETA) instead.
     """
+    from cuttree.progress import Progress, on_terminal
+
     ft = cfg.finetune
     rank, size = world()
     device = model_device(model)
@@ -271,41 +276,54 @@ def finetune(
     done_here = 0
     running = 0.0
     t_start = time.perf_counter()
-    while step < total and (max_steps is None or done_here < max_steps):
-        epoch, in_epoch = divmod(step, steps_per_epoch)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))[rank::size]
-        idx = perm[in_epoch * ft.batch_size : (in_epoch + 1) * ft.batch_size].tolist()
-        x, y = default_collate([train_data[i] for i in idx])
-        x, y = x.to(device), y.to(device)
-        if on_step is not None:
-            on_step(step)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, total, steps_per_epoch, ft)
-        net.train()
-        with precision.autocast():
-            out = primary_output(net(x))
-            loss = task_loss(out, y, cfg.mode, ft.ignore_index)
-            if teacher is not None and ft.distill > 0:
-                with torch.no_grad():
-                    t_out = primary_output(teacher(x))
-                loss = (1 - ft.distill) * loss + ft.distill * distill_loss(out.float(), t_out.float(), ft.temperature)
-        opt.zero_grad(set_to_none=True)
-        precision.step(loss, opt)
-        step += 1
-        done_here += 1
-        value = loss.item()
-        running = value if step == 1 else 0.9 * running + 0.1 * value
-        if step % max(1, steps_per_epoch // 10) == 0 or step == total:
-            eta = (time.perf_counter() - t_start) / done_here * (total - step)
-            log(
-                f"step {step}/{total} epoch {step / steps_per_epoch:.2f} loss {running:.4f} "
-                f"lr {opt.param_groups[0]['lr']:.5f} eta {int(eta) // 60}:{int(eta) % 60:02d}"
-            )
-        state["history"].append({"step": step, "loss": value})
-        if run is not None and rank == 0 and ft.checkpoint_every and (step % ft.checkpoint_every == 0 or step == total):
-            state["step"] = step
-            state["scaler"] = precision.state_dict()
-            _save_checkpoint(run, model, opt, state, rng.capture(device, train_data))
+    live = progress and rank == 0 and on_terminal()
+    bar = Progress(total, "fine-tune", terminal=True, quiet=not live)
+    with bar:
+        bar.advance(step)
+        while step < total and (max_steps is None or done_here < max_steps):
+            epoch, in_epoch = divmod(step, steps_per_epoch)
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))[rank::size]
+            idx = perm[in_epoch * ft.batch_size : (in_epoch + 1) * ft.batch_size].tolist()
+            x, y = default_collate([train_data[i] for i in idx])
+            x, y = x.to(device), y.to(device)
+            if on_step is not None:
+                on_step(step)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, total, steps_per_epoch, ft)
+            net.train()
+            with precision.autocast():
+                out = primary_output(net(x))
+                loss = task_loss(out, y, cfg.mode, ft.ignore_index)
+                if teacher is not None and ft.distill > 0:
+                    with torch.no_grad():
+                        t_out = primary_output(teacher(x))
+                    loss = (1 - ft.distill) * loss + ft.distill * distill_loss(
+                        out.float(), t_out.float(), ft.temperature
+                    )
+            opt.zero_grad(set_to_none=True)
+            precision.step(loss, opt)
+            step += 1
+            done_here += 1
+            value = loss.item()
+            running = value if step == 1 else 0.9 * running + 0.1 * value
+            if live:
+                bar.advance(info=f"loss {running:.4f}")
+            elif step % max(1, steps_per_epoch // 10) == 0 or step == total:
+                eta = (time.perf_counter() - t_start) / done_here * (total - step)
+                log(
+                    f"step {step}/{total} epoch {step / steps_per_epoch:.2f} loss {running:.4f} "
+                    f"lr {opt.param_groups[0]['lr']:.5f} eta {int(eta) // 60}:{int(eta) % 60:02d}"
+                )
+            state["history"].append({"step": step, "loss": value})
+            if (
+                run is not None
+                and rank == 0
+                and ft.checkpoint_every
+                and (step % ft.checkpoint_every == 0 or step == total)
+            ):
+                state["step"] = step
+                state["scaler"] = precision.state_dict()
+                _save_checkpoint(run, model, opt, state, rng.capture(device, train_data))
     state["step"] = step
     state["total"] = total
     return state
