@@ -14,6 +14,30 @@ from torch import nn
 from cuttree.errors import TraceError
 
 
+def as_inputs(example_inputs: Any) -> tuple[Any, ...]:
+    """Example inputs as the positional arguments of one call: a single tensor is one input (as
+    users expect), a list or tuple is several; anything else is a one-line error.
+
+    >>> [tuple(x.shape) for x in as_inputs(torch.zeros(2, 3))]
+    [(2, 3)]
+    >>> len(as_inputs([torch.zeros(1), torch.zeros(1)]))
+    2
+    """
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, list | tuple):
+        return tuple(example_inputs)
+    if isinstance(example_inputs, dict):
+        raise TypeError(
+            "example inputs given as a dict: pass the positional inputs as a tuple, e.g. (input_ids,); "
+            "keyword inputs are for calibration batches"
+        )
+    raise TypeError(
+        f"example inputs must be a tensor or a tuple of inputs, got {type(example_inputs).__name__}; "
+        "pass e.g. torch.randn(1, 3, 224, 224)"
+    )
+
+
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode inside the block; every module's own training flag restored afterwards."""

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cuttree._util import to_numpy
+from cuttree._util import as_inputs, to_numpy
 from cuttree.api import make_plan
 from cuttree.config import Config
 from cuttree.core.allocate import Curve
@@ -160,6 +160,7 @@ def sensitivity(
     """
     from cuttree.job import metric_name
 
+    example_inputs = as_inputs(example_inputs)
     ratios = tuple(sorted(float(r) for r in ratios))
     if not ratios or any(not 0.0 < r < 1.0 for r in ratios):
         raise ValueError(

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from cuttree import calibrate
-from cuttree._util import model_device, refuse_keras, to_numpy
+from cuttree._util import as_inputs, model_device, refuse_keras, to_numpy
 from cuttree.config import Config
 from cuttree.core.planner import decide, estimate, resolve
 from cuttree.errors import SurgeryError
@@ -57,6 +57,7 @@ def make_plan(
     :class:`cuttree.analysis.Sensitivity`) is what ``allocation: sensitivity`` allocates from.
     """
     refuse_keras(model)
+    example_inputs = as_inputs(example_inputs)
     names = module_names(model)
     ignore = sorted({n for hits in resolve(config.ignore, names, "ignore").values() for n in hits})
     overrides = resolve(config.layers, names, "layers")
@@ -145,7 +146,7 @@ def prune(
     if not isinstance(config, Config):
         raise TypeError(f"config must be a cuttree.Config, got {type(config).__name__}; build one with Config(...)")
     refuse_keras(model)
-    example_inputs = tuple(example_inputs) if isinstance(example_inputs, list) else example_inputs
+    example_inputs = as_inputs(example_inputs)
     # in place, the dense model is gone afterwards: it is measured now and timed alone; otherwise
     # both are measured at the end, their latencies interleaved in one loop
     before = measure(model, example_inputs, config.latency_runs) if inplace else None

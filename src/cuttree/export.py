@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
-from cuttree._util import eval_mode, to_numpy
+from cuttree._util import as_inputs, eval_mode, to_numpy
 from cuttree.errors import CuttreeError
 from cuttree.files import atomic_write
 
@@ -70,7 +70,7 @@ def export_onnx(
     path = Path(path)
     if path.suffix != ".onnx":
         raise ValueError(f"ONNX output '{path}' must end in .onnx")
-    inputs = tuple(example_inputs)
+    inputs = as_inputs(example_inputs)
     if not inputs or not all(isinstance(x, torch.Tensor) and x.dim() >= 1 for x in inputs):
         raise ValueError(
             "ONNX export needs example inputs that are tensors with a batch dimension, e.g. (1, 3, 224, 224)"

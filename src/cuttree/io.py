@@ -12,6 +12,7 @@ plus ``trusted`` given by the caller); anything else needs ``build=`` from the c
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import math
@@ -122,7 +123,28 @@ def save(
     tensors, sparse = compress(state_dict_for_save(model))
     if sparse:
         meta["sparse"] = json.dumps(sparse)
+    meta["checksum"] = checksum(tensors, meta)
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+def checksum(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str:
+    """SHA-256 of every stored tensor (name, dtype, shape, bytes) and every metadata entry, so a
+    flipped bit anywhere in the file's content is found (safetensors itself checks no data).
+
+    >>> checksum({"w": torch.zeros(2)}, {"arch": "m:f"}) == checksum({"w": torch.zeros(2)}, {"arch": "m:f"})
+    True
+    >>> checksum({"w": torch.zeros(2)}, {}) == checksum({"w": torch.tensor([0.0, 1e-45])}, {})
+    False
+    """
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        v = tensors[k].detach().cpu().contiguous()
+        h.update(f"{k}|{v.dtype}|{list(v.shape)}|".encode())
+        h.update(to_numpy(v.reshape(-1).view(torch.uint8)).tobytes())
+    for k in sorted(meta):
+        if k != "checksum":
+            h.update(f"{k}={meta[k]}|".encode())
+    return "sha256:" + h.hexdigest()
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
@@ -203,11 +225,32 @@ def load(
     from safetensors.torch import load_file
 
     meta = read_metadata(path)
+    try:
+        stored = load_file(str(path))
+    except Exception as e:  # a truncated or damaged body raises several types
+        raise FileFormatError(f"'{path}' is corrupt: its tensors cannot be read ({type(e).__name__})") from None
+    verify(path, stored)
     model = build() if build is not None else build_model(meta["arch"], meta.get("arch_kwargs"), trusted)
     apply_plan(model, meta["plan"])
-    state = decompress(load_file(str(path)), meta.get("sparse", {}), str(path))
+    state = decompress(stored, meta.get("sparse", {}), str(path))
     load_state(model, state, str(path))
     return model.eval()
+
+
+def verify(path: str | Path, stored: dict[str, torch.Tensor]) -> None:
+    """Refuse a file whose tensors or metadata are not what was written (:func:`checksum`)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        raw = f.metadata() or {}
+    want = raw.get("checksum")
+    if want is None:
+        return  # written before files carried a checksum
+    if checksum(stored, raw) != want:
+        raise FileFormatError(
+            f"'{path}' is corrupt: its checksum does not match its contents (a changed bit in the weights or "
+            "metadata); use an intact copy"
+        )
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

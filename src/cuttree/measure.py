@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from cuttree._util import eval_mode, model_device, primary_output, run_model
+from cuttree._util import as_inputs, eval_mode, model_device, primary_output, run_model
 from cuttree.results import Measurements as Measurements  # re-exported: old import path
 from cuttree.timing import Timing, interleaved
 
@@ -149,6 +149,7 @@ def measure(model: nn.Module, example_inputs: Sequence[Any], latency_runs: int =
     >>> (m.params, m.macs)
     (10, 24)
     """
+    example_inputs = as_inputs(example_inputs)
     m = _static(model, example_inputs)
     if latency_runs <= 0:
         return m
@@ -165,6 +166,7 @@ def compare(
     >>> (a.macs, b.macs, a.latency_timing, b.latency_timing)
     (48, 24, 'interleaved', 'interleaved')
     """
+    example_inputs = as_inputs(example_inputs)
     ma, mb = _static(before, example_inputs), _static(after, example_inputs)
     if latency_runs <= 0:
         return ma, mb

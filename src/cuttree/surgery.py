@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
-from cuttree._util import eval_mode
+from cuttree._util import as_inputs, eval_mode
 from cuttree.errors import SurgeryError
 from cuttree.plan import PruningPlan
 from cuttree.rules import rule_for_module
@@ -67,6 +67,8 @@ def apply_plan(
     with ``output_shapes``, that every output keeps its shape. All or nothing: if the check
     fails, the model is restored as it was and :class:`SurgeryError` is raised.
     """
+    if example_inputs is not None:
+        example_inputs = as_inputs(example_inputs)
     check_shapes(model, plan)
     owners = _owners(model)
     undo: list[tuple[nn.Module, str, torch.Tensor]] = []
