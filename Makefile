@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.cuttree-installed
 ARGS ?=
 
-.PHONY: chromium setup test test-keras-tf test-keras-jax demo lint bench-zoo bench-speed bench-recovery bench-keras clean
+.PHONY: chromium setup test test-slow test-keras-tf test-keras-jax demo lint bench-zoo bench-speed bench-recovery bench-keras clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: $(STAMP) chromium
 	$(BIN)/python -m ruff check src tests bench
 	$(BIN)/python -m mypy src/cuttree bench
 	$(BIN)/python -m pytest -q
+
+# the reliability suite at full size: ≥ 10,000 generated bad inputs (the fast suite runs half)
+test-slow: $(STAMP)
+	CUTTREE_FUZZ=2 $(BIN)/python -m pytest -q -s -p no:logging tests/reliability
 
 # the Keras tests again on the TensorFlow backend (tensorflow-cpu from PyPI, not in CI)
 test-keras-tf: $(STAMP)

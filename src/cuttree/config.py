@@ -235,12 +235,22 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--set '{item}': expected KEY=VALUE, e.g. --set ratio=0.5")
-        *parents, leaf = key.strip().split(".")
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. --set ratio=0.5")
+        *parents, leaf = parts = key.strip().split(".")
+        if not all(parts):
+            raise ValueError(f"--set {item!r}: key {key!r} has an empty part; write dotted keys as finetune.epochs=2")
         node = out
         for p in parents:
             node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(value)
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {item!r}: {p!r} was set to a value before, so it cannot hold {leaf!r}")
+        try:
+            node[leaf] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ValueError(
+                f"--set {item!r}: the value {value!r} is not valid YAML; quote it (a string: --set {key}='\"...\"') "
+                "or fix its brackets"
+            ) from None
     return out
 
 

@@ -175,7 +175,10 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
                 raise FileFormatError(f"'{p}': metadata '{k}' is not valid JSON; the file is corrupt") from None
     if "plan" not in out:
         raise FileFormatError(f"'{p}': no plan in the metadata; the file is corrupt")
-    out["plan"] = PruningPlan.from_dict(out["plan"])
+    try:
+        out["plan"] = PruningPlan.from_dict(out["plan"])
+    except FileFormatError as e:
+        raise FileFormatError(f"'{p}': {e}") from None
     return out
 
 
@@ -224,12 +227,13 @@ def load(
     """Rebuild the pruned model stored in ``path`` (weights loaded, eval mode)."""
     from safetensors.torch import load_file
 
-    meta = read_metadata(path)
+    read_metadata(path)  # a file that is not a cuttree file at all is named as such first
     try:
         stored = load_file(str(path))
     except Exception as e:  # a truncated or damaged body raises several types
         raise FileFormatError(f"'{path}' is corrupt: its tensors cannot be read ({type(e).__name__})") from None
-    verify(path, stored)
+    verify(path, stored)  # before anything in the file is used
+    meta = read_metadata(path)
     model = build() if build is not None else build_model(meta["arch"], meta.get("arch_kwargs"), trusted)
     apply_plan(model, meta["plan"])
     state = decompress(stored, meta.get("sparse", {}), str(path))
