@@ -62,21 +62,47 @@ def make_plan(
     ignore = sorted({n for hits in resolve(config.ignore, names, "ignore").values() for n in hits})
     overrides = resolve(config.layers, names, "layers")
     graph = build_graph(model, example_inputs, ignore)
-    if graph.unreached:
-        warnings.warn(
-            f"the eval-mode forward never used {', '.join(graph.unreached[:4])}{' …' if len(graph.unreached) > 4 else ''}: "
-            "they keep their shapes, so if they run in training mode (auxiliary heads), disable them or add the layers "
-            "feeding them to 'ignore'",
-            stacklevel=2,
-        )
     extra, weights = criterion_inputs(model, graph, config, calib_data)
     curves = sensitivity.curves() if sensitivity is not None else None
     plan = decide(
         graph, config, overrides, weights, extra, "torch", "torch", params_total=count_params(model), curves=curves
     )
     if validate:
-        return _validated(model, plan, example_inputs, graph), graph
+        return _validated(model, _train_checked(model, plan, example_inputs, graph), example_inputs, graph), graph
     return plan, graph
+
+
+def _train_checked(
+    model: nn.Module, plan: PruningPlan, example_inputs: Sequence[Any], graph: DependencyGraph
+) -> PruningPlan:
+    """``plan``, with the groups whose pruning breaks the training-mode forward kept whole.
+
+    Layers the eval-mode trace never reached (auxiliary classifiers that run only in training)
+    keep their shapes, so the channels feeding them must stay too: the plan is tried in training
+    mode on a shape-only copy, and the groups that break it are kept whole, with a warning.
+    """
+    if not graph.unreached:
+        return plan
+    from cuttree.validate import train_output_shapes
+
+    unreached = f"{', '.join(graph.unreached[:4])}{' …' if len(graph.unreached) > 4 else ''}"
+    shapes = train_output_shapes(model, example_inputs)
+    if shapes is None:
+        warnings.warn(
+            f"the eval-mode forward never used {unreached} and the training-mode forward cannot be checked on a "
+            "shape-only copy: they keep their shapes, so if they run in training mode, disable them or add the layers "
+            "feeding them to 'ignore'",
+            stacklevel=3,
+        )
+        return plan
+    plan, broken = repair(model, plan, example_inputs, shapes, train=True)
+    if broken:
+        warnings.warn(
+            f"kept {len(broken)} group(s) whole because layers that run only in training ({unreached}) take their "
+            f"channels: {', '.join(broken[:5])}" + (" …" if len(broken) > 5 else ""),
+            stacklevel=3,
+        )
+    return plan
 
 
 def _validated(
@@ -259,7 +285,7 @@ def plan_and_apply(
 
         return meet_latency(model, example_inputs, config, calib_data, sensitivity, engine)
     plan, graph = make_plan(model, example_inputs, config, calib_data, validate=False, sensitivity=sensitivity)
-    plan = _heads_checked(model, plan, example_inputs, graph)
+    plan = _heads_checked(model, _train_checked(model, plan, example_inputs, graph), example_inputs, graph)
     original = copy.deepcopy(model) if config.reconstruct and inplace else model
     work = model if inplace else copy.deepcopy(model)
     try:

@@ -37,10 +37,13 @@ def _to_meta(x: Any) -> Any:
 
 
 class _Prober:
-    def __init__(self, model: nn.Module, example_inputs: Sequence[Any], shapes: list[tuple[int, ...]]) -> None:
+    def __init__(
+        self, model: nn.Module, example_inputs: Sequence[Any], shapes: list[tuple[int, ...]], train: bool = False
+    ) -> None:
         self.model = model
         self.inputs = tree_map(_to_meta, tuple(example_inputs))
         self.shapes = shapes
+        self.train = train
         self.probes = 0
 
     def ok(self, plan: PruningPlan) -> bool:
@@ -48,11 +51,37 @@ class _Prober:
         m = _meta_copy(self.model)
         try:
             apply_plan(m, plan)
-            with eval_mode(m), torch.no_grad():
-                out = m(*self.inputs)
+            out = _run(m, self.inputs, self.train)
         except Exception:  # any failure means "this subset breaks the model's code"
             return False
-        return [t.shape for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)] == self.shapes
+        return _shapes(out) == self.shapes
+
+
+def _run(m: nn.Module, inputs: Sequence[Any], train: bool) -> Any:
+    with eval_mode(m), torch.no_grad():
+        if train:
+            m.train()
+            inputs = tree_map(_batch_of_two, tuple(inputs))  # batch norm trains on more than one sample
+        return m(*inputs)
+
+
+def _batch_of_two(x: Any) -> Any:
+    if isinstance(x, torch.Tensor) and x.dim() >= 1 and x.shape[0] == 1:
+        return torch.empty((2, *x.shape[1:]), dtype=x.dtype, device=x.device)
+    return x
+
+
+def _shapes(out: Any) -> list[Any]:
+    return [t.shape for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+
+
+def train_output_shapes(model: nn.Module, example_inputs: Sequence[Any]) -> list[Any] | None:
+    """The unpruned model's output shapes in training mode, on a shape-only copy; ``None`` if its
+    forward cannot run on meta tensors."""
+    try:
+        return _shapes(_run(_meta_copy(model), tree_map(_to_meta, tuple(example_inputs)), train=True))
+    except Exception:
+        return None
 
 
 def _only(plan: PruningPlan, idx: Sequence[int]) -> PruningPlan:
@@ -67,14 +96,19 @@ def keep_all(g: GroupPlan) -> GroupPlan:
 
 
 def repair(
-    model: nn.Module, plan: PruningPlan, example_inputs: Sequence[Any], output_shapes: list[tuple[int, ...]]
+    model: nn.Module,
+    plan: PruningPlan,
+    example_inputs: Sequence[Any],
+    output_shapes: list[tuple[int, ...]],
+    train: bool = False,
 ) -> tuple[PruningPlan, list[str]]:
     """Return ``plan`` with the groups that break the model's forward kept whole, and their names.
 
-    Models whose forward cannot run on the meta device are returned unchanged (the real
-    surgery still checks its result).
+    ``train`` checks the training-mode forward instead (layers that run only in training, such
+    as auxiliary classifiers). Models whose forward cannot run on the meta device are returned
+    unchanged (the real surgery still checks its result).
     """
-    prober = _Prober(model, example_inputs, list(output_shapes))
+    prober = _Prober(model, example_inputs, list(output_shapes), train)
     active = [i for i, g in enumerate(plan.groups) if len(g.keep) < g.size]
     if not active or prober.ok(plan):
         return plan, []
