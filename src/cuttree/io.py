@@ -59,8 +59,18 @@ def compress(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], d
     return out, sparse
 
 
-def decompress(tensors: dict[str, torch.Tensor], sparse: dict[str, Any], source: str) -> dict[str, torch.Tensor]:
-    """Inverse of :func:`compress`: the exact original tensors."""
+def decompress(
+    tensors: dict[str, torch.Tensor],
+    sparse: dict[str, Any],
+    source: str,
+    expected: dict[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`compress`: the exact original tensors.
+
+    With ``expected`` (the architecture's state dict), each sparse tensor's declared name, shape
+    and dtype are checked against it *before* anything is allocated: a small compressed mask must
+    not make cuttree allocate whatever size a hostile header claims.
+    """
     out = {k: v for k, v in tensors.items() if "::" not in k}
     for k, info in sparse.items():
         try:
@@ -72,6 +82,14 @@ def decompress(tensors: dict[str, torch.Tensor], sparse: dict[str, Any], source:
             raise FileFormatError(f"'{source}': sparse tensor '{k}' is malformed; the file is corrupt") from None
         if not isinstance(dtype, torch.dtype) or nnz < 0 or any(x < 0 for x in shape):
             raise FileFormatError(f"'{source}': sparse tensor '{k}' has an invalid dtype or shape")
+        if expected is not None:
+            want = expected.get(k)
+            if want is None or list(want.shape) != shape or want.dtype != dtype or nnz > want.numel():
+                raise FileFormatError(
+                    f"'{source}': sparse tensor '{k}' declares shape {shape} ({info['dtype']}) where the architecture "
+                    f"has {list(want.shape) if want is not None else 'no such tensor'}; the file is corrupt or not "
+                    "made for this architecture"
+                )
         numel = math.prod(shape)
         try:
             keep = torch.from_numpy(unpack_mask(to_numpy(mask_t).tobytes(), numel, nnz, k))
@@ -236,7 +254,7 @@ def load(
     meta = read_metadata(path)
     model = build() if build is not None else build_model(meta["arch"], meta.get("arch_kwargs"), trusted)
     apply_plan(model, meta["plan"])
-    state = decompress(stored, meta.get("sparse", {}), str(path))
+    state = decompress(stored, meta.get("sparse", {}), str(path), expected=model.state_dict())
     load_state(model, state, str(path))
     return model.eval()
 

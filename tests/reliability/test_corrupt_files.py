@@ -81,3 +81,28 @@ def test_a_flip_in_the_weights_is_reported_as_corruption(tmp_path: Path) -> None
     path.write_bytes(bytes(blob))
     with pytest.raises(cuttree.FileFormatError, match="checksum does not match its contents"):
         cuttree.load(path)
+
+
+def test_a_hostile_sparse_header_cannot_make_cuttree_allocate_its_claim(tmp_path: Path) -> None:
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from cuttree.io import checksum
+
+    path = _files(tmp_path)[1][0]  # the sparse-compressed file
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+    tensors = load_file(str(path))
+    sparse = json.loads(meta["sparse"])
+    name = next(iter(sparse))
+    sparse[name]["shape"] = [1 << 20, 1 << 20, 64]  # 2^46 elements: 256 TiB if believed
+    meta["sparse"] = json.dumps(sparse)
+    meta["checksum"] = checksum(tensors, meta)  # a hostile file can carry a valid checksum
+    hostile = tmp_path / "hostile.cuttree"
+    save_file(tensors, str(hostile), metadata=meta)
+    with pytest.raises(
+        cuttree.FileFormatError, match=r"declares shape \[1048576, 1048576, 64\] .* where the architecture has"
+    ):
+        cuttree.load(hostile)
