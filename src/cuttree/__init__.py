@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from cuttree.config import Config, LayerOverride
     from cuttree.core.importance import criterion
     from cuttree.core.plan import GroupPlan, PruningPlan
-    from cuttree.errors import CuttreeError, FileFormatError, PlanError, SurgeryError, TraceError
+    from cuttree.errors import CuttreeError, FileFormatError, PlanError, ResourceError, SurgeryError, TraceError
     from cuttree.export import export_onnx
     from cuttree.io import load, load_weights, read_metadata, save
     from cuttree.measure import Measurements, measure
@@ -44,6 +44,7 @@ _WHERE = {
     "PruningPlan": "cuttree.core.plan",
     "CuttreeError": "cuttree.errors",
     "FileFormatError": "cuttree.errors",
+    "ResourceError": "cuttree.errors",
     "PlanError": "cuttree.errors",
     "SurgeryError": "cuttree.errors",
     "TraceError": "cuttree.errors",
@@ -68,6 +69,7 @@ __all__ = [
     "PlanError",
     "PruneResult",
     "PruningPlan",
+    "ResourceError",
     "Sensitivity",
     "SparsifyResult",
     "SurgeryError",

@@ -14,6 +14,44 @@ from torch import nn
 from cuttree.errors import TraceError
 
 
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``), or ``None`` if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_memory(need: int, what: str, fix: str) -> None:
+    """Refuse early, naming the size needed, if ``need`` bytes exceed what the machine has free.
+
+    >>> check_memory(1, "a byte", "nothing")  # fine on any machine
+    """
+    have = available_memory()
+    if have is not None and need > have:
+        from cuttree.errors import ResourceError
+
+        raise ResourceError(
+            f"{what} needs about {_size(need)} of memory; this machine has {_size(have)} available; {fix}"
+        )
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Bytes of a model's parameters and buffers (each shared tensor once)."""
+    seen: dict[int, int] = {}
+    for t in [*model.parameters(), *model.buffers()]:
+        seen[id(t)] = t.numel() * t.element_size()
+    return sum(seen.values())
+
+
 def as_inputs(example_inputs: Any) -> tuple[Any, ...]:
     """Example inputs as the positional arguments of one call: a single tensor is one input (as
     users expect), a list or tuple is several; anything else is a one-line error.

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from cuttree import calibrate
-from cuttree._util import as_inputs, model_device, refuse_keras, to_numpy
+from cuttree._util import as_inputs, check_memory, model_bytes, model_device, refuse_keras, to_numpy
 from cuttree.config import Config
 from cuttree.core.planner import decide, estimate, resolve
 from cuttree.errors import SurgeryError
@@ -286,6 +286,8 @@ def plan_and_apply(
         return meet_latency(model, example_inputs, config, calib_data, sensitivity, engine)
     plan, graph = make_plan(model, example_inputs, config, calib_data, validate=False, sensitivity=sensitivity)
     plan = _heads_checked(model, _train_checked(model, plan, example_inputs, graph), example_inputs, graph)
+    if not inplace and model_device(model).type == "cpu":
+        check_memory(model_bytes(model), "a working copy of the model", "pass inplace=True or free memory")
     original = copy.deepcopy(model) if config.reconstruct and inplace else model
     work = model if inplace else copy.deepcopy(model)
     try:

@@ -39,3 +39,7 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return f" — did you mean '{close[0]}'?" if close else ""
+
+
+class ResourceError(CuttreeError):
+    """The job needs more memory than this machine has available (said before trying)."""

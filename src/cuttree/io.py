@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cuttree._util import to_numpy
+from cuttree._util import check_memory, to_numpy
 from cuttree.errors import FileFormatError
 from cuttree.files import SPARSE_MIN_SIZE, SPARSE_MIN_ZEROS, inflate, pack_sparse, unpack_mask
 from cuttree.files import atomic_write as atomic_write  # re-exported: old import path
@@ -246,6 +246,8 @@ def load(
     from safetensors.torch import load_file
 
     read_metadata(path)  # a file that is not a cuttree file at all is named as such first
+    # the stored tensors, the rebuilt model and its dense copies of sparse tensors: about 3× the file
+    check_memory(3 * Path(path).stat().st_size, f"loading '{path}'", "free memory or load it on a larger machine")
     try:
         stored = load_file(str(path))
     except Exception as e:  # a truncated or damaged body raises several types
