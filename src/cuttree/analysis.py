@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from cuttree._util import as_inputs, to_numpy
-from cuttree.api import make_plan
+from cuttree.api import planning_inputs
 from cuttree.config import Config
 from cuttree.core.allocate import Curve
 from cuttree.core.planner import estimate
@@ -202,9 +202,8 @@ def sensitivity(
             return result
     else:
         result = Sensitivity(metric, recalibrated_score(copy.deepcopy(model)), ratios, len(subset), key)
-    plans = {}
-    graph = None
-    # each group alone, at each ratio: no budget search, no per-layer overrides, heads like channels
+    # each group alone, at each ratio: no budget search, no per-layer overrides, heads like
+    # channels; traced and scored once, planned once per ratio
     base = config.model_copy(
         update={
             "macs_target": None,
@@ -213,17 +212,13 @@ def sensitivity(
             "allocation": "uniform",
             "layers": {},
             "head_ratio": None,
+            "threshold": None,
+            "scope": "local",
         }
     )
-    for r in ratios:
-        plans[r], graph = make_plan(
-            model,
-            example_inputs,
-            base.model_copy(update={"ratio": r, "threshold": None, "scope": "local"}),
-            calib_data=calib,
-            validate=False,
-        )
-    assert graph is not None
+    traced = planning_inputs(model, example_inputs, base.model_copy(update={"ratio": ratios[0]}), calib)
+    graph = traced.graph
+    plans = {r: traced.decide(base.model_copy(update={"ratio": r})) for r in ratios}
     names = [g.name for g in plans[ratios[0]].groups]
     result.groups = {g.name: g.size for g in plans[ratios[0]].groups}
     todo = [(g, r) for g in names for r in ratios if str(r) not in result.results.get(g, {})]

@@ -41,6 +41,40 @@ def module_names(model: nn.Module) -> list[str]:
     return sorted({n.rpartition(".")[0] for n in tensors} - {""})
 
 
+@dataclass(frozen=True)
+class PlanningInputs:
+    """What planning reads from a model, traced and scored once: the graph, the per-layer
+    overrides, the criterion's inputs (numpy) and the parameter count."""
+
+    graph: DependencyGraph
+    overrides: dict[str, list[str]]
+    weights: dict[str, np.ndarray]
+    extra: dict[str, np.ndarray]
+    params_total: int
+
+    def decide(self, config: Config, sensitivity: Any = None) -> PruningPlan:
+        """The plan for ``config`` (its ``layers`` and criterion as traced), without validation."""
+        curves = sensitivity.curves() if sensitivity is not None else None
+        return decide(
+            self.graph, config, self.overrides, self.weights, self.extra, "torch", "torch", self.params_total, curves
+        )
+
+
+def planning_inputs(
+    model: nn.Module, example_inputs: Sequence[Any], config: Config, calib_data: Iterable[Any] | None = None
+) -> PlanningInputs:
+    """Trace ``model`` and compute what ``config.criterion`` reads: the part of planning that
+    several plans of one model share (the sensitivity analysis plans once per ratio)."""
+    refuse_keras(model)
+    example_inputs = as_inputs(example_inputs)
+    names = module_names(model)
+    ignore = sorted({n for hits in resolve(config.ignore, names, "ignore").values() for n in hits})
+    overrides = resolve(config.layers, names, "layers")
+    graph = build_graph(model, example_inputs, ignore)
+    extra, weights = criterion_inputs(model, graph, config, calib_data)
+    return PlanningInputs(graph, overrides, weights, extra, count_params(model))
+
+
 def make_plan(
     model: nn.Module,
     example_inputs: Sequence[Any],
@@ -56,17 +90,10 @@ def make_plan(
     ``view``) are kept whole, with a warning. ``sensitivity`` (a
     :class:`cuttree.analysis.Sensitivity`) is what ``allocation: sensitivity`` allocates from.
     """
-    refuse_keras(model)
     example_inputs = as_inputs(example_inputs)
-    names = module_names(model)
-    ignore = sorted({n for hits in resolve(config.ignore, names, "ignore").values() for n in hits})
-    overrides = resolve(config.layers, names, "layers")
-    graph = build_graph(model, example_inputs, ignore)
-    extra, weights = criterion_inputs(model, graph, config, calib_data)
-    curves = sensitivity.curves() if sensitivity is not None else None
-    plan = decide(
-        graph, config, overrides, weights, extra, "torch", "torch", params_total=count_params(model), curves=curves
-    )
+    inputs = planning_inputs(model, example_inputs, config, calib_data)
+    plan = inputs.decide(config, sensitivity)
+    graph = inputs.graph
     if validate:
         return _validated(model, _train_checked(model, plan, example_inputs, graph), example_inputs, graph), graph
     return plan, graph

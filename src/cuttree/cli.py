@@ -83,7 +83,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     io.save(r, out, arch=args.arch, arch_kwargs=args.arch_kwargs, extra=extra)
     cfg_path = out.with_suffix(".config.yaml")
     io.atomic_write(cfg_path, lambda p: p.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
-    report = write_report(
+    report = _write_json(
         out.with_suffix(".report.json"),
         "prune",
         cfg,
@@ -97,7 +97,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_report(path: Path, command: str, cfg: Config | None, **fields: Any) -> Path:
+def _write_json(path: Path, command: str, cfg: Config | None, **fields: Any) -> Path:
     """A torch command's ``report.json`` (:func:`cuttree.report.write_json`)."""
     from cuttree.report import write_json
 
@@ -294,7 +294,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         io.save(model, out / "model.cuttree", arch=meta["arch"], arch_kwargs=meta.get("arch_kwargs"), plan=meta["plan"])
         m = _evaluate(args, model, test, cfg.mode, cfg.finetune.ignore_index, "after")
         print(f"{_metrics(m)} on {args.data} test ({len(test):,} samples), before fine-tuning {_metrics(before)}")
-        report = write_report(
+        report = _write_json(
             out / "report.json",
             "finetune",
             cfg,
@@ -337,7 +337,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if k.startswith("iou_"):
             i = int(k[4:])
             print(f"  IoU {names[i] if i < len(names) else i}: {v:.2f}")
-    write_report(
+    _write_json(
         report_path,
         "eval",
         None,

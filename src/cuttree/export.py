@@ -84,7 +84,7 @@ def export_onnx(
         form = fold_batchnorm(model, inputs)
     other = tuple(torch.cat([x, x.flip(0) * 0.5]) for x in inputs)  # another batch size, other values
     names = [f"input_{i}" for i in range(len(inputs))]
-    data, exporter = _export(form, inputs, names, opset)
+    data, exporter = onnx_bytes(form, inputs, names, opset)
 
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]  # the dynamo exporter names them after the arguments
@@ -122,7 +122,7 @@ def _torch_outputs(model: nn.Module, inputs: Sequence[torch.Tensor]) -> list[np.
     return [to_numpy(t) for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
 
 
-def _export(model: nn.Module, inputs: tuple[torch.Tensor, ...], names: list[str], opset: int) -> tuple[bytes, str]:
+def onnx_bytes(model: nn.Module, inputs: tuple[torch.Tensor, ...], names: list[str], opset: int) -> tuple[bytes, str]:
     """The ONNX bytes from torch.onnx's TorchScript exporter (quick, and what most runtimes
     were tested with), or from its dynamo exporter where the first cannot trace the model."""
     first_error: Exception | None = None

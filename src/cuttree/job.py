@@ -161,7 +161,7 @@ def report_table(report: dict[str, Any], key: str) -> str:
     """Before/after rows for a job report: metric, params, MACs, size, latency (median and
     interquartile range, the two models timed interleaved)."""
     b, a = report["before"], report["after"]
-    mb, ma = as_measurements(b), as_measurements(a)
+    mb, ma = Measurements.from_dict(b), Measurements.from_dict(a)
 
     def ratio(x: float, y: float) -> str:
         return f"{x / y:.2f}× smaller" if y else "—"
@@ -180,9 +180,3 @@ def report_table(report: dict[str, Any], key: str) -> str:
         ("latency", mb.latency_text(), ma.latency_text(), speed_change(mb, ma)),
     ]
     return aligned(rows)
-
-
-def as_measurements(d: dict[str, Any]) -> Measurements:
-    """The :class:`Measurements` inside a report's ``before``/``after`` entry (extra keys ignored)."""
-    names = Measurements.__dataclass_fields__
-    return Measurements(**{k: v for k, v in d.items() if k in names})

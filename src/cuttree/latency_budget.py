@@ -49,7 +49,7 @@ def timers(models: Sequence[nn.Module], inputs: Sequence[torch.Tensor], runtime:
     import onnxruntime as ort
 
     from cuttree.deploy import fold_batchnorm
-    from cuttree.export import _export
+    from cuttree.export import onnx_bytes
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
@@ -57,7 +57,7 @@ def timers(models: Sequence[nn.Module], inputs: Sequence[torch.Tensor], runtime:
     feeds = [to_numpy(x) for x in inputs]
     out = []
     for m in models:
-        data, _ = _export(
+        data, _ = onnx_bytes(
             fold_batchnorm(m.eval(), tuple(inputs)), tuple(inputs), [f"input_{i}" for i in range(len(inputs))], 18
         )
         session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])

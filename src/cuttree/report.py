@@ -80,9 +80,8 @@ def summary_rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         if k in b and k in a:
             x, y = (b[k] / scale, a[k] / scale) if scale != 1 else (b[k], a[k])
             rows.append((name, format(x, fmt), format(y, fmt), f"{x / y:.2f}× smaller" if y else ""))
-    names = Measurements.__dataclass_fields__
     if b.get("latency_ms") is not None and a.get("latency_ms") is not None:
-        mb_, ma_ = (Measurements(**{k: v for k, v in d.items() if k in names}) for d in (b, a))
+        mb_, ma_ = Measurements.from_dict(b), Measurements.from_dict(a)
         rows.append(("latency (median, IQR)", mb_.latency_text(), ma_.latency_text(), speed_change(mb_, ma_)))
     return rows
 

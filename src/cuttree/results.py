@@ -32,6 +32,11 @@ class Measurements:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Measurements:
+        """The figures in ``d`` (a report's ``before``/``after`` entry; other keys ignored)."""
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
     @property
     def latency_iqr(self) -> tuple[float, float] | None:
         if self.latency_q1_ms is None or self.latency_q3_ms is None:
