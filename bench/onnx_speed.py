@@ -22,7 +22,7 @@ import torchvision
 import cuttree
 from cuttree.deploy import keep_freed_memory
 from cuttree.export import export_onnx
-from cuttree.latency_budget import timers
+from cuttree.latency_budget import session_timer, timers
 from cuttree.measure import count_macs
 from cuttree.models import vgg16_bn_cifar
 from cuttree.timing import interleaved
@@ -33,20 +33,6 @@ def build(name: str) -> tuple[torch.nn.Module, int]:
     if name == "vgg16_bn_cifar":
         return vgg16_bn_cifar().eval(), 32
     return torchvision.models.get_model(name, weights=None).eval(), 224
-
-
-def ort_timer(path: Path, x: torch.Tensor) -> object:
-    import onnxruntime as ort
-
-    from cuttree._util import to_numpy
-    from cuttree.measure import timer
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = torch.get_num_threads()
-    opts.inter_op_num_threads = 1
-    s = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    feed = {s.get_inputs()[0].name: to_numpy(x)}
-    return timer(lambda: s.run(None, feed), torch.device("cpu"))
 
 
 def main() -> None:
@@ -72,7 +58,7 @@ def main() -> None:
                 pd, pp = Path(d) / "dense.onnx", Path(d) / "pruned.onnx"
                 export_onnx(dense, x1, pd)
                 export_onnx(pruned, x1, pp)
-                td, tp = interleaved([ort_timer(pd, xb), ort_timer(pp, xb)], a.runs, warmup=2)  # type: ignore[list-item]
+                td, tp = interleaved([session_timer(str(pd), [xb]), session_timer(str(pp), [xb])], a.runs, warmup=2)
             row = [name, ratio, mac_red, td.median_ms, tp.median_ms]
             if a.eager:
                 ed, ep = interleaved(timers([dense, pruned], [xb], "eager"), a.runs, warmup=2)

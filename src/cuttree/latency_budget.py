@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cuttree._util import to_numpy
+from cuttree._util import eval_mode, to_numpy
 from cuttree.config import Config
 from cuttree.errors import PlanError
 from cuttree.graph.groups import DependencyGraph
@@ -32,42 +32,42 @@ ROUNDS = 7
 
 
 def timers(models: Sequence[nn.Module], inputs: Sequence[torch.Tensor], runtime: str) -> list[Callable[[], float]]:
-    """A call per model that runs one forward pass on ``inputs`` and returns its milliseconds."""
+    """A call per model that runs one forward pass on ``inputs`` and returns its milliseconds
+    (eval-mode semantics; the models' own training flags are left as they are)."""
     from cuttree.measure import timer
 
     if runtime == "eager":
         out = []
         for m in models:
-            m.eval()
 
             def run(m: nn.Module = m) -> None:
-                with torch.inference_mode():
+                with eval_mode(m), torch.inference_mode():
                     m(*inputs)
 
             out.append(timer(run, torch.device("cpu")))
         return out
-    import onnxruntime as ort
-
     from cuttree.deploy import fold_batchnorm
     from cuttree.export import onnx_bytes
+
+    names = [f"input_{i}" for i in range(len(inputs))]
+    return [
+        session_timer(onnx_bytes(fold_batchnorm(m, tuple(inputs)), tuple(inputs), names, 18)[0], inputs) for m in models
+    ]
+
+
+def session_timer(onnx: bytes | str, inputs: Sequence[torch.Tensor]) -> Callable[[], float]:
+    """A call that runs an ONNX model (bytes or a file path) once in ONNX Runtime on ``inputs``, with
+    as many intra-op threads as torch uses, and returns its milliseconds."""
+    import onnxruntime as ort
+
+    from cuttree.measure import timer
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
     opts.inter_op_num_threads = 1
-    feeds = [to_numpy(x) for x in inputs]
-    out = []
-    for m in models:
-        data, _ = onnx_bytes(
-            fold_batchnorm(m.eval(), tuple(inputs)), tuple(inputs), [f"input_{i}" for i in range(len(inputs))], 18
-        )
-        session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-        feed = {i.name: x for i, x in zip(session.get_inputs(), feeds, strict=True)}
-
-        def run_session(s: Any = session, f: dict[str, Any] = feed) -> None:
-            s.run(None, f)
-
-        out.append(timer(run_session, torch.device("cpu")))
-    return out
+    session = ort.InferenceSession(onnx, opts, providers=["CPUExecutionProvider"])
+    feed = {i.name: to_numpy(x) for i, x in zip(session.get_inputs(), inputs, strict=True)}
+    return timer(lambda: session.run(None, feed), torch.device("cpu"))
 
 
 def measure_pair(
