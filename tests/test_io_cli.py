@@ -97,7 +97,7 @@ def test_cli_bad_config(case: str, tmp_path: Path, capsys: pytest.CaptureFixture
     text, expect = BAD_CONFIGS[case]
     cfg = write(tmp_path / "cut.yaml", text)
     code, _, err = run(prune_args(tmp_path, "--config", str(cfg)), capsys)
-    assert code == 2
+    assert code == (6 if case == "empties a layer" else 2)  # a plan that cannot be made: 6, a bad value: 2
     assert err.count("\n") == 1 and err.startswith("cuttree: error: ") and expect in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.yaml"]  # no output written
 
@@ -110,18 +110,18 @@ def test_cli_hostile_pickle_weights(tmp_path: Path, capsys: pytest.CaptureFixtur
     evil = tmp_path / "evil.pt"
     evil.write_bytes(pickle.dumps({"conv1.weight": Evil()}))
     code, out, err = run(prune_args(tmp_path, "--weights", str(evil), "--set", "ratio=0.5"), capsys)
-    assert code == 2 and "pwned" not in out and "is refused" in err and err.count("\n") == 1
+    assert code == 4 and "pwned" not in out and "is refused" in err and err.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.pt"]
 
 
 def test_cli_not_a_cuttree_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     junk = write(tmp_path / "junk.cuttree", "not a safetensors file at all")
     code, _, err = run(["inspect", str(junk)], capsys)
-    assert code == 2 and "is not a cuttree file" in err and err.count("\n") == 1
+    assert code == 4 and "is not a cuttree file" in err and err.count("\n") == 1
     plain = tmp_path / "plain.cuttree"
     save_file({"w": torch.zeros(2)}, str(plain))
     code, _, err = run(["inspect", str(plain)], capsys)
-    assert code == 2 and "cuttree_format=None" in err
+    assert code == 4 and "cuttree_format=None" in err
     with pytest.raises(cuttree.FileFormatError):
         cuttree.load(junk)
 
@@ -151,7 +151,7 @@ def test_cli_model_that_cannot_run_on_the_inputs(tmp_path: Path, capsys: pytest.
     args = prune_args(tmp_path, "--set", "ratio=0.5")
     args[args.index("1,3,32,32")] = "1,3,32"
     code, _, err = run(args, capsys)
-    assert code == 2 and "the model failed on example inputs of shapes [(1, 3, 32)]" in err and err.count("\n") == 1
+    assert code == 5 and "the model failed on example inputs of shapes [(1, 3, 32)]" in err and err.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
 
 
@@ -241,3 +241,14 @@ def test_sample_config_prunes_a_torch_model(tmp_path: Path, capsys: pytest.Captu
     assert code == 0, err
     plan = cuttree.read_metadata(tmp_path / "out.cuttree")["plan"]
     assert plan.config["threshold"] == 0.05 and plan.config["ratio"] == 0.5 and plan.config["min_samples"] == 64
+
+
+def test_exit_codes_are_distinct_per_kind_and_documented() -> None:
+    from cuttree.errors import EXIT_CODES, TraceError, exit_code
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for _, code, _ in EXIT_CODES:
+        assert f"\n| {code} | " in readme, code
+    engine = [c for kind, c, _ in EXIT_CODES if issubclass(kind, cuttree.CuttreeError)]
+    assert len(engine) == len(set(engine)) == 6  # one per engine error kind
+    assert exit_code(TraceError("x")) == 5 and exit_code(KeyError("x")) == 1  # a bug stays a bug

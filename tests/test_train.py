@@ -159,7 +159,7 @@ def test_torchrun_two_processes_agree(tmp_path: Path) -> None:
 
 def test_missing_dataset_path_is_an_error(tmp_path: Path) -> None:
     r = _cli("eval", str(_pruned_file(tmp_path)), "--data", f"imagefolder:{tmp_path / 'nope'}")
-    assert r.returncode == 2 and "does not exist" in r.stderr and r.stderr.count("\n") == 1
+    assert r.returncode == 3 and "does not exist" in r.stderr and r.stderr.count("\n") == 1
 
 
 def test_cli_run_writes_a_complete_run_folder(tmp_path: Path) -> None:

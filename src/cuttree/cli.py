@@ -1,7 +1,8 @@
 """The ``cuttree`` command: a thin shell over the Python API.
 
-Every user error ends in one line on stderr (``cuttree: error: …``) and exit status 2; no
-output file is written unless the whole job succeeded.
+Every user error ends in one line on stderr (``cuttree: error: …``) and a non-zero exit status
+that says its kind (:data:`cuttree.errors.EXIT_CODES`: 2 bad argument, 3 missing file, 4 corrupt
+file, 5 untraceable model, …); no output file is written unless the whole job succeeded.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import yaml
 from cuttree import __version__, cli_keras, io
 from cuttree.api import measurements_table, module_names, prune
 from cuttree.config import Config, parse_set
-from cuttree.errors import CuttreeError
+from cuttree.errors import CuttreeError, exit_code
 from cuttree.measure import Measurements
 
 
@@ -539,10 +540,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ValueError, TypeError, FileNotFoundError, CuttreeError) as e:
-        msg = " ".join(str(e).split())
+    except (ValueError, TypeError, OSError, CuttreeError) as e:
+        msg = " ".join(str(e).split()) or type(e).__name__
         print(f"cuttree: error: {msg}", file=sys.stderr)
-        return 2
+        return exit_code(e)
+    except KeyboardInterrupt:
+        print("cuttree: interrupted; every file written is complete (partial ones are not kept)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -43,3 +43,29 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
 
 class ResourceError(CuttreeError):
     """The job needs more memory than this machine has available (said before trying)."""
+
+
+#: The ``cuttree`` command's exit status for each kind of failure, most specific first; a script
+#: can tell a bad argument (2) from a corrupt file (4) or a model that cannot be traced (5).
+EXIT_CODES: tuple[tuple[type[BaseException], int, str], ...] = (
+    (FileFormatError, 4, "a file is corrupt, hostile or not a cuttree file"),
+    (TraceError, 5, "the model cannot be run or traced with the example inputs"),
+    (PlanError, 6, "the configuration asks for a plan that cannot be made"),
+    (SurgeryError, 7, "applying the plan did not give a working model"),
+    (ResourceError, 8, "not enough memory for the job"),
+    (CuttreeError, 9, "export or deploy failed (e.g. ONNX Runtime does not match torch)"),
+    (OSError, 3, "a file or folder is missing, unreadable or unwritable"),
+    (ValueError, 2, "a bad argument or configuration value"),
+    (TypeError, 2, "a bad argument or configuration value"),
+)
+
+
+def exit_code(error: BaseException) -> int:
+    """The exit status the ``cuttree`` command ends with for ``error`` (see :data:`EXIT_CODES`).
+
+    >>> exit_code(ValueError("ratio=2 is out of range")), exit_code(FileFormatError("bad file"))
+    (2, 4)
+    >>> exit_code(FileNotFoundError("x.cuttree"))
+    3
+    """
+    return next((code for kind, code, _ in EXIT_CODES if isinstance(error, kind)), 1)
