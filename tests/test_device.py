@@ -7,7 +7,6 @@ refuse ``.numpy()`` and refuse to be mixed with CPU tensors, as CUDA's do.
 from __future__ import annotations
 
 import copy
-import json
 import random
 import re
 from pathlib import Path
@@ -27,7 +26,7 @@ from cuttree.importance import CRITERIA
 from cuttree.job import run_job
 from cuttree.measure import latency_ms
 from cuttree.models import resnet20
-from cuttree.train import Precision, finetune
+from cuttree.train import Precision, finetune, read_checkpoint
 from standin_device import DEVICE, Backend
 from test_train import tiny
 
@@ -190,7 +189,7 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path: Path, device: torch.de
     finetune(resumed, Noisy(), _ft(amp=amp), run_dir=tmp_path / "b", resume=True, log=lambda m: None)
     for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a.cpu(), b.cpu()), k
-    meta = json.loads((tmp_path / "b" / "checkpoint.json").read_text())
+    meta, _ = read_checkpoint(tmp_path / "b" / "checkpoint.safetensors")
     assert bool(meta["scaler"]) == (amp == "fp16")
     if amp == "fp16":
         assert meta["scaler"]["scale"] > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import zlib
 from collections.abc import Callable
@@ -14,38 +15,64 @@ from cuttree.errors import FileFormatError
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
-    """Call ``write(tmp)`` on a temp file next to ``path``, fsync it, then rename it into place.
+    """Call ``write(tmp)`` on a temp path next to ``path``, fsync it, then rename it into place.
 
-    The file gets the permissions a plain ``open(path, "w")`` would give (0666 less the umask), not
-    the temp file's private 0600.
+    ``tmp`` has ``path``'s name, inside a private temp folder ``.NAME.PID.*.tmp`` in the same
+    folder, so that whatever temp files a writer makes of its own (safetensors writes through a
+    ``.tmpXXXXXX`` file, Keras through one with its suffix) are inside it too: a writer killed at
+    any moment leaves only that folder, which the next write of ``path`` removes. The file gets the
+    permissions a plain ``open(path, "w")`` would give (0666 less the umask), not a temp file's 0600.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> atomic_write(folder / "a.txt", lambda tmp: tmp.write_text("done")).read_text()
+    'done'
+    >>> [p.name for p in folder.iterdir()]
+    ['a.txt']
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
+    tmp = tmp_dir / path.name
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)  # the rename itself survives a power cut, not only a kill
     finally:
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(tmp_dir, ignore_errors=True)
     return path
 
 
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a platform or file system that cannot open folders (Windows)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def remove_stale_temps(path: Path) -> list[Path]:
-    """Delete the temp files a killed writer of ``path`` left behind (``.NAME.PID.*.tmp`` whose
-    process is gone); a live writer's temp file is left alone. Returns what was removed."""
+    """Delete the temp folders a killed writer of ``path`` left behind (``.NAME.PID.*.tmp`` whose
+    process is gone); a live writer's is left alone. Returns what was removed."""
     removed = []
     for tmp in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
         pid_text = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
         if pid_text.isdigit() and _alive(int(pid_text)):
             continue
         try:
-            tmp.unlink()
+            if tmp.is_dir():
+                shutil.rmtree(tmp)
+            else:
+                tmp.unlink()  # a temp file, as earlier versions wrote them
             removed.append(tmp)
         except OSError:
             pass  # another process cleaned it first

@@ -9,12 +9,13 @@
 - Mixed precision (``amp``): ``auto`` is bfloat16 autocast on a GPU that supports it, float16
   on one that does not, full precision on the CPU. float16 always comes with a gradient scaler
   (:class:`Precision` makes one whenever it picks float16), whose state is checkpointed.
-- Checkpoints: ``checkpoint.safetensors`` (model, optimizer tensors, every RNG the run draws
-  from: torch's CPU generator, the CUDA generator of the model's device, Python's and numpy's
-  global generators, the training data's own ``generator`` if it has one) then
-  ``checkpoint.json`` (step, optimizer settings, scaler state, the data order's seed, history),
-  each written atomically; resuming from them ends with exactly the weights of an uninterrupted
-  run. On a GPU that needs ``finetune.deterministic: true`` (cuDNN's deterministic kernels, no
+- Checkpoints: one file, ``checkpoint.safetensors``, written atomically: the model and optimizer
+  tensors, every RNG the run draws from (torch's CPU generator, the CUDA generator of the model's
+  device, Python's and numpy's global generators, the training data's own ``generator`` if it
+  has one), and in its metadata the step, optimizer settings, scaler state, the data order's seed
+  and the history, with a SHA-256 checksum of it all. One file, so a kill can never leave tensors
+  of one step beside the state of another; a kill mid-write leaves the previous checkpoint.
+  Resuming ends with exactly the weights of an uninterrupted run. On a GPU that needs ``finetune.deterministic: true`` (cuDNN's deterministic kernels, no
   autotuning, ``torch.use_deterministic_algorithms`` in warn-only mode, and
   ``CUBLAS_WORKSPACE_CONFIG=:4096:8``, which must be set before CUDA starts: the CLI does so).
 - Under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in DDP (gloo on CPU, nccl on GPU,
@@ -41,9 +42,11 @@ from cuttree import rng
 from cuttree._util import model_device, primary_output
 from cuttree.calibrate import task_loss
 from cuttree.config import Config, FinetuneConfig
-from cuttree.io import atomic_write, load_state
+from cuttree.errors import FileFormatError
+from cuttree.io import atomic_write, checksum, load_state
 
 Log = Callable[[str], None]
+CHECKPOINT = "checkpoint.safetensors"
 
 
 def world() -> tuple[int, int]:
@@ -191,19 +194,35 @@ def _save_checkpoint(
             if isinstance(v, torch.Tensor):
                 tensors[f"opt.{idx}.{k}"] = v.detach().cpu().contiguous()
     tensors.update(rng_state)
-    meta = {**state, "param_groups": sd["param_groups"]}
-    atomic_write(run_dir / "checkpoint.safetensors", lambda p: save_file(tensors, str(p)))
-    atomic_write(run_dir / "checkpoint.json", lambda p: p.write_text(json.dumps(meta)))
+    meta = {"state": json.dumps({**state, "param_groups": sd["param_groups"]})}
+    meta["checksum"] = checksum(tensors, meta)
+    atomic_write(run_dir / CHECKPOINT, lambda p: save_file(tensors, str(p), metadata=meta))
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The JSON state and the tensors of a checkpoint, refused unless intact (its checksum)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+        tensors = load_file(str(path))
+    except Exception as e:  # a damaged header or body raises several types
+        raise FileFormatError(f"checkpoint '{path}' is corrupt ({type(e).__name__}); start without --resume") from None
+    if "state" not in raw or raw.get("checksum") != checksum(tensors, raw):
+        raise FileFormatError(
+            f"checkpoint '{path}' is corrupt or not a cuttree checkpoint (its checksum does not match); "
+            "start without --resume"
+        )
+    return json.loads(raw["state"]), tensors
 
 
 def _load_checkpoint(
     run_dir: Path, model: nn.Module, opt: torch.optim.Optimizer
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Model and optimizer restored from ``run_dir``; returns the JSON state and the RNG tensors."""
-    from safetensors.torch import load_file
-
-    meta = json.loads((run_dir / "checkpoint.json").read_text())
-    tensors = load_file(str(run_dir / "checkpoint.safetensors"))
+    meta, tensors = read_checkpoint(run_dir / CHECKPOINT)
     load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, str(run_dir))
     state: dict[int, dict[str, torch.Tensor]] = {}
     for k, v in tensors.items():
@@ -258,7 +277,7 @@ def finetune(
     order = {"seed": cfg.seed, "samples": n, "batch_size": ft.batch_size, "processes": size}
     state: dict[str, Any] = {"step": 0, "history": [], "data_order": order}
     if resume:
-        if run is None or not (run / "checkpoint.json").is_file():
+        if run is None or not (run / CHECKPOINT).is_file():
             raise FileNotFoundError(f"--resume: no checkpoint in '{run}'; start without --resume")
         state, rng_state = _load_checkpoint(run, model, opt)
         if state.get("data_order", order) != order:
