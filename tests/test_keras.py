@@ -640,6 +640,8 @@ def test_corrupt_sparse_storage_is_refused(tmp_path: object) -> None:
     import json
     import zipfile
 
+    from cuttree.frontends.keras.files import _checksum
+
     keras.utils.set_random_seed(0)
     r = ck.prune(small_dense_net(), cuttree.Config(method="unstructured", ratio=0.9, latency_runs=0))
     good = ck.save(r, tmp_path / "good.keras", sparse_storage=True)  # type: ignore[operator]
@@ -653,6 +655,8 @@ def test_corrupt_sparse_storage_is_refused(tmp_path: object) -> None:
     ]:
         broken = json.loads(members["cuttree.json"])
         broken["sparse"][name][key] = value
+        # a hostile file can carry a valid checksum: the header itself is checked too
+        broken["checksum"] = _checksum({n: d for n, d in members.items() if n != "cuttree.json"}, broken)
         bad = tmp_path / f"bad_{key}.keras"  # type: ignore[operator]
         with zipfile.ZipFile(bad, "w") as z:
             for n, data in members.items():

@@ -267,10 +267,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     rank, size = init_distributed(args.device)
     device = rank_device(args.device)
     meta = io.read_metadata(args.model)
-    model = io.load(args.model, trusted=[meta["arch"].partition(":")[0]]).to(device).train()
+    model = io.load(args.model, trusted=args.trust).to(device).train()
     teacher = None
     if args.teacher:
-        teacher = io.build_model(meta["arch"], meta.get("arch_kwargs"), trusted=[meta["arch"].partition(":")[0]])
+        teacher = io.build_from_file(meta, args.model, trusted=args.trust)
         io.load_weights(teacher, args.teacher)
         teacher.to(device)
     out = Path(args.out)
@@ -319,7 +319,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return cli_keras.cmd_eval(args, _data(args, args.split))
     device = rank_device(args.device)
     meta = io.read_metadata(args.model)
-    model = io.load(args.model, trusted=[meta["arch"].partition(":")[0]]).to(device)
+    model = io.load(args.model, trusted=args.trust).to(device)
     report_path = Path(args.report) if args.report else Path(args.model).with_suffix(".eval.json")
     if args.data == "stsb":  # a sentence encoder: Spearman of cosine similarity against the scores
         from cuttree.text import minilm_tokenizer, spearman, stsb
@@ -387,7 +387,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if shape is None:
         raise ValueError(f"'{args.model}' does not record its input shape; pass --input-shape, e.g. 1,3,224,224")
     with Progress(2, "export", quiet=args.quiet) as bar:
-        model = io.load(args.model, trusted=[meta["arch"].partition(":")[0]])
+        model = io.load(args.model, trusted=args.trust)
         bar.advance(info="loaded")
         torch.manual_seed(0)
         r = export_onnx(model, (torch.randn(*shape),), args.onnx, atol=args.atol, fold=not args.no_fold)
@@ -411,6 +411,17 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"cuttree: error: {message}; see '{self.prog} --help'\n")
+
+
+def _trust_arg(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "--trust",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="a module whose architectures a .cuttree file may name (repeatable); torchvision.models and "
+        "cuttree.models are always trusted. A file is never trusted by what it says about itself",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -500,6 +511,7 @@ def parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("finetune", help="fine-tune a .cuttree model (resumable; runs under torchrun) or a .keras one")
     sp.add_argument("model", help="a .cuttree file, or a .keras/.h5 file")
+    _trust_arg(sp)
     data_args(sp)
     sp.add_argument(
         "--teacher", help="the unpruned model to distil from: weights (.safetensors/.pt), or a .keras file for Keras"
@@ -515,6 +527,7 @@ def parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("export", help="export a .cuttree model to ONNX, checked against torch with ONNX Runtime")
     sp.add_argument("model", help="a .cuttree file")
+    _trust_arg(sp)
     sp.add_argument("--onnx", help="output .onnx file (written only if ONNX Runtime matches torch)")
     sp.add_argument(
         "--input-shape", type=_shape, default=None, help="example input shape (default: the one the file records)"
@@ -526,6 +539,7 @@ def parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("eval", help="evaluate a .cuttree (or .keras/.h5) model on a dataset")
     sp.add_argument("model", help="a .cuttree file, or a .keras/.h5 file")
+    _trust_arg(sp)
     data_args(sp)
     sp.add_argument("--split", default="test")
     sp.add_argument("--mode", choices=["classification", "segmentation"], default=None)

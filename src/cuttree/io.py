@@ -16,6 +16,7 @@ import hashlib
 import importlib
 import json
 import math
+import types
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from cuttree._util import check_memory, to_numpy
-from cuttree.errors import FileFormatError
+from cuttree.errors import CuttreeError, FileFormatError
 from cuttree.files import SPARSE_MIN_SIZE, SPARSE_MIN_ZEROS, inflate, pack_sparse, unpack_mask
 from cuttree.files import atomic_write as atomic_write  # re-exported: old import path
 from cuttree.measure import state_dict_for_save, tensor_names
@@ -126,6 +127,7 @@ def save(
     if not isinstance(model, nn.Module) or plan is None:
         raise TypeError("save() takes a PruneResult, or a module together with plan=")
     _parse_arch(arch)
+    arch_kwargs = {k: v for k, v in (arch_kwargs or {}).items() if k not in DOWNLOAD_KWARGS}  # the file has weights
     meta = {
         "cuttree_format": FORMAT_VERSION,
         "plan": json.dumps(plan.to_dict(), separators=(",", ":")),
@@ -210,22 +212,48 @@ def _parse_arch(arch: str) -> tuple[str, str]:
 
 
 def resolve_arch(arch: str, trusted: Iterable[str] = ()) -> Callable[..., nn.Module]:
-    """Import ``module:callable``, only under trusted prefixes (a file must not run arbitrary code)."""
+    """Import ``module:callable``, only under trusted prefixes (a file must not run arbitrary code).
+
+    The callable itself must be defined under a trusted prefix, and the path to it must not pass
+    through another module: ``torchvision.models.resnet:torch.hub.load`` names a trusted module,
+    but reaches ``torch.hub.load`` (which runs a ``hubconf.py``) through its ``import torch``.
+
+    >>> resolve_arch("cuttree.models:resnet20").__name__
+    'resnet20'
+    >>> resolve_arch("torchvision.models.resnet:torch.hub.load")
+    Traceback (most recent call last):
+    cuttree.errors.FileFormatError: arch 'torchvision.models.resnet:torch.hub.load' reaches 'torch', outside the trusted modules ['torchvision.models', 'cuttree.models']; name the model's own module and callable
+    """
     mod, attr = _parse_arch(arch)
     allowed = (*TRUSTED_PREFIXES, *trusted)
-    if not any(mod == p or mod.startswith(p + ".") for p in allowed):
+
+    def is_trusted(name: str) -> bool:
+        return any(name == p or name.startswith(p + ".") for p in allowed)
+
+    def outside(where: str) -> FileFormatError:
+        return FileFormatError(
+            f"arch '{arch}' reaches '{where}', outside the trusted modules {list(allowed)}; name the model's own "
+            "module and callable"
+        )
+
+    if not is_trusted(mod):
         raise FileFormatError(
-            f"arch '{arch}' is outside the trusted modules {list(allowed)}; pass build= (a callable returning the "
-            "model) or trusted=['your.module'] to load it"
+            f"arch '{arch}' is outside the trusted modules {list(allowed)}; if you trust the file, allow its module "
+            f"with --trust {mod} (trusted=['{mod}'] in Python, or build= a callable returning the model)"
         )
     try:
         obj: Any = importlib.import_module(mod)
         for part in attr.split("."):
             obj = getattr(obj, part)
+            if isinstance(obj, types.ModuleType) and not is_trusted(obj.__name__):
+                raise outside(obj.__name__)
     except (ImportError, AttributeError) as e:
         raise ValueError(f"arch '{arch}' cannot be imported ({e}); install its package or fix the name") from None
     if not callable(obj):
         raise ValueError(f"arch '{arch}' is not callable; name a model class or factory function")
+    owner = getattr(obj, "__module__", None)
+    if not isinstance(owner, str) or not is_trusted(owner):
+        raise outside(str(owner))  # e.g. a function another module imported into a trusted one
     return obj  # type: ignore[no-any-return]
 
 
@@ -254,11 +282,40 @@ def load(
         raise FileFormatError(f"'{path}' is corrupt: its tensors cannot be read ({type(e).__name__})") from None
     verify(path, stored)  # before anything in the file is used
     meta = read_metadata(path)
-    model = build() if build is not None else build_model(meta["arch"], meta.get("arch_kwargs"), trusted)
-    apply_plan(model, meta["plan"])
+    model = build() if build is not None else build_from_file(meta, path, trusted)
+    try:
+        apply_plan(model, meta["plan"])
+    except CuttreeError as e:  # the plan names tensors or sizes this architecture does not have
+        raise FileFormatError(f"'{path}': its plan does not fit the architecture it names: {e}") from None
     state = decompress(stored, meta.get("sparse", {}), str(path), expected=model.state_dict())
     load_state(model, state, str(path))
     return model.eval()
+
+
+# Builder arguments that fetch weights from the network; a file brings its own weights.
+DOWNLOAD_KWARGS = ("weights", "weights_backbone", "pretrained", "pretrained_backbone")
+
+
+def build_from_file(meta: dict[str, Any], path: str | Path, trusted: Iterable[str] = ()) -> nn.Module:
+    """The dense architecture a file names (:func:`read_metadata`), built under the same rules as :func:`load`."""
+    kwargs = meta.get("arch_kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise FileFormatError(f"'{path}': arch_kwargs is {type(kwargs).__name__}, not a mapping; the file is corrupt")
+    fetch = [k for k in DOWNLOAD_KWARGS if kwargs.get(k) not in (None, False)]
+    if fetch:
+        raise FileFormatError(
+            f"'{path}': arch_kwargs {fetch[0]}={kwargs[fetch[0]]!r} would download weights while loading; a .cuttree "
+            "file carries its own weights, so cuttree never writes this: the file was altered"
+        )
+    try:
+        return build_model(meta["arch"], kwargs, trusted)
+    except FileFormatError as e:
+        raise FileFormatError(f"'{path}': {e}") from None
+    except (ValueError, TypeError, RuntimeError) as e:  # a bad name, or arguments the builder refuses
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise FileFormatError(
+            f"'{path}': the architecture it names cannot be built ({first}); the file is corrupt"
+        ) from None
 
 
 def verify(path: str | Path, stored: dict[str, torch.Tensor]) -> None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import cuttree
-from cuttree import _util
+from cuttree import resources
 from cuttree.models import resnet20
 
 
@@ -16,7 +16,7 @@ def test_prune_and_load_refuse_early_when_memory_is_short(tmp_path: Path, monkey
     x = (torch.randn(1, 3, 32, 32),)
     r = cuttree.prune(resnet20(), x, cuttree.Config(ratio=0.3, latency_runs=0))
     path = cuttree.save(r, tmp_path / "m.cuttree", arch="cuttree.models:resnet20")
-    monkeypatch.setattr(_util, "available_memory", lambda: 100_000)  # 0.1 MB free
+    monkeypatch.setattr(resources, "available_memory", lambda: 100_000)  # 0.1 MB free
     with pytest.raises(
         cuttree.ResourceError,
         match=r"a working copy of the model needs about 1\.0 MiB of memory; this machine has 0\.1 MiB .* inplace=True",
@@ -27,5 +27,5 @@ def test_prune_and_load_refuse_early_when_memory_is_short(tmp_path: Path, monkey
         match=r"loading '.*m\.cuttree' needs about \d\.\d MiB of memory; this machine has 0\.1 MiB",
     ):
         cuttree.load(path)
-    monkeypatch.setattr(_util, "available_memory", lambda: None)  # unknown (not Linux): no check
+    monkeypatch.setattr(resources, "available_memory", lambda: None)  # unknown (not Linux): no check
     assert cuttree.load(path) is not None

@@ -164,24 +164,47 @@ class PruningPlan:
 
     @classmethod
     def from_dict(cls, d: Any) -> PruningPlan:
-        """Rebuild a plan from :meth:`to_dict` output, validating every field."""
+        """Rebuild a plan from :meth:`to_dict` output, validating every field (it may come from a hostile file).
+
+        >>> PruningPlan.from_dict({"version": 1, "shapes": {}, "groups": [{"name": "g", "size": 2, "keep": [5]}]})
+        Traceback (most recent call last):
+        cuttree.errors.FileFormatError: plan group 'g': keep indices out of range 0..1
+        """
         if not isinstance(d, dict) or d.get("version") != PLAN_VERSION:
             raise FileFormatError(
                 f"plan version {d.get('version') if isinstance(d, dict) else None!r} is not {PLAN_VERSION}; "
                 "re-create the file with this cuttree version"
             )
+        try:
+            return cls._from_dict(d)
+        except FileFormatError:
+            raise
+        except (TypeError, ValueError, OverflowError, AttributeError, KeyError) as e:  # a field of the wrong kind
+            raise FileFormatError(
+                f"plan is malformed ({type(e).__name__}: {str(e)[:80]}); the file is corrupt"
+            ) from None
+
+    @classmethod
+    def _from_dict(cls, d: dict[str, Any]) -> PruningPlan:
+        shapes = {str(k): tuple(_dim(x) for x in _get({"v": v}, "v", list)) for k, v in _get(d, "shapes", dict).items()}
         groups = []
         for g in _get(d, "groups", list):
             if not isinstance(g, dict):
                 raise FileFormatError("plan group is not a mapping; the file is corrupt")
             size = _get(g, "size", int)
-            keep = tuple(int(k) for k in _get(g, "keep", list))
+            keep = tuple(_get({"keep": k}, "keep", int) for k in _get(g, "keep", list))
             if size < 1 or any(k < 0 or k >= size for k in keep) or len(set(keep)) != len(keep):
                 raise FileFormatError(f"plan group '{g.get('name')}': keep indices out of range 0..{size - 1}")
-            members = tuple(PlanMember.from_dict(m, size) for m in _get(g, "members", list))
+            members = []
+            for m in _get(g, "members", list):
+                if not isinstance(m, dict):
+                    raise FileFormatError(
+                        f"plan group '{g.get('name')}': a member is not a mapping; the file is corrupt"
+                    )
+                _check_member(m, size, shapes)
+                members.append(PlanMember.from_dict(m, size))
             criterion, unit = str(g.get("criterion", "l1")), str(g.get("unit", "channels"))
-            groups.append(GroupPlan(_get(g, "name", str), size, keep, members, criterion, unit))
-        shapes = {str(k): tuple(int(x) for x in v) for k, v in _get(d, "shapes", dict).items()}
+            groups.append(GroupPlan(_get(g, "name", str), size, keep, tuple(members), criterion, unit))
         return cls(
             groups=tuple(groups),
             shapes=shapes,
@@ -192,6 +215,35 @@ class PruningPlan:
             layout=str(d.get("layout", "torch")),
             budget=dict(d.get("budget", {})) if isinstance(d.get("budget", {}), dict) else {},
         )
+
+
+MAX_DIM = 2**31  # no real tensor dim is larger; a larger one is a corrupt or hostile file
+
+
+def _dim(x: Any) -> int:
+    if not isinstance(x, int) or isinstance(x, bool) or not 0 <= x < MAX_DIM:
+        raise FileFormatError(f"plan shape entry {x!r} is not a tensor dim (0 ≤ n < 2^31); the file is corrupt")
+    return x
+
+
+def _check_member(m: dict[str, Any], size: int, shapes: dict[str, tuple[int, ...]]) -> None:
+    """A member's positions must lie inside its tensor's recorded dim (before anything is allocated)."""
+    tensor, dim = _get(m, "tensor", str), _get(m, "dim", int)
+    shape = shapes.get(tensor)
+    if shapes and shape is None:
+        raise FileFormatError(f"plan member '{tensor}' has no recorded shape; the file is corrupt")
+    extent = shape[dim] if shape is not None and 0 <= dim < len(shape) else None
+    if dim < 0 or (shape is not None and extent is None):
+        raise FileFormatError(f"plan member '{tensor}': dim {dim} is not a dim of its shape {shape}")
+    if "offset" in m:
+        end = _get(m, "offset", int) + size * _get(m, "repeat", int)
+    else:
+        positions = _get(m, "positions", list)
+        end = max((p + 1 for p in positions if isinstance(p, int)), default=0)
+        if any(not isinstance(p, int) or isinstance(p, bool) or p < 0 for p in positions):
+            raise FileFormatError(f"plan member '{tensor}': positions must be non-negative integers")
+    if end > (extent if extent is not None else MAX_DIM):
+        raise FileFormatError(f"plan member '{tensor}': positions reach {end}, past its dim of {extent}")
 
 
 def _get(d: dict[str, Any], key: str, typ: type) -> Any:

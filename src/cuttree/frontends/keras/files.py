@@ -11,8 +11,10 @@ smaller for a 90% sparse model, and only :func:`load` reads it. Keras alone refu
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -27,6 +29,7 @@ import cuttree
 from cuttree.core.plan import PruningPlan
 from cuttree.errors import FileFormatError
 from cuttree.files import SPARSE_MIN_SIZE, SPARSE_MIN_ZEROS, atomic_write, inflate, pack_sparse, unpack_mask
+from cuttree.resources import check_memory
 from cuttree.results import PruneResult
 
 META = "cuttree.json"  # the plan and measurements, stored inside the .keras zip beside Keras's own files
@@ -73,6 +76,7 @@ def save(result: Any, path: str | os.PathLike[str], *, sparse_storage: bool = Fa
                 dst.writestr(name, data)
             for name, data in stored.items():  # already compressed
                 dst.writestr(name, data, compress_type=zipfile.ZIP_STORED)
+            meta["checksum"] = _checksum({**members, **stored}, meta)
             dst.writestr(META, json.dumps(meta))
 
     return atomic_write(p, write)
@@ -120,6 +124,19 @@ def _join_sparse(z: zipfile.ZipFile, sparse: dict[str, Any], source: Path) -> by
         rest = z.read(SPARSE_WEIGHTS)
     except KeyError:
         raise FileFormatError(f"'{source}': {SPARSE_WEIGHTS} is missing; the file is corrupt") from None
+    # What the header declares, checked against this machine before anything is inflated: a
+    # hostile header must not make cuttree allocate what it claims (the torch loader checks the
+    # architecture's own shapes; a Keras weights file is matched to layers only by Keras itself).
+    try:
+        declared = sum(
+            math.prod(int(x) for x in info["shape"]) * (np.dtype(str(info["dtype"])).itemsize + 2)
+            for info in sparse.values()
+        )
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise FileFormatError(f"'{source}': a sparse array's header is malformed; the file is corrupt") from None
+    check_memory(
+        declared, f"'{source}' (its sparse arrays, as declared)", "the file is hostile or needs a larger machine"
+    )
     with h5py.File(io.BytesIO(rest), "r") as src, h5py.File(out, "w") as dst:
         dst.attrs.update(src.attrs)
         for key in src:
@@ -134,7 +151,7 @@ def _join_sparse(z: zipfile.ZipFile, sparse: dict[str, Any], source: Path) -> by
                 raise FileFormatError(f"'{source}': sparse array '{name}' is malformed; the file is corrupt") from None
             if dtype.kind != "f" or nnz < 0 or any(x < 0 for x in shape) or name in dst:
                 raise FileFormatError(f"'{source}': sparse array '{name}' has an invalid dtype, shape or name")
-            numel = int(np.prod(shape))
+            numel = math.prod(shape)
             try:
                 keep = unpack_mask(mask, numel, nnz, name)
                 nonzero = np.frombuffer(inflate(values, nnz * dtype.itemsize, name), dtype=dtype)
@@ -153,7 +170,10 @@ def load(path: str | os.PathLike[str]) -> Any:
         raise ValueError(f"model file '{p}' does not exist; pass the path of a .keras or .h5 file")
     if p.suffix not in (".keras", ".h5"):
         raise ValueError(f"'{p}' is not a Keras file; cuttree.keras reads .keras and .h5")
-    sparse = read_metadata(p).get("sparse")
+    meta = read_metadata(p)
+    if "checksum" in meta:
+        _verify(p, meta)
+    sparse = meta.get("sparse")
     if not sparse:
         return _load_keras(p, p)
     with tempfile.TemporaryDirectory() as d:
@@ -166,6 +186,30 @@ def load(path: str | os.PathLike[str]) -> Any:
         return _load_keras(plain, p)
 
 
+def _checksum(members: dict[str, bytes], meta: dict[str, Any]) -> str:
+    """SHA-256 of every member of the zip but :data:`META`, and of ``meta`` less its checksum."""
+    h = hashlib.sha256()
+    for name in sorted(members):
+        h.update(f"{name}|{len(members[name])}|".encode())
+        h.update(members[name])
+    h.update(json.dumps({k: v for k, v in meta.items() if k != "checksum"}, sort_keys=True).encode())
+    return "sha256:" + h.hexdigest()
+
+
+def _verify(path: Path, meta: dict[str, Any]) -> None:
+    """Refuse a cuttree-written ``.keras`` file whose contents are not what was written."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            members = {name: z.read(name) for name in z.namelist() if name != META}
+    except Exception as e:  # zipfile raises several types for a damaged member (bad CRC, zlib, EOF)
+        raise FileFormatError(f"'{path}' is corrupt: a member of its zip cannot be read ({type(e).__name__})") from None
+    if _checksum(members, meta) != meta["checksum"]:
+        raise FileFormatError(
+            f"'{path}' is corrupt: its checksum does not match its contents (a changed bit in the weights or "
+            "metadata); use an intact copy"
+        )
+
+
 def _load_keras(file: Path, source: Path) -> Any:
     try:
         return keras.saving.load_model(file, safe_mode=True, compile=False)
@@ -175,7 +219,15 @@ def _load_keras(file: Path, source: Path) -> Any:
                 f"'{source}' holds a Lambda layer, whose code cuttree will not run (safe mode); rebuild the model "
                 "with built-in layers or a registered custom layer instead of the Lambda"
             ) from None
-        raise FileFormatError(f"'{source}' could not be loaded as a Keras model ({str(e).splitlines()[0]})") from None
+        raise FileFormatError(f"'{source}' could not be loaded as a Keras model ({_first_line(e)})") from None
+    except Exception as e:  # a damaged file: Keras, zipfile and h5py raise many types (OSError, KeyError, EOFError…)
+        raise FileFormatError(
+            f"'{source}' is corrupt or not a Keras model ({type(e).__name__}: {_first_line(e)[:100]})"
+        ) from None
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -188,7 +240,7 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
             if META not in z.namelist():
                 return {}
             return dict(json.loads(z.read(META)))
-    except (zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError):
+    except Exception:  # a damaged zip raises many types (BadZipFile, OSError from bz2, zlib.error, EOFError…)
         raise FileFormatError(f"'{p}' is not a readable .keras file (a damaged zip or {META}); save it again") from None
 
 
