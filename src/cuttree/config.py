@@ -274,13 +274,26 @@ def _section(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel]:
 
 
 def _one_line(e: ValidationError, model: type[BaseModel]) -> str:
+    """pydantic's first error as one line; keys that are not printable (a newline) are escaped.
+
+    >>> try:
+    ...     Config(ratio=0.5, **{"a\\nb": 1})
+    ... except ValueError as e:
+    ...     print(e)
+    config key 'a\\nb': unknown key
+    """
     err = e.errors()[0]
-    loc = ".".join(str(x) for x in err["loc"])
+    loc = ".".join(_printable(str(x)) for x in err["loc"])
     if err["type"] == "extra_forbidden":
         key = str(err["loc"][-1])
         return f"config key '{loc}': unknown key{did_you_mean(key, _section(model, err['loc'][:-1]).model_fields)}"
-    msg = err["msg"].removeprefix("Value error, ")
+    msg = _printable(err["msg"].removeprefix("Value error, "))
     if not loc:
         return msg
     value = err.get("input")
     return f"config key '{loc}' = {value!r}: {msg}; fix the value in the config or --set {loc}=..."
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped, so that an error stays on one line."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
