@@ -26,6 +26,7 @@ chromium:
 
 test: $(STAMP) chromium
 	$(BIN)/python -m ruff check src tests bench
+	$(BIN)/python -m ruff format --check src tests bench
 	$(BIN)/python -m mypy src/cuttree bench
 	$(BIN)/python -m pytest -q
 

@@ -89,7 +89,8 @@ def test_cli_export_reads_the_input_shape_from_the_file(tmp_path: Path, capsys: 
     assert "ONNX Runtime matches torch within" in printed.out and "batch sizes 1 and 2; tolerance 0.0001" in printed.out
     assert "export: 2/2 (100%)" in printed.err
     assert (tmp_path / "r.onnx").stat().st_size > 100_000
-    assert main(["export", str(out), "--onnx", str(tmp_path / "bad.onnx"), "--atol", "0"]) == 9  # exported, but not within tolerance
+    # exported, but not within tolerance: exit 9
+    assert main(["export", str(out), "--onnx", str(tmp_path / "bad.onnx"), "--atol", "0"]) == 9
     err = capsys.readouterr().err.splitlines()[-1]
     assert err.startswith("cuttree: error: ONNX Runtime's outputs differ") and "not written" in err
     assert not (tmp_path / "bad.onnx").exists()

@@ -248,7 +248,7 @@ def parse_set(items: list[str]) -> dict[str, Any]:
             node[leaf] = yaml.safe_load(value)
         except yaml.YAMLError:
             raise ValueError(
-                f"--set {item!r}: the value {value!r} is not valid YAML; quote it (a string: --set {key}='\"...\"') "
+                f"--set {item!r}: the value {value!r} is not valid YAML; quote it (a string: --set {_printable(key)}='\"...\"') "
                 "or fix its brackets"
             ) from None
     return out

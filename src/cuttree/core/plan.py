@@ -148,7 +148,7 @@ class PruningPlan:
             "macs_after": self.macs_after,
             "config": self.config,
             "budget": self.budget,
-            "shapes": {k: list(v) for k, v in self.shapes.items()},
+            "shapes": {k: list(v) for k, v in sorted(self.shapes.items())},  # the same file bytes every run
             "groups": [
                 {
                     "name": g.name,
