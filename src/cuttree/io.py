@@ -74,6 +74,8 @@ def decompress(
     """
     out = {k: v for k, v in tensors.items() if "::" not in k}
     for k, info in sparse.items():
+        if not isinstance(info, dict) or set(info) != {"shape", "dtype", "nnz"}:
+            raise FileFormatError(f"'{source}': sparse tensor '{k}' has a malformed header; the file is corrupt")
         try:
             shape = [int(x) for x in info["shape"]]
             dtype = getattr(torch, str(info["dtype"]))
@@ -283,6 +285,7 @@ def load(
     verify(path, stored)  # before anything in the file is used
     meta = read_metadata(path)
     model = build() if build is not None else build_from_file(meta, path, trusted)
+    _check_recorded_shapes(model, meta["plan"], path)
     try:
         apply_plan(model, meta["plan"])
     except CuttreeError as e:  # the plan names tensors or sizes this architecture does not have
@@ -316,6 +319,20 @@ def build_from_file(meta: dict[str, Any], path: str | Path, trusted: Iterable[st
         raise FileFormatError(
             f"'{path}': the architecture it names cannot be built ({first}); the file is corrupt"
         ) from None
+
+
+def _check_recorded_shapes(model: nn.Module, plan: PruningPlan, path: str | Path) -> None:
+    """The plan records the dense shape of every tensor it prunes: they must be this model's."""
+    have = {
+        n: tuple(t.shape)
+        for n, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    }
+    for name, shape in plan.shapes.items():
+        if have.get(name) != tuple(shape):
+            raise FileFormatError(
+                f"'{path}': its plan was made for tensor '{name}' of shape {list(shape)}, the architecture has "
+                f"{list(have[name]) if name in have else 'no such tensor'}; build the architecture the file was saved from"
+            )
 
 
 def verify(path: str | Path, stored: dict[str, torch.Tensor]) -> None:

@@ -1,11 +1,11 @@
 """Hostile and corrupt Keras files are refused without running their code: a generated corpus.
 
 Lambda layers (their Python code would run on load) in several places; every truncation and bit
-flip of cuttree-written ``.keras`` files, dense and sparse storage (a flip in the weights is found
-by the checksum cuttree stores in ``cuttree.json``; Keras and h5py check none); sparse headers
-that declare arrays too large to allocate. Each must be refused with a one-line
-``FileFormatError`` or ``ResourceError``, or load a model whose weights are identical (a flip in
-zip padding). Counts are printed with ``-s``.
+flip of cuttree-written ``.keras`` files, dense and sparse storage (any changed byte is found by
+the SHA-256 seal cuttree writes into the zip's comment; Keras and h5py check nothing); sparse
+headers that declare arrays too large to allocate. Each must be refused with a one-line
+``FileFormatError`` or ``ResourceError``, or load a model whose weights are identical. Counts are
+printed with ``-s``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ keras = pytest.importorskip("keras")
 import cuttree  # noqa: E402
 import cuttree.keras as ck  # noqa: E402
 from cuttree.errors import CuttreeError  # noqa: E402
-from cuttree.frontends.keras.files import _checksum  # noqa: E402
+from cuttree.frontends.keras.files import sealed_zip  # noqa: E402
 
 SCALE = int(os.environ.get("CUTTREE_FUZZ", "1"))
 COUNTS: Counter[str] = Counter()
@@ -124,11 +124,8 @@ def test_sparse_headers_that_declare_huge_arrays_are_refused_before_allocating(t
     for shape in ([1 << 20, 1 << 20, 64], [1 << 40], [1 << 31, 1 << 31], [-1, 4], ["x"], 7, None):
         hostile = json.loads(members["cuttree.json"])
         hostile["sparse"][name]["shape"] = shape
-        hostile["checksum"] = _checksum({n: d for n, d in members.items() if n != "cuttree.json"}, hostile)
-        path = tmp_path / "hostile.keras"
-        with zipfile.ZipFile(path, "w") as z:
-            for n, data in members.items():
-                z.writestr(n, json.dumps(hostile) if n == "cuttree.json" else data)
+        path = tmp_path / "hostile.keras"  # with a valid seal: anyone can compute one
+        path.write_bytes(sealed_zip({**members, "cuttree.json": json.dumps(hostile).encode()}, zipfile.ZIP_DEFLATED))
         COUNTS["hostile sparse header (.keras)"] += 1
         with pytest.raises(CuttreeError) as e:
             ck.load(path)

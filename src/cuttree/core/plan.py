@@ -195,14 +195,19 @@ class PruningPlan:
             keep = tuple(_get({"keep": k}, "keep", int) for k in _get(g, "keep", list))
             if size < 1 or any(k < 0 or k >= size for k in keep) or len(set(keep)) != len(keep):
                 raise FileFormatError(f"plan group '{g.get('name')}': keep indices out of range 0..{size - 1}")
+            _known_keys(g, GROUP_KEYS, f"plan group '{g.get('name')}'")
             members = []
             for m in _get(g, "members", list):
                 if not isinstance(m, dict):
                     raise FileFormatError(
                         f"plan group '{g.get('name')}': a member is not a mapping; the file is corrupt"
                     )
+                _known_keys(m, MEMBER_KEYS, f"plan member '{m.get('tensor')}'")
                 _check_member(m, size, shapes)
                 members.append(PlanMember.from_dict(m, size))
+            dims = [(m.tensor, m.dim) for m in members]
+            if len(set(dims)) != len(dims):
+                raise FileFormatError(f"plan group '{g.get('name')}' lists a tensor dim twice; the file is corrupt")
             criterion, unit = str(g.get("criterion", "l1")), str(g.get("unit", "channels"))
             groups.append(GroupPlan(_get(g, "name", str), size, keep, tuple(members), criterion, unit))
         return cls(
@@ -218,6 +223,14 @@ class PruningPlan:
 
 
 MAX_DIM = 2**31  # no real tensor dim is larger; a larger one is a corrupt or hostile file
+GROUP_KEYS = {"name", "size", "keep", "criterion", "unit", "members"}
+MEMBER_KEYS = {"tensor", "dim", "offset", "repeat", "positions", "channels"}
+
+
+def _known_keys(d: dict[str, Any], known: set[str], what: str) -> None:
+    unknown = sorted(str(k) for k in d if k not in known)
+    if unknown:
+        raise FileFormatError(f"{what} has unknown field {unknown[0]!r}; the file is corrupt or from a newer cuttree")
 
 
 def _dim(x: Any) -> int:

@@ -18,6 +18,7 @@ import math
 import os
 import tempfile
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ def save(result: Any, path: str | os.PathLike[str], *, sparse_storage: bool = Fa
     p = Path(path)
     if p.suffix != ".keras":
         raise ValueError(f"'{p}': a Keras model is saved as .keras; use a path ending in .keras")
-    meta: dict[str, Any] = {"cuttree": cuttree.__version__, "backend": keras.backend.backend()}
+    meta: dict[str, Any] = {"cuttree": cuttree.__version__, "backend": keras.backend.backend(), "sealed": True}
     if isinstance(result, PruneResult):
         meta |= {"plan": result.plan.to_dict(), "before": result.before.to_dict(), "after": result.after.to_dict()}
 
@@ -71,13 +72,7 @@ def save(result: Any, path: str | os.PathLike[str], *, sparse_storage: bool = Fa
         # Keras stores its zip uncompressed. Compressed, the zeros of a sparse model cost little:
         # bzip2 where most weights are zero (smaller, slower), deflate otherwise; keras reads both.
         method = zipfile.ZIP_BZIP2 if _zero_fraction(model) >= 0.5 else zipfile.ZIP_DEFLATED
-        with zipfile.ZipFile(tmp, "w", method) as dst:
-            for name, data in members.items():
-                dst.writestr(name, data)
-            for name, data in stored.items():  # already compressed
-                dst.writestr(name, data, compress_type=zipfile.ZIP_STORED)
-            meta["checksum"] = _checksum({**members, **stored}, meta)
-            dst.writestr(META, json.dumps(meta))
+        tmp.write_bytes(sealed_zip({**members, **stored, META: json.dumps(meta).encode()}, method, stored=stored))
 
     return atomic_write(p, write)
 
@@ -170,10 +165,8 @@ def load(path: str | os.PathLike[str]) -> Any:
         raise ValueError(f"model file '{p}' does not exist; pass the path of a .keras or .h5 file")
     if p.suffix not in (".keras", ".h5"):
         raise ValueError(f"'{p}' is not a Keras file; cuttree.keras reads .keras and .h5")
-    meta = read_metadata(p)
-    if "checksum" in meta:
-        _verify(p, meta)
-    sparse = meta.get("sparse")
+    _verify(p)
+    sparse = read_metadata(p).get("sparse")
     if not sparse:
         return _load_keras(p, p)
     with tempfile.TemporaryDirectory() as d:
@@ -186,27 +179,44 @@ def load(path: str | os.PathLike[str]) -> Any:
         return _load_keras(plain, p)
 
 
-def _checksum(members: dict[str, bytes], meta: dict[str, Any]) -> str:
-    """SHA-256 of every member of the zip but :data:`META`, and of ``meta`` less its checksum."""
-    h = hashlib.sha256()
-    for name in sorted(members):
-        h.update(f"{name}|{len(members[name])}|".encode())
-        h.update(members[name])
-    h.update(json.dumps({k: v for k, v in meta.items() if k != "checksum"}, sort_keys=True).encode())
-    return "sha256:" + h.hexdigest()
+_SEAL_PREFIX = b"cuttree-sha256:"
 
 
-def _verify(path: Path, meta: dict[str, Any]) -> None:
-    """Refuse a cuttree-written ``.keras`` file whose contents are not what was written."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            members = {name: z.read(name) for name in z.namelist() if name != META}
-    except Exception as e:  # zipfile raises several types for a damaged member (bad CRC, zlib, EOF)
-        raise FileFormatError(f"'{path}' is corrupt: a member of its zip cannot be read ({type(e).__name__})") from None
-    if _checksum(members, meta) != meta["checksum"]:
+def sealed_zip(members: dict[str, bytes], method: int, stored: Iterable[str] = ()) -> bytes:
+    """A zip of ``members`` (in order; those named in ``stored`` are already compressed), whose
+    comment is the SHA-256 of every byte before it: any changed byte of the file is then found,
+    the zip's and Keras's own fields included (zip CRCs cover member data only, and Keras's
+    reader does not always check them).
+
+    >>> blob = sealed_zip({"a": b"x"}, zipfile.ZIP_DEFLATED)
+    >>> _sealed_ok(blob), _sealed_ok(blob[:-1] + b"!")
+    (True, False)
+    """
+    keep = set(stored)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", method) as z:
+        for name, data in members.items():
+            z.writestr(name, data, compress_type=zipfile.ZIP_STORED if name in keep else None)
+        z.comment = _SEAL_PREFIX + b"0" * 64  # the seal's place, filled in once every byte before it is known
+    body = buf.getvalue()[:-64]
+    return body + hashlib.sha256(body).hexdigest().encode()
+
+
+def _sealed_ok(blob: bytes) -> bool | None:
+    """True if the seal matches, False if it does not, None for a file without one."""
+    if blob[len(blob) - 64 - len(_SEAL_PREFIX) : len(blob) - 64] != _SEAL_PREFIX:
+        return None
+    return blob[len(blob) - 64 :] == hashlib.sha256(blob[: len(blob) - 64]).hexdigest().encode()
+
+
+def _verify(path: Path) -> None:
+    """Refuse a cuttree-written ``.keras`` file with any changed byte (plain Keras files have no seal)."""
+    ok = _sealed_ok(path.read_bytes())
+    if ok is None and read_metadata(path).get("sealed"):
+        ok = False  # written with a seal that is no longer where it was
+    if ok is False:
         raise FileFormatError(
-            f"'{path}' is corrupt: its checksum does not match its contents (a changed bit in the weights or "
-            "metadata); use an intact copy"
+            f"'{path}' is corrupt: its SHA-256 seal does not match its contents (a changed bit); use an intact copy"
         )
 
 
