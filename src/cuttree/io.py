@@ -285,7 +285,7 @@ def load(
     verify(path, stored)  # before anything in the file is used
     meta = read_metadata(path)
     model = build() if build is not None else build_from_file(meta, path, trusted)
-    _check_recorded_shapes(model, meta["plan"], path)
+    _check_plan(model, meta["plan"], path)
     try:
         apply_plan(model, meta["plan"])
     except CuttreeError as e:  # the plan names tensors or sizes this architecture does not have
@@ -321,8 +321,20 @@ def build_from_file(meta: dict[str, Any], path: str | Path, trusted: Iterable[st
         ) from None
 
 
-def _check_recorded_shapes(model: nn.Module, plan: PruningPlan, path: str | Path) -> None:
-    """The plan records the dense shape of every tensor it prunes: they must be this model's."""
+def _check_plan(model: nn.Module, plan: PruningPlan, path: str | Path) -> None:
+    """A plan read from a file must be one cuttree could have made for this model: its recorded
+    config valid, and the dense shape it records for each tensor it prunes (and only those) the
+    model's."""
+    from cuttree.config import Config
+
+    try:
+        Config(**plan.config)
+    except (ValueError, TypeError) as e:
+        raise FileFormatError(f"'{path}': the config its plan records is invalid ({e}); the file is corrupt") from None
+    pruned = {m.tensor for g in plan.groups for m in g.members}
+    extra = sorted(set(plan.shapes) - pruned)
+    if extra:
+        raise FileFormatError(f"'{path}': its plan records tensor '{extra[0]}', which none of its groups prunes")
     have = {
         n: tuple(t.shape)
         for n, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
