@@ -240,8 +240,9 @@ def resolve_arch(arch: str, trusted: Iterable[str] = ()) -> Callable[..., nn.Mod
 
     if not is_trusted(mod):
         raise FileFormatError(
-            f"arch '{arch}' is outside the trusted modules {list(allowed)}; if you trust the file, allow its module "
-            f"with --trust {mod} (trusted=['{mod}'] in Python, or build= a callable returning the model)"
+            f"arch '{arch}' is outside the trusted modules {list(allowed)}; if it names your own model's module, allow "
+            f"it with --trust {mod} (trusted=['{mod}'] in Python, or build= a callable returning the model), never for "
+            "a file you did not make"
         )
     try:
         obj: Any = importlib.import_module(mod)
@@ -315,9 +316,9 @@ def build_from_file(meta: dict[str, Any], path: str | Path, trusted: Iterable[st
     except FileFormatError as e:
         raise FileFormatError(f"'{path}': {e}") from None
     except (ValueError, TypeError, RuntimeError) as e:  # a bad name, or arguments the builder refuses
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        first = str(e).splitlines()[0].rsplit("; ", 1)[0] if str(e) else type(e).__name__  # its own fix hint dropped
         raise FileFormatError(
-            f"'{path}': the architecture it names cannot be built ({first}); the file is corrupt"
+            f"'{path}': the architecture it names cannot be built ({first}); install what it needs or use an intact file"
         ) from None
 
 
