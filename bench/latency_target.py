@@ -18,20 +18,12 @@ import argparse
 import time
 
 import torch
-import torchvision
 
 import cuttree
+from _build import build
 from cuttree.deploy import keep_freed_memory
 from cuttree.latency_budget import timers
-from cuttree.models import vgg16_bn_cifar
 from cuttree.timing import interleaved
-
-
-def build(name: str) -> tuple[torch.nn.Module, int]:
-    torch.manual_seed(0)
-    if name == "vgg16_bn_cifar":
-        return vgg16_bn_cifar().eval(), 32
-    return torchvision.models.get_model(name, weights=None).eval(), 224
 
 
 def main() -> None:

@@ -12,8 +12,6 @@ import torch
 from torch import nn
 
 from cuttree.errors import TraceError
-from cuttree.resources import available_memory as available_memory  # re-exported
-from cuttree.resources import check_memory as check_memory  # re-exported
 
 
 def model_bytes(model: nn.Module) -> int:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from cuttree import calibrate
-from cuttree._util import as_inputs, check_memory, model_bytes, model_device, refuse_keras, to_numpy
+from cuttree._util import as_inputs, model_bytes, model_device, refuse_keras, to_numpy
 from cuttree.config import Config
 from cuttree.core.planner import decide, estimate, resolve
 from cuttree.errors import SurgeryError
@@ -27,6 +27,7 @@ from cuttree.graph.groups import DependencyGraph, build_graph
 from cuttree.graph.trace import named_tensors
 from cuttree.measure import compare, count_params, measure
 from cuttree.plan import PruningPlan
+from cuttree.resources import check_memory
 from cuttree.results import Measurements as Measurements  # re-exported: old import path
 from cuttree.results import PruneResult
 from cuttree.results import measurements_table as measurements_table  # re-exported: old import path

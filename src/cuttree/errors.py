@@ -41,6 +41,17 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     return f" — did you mean '{close[0]}'?" if close else ""
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (its type's name if it has none): a cause quoted in
+    one of cuttree's one-line errors.
+
+    >>> first_line(ValueError("bad shape\\nmore detail")), first_line(KeyError())
+    ('bad shape', 'KeyError')
+    """
+    text = str(error)
+    return text.splitlines()[0] if text.strip() else type(error).__name__
+
+
 class ResourceError(CuttreeError):
     """The job needs more memory than this machine has available (said before trying)."""
 

@@ -24,12 +24,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from cuttree._util import check_memory, to_numpy
-from cuttree.errors import CuttreeError, FileFormatError
+from cuttree._util import to_numpy
+from cuttree.errors import CuttreeError, FileFormatError, first_line
 from cuttree.files import SPARSE_MIN_SIZE, SPARSE_MIN_ZEROS, inflate, pack_sparse, unpack_mask
 from cuttree.files import atomic_write as atomic_write  # re-exported: old import path
 from cuttree.measure import state_dict_for_save, tensor_names
 from cuttree.plan import PruningPlan
+from cuttree.resources import check_memory
 from cuttree.surgery import apply_plan
 
 FORMAT_VERSION = "1"
@@ -316,7 +317,7 @@ def build_from_file(meta: dict[str, Any], path: str | Path, trusted: Iterable[st
     except FileFormatError as e:
         raise FileFormatError(f"'{path}': {e}") from None
     except (ValueError, TypeError, RuntimeError) as e:  # a bad name, or arguments the builder refuses
-        first = str(e).splitlines()[0].rsplit("; ", 1)[0] if str(e) else type(e).__name__  # its own fix hint dropped
+        first = first_line(e).rsplit("; ", 1)[0]  # its own fix hint dropped
         raise FileFormatError(
             f"'{path}': the architecture it names cannot be built ({first}); install what it needs or use an intact file"
         ) from None
@@ -405,7 +406,7 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         try:
             state = torch.load(str(p), map_location="cpu", weights_only=True)
         except Exception as e:  # weights_only refuses pickled code with UnpicklingError and others
-            first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+            first = first_line(e)[:160]
             raise FileFormatError(
                 f"weights file '{p}' is refused: not a plain state dict ({first}); cuttree never unpickles code — "
                 "convert it to .safetensors"

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten
 
 from cuttree._util import as_inputs, eval_mode
-from cuttree.errors import SurgeryError
+from cuttree.errors import SurgeryError, first_line
 from cuttree.plan import PruningPlan
 from cuttree.rules import rule_for_module
 
@@ -119,7 +119,7 @@ def _check_forward(
         with eval_mode(model), torch.no_grad():
             out = model(*example_inputs)
     except Exception as e:  # the user's forward failed on the pruned shapes: say so, keep the cause
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        first = first_line(e)
         raise SurgeryError(
             f"the pruned model fails its forward pass ({type(e).__name__}: {first}); the model's code probably "
             "hard-codes a channel count: add the layer involved to 'ignore'"

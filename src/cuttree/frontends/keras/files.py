@@ -28,7 +28,7 @@ import numpy as np
 
 import cuttree
 from cuttree.core.plan import PruningPlan
-from cuttree.errors import FileFormatError
+from cuttree.errors import FileFormatError, first_line
 from cuttree.files import SPARSE_MIN_SIZE, SPARSE_MIN_ZEROS, atomic_write, inflate, pack_sparse, unpack_mask
 from cuttree.resources import check_memory
 from cuttree.results import PruneResult
@@ -229,15 +229,11 @@ def _load_keras(file: Path, source: Path) -> Any:
                 f"'{source}' holds a Lambda layer, whose code cuttree will not run (safe mode); rebuild the model "
                 "with built-in layers or a registered custom layer instead of the Lambda"
             ) from None
-        raise FileFormatError(f"'{source}' could not be loaded as a Keras model ({_first_line(e)})") from None
+        raise FileFormatError(f"'{source}' could not be loaded as a Keras model ({first_line(e)})") from None
     except Exception as e:  # a damaged file: Keras, zipfile and h5py raise many types (OSError, KeyError, EOFError…)
         raise FileFormatError(
-            f"'{source}' is corrupt or not a Keras model ({type(e).__name__}: {_first_line(e)[:100]})"
+            f"'{source}' is corrupt or not a Keras model ({type(e).__name__}: {first_line(e)[:100]})"
         ) from None
-
-
-def _first_line(e: BaseException) -> str:
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import numpy as np
 
 from cuttree.core.grouping import components
 from cuttree.core.plan import PruningPlan
-from cuttree.errors import SurgeryError
+from cuttree.errors import SurgeryError, first_line
 from cuttree.frontends.keras.graph import Tracer, is_graph_model, trace
 from cuttree.frontends.keras.rules import rule_for
 
@@ -145,7 +145,7 @@ def apply_plan(model: Any, plan: PruningPlan, input_shapes: Sequence[tuple[int, 
         xs = [np.zeros(s, dtype="float32") for s in input_shapes]
         outs = keras.tree.flatten(rebuilt(xs if len(xs) > 1 else xs[0], training=False))
     except Exception as e:  # any failure of the rebuild: report, keep the cause, the original is untouched
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        first = first_line(e)
         raise SurgeryError(
             f"the pruned Keras model could not be rebuilt ({type(e).__name__}: {first}); add the layer involved "
             "to 'ignore'"
