@@ -51,8 +51,9 @@ def _life(target: Callable[..., None], args: tuple[Any, ...], kill_after: float 
 
 
 def _its_temp(folder: Path, pid: int) -> bool:
-    """Did the writer with ``pid`` leave a temp folder (killed mid-write)?"""
-    return any(p.name.endswith(".tmp") and f".{pid}." in p.name for p in folder.iterdir())
+    """Did the writer with ``pid`` leave a temp folder (killed mid-write)?  A life killed before it
+    made its run folder left nothing."""
+    return folder.is_dir() and any(p.name.endswith(".tmp") and f".{pid}." in p.name for p in folder.iterdir())
 
 
 def _state(path: Path) -> dict[str, torch.Tensor]:
