@@ -1,13 +1,15 @@
-"""A latency budget met on this machine: ``latency_target: {ms: 0.6 × dense, batch: 32}``.
+"""A latency budget met on this machine: ``latency_target: {fraction: 0.6, batch: 32}``.
 
 For the CIFAR-shaped VGG-16-BN (32×32) and torchvision resnet50 (224×224), random weights, in
-torch eager and in ONNX Runtime (the exported deploy form), 2 threads: the dense latency at
-batch 32 is measured, the budget set to ``--fraction`` of it, and ``cuttree.prune`` searches the
-MACs that meet it by measuring candidates. Then, independently of the search, the dense and
-the pruned model are timed again interleaved (``--runs``) and the result is compared with the
-budget: met within 5% means the pruned model's median is within 5% of the budget (and not above
-it by more than that). Printed per model and runtime: dense, budget, measured, the plan's own
-figure, MACs kept, rounds of the search, wall time.
+torch eager and in ONNX Runtime (the exported deploy form), 2 threads: the budget is
+``--fraction`` of the dense latency at batch 32, and ``cuttree.prune`` searches the MACs that
+meet it by measuring candidates. Then, independently of the search, the dense and the pruned
+model are timed again interleaved (``--runs``) and the result is compared with the budget:
+met within 5% means the pruned model's median is within 5% of ``fraction`` × the dense median
+of that same loop. (Milliseconds measured at different moments are not compared: this shared
+machine's speed moves by more than 5% between loops.) Printed per model and runtime: dense and
+pruned milliseconds, the fraction reached, the plan's own figure, MACs kept, rounds of the
+search, wall time.
 
     python bench/latency_target.py [--fraction 0.6] [--runs 9] [--models vgg16_bn_cifar,resnet50]
 """
@@ -41,26 +43,27 @@ def main() -> None:
             model, size = build(name)
             x1 = (torch.randn(1, 3, size, size),)
             xb = [torch.randn(32, 3, size, size)]
-            dense = interleaved(timers([model], xb, runtime), a.runs, warmup=2)[0].median_ms
-            goal = a.fraction * dense
-            cfg = cuttree.Config(latency_target={"ms": goal, "batch": 32, "runtime": runtime}, latency_runs=a.runs)
+            cfg = cuttree.Config(
+                latency_target={"fraction": a.fraction, "batch": 32, "runtime": runtime}, latency_runs=a.runs
+            )
             t0 = time.perf_counter()
             r = cuttree.prune(model, x1, cfg)
             wall = time.perf_counter() - t0
             d, p = interleaved(timers([model, r.model], xb, runtime), a.runs, warmup=2)
             b = r.plan.budget
-            met = abs(p.median_ms - goal) <= 0.05 * goal
-            rows.append((name, runtime, d.median_ms, goal, p.median_ms, b["measured_ms"], r.after.macs / r.before.macs,
-                         len(b["rounds"]), b.get("rounding", {}).get("kept", False), wall, met, p.median_ms / goal - 1))  # fmt: skip
+            got = p.median_ms / d.median_ms
+            met = abs(got / a.fraction - 1) <= 0.05
+            rows.append((name, runtime, d.median_ms, p.median_ms, got, b["latency_fraction"], r.after.macs / r.before.macs,
+                         len(b["rounds"]), b.get("rounding", {}).get("kept", False), wall, met, got / a.fraction - 1))  # fmt: skip
             print(f"{name} {runtime}: done in {wall:.0f} s", flush=True)
-    print(f"\nbatch 32, 2 threads, budget {a.fraction:g} × the dense latency measured first; re-measured "
+    print(f"\nbatch 32, 2 threads, budget {a.fraction:g} × the dense latency; re-measured after the search, "
           f"interleaved with the dense model, median of {a.runs}\n")  # fmt: skip
     print(
-        "| model | runtime | dense | budget | pruned (re-measured) | plan's figure | vs budget | MACs kept | rounds | rounded to 8 | search wall | met within 5% |"
+        "| model | runtime | dense | pruned | pruned ÷ dense | plan's figure | vs budget | MACs kept | rounds | rounded to 8 | search wall | met within 5% |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for n, rt, dms, g, pms, pm, mk, rounds, r8, wall, met, off in rows:
-        print(f"| {n} | {rt} | {dms:.1f} ms | {g:.1f} ms | {pms:.1f} ms | {pm:.1f} ms | {off:+.1%} | {mk:.1%} | {rounds} | "
+    for n, rt, dms, pms, got, pf, mk, rounds, r8, wall, met, off in rows:
+        print(f"| {n} | {rt} | {dms:.1f} ms | {pms:.1f} ms | {got:.3f} | {pf:.3f} | {off:+.1%} | {mk:.1%} | {rounds} | "
               f"{'yes' if r8 else 'no'} | {wall:.0f} s | {'yes' if met else 'NO'} |")  # fmt: skip
 
 

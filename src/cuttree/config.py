@@ -58,14 +58,35 @@ class LayerOverride(BaseModel):
 
 class LatencyTarget(BaseModel):
     """A latency budget measured on the machine cuttree runs on: at most ``ms`` milliseconds per
-    forward pass at batch ``batch`` (eager torch, or ONNX Runtime with ``runtime: onnxruntime``)."""
+    forward pass at batch ``batch`` (eager torch, or ONNX Runtime with ``runtime: onnxruntime``),
+    or at most ``fraction`` of the dense model's latency timed in the same loop (what stays true
+    on a machine whose speed drifts: both models slow down together).
+
+    >>> LatencyTarget(fraction=0.6, batch=32).fraction
+    0.6
+    >>> Config(latency_target={"batch": 32})
+    Traceback (most recent call last):
+    ...
+    ValueError: config key 'latency_target' = {'batch': 32}: latency_target needs ms (milliseconds) or fraction (of the dense latency, e.g. 0.6); set one of them; fix the value in the config or --set latency_target=...
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    ms: float = Field(gt=0.0)
+    ms: float | None = Field(default=None, gt=0.0)
+    fraction: float | None = Field(default=None, gt=0.0, lt=1.0)
     batch: int = Field(default=1, gt=0)
     runtime: Literal["eager", "onnxruntime"] = "eager"
-    tolerance: float = Field(default=0.05, ge=0.0, lt=1.0)  #: accepted overshoot, a fraction of ``ms``
+    tolerance: float = Field(default=0.05, ge=0.0, lt=1.0)  #: how far below the budget is close enough
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> LatencyTarget:
+        if (self.ms is None) == (self.fraction is None):
+            given = "both" if self.ms is not None else "neither"
+            raise ValueError(
+                f"latency_target needs ms (milliseconds) or fraction (of the dense latency, e.g. 0.6); "
+                f"{'set one of them' if given == 'neither' else 'got both: keep one'}"
+            )
+        return self
 
 
 class FinetuneConfig(BaseModel):
@@ -115,8 +136,8 @@ class Config(BaseModel):
     - ``ratio``: the fraction of each group's channels to remove (``scope: global`` ranks all
       groups together). With ``threshold`` too, a channel goes only if both select it.
     - ``macs_target``: the fraction of the original MACs to keep (e.g. 0.5 halves them);
-      ``params_target`` the same for parameters; ``latency_target`` (``{ms: X, batch: B}``) a
-      measured latency on this machine (:class:`LatencyTarget`).
+      ``params_target`` the same for parameters; ``latency_target`` (``{ms: X, batch: B}`` or
+      ``{fraction: F, batch: B}``) a measured latency on this machine (:class:`LatencyTarget`).
     - ``allocation``: how a budget is split among groups: ``uniform`` (by ``scope``: the same
       ratio everywhere, or all channels ranked together) or ``sensitivity`` (per-group ratios
       that meet the budget with the least loss predicted by a sensitivity analysis).
