@@ -46,7 +46,9 @@ def test_original_design_vgg16_nested(tmp_path: object) -> None:
     assert r.after.params == r.before.params
     r = ck.prune(model, cuttree.Config(mode="classification", min_samples=2, ratio=0.3, latency_runs=0))
     conv = r.model.get_layer("vgg16").get_layer("block1_conv1")
-    assert conv.filters == 64 - 19  # floor(0.3 · 64) removed
+    assert conv.filters == 48  # 64 − ⌊0.3 · 64⌋ = 45 kept, rounded up to a multiple of 8 (round_to: auto)
+    free = ck.prune(model, cuttree.Config(ratio=0.3, round_to=1, latency_runs=0))
+    assert free.model.get_layer("vgg16").get_layer("block1_conv1").filters == 64 - 19
     assert np_out(r.model, x).shape == (2, 10)
     assert r.after.params < r.before.params and r.after.macs < r.before.macs
     assert r.plan.framework == "keras" and r.plan.macs_after == r.after.macs

@@ -143,6 +143,10 @@ class Config(BaseModel):
       that meet the budget with the least loss predicted by a sensitivity analysis).
     - ``head_ratio``: the fraction of attention heads to remove (default: ``ratio``); 0 keeps
       every head. Per-layer overrides in ``layers`` still win.
+    - ``round_to``: kept channel counts are rounded up to a multiple of this. ``auto`` (the
+      default) rounds to 8 in channel groups of at least 64 channels (a step is then at most an
+      eighth of the group), where vectorised kernels run markedly faster on such widths, and
+      leaves smaller groups, attention heads and conv groups free; ``1`` leaves every width free.
     - ``steps``: reach the target in this many prune → fine-tune rounds.
     - ``reconstruct``: after surgery, refit every layer that lost input channels by least squares
       so it reproduces the original's outputs on the calibration data (needs calibration data;
@@ -164,7 +168,7 @@ class Config(BaseModel):
     criterion: str = "l1"
     scope: Literal["local", "global"] = "local"
     min_channels: int = Field(default=1, ge=1)
-    round_to: int = Field(default=1, ge=1)
+    round_to: int | Literal["auto"] = "auto"
     ignore: tuple[str, ...] = ()
     layers: dict[str, LayerOverride] = Field(default_factory=dict)
     calib_samples: int = Field(default=256, gt=0)
@@ -224,6 +228,13 @@ class Config(BaseModel):
         if len(targets) > 1:
             raise ValueError(f"{' and '.join(targets)} are {len(targets)} budgets; set one of them")
         return self
+
+    @field_validator("round_to", mode="before")
+    @classmethod
+    def _round_to(cls, v: Any) -> Any:
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            return v
+        raise ValueError("must be a whole number ≥ 1 (8 for fast kernels, 1 for free widths) or 'auto'")
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> Config:

@@ -10,9 +10,9 @@ the budget or a few rounds are spent.
 Latency is judged as a fraction of the dense model's, timed in the same loop: on a shared
 machine the speed drifts between loops by more than a 5% tolerance, and both models drift
 together. A budget in milliseconds becomes that fraction through the dense latency's median over
-every loop. Where ``round_to`` is 1, the last candidate is also tried with widths rounded to a
-multiple of 8 (what vectorised kernels like) and kept if it is also within the budget's
-tolerance with at least as many MACs. The plan records the budget, what was measured and the
+every loop. With ``round_to: auto`` (the default) the first guess is pruned with widths rounded
+to multiples of 8 (what vectorised kernels like) and with free widths, and the search runs on
+rounded widths only where they cost at least 3% less time per MAC kept. The plan records the budget, what was measured and the
 margin (``plan.budget``).
 """
 
@@ -168,22 +168,22 @@ def meet_latency(
         return inside(ratio)
 
     # Widths rounded to a multiple of 8 can run much faster for the same MACs (ONNX Runtime's and
-    # oneDNN's kernels pick their paths by channel count): where they do at the first guess, the
-    # whole search runs on rounded widths, which buys more MACs for the same time.
-    round_to: int | None = None
+    # oneDNN's kernels pick their paths by channel count). With ``round_to: auto`` the first
+    # guess is pruned both ways, rounded (auto) and free (1), and timed in one loop: the whole
+    # search then runs on whichever costs less time per MAC kept.
+    round_to: int | None = None  # None: the config's own (auto)
     rounding: dict[str, Any] | None = None
-    if config.round_to == 1:
-        plain, r8 = candidate(frac), candidate(frac, round_to=8)
-        t1, t8 = timers([plain[0], r8[0]], inputs, target.runtime)
-        d, c1, c8 = interleaved([dense_timer, t1, t8], runs, warmup=2)
-        f1, f8 = c1.median_ms / d.median_ms, c8.median_ms / d.median_ms
+    if config.round_to == "auto":
+        rounded, plain = candidate(frac), candidate(frac, round_to=1)
+        t8, t1 = timers([rounded[0], plain[0]], inputs, target.runtime)
+        d, c8, c1 = interleaved([dense_timer, t8, t1], runs, warmup=2)
+        f8, f1 = c8.median_ms / d.median_ms, c1.median_ms / d.median_ms
         # rounding buys speed when it costs clearly less time per MAC kept (MACs are what
-        # accuracy follows) and its steps are fine enough to search (a 16-channel layer rounds
-        # to 8 or 16: the MACs asked for are then out of reach)
-        per_mac = (f8 / r8[1].macs_after) / (f1 / plain[1].macs_after)
-        fine = r8[1].macs_after >= 0.9 * plain[1].macs_after
+        # accuracy follows) and its steps are fine enough to search
+        per_mac = (f8 / rounded[1].macs_after) / (f1 / plain[1].macs_after)
+        fine = rounded[1].macs_after >= 0.9 * plain[1].macs_after
         rounding = {
-            "round_to": 8,
+            "round_to": "auto",
             "macs_fraction": round(frac, 4),
             "latency_fraction": round(f8, 4),
             "unrounded_fraction": round(f1, 4),
@@ -191,13 +191,13 @@ def meet_latency(
             "kept": per_mac < 0.97 and fine,
         }
         log(
-            f"  widths rounded to 8 at MACs {frac:.3f}: {f8:.3f} of the dense latency, unrounded {f1:.3f} "
+            f"  widths rounded (auto) at MACs {frac:.3f}: {f8:.3f} of the dense latency, free {f1:.3f} "
             f"({per_mac:.2f}× the time per MAC)"
         )
         if rounding["kept"]:
-            round_to, result, cand_timer, c = 8, r8, t8, c8
+            result, cand_timer, c = rounded, t8, c8
         else:
-            result, cand_timer, c = plain, t1, c1
+            round_to, result, cand_timer, c = 1, plain, t1, c1
     else:
         result = candidate(frac)
         cand_timer = timers([result[0]], inputs, target.runtime)[0]

@@ -185,7 +185,7 @@ def group_budgets(graph: DependencyGraph, cfg: Config, overrides: dict[str, list
                 ratio=ratio,
                 threshold=o.threshold if o is not None and o.threshold is not None else cfg.threshold,
                 min_channels=o.min_channels if o is not None and o.min_channels is not None else cfg.min_channels,
-                round_to=cfg.round_to,
+                round_to=round_to(cfg.round_to, graph.groups[i].unit, graph.groups[i].size),
                 in_global_pool=cfg.scope == "global"
                 and (o is None or o.ratio is None)
                 and not heads
@@ -193,3 +193,19 @@ def group_budgets(graph: DependencyGraph, cfg: Config, overrides: dict[str, list
             )
         )
     return out
+
+
+AUTO_ROUND_MIN = 64  #: the smallest channel group that ``round_to: auto`` rounds to 8
+
+
+def round_to(setting: int | str, unit: str, size: int) -> int:
+    """The multiple a group's kept count is rounded up to.
+
+    >>> round_to("auto", "channels", 256), round_to("auto", "channels", 32), round_to("auto", "heads", 96)
+    (8, 1, 1)
+    >>> round_to(4, "channels", 32)
+    4
+    """
+    if setting == "auto":
+        return 8 if unit == "channels" and size >= AUTO_ROUND_MIN else 1
+    return int(setting)
