@@ -59,7 +59,7 @@ def main() -> None:
     print(f"\nbatch 32, 2 threads, budget {a.fraction:g} × the dense latency; re-measured after the search, "
           f"interleaved with the dense model, median of {a.runs}\n")  # fmt: skip
     print(
-        "| model | runtime | dense | pruned | pruned ÷ dense | plan's figure | vs budget | MACs kept | rounds | rounded to 8 | search wall | met within 5% |"
+        "| model | runtime | dense | pruned | pruned ÷ dense | plan's figure | vs budget | MACs kept | rounds | rounded (auto) | search wall | met within 5% |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n, rt, dms, pms, got, pf, mk, rounds, r8, wall, met, off in rows:

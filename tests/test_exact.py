@@ -69,6 +69,22 @@ def test_min_channels_and_round_to() -> None:
     assert r.plan.groups[0].keep == (1, 2, 3)
 
 
+def test_round_to_auto_rounds_groups_of_64_channels_or_more_to_8() -> None:
+    """conv(3→64) → conv(64→32) → conv(32→10): at ratio 0.3 the 64-channel group keeps
+    64 − ⌊19.2⌋ = 45 → 48, the 32-channel group keeps 32 − ⌊9.6⌋ = 23 (too small to round)."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 64, 3), nn.ReLU(), nn.Conv2d(64, 32, 3), nn.ReLU(), nn.Conv2d(32, 10, 1)).eval()
+    x = (torch.randn(1, 3, 8, 8),)
+    auto = cuttree.prune(m, x, cuttree.Config(ratio=0.3, latency_runs=0))
+    assert [len(g.keep) for g in auto.plan.groups] == [48, 23]
+    free = cuttree.prune(m, x, cuttree.Config(ratio=0.3, round_to=1, latency_runs=0))
+    assert [len(g.keep) for g in free.plan.groups] == [45, 23]
+    assert set(free.plan.groups[0].keep) <= set(auto.plan.groups[0].keep)  # the same ranking, 3 more kept
+    for bad in (0, 2.5, "eight", True):
+        with pytest.raises(ValueError, match=r"config key 'round_to' = .*: must be a whole number ≥ 1 .* or 'auto'"):
+            cuttree.Config(ratio=0.3, round_to=bad)
+
+
 def test_budget_that_empties_a_layer_is_an_error() -> None:
     with pytest.raises(cuttree.PlanError, match="remove all 4 channels of '0'"):
         cuttree.prune(chain(), X, cuttree.Config(ratio=1.0, latency_runs=0))

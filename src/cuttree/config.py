@@ -81,10 +81,9 @@ class LatencyTarget(BaseModel):
     @model_validator(mode="after")
     def _one_budget(self) -> LatencyTarget:
         if (self.ms is None) == (self.fraction is None):
-            given = "both" if self.ms is not None else "neither"
+            fix = "set one of them" if self.ms is None else "got both: keep one"
             raise ValueError(
-                f"latency_target needs ms (milliseconds) or fraction (of the dense latency, e.g. 0.6); "
-                f"{'set one of them' if given == 'neither' else 'got both: keep one'}"
+                f"latency_target needs ms (milliseconds) or fraction (of the dense latency, e.g. 0.6); {fix}"
             )
         return self
 

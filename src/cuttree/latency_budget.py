@@ -12,8 +12,8 @@ machine the speed drifts between loops by more than a 5% tolerance, and both mod
 together. A budget in milliseconds becomes that fraction through the dense latency's median over
 every loop. With ``round_to: auto`` (the default) the first guess is pruned with widths rounded
 to multiples of 8 (what vectorised kernels like) and with free widths, and the search runs on
-rounded widths only where they cost at least 3% less time per MAC kept. The plan records the budget, what was measured and the
-margin (``plan.budget``).
+rounded widths only where they cost at least 3% less time per MAC kept. The plan records the
+budget, what was measured and the margin (``plan.budget``).
 """
 
 from __future__ import annotations
@@ -140,12 +140,14 @@ def meet_latency(
 
     frac = goal()  # first guess: latency proportional to MACs
     history: list[dict[str, Any]] = []
-    tried: list[tuple[float, float, tuple[nn.Module, PruningPlan, DependencyGraph]]] = []  # (MACs, ratio, result)
+    Result = tuple[nn.Module, PruningPlan, DependencyGraph]
+    # (MACs fraction, latency fraction, result); a result far over the budget is not kept (memory)
+    tried: list[tuple[float, float, Result | None]] = []
 
     def inside(ratio: float) -> bool:
         return goal() * (1 - tol) <= ratio <= goal()
 
-    def judge(frac: float, result: Any, cand_timer: Callable[[], float], d: Timing, c: Timing) -> bool:
+    def judge(frac: float, result: Result, cand_timer: Callable[[], float], d: Timing, c: Timing) -> bool:
         """Record one timed candidate; a candidate inside the window is timed once more (one
         loop's figure moves by a few percent from the next) and judged on both loops' mean."""
         dense_loops.append(d.median_ms)
@@ -163,7 +165,7 @@ def meet_latency(
             ratio = (ratio + c.median_ms / d.median_ms) / 2
             row["confirmed_fraction"] = round(ratio, 4)
             log(f"    again: {c.median_ms / d.median_ms:.3f} of the dense latency; {ratio:.3f} on both loops")
-        tried.append((frac, ratio, result))
+        tried.append((frac, ratio, result if ratio <= goal() * (1 + tol) else None))
         history.append(row)
         return inside(ratio)
 
@@ -212,7 +214,7 @@ def meet_latency(
         result = candidate(frac, round_to)
         cand_timer = timers([result[0]], inputs, target.runtime)[0]
         done = judge(frac, result, cand_timer, *interleaved([dense_timer, cand_timer], runs, warmup=2))
-    fits = [(f, r, res) for f, r, res in tried if r <= goal()]
+    fits = [(f, r, res) for f, r, res in tried if r <= goal() and res is not None]
     if not fits:
         last = history[-1]
         raise PlanError(
