@@ -175,6 +175,13 @@ def meet_latency(
     # search then runs on whichever costs less time per MAC kept.
     round_to: int | None = None  # None: the config's own (auto)
     rounding: dict[str, Any] | None = None
+
+    def trial(frac: float) -> bool:
+        """Prune for ``frac`` of the MACs (widths as the search decided), time it, judge it."""
+        result = candidate(frac, round_to)
+        cand_timer = timers([result[0]], inputs, target.runtime)[0]
+        return judge(frac, result, cand_timer, *interleaved([dense_timer, cand_timer], runs, warmup=2))
+
     if config.round_to == "auto":
         rounded, plain = candidate(frac), candidate(frac, round_to=1)
         t8, t1 = timers([rounded[0], plain[0]], inputs, target.runtime)
@@ -197,23 +204,19 @@ def meet_latency(
             f"({per_mac:.2f}× the time per MAC)"
         )
         if rounding["kept"]:
-            result, cand_timer, c = rounded, t8, c8
+            done = judge(frac, rounded, t8, d, c8)
         else:
-            round_to, result, cand_timer, c = 1, plain, t1, c1
+            round_to = 1
+            done = judge(frac, plain, t1, d, c1)
     else:
-        result = candidate(frac)
-        cand_timer = timers([result[0]], inputs, target.runtime)[0]
-        d, c = interleaved([dense_timer, cand_timer], runs, warmup=2)
-    done = judge(frac, result, cand_timer, d, c)
+        done = trial(frac)
     while not done and len(tried) < ROUNDS:
         under = [(f, r) for f, r, _ in tried if r <= goal()]
         over = [(f, r) for f, r, _ in tried if r > goal()]
         lo = max(under) if under else None
         hi = min(over) if over else (1.0, 1.0)
         frac = _next(lo, hi, goal() * (1 - tol / 2), frac)  # aim inside the window, not at its edge
-        result = candidate(frac, round_to)
-        cand_timer = timers([result[0]], inputs, target.runtime)[0]
-        done = judge(frac, result, cand_timer, *interleaved([dense_timer, cand_timer], runs, warmup=2))
+        done = trial(frac)
     fits = [(f, r, res) for f, r, res in tried if r <= goal() and res is not None]
     if not fits:
         last = history[-1]
