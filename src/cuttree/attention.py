@@ -121,13 +121,24 @@ def swapped(m: nn.Module) -> nn.Module:
 
 @contextlib.contextmanager
 def traceable(model: nn.Module) -> Iterator[None]:
-    """While inside: every supported ``nn.MultiheadAttention`` runs as :class:`PrunableMultiheadAttention`.
+    """While inside: every supported ``nn.MultiheadAttention`` runs as :class:`PrunableMultiheadAttention`,
+    and torchvision's Swin and MaxViT attention as their twins (:mod:`cuttree.attention_vision`).
 
-    Its own forward takes fused fast paths (one opaque op) that hide the heads from the trace.
+    MultiheadAttention's own forward takes fused fast paths (one opaque op) that hide the heads
+    from the trace; torchvision's window attention ties its head width to its input width.
     """
-    changed = [(m, type(m)) for m in model.modules() if type(m) is nn.MultiheadAttention and supported(m)]
+    changed: list[tuple[nn.Module, type[nn.Module]]] = [
+        (m, type(m)) for m in model.modules() if type(m) is nn.MultiheadAttention and supported(m)
+    ]
     for m, _ in changed:
         swapped(m)
+    vision = [m for m in model.modules() if _is_torchvision_window(type(m))]
+    if vision:
+        from cuttree import attention_vision
+
+        for m in vision:
+            changed.append((m, type(m)))
+            attention_vision.swapped(m)
     try:
         yield
     finally:
@@ -220,5 +231,24 @@ named_rule(
     lambda t: t.__module__ == "torchvision.models.vision_transformer" and t.__name__ == "VisionTransformer",
     ModuleRule(update=_torchvision_vit),
 )
+
+_TORCHVISION_WINDOWS = {
+    ("torchvision.models.swin_transformer", "ShiftedWindowAttention"),
+    ("torchvision.models.swin_transformer", "ShiftedWindowAttentionV2"),
+    ("torchvision.models.maxvit", "RelativePositionalMultiHeadAttention"),
+}
+
+
+def _is_torchvision_window(t: type) -> bool:
+    return (t.__module__, t.__name__) in _TORCHVISION_WINDOWS
+
+
+def _torchvision_window(m: nn.Module) -> None:
+    from cuttree import attention_vision
+
+    attention_vision.update(m)
+
+
+named_rule(_is_torchvision_window, ModuleRule(heads=True, update=_torchvision_window))
 
 __all__ = ["PrunableMultiheadAttention", "supported", "swapped", "traceable"]

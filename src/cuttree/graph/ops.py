@@ -61,6 +61,14 @@ def pos_dim(d: int, n: int) -> int:
     return d + n if d < 0 else d
 
 
+def expanded(t: torch.Tensor, d: int) -> bool:
+    """Whether ``t`` repeats one value along dim ``d`` (an ``expand`` from size 1: stride 0)."""
+    try:
+        return t.shape[d] > 1 and t.stride(d) == 0
+    except RuntimeError:  # layouts without strides (sparse, mkldnn)
+        return False
+
+
 def fallback(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
     """No rule: pin everything the op touches; its outputs are untracked."""
     touched = False
@@ -73,7 +81,8 @@ def fallback(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out:
 
 
 def pointwise(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-    """Broadcasting elementwise op: dimensions that line up from the right are coupled."""
+    """Broadcasting elementwise op: dimensions that line up from the right are coupled; an untracked
+    operand of the same size fixes the count, unless it is expanded from size 1 (stride 0)."""
     ins = tensor_args(list(args) + list(kwargs.values()))
     outs = out_tensors(out)
     if not outs:
@@ -91,7 +100,7 @@ def pointwise(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out
                 continue
             lab = st.get(t)[-i]
             if lab is None:
-                fixed = True
+                fixed = fixed or not expanded(t, -i)  # a constant expanded from size 1 fits any count
             elif first is None:
                 first = lab
             else:
@@ -156,4 +165,4 @@ def new_tensor(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], ou
 # The rule modules register themselves into OP_RULES when imported.
 from cuttree.graph import ops_layers, ops_shapes  # noqa: E402
 
-__all__ = ["OP_RULES", "fallback", "op_rule", "ops_layers", "ops_shapes", "pointwise", "rule_for"]
+__all__ = ["OP_RULES", "expanded", "fallback", "op_rule", "ops_layers", "ops_shapes", "pointwise", "rule_for"]

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from cuttree.graph.labels import Label, LabelState, MacTerm, Pin
-from cuttree.graph.ops import aten, op_rule, out_tensors, pointwise
+from cuttree.graph.ops import aten, expanded, op_rule, out_tensors, pointwise
 
 
 @op_rule(aten.convolution)
@@ -144,14 +144,29 @@ def attention(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out
         _unify_grouped(st, lq[d], lv[d])
     st.unify(lq[-1], lk[-1])
     st.unify(lk[-2], lv[-2])
-    for t in args[3:]:
+    logits = (*q.shape[:-1], k.shape[-2])
+    for t in [*args[3:], *kwargs.values()]:
         if isinstance(t, torch.Tensor):
-            st.pin_all(t, Pin.OP)
+            _mask(st, t, logits, lq)
     st.set(out_tensors(out)[0], [*list(lq[:-1]), lv[-1]])
     lead = [x for x in lq[:-2] if x is not None]
     base = math.prod(q.shape[:-1]) * k.shape[-2]
     st.mac_terms.append(MacTerm(base * q.shape[-1], lead + [x for x in (lq[-2], lk[-2], lq[-1]) if x is not None]))
     st.mac_terms.append(MacTerm(base * v.shape[-1], lead + [x for x in (lq[-2], lk[-2], lv[-1]) if x is not None]))
+
+
+def _mask(st: LabelState, m: torch.Tensor, logits: tuple[int, ...], lq: tuple[Label, ...]) -> None:
+    """An additive mask broadcasts against the logits (…, heads, L, S): a per-head mask (a relative
+    position bias) goes with its heads; a fixed one of the heads' size pins them, unless it is
+    expanded from one (stride 0)."""
+    lm = st.get(m)
+    for i in range(1, m.dim() + 1):
+        if i <= 2 or i > len(logits) or m.shape[-i] != logits[-i] or m.shape[-i] == 1:
+            st.pin(lm[-i], Pin.OP)
+        elif lm[-i] is not None:
+            st.unify(lq[-i], lm[-i])
+        elif not expanded(m, -i):
+            st.pin(lq[-i], Pin.FIXED)
 
 
 def _unify_grouped(st: LabelState, q: Label, kv: Label) -> None:

@@ -39,8 +39,9 @@ def _reshape_groups(a: Sequence[int], b: Sequence[int]) -> list[tuple[list[int],
 
 @op_rule(aten.view, aten._unsafe_view, aten.reshape, aten.view_copy, aten._reshape_alias)
 def view(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-    """Reshape: a channel dim merged with untracked dims keeps its blocks; a split into heads
-    (inside an attention module) makes the heads the channels; any other split is pinned."""
+    """Reshape: a channel dim merged with untracked dims keeps its blocks, and splitting such a
+    merge back restores it; a split into heads (inside an attention module) makes the heads the
+    channels; any other split is pinned."""
     x = args[0]
     lx = st.get(x)
     res: list[Label] = [None] * out.dim()
@@ -50,20 +51,42 @@ def view(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
             continue
         if len(gi) == 1 and len(gj) == 1:
             res[gj[0]] = lx[gi[0]]
-        elif len(gj) == 1 and len(tracked) == 1:
-            d = tracked[0]
-            lab = lx[d]
-            assert lab is not None  # tracked
-            sizes = [x.shape[k] for k in gi]
-            shape = [1] * len(gi)
-            shape[gi.index(d)] = x.shape[d]
-            res[gj[0]] = np.broadcast_to(lab.reshape(shape), sizes).reshape(-1)
-        elif len(gj) >= 2 and len(tracked) == 1 and st.in_attention:
-            res[gj[-2]] = _heads(st, [x.shape[k] for k in gi], gi.index(tracked[0]), lx[tracked[0]], out, gj)
+            continue
+        if len(tracked) != 1:
+            for d in tracked:
+                st.pin(lx[d], Pin.OP)
+            continue
+        lab = lx[tracked[0]]
+        assert lab is not None  # tracked
+        sizes = [x.shape[k] for k in gi]
+        shape = [1] * len(gi)
+        shape[gi.index(tracked[0])] = x.shape[tracked[0]]
+        merged = np.broadcast_to(lab.reshape(shape), sizes).reshape(-1)
+        split = _unmerged(merged, [out.shape[k] for k in gj])
+        if len(gj) == 1:
+            res[gj[0]] = merged
+        elif split is not None:
+            res[gj[split[0]]] = split[1]
+        elif st.in_attention:
+            res[gj[-2]] = _heads(st, sizes, gi.index(tracked[0]), lab, out, gj)
         else:
             for d in tracked:
                 st.pin(lx[d], Pin.OP)
     st.set(out, res)
+
+
+def _unmerged(merged: np.ndarray, sizes: list[int]) -> tuple[int, np.ndarray] | None:
+    """Undo a merge: if the labels of a dim being split into ``sizes`` are one of those dims'
+    labels repeated along the others (``(B·H, …) → (B, H, …)`` after ``(B, H) → B·H``), that dim
+    and its labels."""
+    grid = merged.reshape(sizes)
+    for a, n in enumerate(sizes):
+        line = grid[(0,) * a + (slice(None),) + (0,) * (len(sizes) - a - 1)]
+        shape = [1] * len(sizes)
+        shape[a] = n
+        if n > 1 and len(np.unique(line)) == n and np.array_equal(np.broadcast_to(line.reshape(shape), sizes), grid):
+            return a, line
+    return None
 
 
 def _heads(st: LabelState, sizes: list[int], t: int, lab: Label, out: Any, gj: list[int]) -> np.ndarray:
@@ -322,3 +345,28 @@ def roll(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
         st.pin(lx[pos_dim(d, x.dim())], Pin.OP)
         lx[pos_dim(d, x.dim())] = None
     st.set(out, lx)
+
+
+@op_rule(aten.index)
+def index(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+    """``x[idx]`` with index tensors on adjacent dims: those dims are gathered (pinned), the
+    others keep their labels (a relative-position table ``table[idx]`` keeps its head dim)."""
+    x, indices = args[0], list(args[1])
+    used = [d for d, i in enumerate(indices) if i is not None]
+    lx = list(st.get(x))
+    for i in indices:
+        if isinstance(i, torch.Tensor):
+            st.pin_all(i, Pin.OP)
+    for d in used:
+        st.pin(lx[d], Pin.OP)
+    gathered = out.dim() - (x.dim() - len(used))
+    masks = any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in indices)
+    if used and not masks and used == list(range(used[0], used[-1] + 1)) and gathered >= 0:
+        st.set(out, lx[: used[0]] + [None] * gathered + lx[used[-1] + 1 :])  # adjacent: gathered dims stay in place
+
+
+@op_rule(aten.linalg_vector_norm)
+def vector_norm(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+    """``torch.linalg.vector_norm(x, ord, dim)`` (``F.normalize``): a reduction over ``dim``."""
+    dim = args[2] if len(args) > 2 else kwargs.get("dim")
+    reduction(st, (args[0], dim), {}, out)
