@@ -123,10 +123,11 @@ def test_residual_heads_and_mlp_together_macs_match_the_flop_counter() -> None:
     assert r.before.macs == count_macs(model, (x,))  # attention products counted before and after
 
 
-def test_timm_vit_heads_and_attributes() -> None:
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "deit_tiny_patch16_224"])
+def test_timm_vit_heads_and_attributes(name: str) -> None:
     timm_ = pytest.importorskip("timm")
     torch.manual_seed(0)
-    model = timm_.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, num_classes=10).eval()
+    model = timm_.create_model(name, pretrained=False, img_size=32, num_classes=10).eval()
     x = torch.randn(1, 3, 32, 32)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing kept whole for a reason the user must hear about

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
@@ -132,13 +133,14 @@ def traceable(model: nn.Module) -> Iterator[None]:
     ]
     for m, _ in changed:
         swapped(m)
-    vision = [m for m in model.modules() if _is_torchvision_window(type(m))]
-    if vision:
-        from cuttree import attention_vision
-
-        for m in vision:
+    for m in model.modules():
+        if isinstance(getattr(m, "attention_bias_cache", None), dict):
+            setattr(m, "attention_bias_cache", {})  # noqa: B010 - timm LeViT: a cached bias would hide its heads
+    for test, load in ((_is_torchvision_window, _vision), (_is_timm_eva, _eva)):
+        twins = [m for m in model.modules() if test(type(m))]
+        for m in twins:
             changed.append((m, type(m)))
-            attention_vision.swapped(m)
+            load().swapped(m)
     try:
         yield
     finally:
@@ -181,6 +183,43 @@ def _is_timm_attention(t: type) -> bool:
 
 
 named_rule(_is_timm_attention, ModuleRule(heads=True, update=_timm))
+
+
+def _per_head(m: nn.Module, name: str, dim: int) -> int:
+    t = getattr(m, name)
+    assert isinstance(t, torch.Tensor)
+    return int(t.shape[dim])
+
+
+def _timm_window(m: nn.Module) -> None:
+    """timm's Swin ``WindowAttention``: heads counted by its relative-position table (width from ``-1``)."""
+    heads = _per_head(m, "relative_position_bias_table", 1)
+    qkv = getattr(m, "qkv")  # noqa: B009 - a third-party module's attribute
+    if qkv.weight.shape[0] % (3 * heads):
+        raise SurgeryError(f"WindowAttention: {qkv.weight.shape[0]} qkv channels are not 3 × {heads} heads")
+    setattr(m, "num_heads", heads)  # noqa: B010
+
+
+named_rule(
+    lambda t: t.__module__ == "timm.models.swin_transformer" and t.__name__ == "WindowAttention",
+    ModuleRule(heads=True, update=_timm_window),
+)
+
+
+def _timm_levit(m: nn.Module) -> None:
+    """timm's LeViT ``Attention`` and ``AttentionDownsample``: heads counted by their attention biases."""
+    heads = _per_head(m, "attention_biases", 0)
+    key, val = int(getattr(m, "key_dim")), int(getattr(m, "val_dim"))  # noqa: B009 - head widths, never pruned
+    setattr(m, "num_heads", heads)  # noqa: B010
+    setattr(m, "key_attn_dim", key * heads)  # noqa: B010
+    setattr(m, "val_attn_dim", val * heads)  # noqa: B010
+    setattr(m, "attention_bias_cache", {})  # noqa: B010 - it holds the biases of the old head count
+
+
+named_rule(
+    lambda t: t.__module__ == "timm.models.levit" and t.__name__ in ("Attention", "AttentionDownsample"),
+    ModuleRule(heads=True, update=_timm_levit),
+)
 
 
 def linear_child(m: nn.Module, names: tuple[str, ...]) -> nn.Linear | None:
@@ -244,11 +283,28 @@ def _is_torchvision_window(t: type) -> bool:
 
 
 def _torchvision_window(m: nn.Module) -> None:
-    from cuttree import attention_vision
-
-    attention_vision.update(m)
+    _vision().update(m)
 
 
 named_rule(_is_torchvision_window, ModuleRule(heads=True, update=_torchvision_window))
+
+
+def _vision() -> ModuleType:
+    from cuttree import attention_vision
+
+    return attention_vision
+
+
+def _is_timm_eva(t: type) -> bool:
+    return t.__module__ == "timm.models.eva" and t.__name__ == "EvaAttention"
+
+
+def _eva() -> ModuleType:
+    from cuttree import attention_timm
+
+    return attention_timm
+
+
+named_rule(_is_timm_eva, ModuleRule(heads=True, update=lambda m: _eva().update(m)))
 
 __all__ = ["PrunableMultiheadAttention", "supported", "swapped", "traceable"]

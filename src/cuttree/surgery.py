@@ -43,6 +43,7 @@ def check_shapes(model: nn.Module, plan: PruningPlan) -> None:
             f"cuttree.{plan.framework}.apply_plan to the model it was made for"
         )
     state = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    state.update({k: tuple(v.shape) for k, v in model.named_buffers() if k not in state})  # non-persistent ones too
     for name, shape in plan.shapes.items():
         if name not in state:
             raise SurgeryError(

@@ -220,7 +220,7 @@ def _relative(plan: PruningPlan, groups: list[GroupPlan], prefix: str) -> Prunin
 def _same(module: nn.Module, plan: PruningPlan, args: Any, kwargs: Any) -> bool:
     """``module`` with ``plan``'s channels removed computes what it does with them zeroed."""
     pruned, masked = copy.deepcopy(module), copy.deepcopy(module)
-    state = dict(masked.state_dict(keep_vars=True))
+    state = {**dict(masked.named_buffers()), **dict(masked.state_dict(keep_vars=True))}  # non-persistent buffers too
     with torch.no_grad():
         for g in plan.groups:
             gone = torch.ones(g.size, dtype=torch.bool)

@@ -61,11 +61,16 @@ def pos_dim(d: int, n: int) -> int:
     return d + n if d < 0 else d
 
 
-def expanded(t: torch.Tensor, d: int) -> bool:
-    """Whether ``t`` repeats one value along dim ``d`` (an ``expand`` from size 1: stride 0)."""
+def uniform(t: torch.Tensor, d: int) -> bool:
+    """Whether ``t`` holds one value along dim ``d`` (expanded from size 1, or a mask built per
+    window and repeated per head): removing positions of that dim cannot change what it adds."""
     try:
-        return t.shape[d] > 1 and t.stride(d) == 0
-    except RuntimeError:  # layouts without strides (sparse, mkldnn)
+        if t.shape[d] <= 1 or t.is_sparse:
+            return False
+        if t.stride(d) == 0:
+            return True
+        return t.numel() <= 1 << 22 and bool((t == t.narrow(d, 0, 1)).all())
+    except RuntimeError:  # layouts without strides (mkldnn)
         return False
 
 
@@ -82,7 +87,7 @@ def fallback(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out:
 
 def pointwise(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
     """Broadcasting elementwise op: dimensions that line up from the right are coupled; an untracked
-    operand of the same size fixes the count, unless it is expanded from size 1 (stride 0)."""
+    operand of the same size fixes the count, unless it repeats one value along that dim."""
     ins = tensor_args(list(args) + list(kwargs.values()))
     outs = out_tensors(out)
     if not outs:
@@ -100,13 +105,14 @@ def pointwise(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out
                 continue
             lab = st.get(t)[-i]
             if lab is None:
-                fixed = fixed or not expanded(t, -i)  # a constant expanded from size 1 fits any count
+                fixed = fixed or not uniform(t, -i)  # a constant repeated along the dim fits any count
             elif first is None:
                 first = lab
             else:
                 st.unify(first, lab)
         if first is not None and fixed:
             st.pin(first, Pin.FIXED)
+            first = None  # pinned for good: later ops treat the dim as a fixed size (a mask's windows)
         res[len(shape) - i] = first
     for o in outs:
         if o.shape == shape:
@@ -165,4 +171,4 @@ def new_tensor(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], ou
 # The rule modules register themselves into OP_RULES when imported.
 from cuttree.graph import ops_layers, ops_shapes  # noqa: E402
 
-__all__ = ["OP_RULES", "expanded", "fallback", "op_rule", "ops_layers", "ops_shapes", "pointwise", "rule_for"]
+__all__ = ["OP_RULES", "fallback", "op_rule", "ops_layers", "ops_shapes", "pointwise", "rule_for", "uniform"]

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from cuttree.graph.labels import Label, LabelState, MacTerm, Pin
-from cuttree.graph.ops import aten, expanded, op_rule, out_tensors, pointwise
+from cuttree.graph.ops import aten, op_rule, out_tensors, pointwise, uniform
 
 
 @op_rule(aten.convolution)
@@ -157,15 +157,15 @@ def attention(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out
 
 def _mask(st: LabelState, m: torch.Tensor, logits: tuple[int, ...], lq: tuple[Label, ...]) -> None:
     """An additive mask broadcasts against the logits (…, heads, L, S): a per-head mask (a relative
-    position bias) goes with its heads; a fixed one of the heads' size pins them, unless it is
-    expanded from one (stride 0)."""
+    position bias) goes with its heads; a fixed one of the heads' size pins them, unless it
+    repeats one value along them."""
     lm = st.get(m)
     for i in range(1, m.dim() + 1):
         if i <= 2 or i > len(logits) or m.shape[-i] != logits[-i] or m.shape[-i] == 1:
             st.pin(lm[-i], Pin.OP)
         elif lm[-i] is not None:
             st.unify(lq[-i], lm[-i])
-        elif not expanded(m, -i):
+        elif not uniform(m, -i):
             st.pin(lq[-i], Pin.FIXED)
 
 

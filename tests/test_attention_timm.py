@@ -1,0 +1,124 @@
+"""timm's Swin, EVA-02 and LeViT attention lose whole heads, found from the trace: the EVA twin
+computes exactly what the stock module does, head counts and patched attributes agree with the
+weights, and the pruned model equals the original with the removed heads zeroed (an oracle)."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Callable
+
+import pytest
+import torch
+from timm.models.eva import Eva, EvaAttention
+from timm.models.levit import Attention as LevitAttention
+from timm.models.levit import AttentionDownsample, Levit
+from timm.models.swin_transformer import SwinTransformer, WindowAttention
+from torch import nn
+
+import cuttree
+from cuttree.attention_timm import PrunableEvaAttention, swapped
+from cuttree.core.plan import PruningPlan
+
+
+def tiny_swin() -> nn.Module:
+    return SwinTransformer(
+        img_size=32, patch_size=4, window_size=2, embed_dim=16, depths=(2, 2), num_heads=(2, 4), num_classes=5
+    )
+
+
+def tiny_eva() -> nn.Module:  # EVA-02's recipe: rotary embeddings, SwiGLU MLP, no k bias
+    return Eva(
+        img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, mlp_ratio=2.0, swiglu_mlp=True,
+        use_rot_pos_emb=True, ref_feat_shape=(4, 4), num_classes=5,
+    )  # fmt: skip
+
+
+def tiny_levit() -> nn.Module:  # two stages: Attention blocks and an AttentionDownsample between
+    return Levit(img_size=64, embed_dim=(32, 48), key_dim=8, num_heads=(2, 4), depth=(1, 1), num_classes=5)
+
+
+MODELS: dict[str, tuple[Callable[[], nn.Module], int]] = {
+    "swin": (tiny_swin, 32),
+    "eva": (tiny_eva, 32),
+    "levit": (tiny_levit, 64),
+}
+ATTENTION = (WindowAttention, EvaAttention, LevitAttention, AttentionDownsample)
+
+
+def heads_and_width(m: nn.Module) -> tuple[int, int]:
+    """The head count a module claims and the count its weights hold."""
+    if isinstance(m, WindowAttention):
+        return m.num_heads, m.relative_position_bias_table.shape[1]
+    if isinstance(m, EvaAttention):
+        assert m.qkv is not None
+        return m.num_heads, m.qkv.weight.shape[0] // 3 // m.head_dim
+    assert isinstance(m, LevitAttention | AttentionDownsample)
+    proj = m.proj.ln.linear
+    assert m.val_attn_dim == proj.in_features and m.key_attn_dim == m.key_dim * m.num_heads
+    return m.num_heads, m.attention_biases.shape[0]
+
+
+def test_eva_twin_computes_what_timm_does() -> None:
+    torch.manual_seed(0)
+    model = tiny_eva().eval()
+    x = torch.randn(2, 3, 32, 32)
+    want = model(x)
+    for fused in (True, False):
+        twin = copy.deepcopy(model)
+        for m in twin.modules():
+            if isinstance(m, EvaAttention):
+                m.fused_attn = fused
+                assert type(swapped(m)) is PrunableEvaAttention
+        torch.testing.assert_close(twin(x), want, rtol=0, atol=1e-6 if fused else 1e-5)
+
+
+def masked(model: nn.Module, plan: PruningPlan) -> nn.Module:
+    """``model`` with every position that the plan's removed heads occupy set to zero."""
+    out = copy.deepcopy(model)
+    tensors = {**dict(out.named_buffers()), **dict(out.named_parameters())}
+    with torch.no_grad():
+        for g in plan.groups:
+            gone = torch.ones(g.size, dtype=torch.bool)
+            gone[list(g.keep)] = False
+            for m in g.members:
+                pos = torch.as_tensor(m.positions)[gone[torch.as_tensor(m.channels)]]
+                tensors[m.tensor].index_fill_(m.dim, pos, 0.0)
+    return out
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_heads_removed_equal_the_original_with_them_zeroed(name: str) -> None:
+    build, size = MODELS[name]
+    torch.manual_seed(0)
+    model = build().eval()
+    x = (torch.randn(2, 3, size, size),)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing kept whole for a reason
+        r = cuttree.prune(model, x, cuttree.Config(ratio=0.0, head_ratio=0.5, latency_runs=0))
+    stock = [m for m in model.modules() if isinstance(m, ATTENTION)]
+    heads = [g for g in r.plan.groups if g.unit == "heads"]
+    assert len(heads) == len(stock) and all(len(g.keep) == g.size // 2 for g in heads)
+    assert {g.unit for g in r.plan.groups if len(g.keep) < g.size} == {"heads"}
+    with torch.no_grad():
+        torch.testing.assert_close(r.model.eval()(*x), masked(model, r.plan).eval()(*x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_width_prunes_with_attributes_that_agree(name: str) -> None:
+    build, size = MODELS[name]
+    torch.manual_seed(0)
+    model = build().eval()
+    x = (torch.randn(2, 3, size, size),)
+    same = cuttree.prune(model, x, cuttree.Config(ratio=0.0, latency_runs=0))
+    with torch.no_grad():
+        assert torch.equal(same.model.eval()(*x), model(*x))
+    r = cuttree.prune(model, x, cuttree.Config(ratio=0.5, latency_runs=0))
+    before = [heads_and_width(m)[0] for m in model.modules() if isinstance(m, ATTENTION)]
+    after = [heads_and_width(m) for m in r.model.modules() if isinstance(m, ATTENTION)]
+    assert [claimed for claimed, held in after] == [held for claimed, held in after] == [h // 2 for h in before]
+    assert r.after.params < r.before.params and r.plan.macs_after == r.after.macs
+    with torch.no_grad():
+        assert r.model.eval()(*x).shape == (2, 5)
+    r.model.train()
+    assert r.model(*x).shape == (2, 5)
