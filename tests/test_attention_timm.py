@@ -18,7 +18,7 @@ from torch import nn
 
 import cuttree
 from cuttree.attention_timm import PrunableEvaAttention, swapped
-from cuttree.core.plan import PruningPlan
+from cuttree.validate import zeroed
 
 
 def tiny_swin() -> nn.Module:
@@ -73,20 +73,6 @@ def test_eva_twin_computes_what_timm_does() -> None:
         torch.testing.assert_close(twin(x), want, rtol=0, atol=1e-6 if fused else 1e-5)
 
 
-def masked(model: nn.Module, plan: PruningPlan) -> nn.Module:
-    """``model`` with every position that the plan's removed heads occupy set to zero."""
-    out = copy.deepcopy(model)
-    tensors = {**dict(out.named_buffers()), **dict(out.named_parameters())}
-    with torch.no_grad():
-        for g in plan.groups:
-            gone = torch.ones(g.size, dtype=torch.bool)
-            gone[list(g.keep)] = False
-            for m in g.members:
-                pos = torch.as_tensor(m.positions)[gone[torch.as_tensor(m.channels)]]
-                tensors[m.tensor].index_fill_(m.dim, pos, 0.0)
-    return out
-
-
 @pytest.mark.parametrize("name", MODELS)
 def test_heads_removed_equal_the_original_with_them_zeroed(name: str) -> None:
     build, size = MODELS[name]
@@ -101,7 +87,7 @@ def test_heads_removed_equal_the_original_with_them_zeroed(name: str) -> None:
     assert len(heads) == len(stock) and all(len(g.keep) == g.size // 2 for g in heads)
     assert {g.unit for g in r.plan.groups if len(g.keep) < g.size} == {"heads"}
     with torch.no_grad():
-        torch.testing.assert_close(r.model.eval()(*x), masked(model, r.plan).eval()(*x), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(r.model.eval()(*x), zeroed(model, r.plan).eval()(*x), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -193,6 +193,25 @@ def flatten_linear() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     return Flatten(), img()
 
 
+class ChannelsLast(nn.Module):
+    """Linear layers on (N, H, W, C) tokens, then the pool of an NCHW view: torchvision Swin's head.
+    The pool restrides its output in place (``as_strided_``), which must not pin the channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(3, 16)  # the only prunable group
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.gelu(self.embed(x.permute(0, 2, 3, 1)))
+        return self.fc(F.adaptive_avg_pool2d(h.permute(0, 3, 1, 2), 1).flatten(1))
+
+
+@topology
+def channels_last_pool() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    return ChannelsLast(), img()
+
+
 class EncDec(nn.Module):
     """Encoder–decoder with a transposed conv, a skip concat, pooling indices and GroupNorm."""
 

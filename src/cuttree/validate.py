@@ -217,9 +217,19 @@ def _relative(plan: PruningPlan, groups: list[GroupPlan], prefix: str) -> Prunin
     return dataclasses.replace(plan, groups=moved, shapes=shapes)
 
 
-def _same(module: nn.Module, plan: PruningPlan, args: Any, kwargs: Any) -> bool:
-    """``module`` with ``plan``'s channels removed computes what it does with them zeroed."""
-    pruned, masked = copy.deepcopy(module), copy.deepcopy(module)
+def zeroed(module: nn.Module, plan: PruningPlan) -> nn.Module:
+    """A copy of ``module`` with every position the plan removes set to zero: what removing whole
+    heads must compute (their values are zero, so their outputs are), the oracle of the tests.
+
+    >>> import numpy as np
+    >>> from cuttree.core.plan import GroupPlan, PlanMember
+    >>> lin = torch.nn.Linear(2, 3)
+    >>> rows = PlanMember("weight", 0, np.arange(3), np.arange(3))
+    >>> w = zeroed(lin, PruningPlan(groups=(GroupPlan("l", 3, (0, 2), (rows,)),))).weight
+    >>> [float(r.abs().sum()) == 0.0 for r in w]
+    [False, True, False]
+    """
+    masked = copy.deepcopy(module)
     state = {**dict(masked.named_buffers()), **dict(masked.state_dict(keep_vars=True))}  # non-persistent buffers too
     with torch.no_grad():
         for g in plan.groups:
@@ -228,6 +238,12 @@ def _same(module: nn.Module, plan: PruningPlan, args: Any, kwargs: Any) -> bool:
             for m in g.members:
                 pos = torch.as_tensor(m.positions)[gone[torch.as_tensor(m.channels)]]
                 state[m.tensor].index_fill_(m.dim, pos.to(state[m.tensor].device), 0.0)
+    return masked
+
+
+def _same(module: nn.Module, plan: PruningPlan, args: Any, kwargs: Any) -> bool:
+    """``module`` with ``plan``'s channels removed computes what it does with them zeroed."""
+    pruned, masked = copy.deepcopy(module), zeroed(module, plan)
     apply_plan(pruned, plan)
     with eval_mode(pruned), eval_mode(masked), torch.no_grad():
         a, k = _copied((args, kwargs))

@@ -26,6 +26,8 @@ class LabelState(core.LabelState):
     # How many attention modules (module rules with ``heads``) the forward is inside right now:
     # only there may a reshape split a channel dim into (heads, head width).
     in_attention: int = 0
+    # The strides a tensor had before an in-place ``as_strided_`` (set by the recorder, read by its rule).
+    strides_before: tuple[int, ...] = ()
 
     def label_tensor(self, t: torch.Tensor) -> tuple[Label, ...]:
         """Give every dimension of size > 1 of ``t`` fresh ids (parameters and buffers)."""

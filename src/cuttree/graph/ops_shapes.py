@@ -370,3 +370,17 @@ def vector_norm(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], o
     """``torch.linalg.vector_norm(x, ord, dim)`` (``F.normalize``): a reduction over ``dim``."""
     dim = args[2] if len(args) > 2 else kwargs.get("dim")
     reduction(st, (args[0], dim), {}, out)
+
+
+@op_rule(aten.as_strided_)
+def as_strided_(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+    """In-place restriding (a kernel giving its output a memory layout, as ``adaptive_avg_pool2d``
+    does after its ``mean``): harmless when every dim of size > 1 keeps its stride, so each
+    element stays where it was; anything else reinterprets the memory and is pinned."""
+    x = args[0]
+    same = len(st.strides_before) == x.dim() and all(
+        n == 1 or a == b for n, a, b in zip(x.shape, st.strides_before, x.stride(), strict=True)
+    )
+    if not same:
+        st.pin_all(x, Pin.OP)
+        st.set(x, [None] * x.dim())

@@ -39,6 +39,8 @@ class _Recorder(TorchDispatchMode):
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
     ) -> Any:
         kwargs = kwargs or {}
+        if func.overloadpacket is torch.ops.aten.as_strided_:  # its rule needs the strides it replaces
+            self.state.strides_before = tuple(args[0].stride())
         out = func(*args, **kwargs)
         for a in tree_flatten((args, kwargs))[0]:  # tensors inside lists too (``torch.cat((q_bias, v_bias))``)
             if isinstance(a, torch.Tensor) and id(a) in self.watched:
