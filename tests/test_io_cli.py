@@ -39,6 +39,19 @@ def test_save_load_bit_identical(tmp_path: Path) -> None:
     assert plan.to_dict() == r.plan.to_dict()
 
 
+def test_an_all_zero_tensor_saves_and_loads(tmp_path: Path) -> None:
+    """A tensor of zeros is stored sparse with no values at all (it crashed the load before)."""
+    m = resnet20().eval()
+    with torch.no_grad():
+        m.layer1[0].conv1.weight.zero_()  # 16·16·3·3 = 2,304 elements, every one zero
+    x = (torch.randn(2, 3, 32, 32),)
+    r = cuttree.prune(m, x, cuttree.Config(ratio=0.0, latency_runs=0))
+    loaded = cuttree.load(cuttree.save(r, tmp_path / "z.cuttree", arch="cuttree.models:resnet20"))
+    assert torch.equal(loaded.layer1[0].conv1.weight, torch.zeros(16, 16, 3, 3))
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(*x), m(*x))
+
+
 def test_load_refuses_untrusted_arch(tmp_path: Path) -> None:
     r = cuttree.prune(resnet20(), (torch.randn(1, 3, 32, 32),), cuttree.Config(ratio=0.2, latency_runs=0))
     path = cuttree.save(r, tmp_path / "r.cuttree", arch="os:system")

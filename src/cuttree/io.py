@@ -101,7 +101,12 @@ def decompress(
             vals_raw = inflate(to_numpy(vals_t).tobytes(), nnz * elem, k)
         except FileFormatError as e:
             raise FileFormatError(f"'{source}': {e}") from None
-        vals = torch.frombuffer(bytearray(vals_raw), dtype=torch.uint8).view(dtype)
+        # an all-zero tensor has no values (frombuffer refuses an empty buffer)
+        vals = (
+            torch.frombuffer(bytearray(vals_raw), dtype=torch.uint8).view(dtype)
+            if vals_raw
+            else torch.empty(0, dtype=dtype)
+        )
         flat = torch.zeros(numel, dtype=dtype)
         flat[keep] = vals
         out[k] = flat.reshape(shape)
