@@ -120,3 +120,21 @@ def test_every_width_prunes_and_trains(build) -> None:  # type: ignore[no-untype
     assert r.after.params < r.before.params and r.plan.macs_after == r.after.macs
     r.model.train()
     assert r.model(*x).shape == (2, 5)
+
+
+def test_a_pruned_swin_reloads_bit_exact_as_its_twin(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    kwargs = {"patch_size": [2, 2], "embed_dim": 16, "depths": [2, 2], "num_heads": [2, 4], "window_size": [2, 2]}
+    torch.manual_seed(0)
+    model = swin_transformer.SwinTransformer(**kwargs, stochastic_depth_prob=0.0, num_classes=5).eval()  # type: ignore[arg-type]
+    x = (torch.randn(2, 3, 16, 16),)
+    r = cuttree.prune(model, x, cuttree.Config(ratio=0.5, latency_runs=0))
+    arch = "torchvision.models.swin_transformer:SwinTransformer"
+    path = cuttree.save(
+        r, tmp_path / "s.cuttree", arch=arch, arch_kwargs={**kwargs, "stochastic_depth_prob": 0.0, "num_classes": 5}
+    )
+    back = cuttree.load(path)
+    assert {type(m) for m in back.modules() if isinstance(m, swin_transformer.ShiftedWindowAttention)} == {
+        PrunableShiftedWindowAttention
+    }
+    with torch.no_grad():
+        assert torch.equal(back.eval()(*x), r.model.eval()(*x))
