@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cuttree.errors import SurgeryError
-from cuttree.rules import MODULE_RULES, ModuleRule, named_rule
+from cuttree.rules import MODULE_RULES, ModuleRule, named_rule, rule_for_module
 
 
 class PrunableMultiheadAttention(nn.MultiheadAttention):
@@ -122,25 +122,20 @@ def swapped(m: nn.Module) -> nn.Module:
 
 @contextlib.contextmanager
 def traceable(model: nn.Module) -> Iterator[None]:
-    """While inside: every supported ``nn.MultiheadAttention`` runs as :class:`PrunableMultiheadAttention`,
-    and torchvision's Swin and MaxViT attention as their twins (:mod:`cuttree.attention_vision`).
+    """While inside: every module whose rule has ``trace_as`` is in the form the tracer must see.
 
-    MultiheadAttention's own forward takes fused fast paths (one opaque op) that hide the heads
-    from the trace; torchvision's window attention ties its head width to its input width.
+    A supported ``nn.MultiheadAttention`` runs as :class:`PrunableMultiheadAttention` (its own
+    forward takes fused fast paths, one opaque op, that hide the heads); torchvision's Swin and
+    MaxViT attention and timm's EVA attention run as their twins (:mod:`cuttree.attention_vision`,
+    :mod:`cuttree.attention_timm`: theirs tie the head width to the input width); timm LeViT's
+    bias cache is cleared (a cached bias would hide its heads). Classes are restored afterwards.
     """
-    changed: list[tuple[nn.Module, type[nn.Module]]] = [
-        (m, type(m)) for m in model.modules() if type(m) is nn.MultiheadAttention and supported(m)
-    ]
-    for m, _ in changed:
-        swapped(m)
+    changed: list[tuple[nn.Module, type[nn.Module]]] = []
     for m in model.modules():
-        if isinstance(getattr(m, "attention_bias_cache", None), dict):
-            setattr(m, "attention_bias_cache", {})  # noqa: B010 - timm LeViT: a cached bias would hide its heads
-    for test, load in ((_is_torchvision_window, _vision), (_is_timm_eva, _eva)):
-        twins = [m for m in model.modules() if test(type(m))]
-        for m in twins:
+        prepare = rule_for_module(m).trace_as
+        if prepare is not None:
             changed.append((m, type(m)))
-            load().swapped(m)
+            prepare(m)
     try:
         yield
     finally:
@@ -163,7 +158,12 @@ def _mha(m: nn.Module) -> None:
         swapped(m)  # the stock forward insists on num_heads · head_dim == embed_dim
 
 
-MODULE_RULES[nn.MultiheadAttention] = ModuleRule(frozen=True, update=_mha)  # traced only when swapped
+def _mha_traced(m: nn.Module) -> None:
+    if type(m) is nn.MultiheadAttention and supported(m):  # not a user's subclass: its forward is its own
+        swapped(m)
+
+
+MODULE_RULES[nn.MultiheadAttention] = ModuleRule(frozen=True, update=_mha, trace_as=_mha_traced)  # traced when swapped
 MODULE_RULES[PrunableMultiheadAttention] = ModuleRule(heads=True, update=_mha)
 
 
@@ -216,9 +216,13 @@ def _timm_levit(m: nn.Module) -> None:
     setattr(m, "attention_bias_cache", {})  # noqa: B010 - it holds the biases of the old head count
 
 
+def _levit_traced(m: nn.Module) -> None:
+    setattr(m, "attention_bias_cache", {})  # noqa: B010 - a bias cached before the trace is untracked
+
+
 named_rule(
     lambda t: t.__module__ == "timm.models.levit" and t.__name__ in ("Attention", "AttentionDownsample"),
-    ModuleRule(heads=True, update=_timm_levit),
+    ModuleRule(heads=True, update=_timm_levit, trace_as=_levit_traced),
 )
 
 
@@ -286,13 +290,16 @@ def _torchvision_window(m: nn.Module) -> None:
     _vision().update(m)
 
 
-named_rule(_is_torchvision_window, ModuleRule(heads=True, update=_torchvision_window))
-
-
 def _vision() -> ModuleType:
     from cuttree import attention_vision
 
     return attention_vision
+
+
+named_rule(
+    _is_torchvision_window,
+    ModuleRule(heads=True, update=_torchvision_window, trace_as=lambda m: _vision().swapped(m)),
+)
 
 
 def _is_timm_eva(t: type) -> bool:
@@ -305,6 +312,8 @@ def _eva() -> ModuleType:
     return attention_timm
 
 
-named_rule(_is_timm_eva, ModuleRule(heads=True, update=lambda m: _eva().update(m)))
+named_rule(
+    _is_timm_eva, ModuleRule(heads=True, update=lambda m: _eva().update(m), trace_as=lambda m: _eva().swapped(m))
+)
 
 __all__ = ["PrunableMultiheadAttention", "supported", "swapped", "traceable"]

@@ -35,6 +35,9 @@ class ModuleRule:
     act_dim: int = 1  # the channel dim of the module's output (producers)
     update: Callable[[nn.Module], None] = _no_update
     heads: bool = False  # an attention module: reshapes inside it may split channels into heads (cuttree.attention)
+    # Before a trace: put the module in the form the tracer must see (its twin class, a cleared
+    # cache); cuttree.attention.traceable restores the class afterwards.
+    trace_as: Callable[[nn.Module], None] | None = None
 
 
 MODULE_RULES: dict[type[nn.Module], ModuleRule] = {}
