@@ -69,17 +69,26 @@ def test_min_channels_and_round_to() -> None:
     assert r.plan.groups[0].keep == (1, 2, 3)
 
 
-def test_round_to_auto_rounds_groups_of_64_channels_or_more_to_8() -> None:
+@pytest.mark.parametrize(("block", "kept"), [(8, 48), (16, 48)])
+def test_round_to_auto_rounds_groups_of_64_channels_or_more_to_the_cpu_block(
+    block: int, kept: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """conv(3→64) → conv(64→32) → conv(32→10): at ratio 0.3 the 64-channel group keeps
-    64 − ⌊19.2⌋ = 45 → 48, the 32-channel group keeps 32 − ⌊9.6⌋ = 23 (too small to round)."""
+    64 − ⌊19.2⌋ = 45 → 48 (a multiple of 8 and of 16), the 32-channel group keeps 32 − ⌊9.6⌋ =
+    23 (too small to round); at ratio 0.2 the block decides: 52 → 56 with 8, → 64 with 16."""
+    from cuttree.core import planner
+
+    monkeypatch.setattr(planner, "channel_block", lambda: block)
     torch.manual_seed(0)
     m = nn.Sequential(nn.Conv2d(3, 64, 3), nn.ReLU(), nn.Conv2d(64, 32, 3), nn.ReLU(), nn.Conv2d(32, 10, 1)).eval()
     x = (torch.randn(1, 3, 8, 8),)
     auto = cuttree.prune(m, x, cuttree.Config(ratio=0.3, latency_runs=0))
-    assert [len(g.keep) for g in auto.plan.groups] == [48, 23]
+    assert [len(g.keep) for g in auto.plan.groups] == [kept, 23]
     free = cuttree.prune(m, x, cuttree.Config(ratio=0.3, round_to=1, latency_runs=0))
     assert [len(g.keep) for g in free.plan.groups] == [45, 23]
     assert set(free.plan.groups[0].keep) <= set(auto.plan.groups[0].keep)  # the same ranking, 3 more kept
+    light = cuttree.prune(m, x, cuttree.Config(ratio=0.2, latency_runs=0))
+    assert [len(g.keep) for g in light.plan.groups] == [{8: 56, 16: 64}[block], 26]
     for bad in (0, 2.5, "eight", True):
         with pytest.raises(ValueError, match=r"config key 'round_to' = .*: must be a whole number ≥ 1 .* or 'auto'"):
             cuttree.Config(ratio=0.3, round_to=bad)

@@ -143,9 +143,11 @@ class Config(BaseModel):
     - ``head_ratio``: the fraction of attention heads to remove (default: ``ratio``); 0 keeps
       every head. Per-layer overrides in ``layers`` still win.
     - ``round_to``: kept channel counts are rounded up to a multiple of this. ``auto`` (the
-      default) rounds to 8 in channel groups of at least 64 channels (a step is then at most an
-      eighth of the group), where vectorised kernels run markedly faster on such widths, and
-      leaves smaller groups, attention heads and conv groups free; ``1`` leaves every width free.
+      default) rounds channel groups of at least 64 channels to the channel block of this
+      machine's CPU kernels (16 with AVX-512, else 8: :func:`cuttree.core.planner.channel_block`),
+      the widths where ONNX Runtime's and oneDNN's blocked convolutions take their fast path, and
+      leaves smaller groups, attention heads and conv groups free. ``1`` leaves every width free;
+      a number gives the same plan on every machine.
     - ``steps``: reach the target in this many prune → fine-tune rounds.
     - ``reconstruct``: after surgery, refit every layer that lost input channels by least squares
       so it reproduces the original's outputs on the calibration data (needs calibration data;

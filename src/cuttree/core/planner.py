@@ -195,17 +195,40 @@ def group_budgets(graph: DependencyGraph, cfg: Config, overrides: dict[str, list
     return out
 
 
-AUTO_ROUND_MIN = 64  #: the smallest channel group that ``round_to: auto`` rounds to 8
+AUTO_ROUND_MIN = 64  #: the smallest channel group that ``round_to: auto`` rounds
+
+
+def channel_block() -> int:
+    """The channel count this CPU's vector kernels work in blocks of: 16 with AVX-512, else 8.
+
+    ONNX Runtime's NCHWc convolutions and oneDNN's blocked layouts take a fast path only when a
+    convolution's channel counts are multiples of this block; elsewhere they reorder the data in
+    and out of the blocked layout around it.
+
+    >>> channel_block() in (8, 16)
+    True
+    """
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:  # pragma: no cover - numpy < 2 or another build
+        return 8
+    return 16 if __cpu_features__.get("AVX512F") else 8
 
 
 def round_to(setting: int | str, unit: str, size: int) -> int:
     """The multiple a group's kept count is rounded up to.
 
-    >>> round_to("auto", "channels", 256), round_to("auto", "channels", 32), round_to("auto", "heads", 96)
-    (8, 1, 1)
+    ``auto`` rounds channel groups of at least :data:`AUTO_ROUND_MIN` channels to
+    :func:`channel_block` (a step is then at most a quarter of the group), and leaves smaller
+    groups, attention heads and conv groups free: rounding a 16- or 32-channel group to a block
+    would keep it whole, and budgets such as half the MACs of a CIFAR ResNet would be out of reach.
+
+    >>> b = channel_block()
+    >>> round_to("auto", "channels", 256) == b, round_to("auto", "channels", 32), round_to("auto", "heads", 96)
+    (True, 1, 1)
     >>> round_to(4, "channels", 32)
     4
     """
     if setting == "auto":
-        return 8 if unit == "channels" and size >= AUTO_ROUND_MIN else 1
+        return channel_block() if unit == "channels" and size >= AUTO_ROUND_MIN else 1
     return int(setting)
