@@ -71,8 +71,17 @@ def test_finetune_moves_the_student_and_never_the_teacher() -> None:
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before_t.items())
     assert any(not torch.equal(v, student.state_dict()[k]) for k, v in before_s.items())
     assert not student.training and not teacher.training
+    # the teacher is left as it was: still trainable, and pruning it gives a trainable copy
+    assert all(p.requires_grad for p in teacher.parameters())
+    teacher.train()
+    finetune(student, WordIds(), pairs, TextFinetune(epochs=0.2, batch_size=8), teacher=teacher)
+    assert teacher.training and all(m.training for m in teacher.modules())
+    again = cuttree.prune(teacher.eval(), x, cuttree.Config(ratio=0.5, latency_runs=0)).model
+    finetune(again, WordIds(), pairs, TextFinetune(epochs=0.2, batch_size=8), teacher=teacher)
     with pytest.raises(ValueError, match="both must be positive"):
         finetune(student, WordIds(), pairs, TextFinetune(epochs=0))
+    with pytest.raises(ValueError, match=r"no parameter with requires_grad=True; call model\.requires_grad_"):
+        finetune(copy.deepcopy(student).requires_grad_(False), WordIds(), pairs, TextFinetune())
 
 
 def test_pretrained_minilm_prunes_to_half_its_encoder_macs() -> None:

@@ -14,6 +14,7 @@ teacher, the MSE between student and teacher embeddings of both sentences.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import time
@@ -134,14 +135,16 @@ def finetune(
     """Fine-tune a sentence encoder on scored pairs: cosine-similarity loss, plus distillation.
 
     AdamW with linear warm-up and linear decay; ``epochs`` may be fractional (the budget is
-    ``epochs × len(pairs)`` pairs). The teacher stays frozen and in eval mode.
+    ``epochs × len(pairs)`` pairs). The teacher runs in eval mode without gradients and is left
+    as it was (its ``requires_grad`` and training flags untouched).
     """
     if cfg.epochs <= 0 or cfg.batch_size < 1:
         raise ValueError(f"epochs={cfg.epochs}, batch_size={cfg.batch_size}: both must be positive")
-    if cfg.distill > 0 and teacher is not None:
-        teacher.eval().requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no parameter with requires_grad=True; call model.requires_grad_(True) first")
     steps = max(1, math.ceil(cfg.epochs * len(pairs) / cfg.batch_size))
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     warm = max(1, int(cfg.warmup * steps))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / (steps - warm + 1)))
@@ -149,22 +152,25 @@ def finetune(
     order = shuffled_order(len(pairs), cfg.batch_size, steps + 1, cfg.seed)
     model.train()
     t0, last = time.perf_counter(), 0.0
-    for step in range(steps):
-        batch = [pairs[i] for i in order[step * cfg.batch_size : (step + 1) * cfg.batch_size]]
-        a, b = tokenize(tokenizer, [p[0] for p in batch]), tokenize(tokenizer, [p[1] for p in batch])
-        u, v = model(*a), model(*b)
-        gold = torch.tensor([p[2] / 5.0 for p in batch], dtype=u.dtype)
-        loss = F.mse_loss((u * v).sum(-1), gold)
-        if teacher is not None and cfg.distill > 0:
-            with torch.no_grad():
-                tu, tv = teacher(*a), teacher(*b)
-            loss = loss + cfg.distill * (F.mse_loss(u, tu) + F.mse_loss(v, tv)) * u.shape[-1]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        last = float(loss.detach())
-        if on_log is not None and (step + 1) % 50 == 0:
-            on_log({"step": step + 1, "loss": last, "seconds": time.perf_counter() - t0})
+    with contextlib.ExitStack() as stack:
+        if teacher is not None:  # the teacher runs in eval mode, its flags restored afterwards
+            stack.enter_context(eval_mode(teacher))
+        for step in range(steps):
+            batch = [pairs[i] for i in order[step * cfg.batch_size : (step + 1) * cfg.batch_size]]
+            a, b = tokenize(tokenizer, [p[0] for p in batch]), tokenize(tokenizer, [p[1] for p in batch])
+            u, v = model(*a), model(*b)
+            gold = torch.tensor([p[2] / 5.0 for p in batch], dtype=u.dtype)
+            loss = F.mse_loss((u * v).sum(-1), gold)
+            if teacher is not None and cfg.distill > 0:
+                with torch.no_grad():
+                    tu, tv = teacher(*a), teacher(*b)
+                loss = loss + cfg.distill * (F.mse_loss(u, tu) + F.mse_loss(v, tv)) * u.shape[-1]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            last = float(loss.detach())
+            if on_log is not None and (step + 1) % 50 == 0:
+                on_log({"step": step + 1, "loss": last, "seconds": time.perf_counter() - t0})
     model.eval()
     return {"steps": steps, "loss": last, "seconds": time.perf_counter() - t0}
