@@ -152,9 +152,8 @@ def finetune(
     order = shuffled_order(len(pairs), cfg.batch_size, steps + 1, cfg.seed)
     model.train()
     t0, last = time.perf_counter(), 0.0
-    with contextlib.ExitStack() as stack:
-        if teacher is not None:  # the teacher runs in eval mode, its flags restored afterwards
-            stack.enter_context(eval_mode(teacher))
+    # the teacher runs in eval mode, its flags restored afterwards
+    with eval_mode(teacher) if teacher is not None else contextlib.nullcontext():
         for step in range(steps):
             batch = [pairs[i] for i in order[step * cfg.batch_size : (step + 1) * cfg.batch_size]]
             a, b = tokenize(tokenizer, [p[0] for p in batch]), tokenize(tokenizer, [p[1] for p in batch])
