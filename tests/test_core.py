@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ import cuttree
 from cuttree.core.grouping import Group, Member
 from cuttree.core.importance import CRITERIA, REGISTRY, criterion
 from cuttree.core.plan import GroupPlan, PlanMember, PruningPlan
+from cuttree.errors import FileFormatError
 
 BLOCK = """
 import importlib.abc, sys
@@ -96,6 +98,26 @@ def test_plan_records_the_unit_of_each_group() -> None:
     del d["groups"][0]["unit"]  # written before units existed: channels
     assert PruningPlan.from_dict(d).groups[0].unit == "channels"
     assert plan.table().splitlines()[2].split()[:3] == ["attn", "heads", "3"]
+
+
+@pytest.mark.parametrize(
+    ("where", "key", "value", "message"),
+    [
+        ("group", "unit", [0, 0], "plan group 'conv': criterion 'l1' / unit [0, 0] is not a name and one of channels"),
+        ("group", "unit", "rows", "unit 'rows' is not a name"),
+        ("group", "criterion", 7, "criterion 7 / unit 'channels' is not a name"),
+        ("plan", "framework", "jax", "plan framework 'jax' / layout 'keras' is not one of torch, keras"),
+        ("plan", "layout", None, "layout None is not one of torch, keras"),
+    ],
+)
+def test_a_plan_with_an_unknown_unit_criterion_or_framework_is_refused(
+    where: str, key: str, value: object, message: str
+) -> None:
+    d = _plan("keras", "keras").to_dict()
+    (d["groups"][0] if where == "group" else d)[key] = value
+    with pytest.raises(FileFormatError, match=re.escape(message)) as e:
+        PruningPlan.from_dict(d)
+    assert "\n" not in str(e.value) and str(e.value).endswith(("the file is corrupt", "from a newer cuttree"))
 
 
 def test_torch_surgery_refuses_a_keras_plan() -> None:

@@ -208,20 +208,33 @@ class PruningPlan:
             dims = [(m.tensor, m.dim) for m in members]
             if len(set(dims)) != len(dims):
                 raise FileFormatError(f"plan group '{g.get('name')}' lists a tensor dim twice; the file is corrupt")
-            criterion, unit = str(g.get("criterion", "l1")), str(g.get("unit", "channels"))
+            criterion, unit = g.get("criterion", "l1"), g.get("unit", "channels")
+            if not isinstance(criterion, str) or unit not in UNITS:
+                raise FileFormatError(
+                    f"plan group '{g.get('name')}': criterion {criterion!r} / unit {unit!r} is not a name and one of "
+                    f"{', '.join(UNITS)}; the file is corrupt"
+                )
             groups.append(GroupPlan(_get(g, "name", str), size, keep, tuple(members), criterion, unit))
+        framework, layout = d.get("framework", "torch"), d.get("layout", "torch")  # older files: all torch
+        if framework not in FRAMEWORKS or layout not in FRAMEWORKS:
+            raise FileFormatError(
+                f"plan framework {framework!r} / layout {layout!r} is not one of {', '.join(FRAMEWORKS)}; "
+                "the file is corrupt or from a newer cuttree"
+            )
         return cls(
             groups=tuple(groups),
             shapes=shapes,
             macs_before=int(d.get("macs_before", 0)),
             macs_after=int(d.get("macs_after", 0)),
             config=dict(d.get("config", {})),
-            framework=str(d.get("framework", "torch")),  # files written before the field were all torch
-            layout=str(d.get("layout", "torch")),
+            framework=framework,
+            layout=layout,
             budget=dict(d.get("budget", {})) if isinstance(d.get("budget", {}), dict) else {},
         )
 
 
+FRAMEWORKS = ("torch", "keras")  #: the frontends (and weight layouts) a plan can be made for
+UNITS = ("channels", "heads", "groups")  #: what one channel of a group can be
 MAX_DIM = 2**31  # no real tensor dim is larger; a larger one is a corrupt or hostile file
 GROUP_KEYS = {"name", "size", "keep", "criterion", "unit", "members"}
 MEMBER_KEYS = {"tensor", "dim", "offset", "repeat", "positions", "channels"}
