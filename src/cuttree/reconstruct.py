@@ -5,8 +5,10 @@ else than before. Its remaining weights can be refitted in closed form (ridge le
 as in He et al. 2017 and ThiNet): on calibration data, the inputs the *pruned* model feeds the
 layer are regressed onto the outputs the *original* layer gave (its kept output channels).
 Layers are refitted one at a time in the order the forward pass uses them, so each fit also
-absorbs the error of the layers before it. Grouped convs and convs with non-zero padding modes
-or string padding are left as they are.
+absorbs the error of the layers before it. The normal equations are summed batch by batch, so
+batches need not share a shape: text batches of keyword inputs (``model(**batch)``) of any
+length work, and where a batch has an ``attention_mask`` its padding tokens are left out of the
+fit. Grouped convs and convs with non-zero padding modes or string padding are left as they are.
 
 >>> import torch, cuttree
 >>> from torch import nn
@@ -56,7 +58,11 @@ def _refittable(name: str, mod: nn.Module, original: dict[str, nn.Module], gone:
     )
 
 
-def _capture(model: nn.Module, layer: nn.Module, x: torch.Tensor, want_input: bool) -> torch.Tensor:
+def _call(model: nn.Module, x: Any) -> Any:
+    return model(**x) if isinstance(x, dict) else model(x)
+
+
+def _capture(model: nn.Module, layer: nn.Module, x: Any, want_input: bool) -> torch.Tensor:
     got: list[torch.Tensor] = []
 
     def hook(m: nn.Module, i: tuple[torch.Tensor, ...], o: torch.Tensor) -> None:
@@ -65,7 +71,7 @@ def _capture(model: nn.Module, layer: nn.Module, x: torch.Tensor, want_input: bo
 
     h = layer.register_forward_hook(hook)
     try:
-        model(x)
+        _call(model, x)
     except _Stop:
         pass
     finally:
@@ -73,6 +79,15 @@ def _capture(model: nn.Module, layer: nn.Module, x: torch.Tensor, want_input: bo
     if not got:
         raise RuntimeError("the layer was not used by the forward pass")
     return got[0]
+
+
+def _real_tokens(mod: nn.Module, x: Any, rows: int) -> torch.Tensor | None:
+    """For a Linear fed ``(B, T, C)`` by a model called with an ``attention_mask`` ``(B, T)``: which
+    of its ``rows`` are real tokens (padding is not fitted); else None (every row counts)."""
+    mask = x.get("attention_mask") if isinstance(x, dict) else None
+    if not isinstance(mod, nn.Linear) or mask is None or mask.numel() != rows:
+        return None
+    return mask.reshape(-1) != 0
 
 
 def _rows(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -109,16 +124,13 @@ def reconstruct(
     """Refit, in place, every conv/linear of ``pruned`` that lost input channels; returns their names.
 
     ``calib_data`` is calibration data as for the data-driven criteria (at most
-    ``cfg.calib_samples`` samples, at least ``cfg.min_samples``). At most ``max_rows`` rows
-    (output positions) are sampled per layer; ``ridge`` scales the regulariser relative to the
+    ``cfg.calib_samples`` samples, at least ``cfg.min_samples``): tensors, ``(x, y)`` pairs or
+    dicts of keyword inputs. At most ``max_rows`` rows (output positions, real tokens) are sampled
+    per layer, an equal share from each batch; ``ridge`` scales the regulariser relative to the
     mean diagonal of the normal matrix. A refit is kept only if it lowers the layer's error.
     """
-    parts = [b for b, _ in batches(calib_data, cfg, need_labels=False)]
-    if any(isinstance(b, dict) for b in parts):
-        raise ValueError("reconstruct needs tensor calibration batches, not keyword inputs; set reconstruct: false")
-    x = torch.cat(parts)
     device = model_device(pruned)
-    x = x.to(device)
+    parts = [_to(b, device) for b, _ in batches(calib_data, cfg, need_labels=False)]
     gone = plan.removed_positions()
     orig_mods = dict(original.named_modules())
     order: list[str] = []
@@ -128,7 +140,7 @@ def reconstruct(
         if _refittable(n, m, orig_mods, gone)
     ]
     with removing(hooks), eval_mode(pruned), torch.no_grad():
-        pruned(x[:1])
+        _call(pruned, parts[0])
     g = torch.Generator().manual_seed(cfg.seed)
     done = []
     with eval_mode(pruned), eval_mode(original), torch.no_grad():
@@ -139,28 +151,44 @@ def reconstruct(
             w: torch.Tensor = mod.weight  # type: ignore[assignment]
             orig_w: torch.Tensor = orig.weight  # type: ignore[assignment]
             keep = np.setdiff1d(np.arange(orig_w.shape[0]), out_gone)
-            rows = _rows(mod, _capture(pruned, mod, x, want_input=True)).double()
-            y = _targets(mod, _capture(original, orig, x, want_input=False), keep).double()
-            if len(rows) > max_rows:
-                pick = torch.randperm(len(rows), generator=g)[:max_rows].to(rows.device)
-                rows, y = rows[pick], y[pick]
             bias = getattr(mod, "bias", None)
-            a = (
-                torch.cat([rows, torch.ones(len(rows), 1, dtype=rows.dtype, device=rows.device)], 1)
-                if bias is not None
-                else rows
-            )
-            gram = a.T @ a
+            # the normal equations, summed over the batches: (AᵀA) W = AᵀY, with |Y|² for the errors
+            gram = aty = None
+            yy = torch.zeros((), dtype=torch.float64)
+            for b in parts:
+                rows = _rows(mod, _capture(pruned, mod, b, want_input=True)).double()
+                y = _targets(mod, _capture(original, orig, b, want_input=False), keep).double()
+                real = _real_tokens(mod, b, len(rows))
+                if real is not None:
+                    rows, y = rows[real], y[real]
+                if len(rows) > max_rows // len(parts):
+                    pick = torch.randperm(len(rows), generator=g)[: max_rows // len(parts)].to(rows.device)
+                    rows, y = rows[pick], y[pick]
+                if bias is not None:
+                    rows = torch.cat([rows, torch.ones(len(rows), 1, dtype=rows.dtype, device=rows.device)], 1)
+                gram = rows.T @ rows if gram is None else gram + rows.T @ rows
+                aty = rows.T @ y if aty is None else aty + rows.T @ y
+                yy = yy + y.pow(2).sum().cpu()
+            assert gram is not None and aty is not None
             lam = ridge * gram.diagonal().mean().clamp_min(1e-12)
-            sol = torch.linalg.solve(gram + lam * torch.eye(len(gram), dtype=gram.dtype, device=gram.device), a.T @ y)
+            sol = torch.linalg.solve(gram + lam * torch.eye(len(gram), dtype=gram.dtype, device=gram.device), aty)
             cur = w.detach().reshape(w.shape[0], -1).double().T
             if bias is not None:
                 cur = torch.cat([cur, bias.detach().double()[None]], 0)
-            if (a @ sol - y).pow(2).sum() >= (a @ cur - y).pow(2).sum():
+            if _sq_error(gram, aty, yy, sol) >= _sq_error(gram, aty, yy, cur):
                 continue
-            n_w = rows.shape[1]
+            n_w = cur.shape[0] - (bias is not None)
             w.copy_(sol[:n_w].T.reshape(w.shape).to(w.dtype))
             if bias is not None:
                 bias.copy_(sol[n_w].to(bias.dtype))
             done.append(name)
     return done
+
+
+def _sq_error(gram: torch.Tensor, aty: torch.Tensor, yy: torch.Tensor, sol: torch.Tensor) -> float:
+    """|A·sol − Y|² from the normal equations: solᵀ(AᵀA)sol − 2·solᵀ(AᵀY) + |Y|²."""
+    return float(((sol * (gram @ sol)).sum() - 2 * (sol * aty).sum()).cpu() + yy)
+
+
+def _to(x: Any, device: torch.device) -> Any:
+    return {k: v.to(device) for k, v in x.items()} if isinstance(x, dict) else x.to(device)
