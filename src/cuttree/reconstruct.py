@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cuttree._util import eval_mode, model_device, removing
+from cuttree.batching import forward
 from cuttree.calibrate import batches
 from cuttree.config import Config
 from cuttree.plan import PruningPlan
@@ -58,10 +59,6 @@ def _refittable(name: str, mod: nn.Module, original: dict[str, nn.Module], gone:
     )
 
 
-def _call(model: nn.Module, x: Any) -> Any:
-    return model(**x) if isinstance(x, dict) else model(x)
-
-
 def _capture(model: nn.Module, layer: nn.Module, x: Any, want_input: bool) -> torch.Tensor:
     got: list[torch.Tensor] = []
 
@@ -71,7 +68,7 @@ def _capture(model: nn.Module, layer: nn.Module, x: Any, want_input: bool) -> to
 
     h = layer.register_forward_hook(hook)
     try:
-        _call(model, x)
+        forward(model, x)
     except _Stop:
         pass
     finally:
@@ -130,7 +127,7 @@ def reconstruct(
     mean diagonal of the normal matrix. A refit is kept only if it lowers the layer's error.
     """
     device = model_device(pruned)
-    parts = [_to(b, device) for b, _ in batches(calib_data, cfg, need_labels=False)]
+    parts = [b for b, _ in batches(calib_data, cfg, need_labels=False, device=device)]
     gone = plan.removed_positions()
     orig_mods = dict(original.named_modules())
     order: list[str] = []
@@ -140,7 +137,7 @@ def reconstruct(
         if _refittable(n, m, orig_mods, gone)
     ]
     with removing(hooks), eval_mode(pruned), torch.no_grad():
-        _call(pruned, parts[0])
+        forward(pruned, parts[0])
     g = torch.Generator().manual_seed(cfg.seed)
     done = []
     with eval_mode(pruned), eval_mode(original), torch.no_grad():
@@ -188,7 +185,3 @@ def reconstruct(
 def _sq_error(gram: torch.Tensor, aty: torch.Tensor, yy: torch.Tensor, sol: torch.Tensor) -> float:
     """|A·sol − Y|² from the normal equations: solᵀ(AᵀA)sol − 2·solᵀ(AᵀY) + |Y|²."""
     return float(((sol * (gram @ sol)).sum() - 2 * (sol * aty).sum()).cpu() + yy)
-
-
-def _to(x: Any, device: torch.device) -> Any:
-    return {k: v.to(device) for k, v in x.items()} if isinstance(x, dict) else x.to(device)
