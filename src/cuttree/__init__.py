@@ -15,11 +15,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from cuttree.analysis import Sensitivity, sensitivity
+    from cuttree.analysis import sensitivity
     from cuttree.api import PruneResult, SparsifyResult, make_plan, prune, sparsify
     from cuttree.config import Config, LayerOverride
     from cuttree.core.importance import criterion
     from cuttree.core.plan import GroupPlan, PruningPlan
+    from cuttree.core.sensitivity import Sensitivity
     from cuttree.errors import CuttreeError, FileFormatError, PlanError, ResourceError, SurgeryError, TraceError
     from cuttree.export import export_onnx
     from cuttree.io import load, load_weights, read_metadata, save
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 _WHERE = {
-    "Sensitivity": "cuttree.analysis",
+    "Sensitivity": "cuttree.core.sensitivity",
     "sensitivity": "cuttree.analysis",
     "PruneResult": "cuttree.api",
     "SparsifyResult": "cuttree.api",

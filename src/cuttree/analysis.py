@@ -15,13 +15,9 @@ a repeated one is instant. The cache folder is ``cache_dir``, else ``$CUTTREE_CA
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import json
-import os
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,111 +28,25 @@ from torch import nn
 from cuttree._util import as_inputs, to_numpy
 from cuttree.api import planning_inputs
 from cuttree.config import Config
-from cuttree.core.allocate import Curve
 from cuttree.core.planner import estimate
+from cuttree.core.sensitivity import (
+    DEFAULT_RATIOS,
+    FORMAT,
+    SINGLE_GROUP,
+    Sensitivity,
+    cache_root,
+    cached,
+    check_ratios,
+    measure_groups,
+    subset_indices,
+)
 from cuttree.errors import SurgeryError
-from cuttree.files import atomic_write
 from cuttree.measure import evaluate
-from cuttree.progress import Progress
+from cuttree.plan import PruningPlan
 from cuttree.surgery import apply_plan
 from cuttree.train import recalibrate_bn
-from cuttree.validate import keep_all
 
-FORMAT = "cuttree-sensitivity-1"
-DEFAULT_RATIOS = (0.25, 0.5, 0.75)
-
-
-@dataclass
-class Sensitivity:
-    """The metric after pruning each group alone, per ratio (``None``: the model cannot take it)."""
-
-    metric: str  #: "top1" or "miou"
-    baseline: float  #: the unpruned model on the same subset
-    ratios: tuple[float, ...]
-    samples: int
-    key: str  #: the cache key: weights, data and settings
-    groups: dict[str, int] = field(default_factory=dict)  #: group → channels
-    results: dict[str, dict[str, float | None]] = field(default_factory=dict)  #: group → str(ratio) → metric
-    macs: dict[str, dict[str, int]] = field(default_factory=dict)  #: group → str(ratio) → MACs (estimated)
-    seconds: float = 0.0
-
-    @property
-    def complete(self) -> bool:
-        return all(len(self.results.get(g, {})) == len(self.ratios) for g in self.groups)
-
-    def curves(self) -> dict[str, Curve]:
-        """Group → (ratio, drop in points) pairs, for :func:`cuttree.core.allocate.allocate`;
-        a ratio the model could not take ends the curve there.
-
-        >>> s = Sensitivity("top1", 90.0, (0.25, 0.5), 100, "k", {"a": 8}, {"a": {"0.25": 89.0, "0.5": None}})
-        >>> s.curves()
-        {'a': [(0.25, 1.0)]}
-        """
-        out: dict[str, Curve] = {}
-        for g in self.groups:
-            pts = []
-            for r in self.ratios:
-                v = self.results.get(g, {}).get(str(r))
-                if v is None:
-                    break
-                pts.append((r, self.baseline - v))
-            if pts:
-                out[g] = pts
-        return out
-
-    def table(self) -> str:
-        """Drop in points per group (rows) and ratio (columns)."""
-        head = ["group", "channels", *[f"{r:g}" for r in self.ratios]]
-        rows = [head]
-        for g, size in self.groups.items():
-            cells = []
-            for r in self.ratios:
-                v = self.results.get(g, {}).get(str(r))
-                cells.append("—" if v is None else f"{self.baseline - v:+.2f}")
-            rows.append([g, str(size), *cells])
-        w = [max(len(r[i]) for r in rows) for i in range(len(head))]
-        lines = ["  ".join(c.rjust(w[i]) if i else c.ljust(w[i]) for i, c in enumerate(r)) for r in rows]
-        return "\n".join(
-            [
-                f"{self.metric} drop in points after pruning one group alone (baseline {self.baseline:.2f} on "
-                f"{self.samples} samples)",
-                *lines,
-            ]
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, **dataclasses.asdict(self), "ratios": list(self.ratios)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Sensitivity:
-        if not isinstance(d, dict) or d.get("format") != FORMAT:
-            raise ValueError(
-                f"not a cuttree sensitivity file (format {d.get('format') if isinstance(d, dict) else None!r})"
-            )
-        fields = {f.name for f in dataclasses.fields(cls)}
-        kw = {k: v for k, v in d.items() if k in fields}
-        kw["ratios"] = tuple(float(r) for r in kw["ratios"])
-        return cls(**kw)
-
-    def save(self, path: str | Path) -> Path:
-        return atomic_write(path, lambda p: p.write_text(json.dumps(self.to_dict(), indent=1)))
-
-    @classmethod
-    def load(cls, path: str | Path) -> Sensitivity:
-        p = Path(path)
-        if not p.is_file():
-            raise ValueError(f"sensitivity file '{p}' does not exist; run `cuttree sensitivity` to make it")
-        try:
-            return cls.from_dict(json.loads(p.read_text()))
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"'{p}' is not a valid sensitivity file ({type(e).__name__}); run it again") from None
-
-
-def cache_root(cache_dir: str | Path | None = None) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir)
-    env = os.environ.get("CUTTREE_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "cuttree"
+__all__ = ["DEFAULT_RATIOS", "FORMAT", "Sensitivity", "cache_root", "sensitivity"]
 
 
 def sensitivity(
@@ -161,20 +71,8 @@ def sensitivity(
     from cuttree.job import metric_name
 
     example_inputs = as_inputs(example_inputs)
-    ratios = tuple(sorted(float(r) for r in ratios))
-    if not ratios or any(not 0.0 < r < 1.0 for r in ratios):
-        raise ValueError(
-            f"sensitivity ratios {list(ratios)} must each lie strictly between 0 and 1, e.g. 0.25,0.5,0.75"
-        )
-    n = len(data)
-    if samples < config.min_samples or n < config.min_samples:
-        raise ValueError(
-            f"sensitivity needs at least min_samples={config.min_samples} validation samples, got "
-            f"{min(samples, n)}; pass more data or lower min_samples"
-        )
-    rng = np.random.default_rng(config.seed)
-    idx = np.sort(rng.choice(n, size=min(samples, n), replace=False))
-    subset = _Subset(data, idx)
+    ratios = check_ratios(ratios)
+    subset = _Subset(data, subset_indices(len(data), samples, config.min_samples, config.seed))
     calib: Any = calib_data if calib_data is not None else subset
     key = _key(model, example_inputs, config, subset, ratios)
     cache = cache_root(cache_dir) / "sensitivity" / f"{key}.json"
@@ -195,50 +93,25 @@ def sensitivity(
             recalibrate_bn(m, calib, recal_cfg)
         return score(m)
 
-    t0 = time.perf_counter()
-    if cache.is_file():
-        result = Sensitivity.load(cache)
-        if result.complete:
-            return result
-    else:
+    result = cached(cache)
+    if result is not None and result.complete:
+        return result
+    if result is None:
         result = Sensitivity(metric, recalibrated_score(copy.deepcopy(model)), ratios, len(subset), key)
-    # each group alone, at each ratio: no budget search, no per-layer overrides, heads like
-    # channels; traced and scored once, planned once per ratio
-    base = config.model_copy(
-        update={
-            "macs_target": None,
-            "params_target": None,
-            "latency_target": None,
-            "allocation": "uniform",
-            "layers": {},
-            "head_ratio": None,
-            "threshold": None,
-            "scope": "local",
-        }
-    )
+    # each group alone, at each ratio; traced and scored once, planned once per ratio
+    base = config.model_copy(update=SINGLE_GROUP)
     traced = planning_inputs(model, example_inputs, base.model_copy(update={"ratio": ratios[0]}), calib)
     graph = traced.graph
     plans = {r: traced.decide(base.model_copy(update={"ratio": r})) for r in ratios}
-    names = [g.name for g in plans[ratios[0]].groups]
-    result.groups = {g.name: g.size for g in plans[ratios[0]].groups}
-    todo = [(g, r) for g in names for r in ratios if str(r) not in result.results.get(g, {})]
-    with Progress(len(todo), "sensitivity", log=log, quiet=quiet) as bar:
-        for g, r in todo:
-            plan = plans[r]
-            single = dataclasses.replace(plan, groups=tuple(p if p.name == g else keep_all(p) for p in plan.groups))
-            value: float | None
-            try:
-                work = apply_plan(copy.deepcopy(model), single, example_inputs, graph.outputs)
-                value = recalibrated_score(work)
-            except SurgeryError:
-                value = None  # the model's code fixes this group's size: it stays whole
-            result.results.setdefault(g, {})[str(r)] = value
-            result.macs.setdefault(g, {})[str(r)] = estimate(graph, single)
-            result.save(cache)
-            bar.advance(info=f"{g} @ {r:g}: {'—' if value is None else f'{value:.2f}'}")
-    result.seconds += time.perf_counter() - t0
-    result.save(cache)
-    return result
+
+    def pruned_score(single: PruningPlan) -> float | None:
+        try:
+            work = apply_plan(copy.deepcopy(model), single, example_inputs, graph.outputs)
+        except SurgeryError:
+            return None  # the model's code fixes this group's size: it stays whole
+        return recalibrated_score(work)
+
+    return measure_groups(result, plans, pruned_score, lambda p: estimate(graph, p), cache, quiet, log)
 
 
 class _Subset:

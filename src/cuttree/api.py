@@ -21,7 +21,7 @@ from torch import nn
 from cuttree import calibrate
 from cuttree._util import as_inputs, model_bytes, model_device, refuse_keras, to_numpy
 from cuttree.config import Config
-from cuttree.core.planner import decide, estimate, resolve
+from cuttree.core.planner import PlanningInputs, estimate, resolve
 from cuttree.errors import SurgeryError
 from cuttree.graph.groups import DependencyGraph, build_graph
 from cuttree.graph.trace import named_tensors
@@ -42,25 +42,6 @@ def module_names(model: nn.Module) -> list[str]:
     return sorted({n.rpartition(".")[0] for n in tensors} - {""})
 
 
-@dataclass(frozen=True)
-class PlanningInputs:
-    """What planning reads from a model, traced and scored once: the graph, the per-layer
-    overrides, the criterion's inputs (numpy) and the parameter count."""
-
-    graph: DependencyGraph
-    overrides: dict[str, list[str]]
-    weights: dict[str, np.ndarray]
-    extra: dict[str, np.ndarray]
-    params_total: int
-
-    def decide(self, config: Config, sensitivity: Any = None) -> PruningPlan:
-        """The plan for ``config`` (its ``layers`` and criterion as traced), without validation."""
-        curves = sensitivity.curves() if sensitivity is not None else None
-        return decide(
-            self.graph, config, self.overrides, self.weights, self.extra, "torch", "torch", self.params_total, curves
-        )
-
-
 def planning_inputs(
     model: nn.Module, example_inputs: Sequence[Any], config: Config, calib_data: Iterable[Any] | None = None
 ) -> PlanningInputs:
@@ -73,7 +54,7 @@ def planning_inputs(
     overrides = resolve(config.layers, names, "layers")
     graph = build_graph(model, example_inputs, ignore)
     extra, weights = criterion_inputs(model, graph, config, calib_data)
-    return PlanningInputs(graph, overrides, weights, extra, count_params(model))
+    return PlanningInputs(graph, overrides, weights, extra, count_params(model), "torch", "torch")
 
 
 def make_plan(
@@ -89,7 +70,7 @@ def make_plan(
     With ``validate`` (the default) the plan is first tried on a shape-only copy of the model,
     and groups whose pruning the model's code cannot take (a literal channel count in a
     ``view``) are kept whole, with a warning. ``sensitivity`` (a
-    :class:`cuttree.analysis.Sensitivity`) is what ``allocation: sensitivity`` allocates from.
+    :class:`cuttree.Sensitivity`) is what ``allocation: sensitivity`` allocates from.
     """
     example_inputs = as_inputs(example_inputs)
     inputs = planning_inputs(model, example_inputs, config, calib_data)

@@ -177,8 +177,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from cuttree.train import deterministic_env, rank_device
 
     cfg = _config(args)
+    sens = _sensitivity_file(args, cfg)
     if args.model is not None:
-        return cli_keras.cmd_run(args, cfg, _data(args, "train"), _data(args, "test"))
+        return cli_keras.cmd_run(args, cfg, _data(args, "train"), _data(args, "test"), sens)
     if args.arch is None or args.input_shape is None:
         raise ValueError("run needs --arch and --input-shape for a torch model, or --model my.keras for a Keras one")
     if cfg.finetune.deterministic:
@@ -187,16 +188,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     model = _model(args).to(device)
     torch.manual_seed(cfg.seed)
     x = (torch.randn(*args.input_shape).to(device),)
-    sens = None
-    if cfg.allocation == "sensitivity":
-        from cuttree.analysis import Sensitivity
-
-        if not args.sensitivity:
-            raise ValueError(
-                "allocation: sensitivity needs --sensitivity FILE: make it with `cuttree sensitivity` on the same "
-                "model, or set allocation: uniform"
-            )
-        sens = Sensitivity.load(args.sensitivity)
     report = run_job(
         model,
         x,
@@ -219,6 +210,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sensitivity_file(args: argparse.Namespace, cfg: Config) -> Any:
+    """The ``--sensitivity`` file that ``allocation: sensitivity`` needs, loaded (else ``None``)."""
+    if cfg.allocation != "sensitivity":
+        return None
+    from cuttree.core.sensitivity import Sensitivity
+
+    if not args.sensitivity:
+        raise ValueError(
+            "allocation: sensitivity needs --sensitivity FILE: make it with `cuttree sensitivity` on the same "
+            "model, or set allocation: uniform"
+        )
+    return Sensitivity.load(args.sensitivity)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from cuttree.report import write_report
 
@@ -228,19 +233,36 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
-    from cuttree.analysis import sensitivity
-
     cfg = _config(args, need_target=False)
     out = Path(args.out)
     if out.suffix != ".json":
         raise ValueError(f"--out '{out}' must end in .json")
-    model = _model(args).eval()
     try:
         ratios = tuple(float(r) for r in args.ratios.split(","))
     except ValueError:
         raise ValueError(f"--ratios '{args.ratios}' is not a list of numbers; write it as 0.25,0.5,0.75") from None
     data = _data(args, args.split, augment=False)
-    s = sensitivity(
+    if args.model is not None:
+        if args.arch is not None:
+            raise ValueError("give --model (a .keras/.h5 file) or --arch (a torch model), not both")
+        s = cli_keras.sensitivity(args, cfg, data, ratios)
+    else:
+        if args.arch is None or args.input_shape is None:
+            raise ValueError(
+                "sensitivity needs --arch and --input-shape for a torch model, or --model my.keras for a Keras one"
+            )
+        s = _torch_sensitivity(args, cfg, data, ratios)
+    print(s.table())
+    s.save(out)
+    print(f"\nwrote {out} ({len(s.groups)} groups × {len(s.ratios)} ratios, {s.seconds:.0f} s of measuring)")
+    return 0
+
+
+def _torch_sensitivity(args: argparse.Namespace, cfg: Config, data: Any, ratios: tuple[float, ...]) -> Any:
+    from cuttree.analysis import sensitivity
+
+    model = _model(args).eval()
+    return sensitivity(
         model,
         (torch.zeros(*args.input_shape),),
         cfg,
@@ -250,10 +272,6 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         quiet=args.quiet,
     )
-    print(s.table())
-    s.save(out)
-    print(f"\nwrote {out} ({len(s.groups)} groups × {len(s.ratios)} ratios, {s.seconds:.0f} s of measuring)")
-    return 0
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -497,7 +515,7 @@ def parser() -> argparse.ArgumentParser:
     sp = sub.add_parser(
         "sensitivity", help="the metric after pruning each group alone at several ratios (cached; resumable)"
     )
-    model_args(sp)
+    model_args(sp, keras_too=True)
     data_args(sp)
     sp.add_argument("--split", default="train", help="the split to score on (default train: keep test for the end)")
     sp.add_argument("--samples", type=int, default=1000, help="validation samples scored (a fixed random subset)")

@@ -136,7 +136,18 @@ def cmd_finetune(args: argparse.Namespace, cfg: Config, train: Any, test: Any) -
     return 0
 
 
-def cmd_run(args: argparse.Namespace, cfg: Config, train: Any, test: Any) -> int:
+def sensitivity(args: argparse.Namespace, cfg: Config, data: Any, ratios: tuple[float, ...]) -> Any:
+    """``cuttree sensitivity --model my.keras``: the analysis on ``--split`` of ``--data``."""
+    ck = keras_api()
+    model = ck.load(args.model)
+    example = None if args.input_shape is None else np.zeros(args.input_shape, dtype="float32")
+    return ck.sensitivity(
+        model, cfg, arrays(args, args.split, data), ratios=ratios, samples=args.samples, example_inputs=example,
+        cache_dir=args.cache_dir, quiet=args.quiet,
+    )  # fmt: skip
+
+
+def cmd_run(args: argparse.Namespace, cfg: Config, train: Any, test: Any, sensitivity: Any = None) -> int:
     """Prune → recalibrate BN → fine-tune with distillation from the original → evaluate → save."""
     ck = keras_api()
     original = ck.load(args.model)
@@ -144,7 +155,8 @@ def cmd_run(args: argparse.Namespace, cfg: Config, train: Any, test: Any) -> int
     xt, yt = arrays(args, "test", test)
     example = None if args.input_shape is None else np.zeros(args.input_shape, dtype="float32")
     dense = ck.evaluate(original, xt, yt, cfg.mode)
-    r = ck.prune(original, cfg, example_inputs=example, calib_data=(xtr[: cfg.calib_samples], ytr[: cfg.calib_samples]))
+    calib = (xtr[: cfg.calib_samples], ytr[: cfg.calib_samples])
+    r = ck.prune(original, cfg, example_inputs=example, calib_data=calib, sensitivity=sensitivity)
     pruned = ck.evaluate(r.model, xt, yt, cfg.mode)
     if cfg.finetune.bn_recalibrate:
         ck.recalibrate_bn(r.model, xtr, seed=cfg.seed)

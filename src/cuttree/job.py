@@ -64,7 +64,7 @@ def run_job(
 ) -> dict[str, Any]:
     """Prune ``model`` to ``cfg``'s target in ``cfg.steps`` rounds with fine-tuning; write the run folder.
 
-    With ``allocation: sensitivity``, ``sensitivity`` (a :class:`cuttree.analysis.Sensitivity` of
+    With ``allocation: sensitivity``, ``sensitivity`` (a :class:`cuttree.Sensitivity` of
     this model) decides the per-group ratios; it is written to the run folder.
     """
     out = Path(out_dir)

@@ -29,13 +29,15 @@ import numpy as np
 from cuttree.config import Config
 from cuttree.core.grouping import DependencyGraph
 from cuttree.core.plan import PruningPlan
-from cuttree.core.planner import decide
+from cuttree.core.planner import PlanningInputs
+from cuttree.core.sensitivity import DEFAULT_RATIOS, Sensitivity
 from cuttree.errors import did_you_mean
 from cuttree.frontends.keras import surgery
 from cuttree.frontends.keras.calibrate import criterion_inputs
 from cuttree.frontends.keras.files import load, plan_of, read_metadata, save
 from cuttree.frontends.keras.graph import build_graph, check_model, macs_of, trace
 from cuttree.frontends.keras.recover import evaluate, finetune, recalibrate_bn
+from cuttree.frontends.keras.sensitivity import analyse as _sensitivity
 from cuttree.frontends.keras.sparsity import GradualPruning, SparsifyResult, strip
 from cuttree.frontends.keras.sparsity import sparsify as _sparsify
 from cuttree.results import Measurements, PruneResult
@@ -56,6 +58,7 @@ __all__ = [
     "read_metadata",
     "recalibrate_bn",
     "save",
+    "sensitivity",
     "sparsify",
     "strip",
 ]
@@ -103,10 +106,9 @@ def _resolve(patterns: Sequence[str], names: list[str], key: str) -> dict[str, l
     return out
 
 
-def make_plan(
-    model: Any, config: Config, example_inputs: Any = None, calib_data: Any = None
-) -> tuple[PruningPlan, DependencyGraph]:
-    """Trace, score and plan; ``model`` is not modified."""
+def planning_inputs(model: Any, config: Config, example_inputs: Any = None, calib_data: Any = None) -> PlanningInputs:
+    """Trace ``model`` and compute what ``config.criterion`` reads, once: what several plans of one
+    model share (the sensitivity analysis plans once per ratio)."""
     _check_config(config)
     shapes = input_shapes(model, example_inputs)
     names = layer_names(model)
@@ -114,8 +116,47 @@ def make_plan(
     overrides = _resolve(list(config.layers), names, "layers")
     graph, tr = build_graph(model, shapes, ignore)
     extra, weights = criterion_inputs(model, tr, graph, config, calib_data)
-    plan = decide(graph, config, overrides, weights, extra, "keras", "keras", params_total=int(model.count_params()))
-    return plan, graph
+    return PlanningInputs(graph, overrides, weights, extra, int(model.count_params()), "keras", "keras")
+
+
+def make_plan(
+    model: Any, config: Config, example_inputs: Any = None, calib_data: Any = None, sensitivity: Any = None
+) -> tuple[PruningPlan, DependencyGraph]:
+    """Trace, score and plan; ``model`` is not modified. ``sensitivity`` (from
+    :func:`cuttree.keras.sensitivity`) is what ``allocation: sensitivity`` allocates from."""
+    inputs = planning_inputs(model, config, example_inputs, calib_data)
+    return inputs.decide(config, sensitivity), inputs.graph
+
+
+def sensitivity(
+    model: Any,
+    config: Config,
+    data: tuple[Any, Any],
+    ratios: Sequence[float] = DEFAULT_RATIOS,
+    samples: int = 1000,
+    example_inputs: Any = None,
+    calib_data: Any = None,
+    cache_dir: str | Path | None = None,
+    quiet: bool = False,
+    log: Any = None,
+) -> Sensitivity:
+    """The metric after pruning each group alone at each of ``ratios`` (the model is not modified).
+
+    ``data`` is an ``(x, y)`` pair of validation arrays; ``samples`` of them (a fixed subset,
+    seeded by ``config.seed``) are scored, batch norm recalibrated on ``calib_data`` (default: the
+    same subset). Cached on disk (``cache_dir``, else ``$CUTTREE_CACHE``, else ``~/.cache/cuttree``)
+    after every entry: a repeated run is instant, an interrupted one resumes. Pass the result to
+    :func:`prune` or :func:`make_plan` as ``sensitivity=`` with ``allocation: sensitivity``. Use a
+    validation split, not the test split the final figure is reported on.
+    """
+    _check_config(config)
+    check_model(model)
+    shapes = input_shapes(model, example_inputs)
+
+    def traced(cfg: Config) -> PlanningInputs:  # a data-driven criterion reads the calibration data
+        return planning_inputs(model, cfg, example_inputs, calib_data if calib_data is not None else data)
+
+    return _sensitivity(model, config, data, shapes, traced, ratios, samples, calib_data, cache_dir, quiet, log)
 
 
 def apply_plan(model: Any, plan: PruningPlan, example_inputs: Any = None) -> Any:
@@ -123,8 +164,11 @@ def apply_plan(model: Any, plan: PruningPlan, example_inputs: Any = None) -> Any
     return surgery.apply_plan(model, plan, input_shapes(model, example_inputs))
 
 
-def prune(model: Any, config: Config, example_inputs: Any = None, calib_data: Any = None) -> PruneResult:
-    """Structurally prune a Keras model: returns a new model, the plan and before/after figures."""
+def prune(
+    model: Any, config: Config, example_inputs: Any = None, calib_data: Any = None, sensitivity: Any = None
+) -> PruneResult:
+    """Structurally prune a Keras model: returns a new model, the plan and before/after figures
+    (``sensitivity``: for ``allocation: sensitivity``, see :func:`make_plan`)."""
     _check_config(config)
     shapes = input_shapes(model, example_inputs)
     t0 = time.perf_counter()
@@ -133,7 +177,7 @@ def prune(model: Any, config: Config, example_inputs: Any = None, calib_data: An
         plan = PruningPlan(groups=(), config=config.to_dict(), framework="keras", layout="keras")
         unsupported: dict[str, int] = {}
     else:
-        plan, graph = make_plan(model, config, example_inputs, calib_data)
+        plan, graph = make_plan(model, config, example_inputs, calib_data, sensitivity)
         work = surgery.apply_plan(model, plan, shapes)
         unsupported = dict(graph.unsupported)
     t1 = time.perf_counter()

@@ -133,7 +133,7 @@ def _figures(doc: dict[str, Any], folder: Path) -> dict[str, bytes]:
         figs["channels"] = png(fig)
     sens_file = folder / str(doc.get("sensitivity") or "sensitivity.json")
     if sens_file.is_file():
-        from cuttree.analysis import Sensitivity
+        from cuttree.core.sensitivity import Sensitivity
 
         s = Sensitivity.load(sens_file)
         curves = s.curves()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -93,6 +94,38 @@ def decide(
     if allocation is not None:
         plan = dataclasses.replace(plan, budget=allocation)
     return plan
+
+
+@dataclass(frozen=True)
+class PlanningInputs:
+    """What planning reads from a model, traced and scored once by a frontend: the graph, the
+    per-layer overrides, the criterion's inputs (numpy), the parameter count, and the frontend's
+    name and weight layout. Several plans of one model share it (the sensitivity analysis plans
+    once per ratio)."""
+
+    graph: DependencyGraph
+    overrides: dict[str, list[str]]
+    weights: Mapping[str, np.ndarray]
+    extra: Mapping[str, np.ndarray]
+    params_total: int
+    framework: str
+    layout: str
+
+    def decide(self, config: Config, sensitivity: Any = None) -> PruningPlan:
+        """The plan for ``config`` (its ``layers`` and criterion as traced); ``sensitivity`` (a
+        :class:`cuttree.core.sensitivity.Sensitivity`) is what ``allocation: sensitivity`` needs."""
+        curves = sensitivity.curves() if sensitivity is not None else None
+        return decide(
+            self.graph,
+            config,
+            self.overrides,
+            self.weights,
+            self.extra,
+            self.framework,
+            self.layout,
+            self.params_total,
+            curves,
+        )
 
 
 def _cost(
