@@ -37,6 +37,7 @@ from cuttree.core.sensitivity import (
     cache_root,
     cached,
     check_ratios,
+    key_settings,
     measure_groups,
     subset_indices,
 )
@@ -142,12 +143,5 @@ def _key(
         x, y = subset[i]
         h.update(np.ascontiguousarray(to_numpy(torch.as_tensor(x))).tobytes())
         h.update(np.ascontiguousarray(to_numpy(torch.as_tensor(y))).tobytes())
-    settings = {
-        k: config.to_dict()[k]
-        for k in ("mode", "criterion", "min_channels", "round_to", "ignore", "seed", "calib_samples")
-    }
-    settings["bn"] = config.finetune.bn_recalibrate
-    settings["batch_size"] = config.finetune.batch_size
-    settings["ratios"] = list(ratios)
-    h.update(json.dumps(settings, sort_keys=True).encode())
+    h.update(key_settings(config, ratios))
     return h.hexdigest()[:20]

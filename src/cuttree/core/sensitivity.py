@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from cuttree.config import Config
 from cuttree.core.allocate import Curve
 from cuttree.core.plan import GroupPlan, PruningPlan
 from cuttree.files import atomic_write
@@ -154,6 +155,21 @@ def subset_indices(n: int, samples: int, min_samples: int, seed: int) -> np.ndar
         )
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(n, size=min(samples, n), replace=False))
+
+
+def key_settings(config: Config, ratios: Sequence[float]) -> bytes:
+    """The settings a sensitivity result depends on, as bytes for its cache key (each frontend
+    adds the weights, the input shapes and the data).
+
+    >>> key_settings(Config(ratio=0.5), (0.5,)) == key_settings(Config(ratio=0.3), (0.5,))
+    True
+    """
+    d = config.to_dict()
+    settings = {k: d[k] for k in ("mode", "criterion", "min_channels", "round_to", "ignore", "seed", "calib_samples")}
+    settings["bn"] = config.finetune.bn_recalibrate
+    settings["batch_size"] = config.finetune.batch_size
+    settings["ratios"] = list(ratios)
+    return json.dumps(settings, sort_keys=True).encode()
 
 
 #: the config changes that make a plan prune each group by a plain ratio: no budget search, no

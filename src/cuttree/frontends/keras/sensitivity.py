@@ -28,6 +28,7 @@ from cuttree.core.sensitivity import (
     cache_root,
     cached,
     check_ratios,
+    key_settings,
     measure_groups,
     subset_indices,
 )
@@ -77,12 +78,12 @@ def analyse(
             recalibrate_bn(m, calib, batches=recal_batches, batch_size=ft.batch_size, seed=config.seed)
         return evaluate(m, xs, ys, config.mode, batch_size=ft.batch_size, ignore_index=ft.ignore_index)
 
-    base = config.model_copy(update=SINGLE_GROUP)
-    inputs = traced(base.model_copy(update={"ratio": ratios[0]}))
-    plans = {r: inputs.decide(base.model_copy(update={"ratio": r})) for r in ratios}
     result = cached(cache)
     if result is not None and result.complete:
         return result
+    base = config.model_copy(update=SINGLE_GROUP)
+    inputs = traced(base.model_copy(update={"ratio": ratios[0]}))
+    plans = {r: inputs.decide(base.model_copy(update={"ratio": r})) for r in ratios}
     if result is None:
         whole = plans[ratios[0]]
         whole = dataclasses.replace(
@@ -112,10 +113,5 @@ def _key(
     h.update(json.dumps([list(s) for s in shapes]).encode())
     h.update(np.ascontiguousarray(x).tobytes())
     h.update(np.ascontiguousarray(y).tobytes())
-    d = config.to_dict()
-    settings = {k: d[k] for k in ("mode", "criterion", "min_channels", "round_to", "ignore", "seed", "calib_samples")}
-    settings["bn"] = config.finetune.bn_recalibrate
-    settings["batch_size"] = config.finetune.batch_size
-    settings["ratios"] = list(ratios)
-    h.update(json.dumps(settings, sort_keys=True).encode())
+    h.update(key_settings(config, ratios))
     return h.hexdigest()[:20]
