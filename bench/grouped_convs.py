@@ -1,5 +1,6 @@
-"""Grouped convolutions side by side: cuttree (whole groups) vs Torch-Pruning (its default for
-grouped convs), ratio 0.3, L1 magnitude, local, classifier kept, random weights, 224×224.
+"""Grouped convolutions side by side: cuttree (its default, whole groups and the width inside
+them, and whole groups alone: ``group_width: false``) vs Torch-Pruning (its default for grouped
+convs), ratio 0.3, L1 magnitude, local, classifier kept, random weights, 224×224.
 
 Prints parameters and MACs kept, engine time and whether the pruned model runs, for
 torchvision ``resnext50_32x4d`` and ``regnet_y_400mf`` and timm ``resnext50_32x4d``.
@@ -40,6 +41,10 @@ def with_cuttree(model: nn.Module, x: torch.Tensor) -> nn.Module:
     return cuttree.prune(model, (x,), cuttree.Config(ratio=RATIO, latency_runs=0)).model
 
 
+def with_cuttree_groups_only(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    return cuttree.prune(model, (x,), cuttree.Config(ratio=RATIO, group_width=False, latency_runs=0)).model
+
+
 def with_torch_pruning(model: nn.Module, x: torch.Tensor) -> nn.Module:
     import torch_pruning as tp
 
@@ -67,7 +72,12 @@ def main() -> None:
         with torch.no_grad():
             model(x)  # warm-up, for both tools
         p0, m0 = params(model), count_macs(model, (x,))
-        for tool, fn in [("cuttree", with_cuttree), ("Torch-Pruning 1.6.1", with_torch_pruning)]:
+        tools = [
+            ("cuttree", with_cuttree),
+            ("cuttree, group_width: false", with_cuttree_groups_only),
+            ("Torch-Pruning 1.6.1", with_torch_pruning),
+        ]
+        for tool, fn in tools:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 t = time.perf_counter()

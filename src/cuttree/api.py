@@ -52,7 +52,7 @@ def planning_inputs(
     names = module_names(model)
     ignore = sorted({n for hits in resolve(config.ignore, names, "ignore").values() for n in hits})
     overrides = resolve(config.layers, names, "layers")
-    graph = build_graph(model, example_inputs, ignore)
+    graph = build_graph(model, example_inputs, ignore, group_width=config.group_width)
     extra, weights = criterion_inputs(model, graph, config, calib_data)
     return PlanningInputs(graph, overrides, weights, extra, count_params(model), "torch", "torch")
 

@@ -142,6 +142,9 @@ class Config(BaseModel):
       that meet the budget with the least loss predicted by a sensitivity analysis).
     - ``head_ratio``: the fraction of attention heads to remove (default: ``ratio``); 0 keeps
       every head. Per-layer overrides in ``layers`` still win.
+    - ``group_width``: a grouped convolution loses whole groups *and* the same positions of the
+      width inside every group (two units, each pruned at the group's ratio; named
+      ``<layer>:width`` in the plan). ``false`` keeps the width inside groups (PyTorch only).
     - ``round_to``: kept channel counts are rounded up to a multiple of this. ``auto`` (the
       default) rounds channel groups of at least 64 channels to the channel block of this
       machine's CPU kernels (16 with AVX-512, else 8: :func:`cuttree.core.planner.channel_block`),
@@ -166,6 +169,7 @@ class Config(BaseModel):
     latency_target: LatencyTarget | None = None
     allocation: Literal["uniform", "sensitivity"] = "uniform"
     head_ratio: float | None = Field(default=None, ge=0.0, lt=1.0)
+    group_width: bool = True
     criterion: str = "l1"
     scope: Literal["local", "global"] = "local"
     min_channels: int = Field(default=1, ge=1)

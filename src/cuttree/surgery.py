@@ -72,9 +72,11 @@ def apply_plan(
         example_inputs = as_inputs(example_inputs)
     check_shapes(model, plan)
     owners = _owners(model)
+    removed = plan.removed_positions()
+    groups_left = _groups_left(model, removed)
     undo: list[tuple[nn.Module, str, torch.Tensor]] = []
     touched: dict[int, nn.Module] = {}
-    for name, dims in plan.removed_positions().items():
+    for name, dims in removed.items():
         holders = owners[name]
         mod, attr = holders[0]
         old = getattr(mod, attr)
@@ -100,6 +102,10 @@ def apply_plan(
     try:
         for m in touched.values():
             rule_for_module(m).update(m)
+            if id(m) in groups_left:  # a grouped conv that lost width inside its groups, not only groups
+                assert isinstance(m, nn.modules.conv._ConvNd)
+                m.groups = groups_left[id(m)]
+                m.in_channels = m.weight.shape[1] * m.groups
         if example_inputs is not None:
             _check_forward(model, example_inputs, output_shapes)
     except Exception:
@@ -111,6 +117,24 @@ def apply_plan(
             m.__class__ = classes[i]
         raise
     return model
+
+
+def _groups_left(model: nn.Module, removed: dict[str, dict[int, Any]]) -> dict[int, int]:
+    """How many groups each grouped (not depthwise) conv keeps: those with an output row left.
+
+    The conv rule counts groups from the output width per group, which the ``width`` unit changes too.
+    """
+    out: dict[int, int] = {}
+    for mod_name, m in model.named_modules():
+        if not isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d) or m.groups == 1 or m.weight.shape[1] == 1:
+            continue
+        gone = removed.get(f"{mod_name}.weight" if mod_name else "weight", {}).get(0)
+        if gone is None:
+            continue
+        kept = torch.ones(m.out_channels, dtype=torch.bool)
+        kept[torch.from_numpy(gone)] = False
+        out[id(m)] = int(kept.view(m.groups, -1).any(dim=1).sum())
+    return out
 
 
 def _check_forward(

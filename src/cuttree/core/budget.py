@@ -91,15 +91,28 @@ def estimate_macs(graph: DependencyGraph, keeps: Sequence[np.ndarray]) -> int:
     kept = np.zeros(int(offsets[-1]), dtype=bool)
     for off, k in zip(offsets, keeps, strict=False):
         kept[off + k] = True
-    cg = graph.comp_group
-    hit = cg >= 0
-    comp_kept = np.ones(len(cg), dtype=bool)
-    comp_kept[hit] = kept[offsets[cg[hit] >> 32] + (cg[hit] & 0xFFFFFFFF)]
+
+    def kept_of(cg: np.ndarray) -> np.ndarray:
+        hit = cg >= 0
+        comp_kept = np.ones(len(cg), dtype=bool)
+        comp_kept[hit] = kept[offsets[cg[hit] >> 32] + (cg[hit] & 0xFFFFFFFF)]
+        return comp_kept
+
+    comp_kept = kept_of(graph.comp_group)
     total = 0.0
-    for macs, factors in graph.mac_terms:
+    if graph.width_comp_group is None or graph.width_mac_factors is None:
+        for macs, factors in graph.mac_terms:
+            frac = 1.0
+            for f in factors:
+                frac *= comp_kept[f].sum() / len(f)
+            total += macs * frac
+        return round(total)
+    # Grouped convs carry two units: a position stays when both labellings keep it.
+    width_kept = kept_of(graph.width_comp_group)
+    for (macs, factors), wide in zip(graph.mac_terms, graph.width_mac_factors, strict=True):
         frac = 1.0
-        for f in factors:
-            frac *= comp_kept[f].sum() / len(f)
+        for f, w in zip(factors, wide, strict=True):
+            frac *= (comp_kept[f] & width_kept[w]).sum() / len(f)
         total += macs * frac
     return round(total)
 
@@ -107,20 +120,21 @@ def estimate_macs(graph: DependencyGraph, keeps: Sequence[np.ndarray]) -> int:
 def estimate_params(graph: DependencyGraph, keeps: Sequence[np.ndarray], params: Collection[str], total: int) -> int:
     """Parameters of the model after keeping ``keeps``: ``total`` less what each parameter tensor
     among the groups' members (``params``: their names) loses along its pruned dims."""
-    removed: dict[str, dict[int, int]] = {}
+    removed: dict[str, dict[int, np.ndarray]] = {}  # tensor → dim → positions that go (groups may share a dim)
     for g, keep in zip(graph.groups, keeps, strict=True):
         gone = np.ones(g.size, dtype=bool)
         gone[keep] = False
         for m in g.members:
             if m.tensor in params:
-                n = int(gone[m.channels].sum())
-                if n:
+                hit = gone[m.channels]
+                if hit.any():
                     dims = removed.setdefault(m.tensor, {})
-                    dims[m.dim] = dims.get(m.dim, 0) + n
+                    mask = dims.setdefault(m.dim, np.zeros(graph.shapes[m.tensor][m.dim], dtype=bool))
+                    mask[m.positions[hit]] = True
     lost = 0
     for t, dims in removed.items():
         shape = graph.shapes[t]
-        after = math.prod(size - dims.get(d, 0) for d, size in enumerate(shape))
+        after = math.prod(size - (int(dims[d].sum()) if d in dims else 0) for d, size in enumerate(shape))
         lost += math.prod(shape) - after
     return total - lost
 

@@ -10,6 +10,8 @@ channels (a :class:`Role`); everything else is numpy.
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -40,7 +42,7 @@ class Group:
     members: tuple[Member, ...]
     modules: tuple[str, ...]
     owners: tuple[str, ...] = ()  # layers whose own output channels these are
-    unit: str = "channels"  # what one of its channels is: "channels", attention "heads" or conv "groups"
+    unit: str = "channels"  # "channels", attention "heads", conv "groups" or the "width" inside conv groups
 
     def member(self, tensor: str, dim: int) -> Member | None:
         """The member for ``tensor``'s ``dim``, if the group has one."""
@@ -69,6 +71,12 @@ class DependencyGraph:
     unsupported: dict[str, int]
     trace_seconds: float
     unreached: list[str]  # layers whose parameters the eval-mode forward never used
+    # A second labelling of the same walk where grouped convs were labelled by the width inside a
+    # group (see :func:`with_width_groups`): its component ids → (group index, channel) as
+    # ``comp_group``, and the MAC terms' factors in its component ids. A position is kept when
+    # both labellings keep it. ``None`` when the model has no grouped convs or the unit is off.
+    width_comp_group: np.ndarray | None = None
+    width_mac_factors: list[list[np.ndarray]] | None = None
 
     @property
     def macs(self) -> int:
@@ -183,6 +191,43 @@ def group_channels(
     comp_group[hit] = (remap[comp_group[hit] >> 32] << 32) + (comp_group[hit] & 0xFFFFFFFF)
     groups = _dedupe_names([groups[i] for i in order_g])
     return DependencyGraph(groups=groups, comp_group=comp_group, **base)  # type: ignore[arg-type]
+
+
+def with_width_groups(graph: DependencyGraph, width: DependencyGraph) -> DependencyGraph:
+    """``graph`` (grouped convs labelled by whole groups) plus the ``"width"`` groups of ``width``,
+    the same walk with grouped convs labelled by the width inside a group.
+
+    The two units cross: a grouped conv's channel goes when its group goes or its position within
+    the group goes, so one tensor dim may belong to a whole-groups group and a width group at once
+    (surgery removes the union). Width groups are named after their producer with ``:width``.
+    """
+    if len(width.mac_terms) != len(graph.mac_terms) or any(
+        a != b for (a, _), (b, _) in zip(width.mac_terms, graph.mac_terms, strict=True)
+    ):
+        warnings.warn(
+            "the model's forward ran different operations on the same inputs, so grouped convolutions keep the "
+            "width inside their groups (they still lose whole groups); make the forward deterministic in eval mode",
+            stacklevel=3,
+        )
+        return graph
+    extra = [(i, g) for i, g in enumerate(width.groups) if g.unit == "width"]
+    if not extra:
+        return graph
+    n = len(graph.groups)
+    new_index = np.full(len(width.groups), -1, dtype=np.int64)
+    for k, (i, _) in enumerate(extra):
+        new_index[i] = n + k
+    cg = width.comp_group.copy()
+    hit = cg >= 0
+    idx = new_index[cg[hit] >> 32]
+    cg[hit] = np.where(idx >= 0, (idx << 32) + (cg[hit] & 0xFFFFFFFF), -1)
+    named = [dataclasses.replace(g, name=f"{g.name}:width") for _, g in extra]
+    return dataclasses.replace(
+        graph,
+        groups=[*graph.groups, *named],
+        width_comp_group=cg,
+        width_mac_factors=[f for _, f in width.mac_terms],
+    )
 
 
 def _named_group(members: tuple[Member, ...], size: int, roles: Mapping[str, Role], unit: str) -> Group:

@@ -71,7 +71,8 @@ class GroupPlan:
     keep: tuple[int, ...]
     members: tuple[PlanMember, ...]
     criterion: str = "l1"
-    unit: str = "channels"  #: what one channel is: "channels", attention "heads" or conv "groups"
+    #: what one channel is: "channels", attention "heads", conv "groups" or the "width" inside conv groups
+    unit: str = "channels"
 
     @property
     def removed(self) -> np.ndarray:
@@ -234,7 +235,7 @@ class PruningPlan:
 
 
 FRAMEWORKS = ("torch", "keras")  #: the frontends (and weight layouts) a plan can be made for
-UNITS = ("channels", "heads", "groups")  #: what one channel of a group can be
+UNITS = ("channels", "heads", "groups", "width")  #: what one channel of a group can be
 MAX_DIM = 2**31  # no real tensor dim is larger; a larger one is a corrupt or hostile file
 GROUP_KEYS = {"name", "size", "keep", "criterion", "unit", "members"}
 MEMBER_KEYS = {"tensor", "dim", "offset", "repeat", "positions", "channels"}

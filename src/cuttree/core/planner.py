@@ -189,10 +189,13 @@ def estimate(graph: DependencyGraph, plan: PruningPlan) -> int:
 
 
 def group_budgets(graph: DependencyGraph, cfg: Config, overrides: dict[str, list[str]]) -> list[GroupBudget]:
-    owners = {o: i for i, g in enumerate(graph.groups) for o in g.owners}
+    owners: dict[str, list[int]] = {}  # a grouped conv owns its whole-groups group and its width group
+    for i, g in enumerate(graph.groups):
+        for owner in g.owners:
+            owners.setdefault(owner, []).append(i)
     per_group: dict[int, LayerOverride] = {}
     for pattern, hits in overrides.items():
-        idx = {owners[h] for h in hits if h in owners}
+        idx = {i for h in hits if h in owners for i in owners[h]}
         if not idx:
             why = {graph.protected[h] for h in hits if h in graph.protected}
             if "output" in why:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from cuttree.attention import traceable
-from cuttree.core.grouping import DependencyGraph, Group, Member, Role, group_channels
+from cuttree.core.grouping import DependencyGraph, Group, Member, Role, group_channels, with_width_groups
 from cuttree.graph.trace import TraceResult, named_tensors, trace
 from cuttree.rules import rule_for_module
 
@@ -27,18 +27,24 @@ def _module_of(name: str) -> tuple[str, str]:
     return mod, attr
 
 
-def build_graph(model: nn.Module, example_inputs: Sequence[Any], ignore: Sequence[str] = ()) -> DependencyGraph:
+def build_graph(
+    model: nn.Module, example_inputs: Sequence[Any], ignore: Sequence[str] = (), group_width: bool = True
+) -> DependencyGraph:
     """Trace ``model`` and group its coupled channels.
 
     ``ignore`` holds module names (already resolved from globs) whose own output channels stay.
+    A grouped conv gives two units: whole groups, and (with ``group_width``, from a second walk)
+    the same position of the width inside every group.
     ``nn.MultiheadAttention`` modules are traced as :class:`~cuttree.attention.PrunableMultiheadAttention`
     (their own forward hides the heads in one fused op); the model is unchanged afterwards.
     """
     with traceable(model):
-        return _build(model, example_inputs, ignore)
+        return _build(model, example_inputs, ignore, group_width)
 
 
-def _build(model: nn.Module, example_inputs: Sequence[Any], ignore: Sequence[str]) -> DependencyGraph:
+def _build(
+    model: nn.Module, example_inputs: Sequence[Any], ignore: Sequence[str], group_width: bool
+) -> DependencyGraph:
     modules = dict(model.named_modules())
     tensors = named_tensors(model)
     pinned_out: dict[str, list[int]] = {}
@@ -53,7 +59,11 @@ def _build(model: nn.Module, example_inputs: Sequence[Any], ignore: Sequence[str
         elif mod_name in ignore and not rule.out_dims:
             pinned_out[name] = list(range(t.dim()))
     res = trace(model, example_inputs, pinned_out)
-    return _group(model, res, modules, tensors)
+    graph = _group(model, res, modules, tensors)
+    if not group_width or not any(kind == "groups" for _, kind in res.state.units):
+        return graph
+    wide = trace(model, example_inputs, pinned_out, group_width=True)
+    return with_width_groups(graph, _group(model, wide, modules, tensors))
 
 
 def _ancestors(mod_name: str) -> list[str]:

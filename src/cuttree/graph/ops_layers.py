@@ -34,13 +34,22 @@ def convolution(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], o
     elif groups == x.shape[1] and transposed and w.shape[1] == 1:
         st.unify(lx[1], w_in)
         out_lab = w_in
-    elif not transposed:
+    elif not transposed and not st.group_width:
         # Grouped conv: the unit is a whole group (its input channels and its output channels
         # together); the width inside a group stays, so every group keeps the same width.
         ids = st.fresh_unit(groups, "groups")
         st.unify(lx[1], np.repeat(ids, x.shape[1] // groups))
         st.unify(w_out, np.repeat(ids, w.shape[0] // groups))
         st.pin(w_in, Pin.OP)
+        out_lab = w_out
+    elif not transposed:
+        # The other unit of a grouped conv: one position of the width inside a group, in every
+        # group at once (input width: the weight's dim 1; output width: the same rows of every group).
+        ids_in = st.fresh_unit(x.shape[1] // groups, "width")
+        st.unify(lx[1], np.tile(ids_in, groups))
+        st.unify(w_in, ids_in)
+        ids_out = st.fresh_unit(w.shape[0] // groups, "width")
+        st.unify(w_out, np.tile(ids_out, groups))
         out_lab = w_out
     else:
         for lab in (lx[1], w_in, w_out):  # grouped transposed conv: not pruned

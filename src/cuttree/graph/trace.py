@@ -105,19 +105,23 @@ def named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def trace(
-    model: nn.Module, example_inputs: Sequence[Any], ignore_out: dict[str, list[int]] | None = None
+    model: nn.Module,
+    example_inputs: Sequence[Any],
+    ignore_out: dict[str, list[int]] | None = None,
+    group_width: bool = False,
 ) -> TraceResult:
     """Run ``model(*example_inputs)`` in eval mode and no-grad, labelling channels.
 
     ``ignore_out`` pins the given dims of the given tensors (the user's ``ignore`` list, resolved
-    to state-dict names by the caller). The model's training flags are restored afterwards.
+    to state-dict names by the caller). ``group_width`` labels the width inside each group of a
+    grouped conv instead of whole groups. The model's training flags are restored afterwards.
     """
     if not isinstance(example_inputs, tuple | list):
         raise TypeError(
             f"example_inputs must be a tuple of tensors, got {type(example_inputs).__name__}; "
             "wrap a single tensor as (x,)"
         )
-    state = LabelState()
+    state = LabelState(group_width=group_width)
     tensors = named_tensors(model)
     labels = {name: state.label_tensor(t) for name, t in tensors.items()}
     for name, dims in (ignore_out or {}).items():
