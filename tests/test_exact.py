@@ -178,6 +178,20 @@ def test_macs_target_is_met_and_estimate_is_exact(scope: str) -> None:
     assert r.plan.macs_after == r.after.macs
 
 
+def test_macs_target_widens_groups_between_rounded_steps() -> None:
+    """Three 64-channel groups of 1×1 convs at 4×4, rounded to 8: MACs = 16·(3a + ab + bc + 10c).
+    The uniform ratio gives 48/48/48 (5,232 of 9,024 per pixel, 58.0%); 56 everywhere is 77.6%.
+    Of the single widenings to 56 only the first group's fits 63% (5,640 ≤ 5,685.1; the last's
+    5,696 does not): the plan keeps 56/48/48 and nothing more can widen."""
+    m = nn.Sequential(
+        nn.Conv2d(3, 64, 1, bias=False), nn.ReLU(), nn.Conv2d(64, 64, 1, bias=False), nn.ReLU(),
+        nn.Conv2d(64, 64, 1, bias=False), nn.ReLU(), nn.Conv2d(64, 10, 1, bias=False),
+    )  # fmt: skip
+    r = cuttree.prune(m, X, cuttree.Config(macs_target=0.63, round_to=8, latency_runs=0))
+    assert [c.out_channels for c in r.model if isinstance(c, nn.Conv2d)] == [56, 48, 48, 10]
+    assert r.before.macs == 16 * 9024 and r.after.macs == 16 * 5640 == r.plan.macs_after
+
+
 def test_unreachable_macs_target_is_an_error() -> None:
     with pytest.raises(cuttree.PlanError, match="unreachable"):
         cuttree.prune(chain(), X, cuttree.Config(macs_target=0.01, latency_runs=0))

@@ -49,7 +49,7 @@ def test_the_budget_is_met_within_tolerance_and_recorded(
     b = r.plan.budget
     assert b["latency_target_ms"] == goal and b["batch"] == 8 and b["runtime"] == "eager"
     assert b["dense_ms"] == round(dense_ms, 3)
-    assert goal * 0.95 <= b["measured_ms"] <= goal  # within 5% below the budget
+    assert goal * 0.975 <= b["measured_ms"] <= goal  # in the upper half of the 5% window below the budget
     assert b["margin"] == pytest.approx((goal - b["measured_ms"]) / goal, abs=1e-4)
     assert 1 <= len(b["rounds"]) <= latency_budget.ROUNDS
     # what was measured is the pruned model's own clock reading

@@ -144,8 +144,11 @@ def meet_latency(
     # (MACs fraction, latency fraction, result); a result far over the budget is not kept (memory)
     tried: list[tuple[float, float, Result | None]] = []
 
+    # The search stops in the upper half of the tolerance window and aims at its middle: a loop's
+    # figure moves by a few percent from the next, and a candidate accepted at the window's
+    # bottom re-measures below it (VGG-16-BN in ONNX Runtime: accepted at −4.2%, timed −5.3%).
     def inside(ratio: float) -> bool:
-        return goal() * (1 - tol) <= ratio <= goal()
+        return goal() * (1 - tol / 2) <= ratio <= goal()
 
     def judge(frac: float, result: Result, cand_timer: Callable[[], float], d: Timing, c: Timing) -> bool:
         """Record one timed candidate; a candidate inside the window is timed once more (one
@@ -215,7 +218,7 @@ def meet_latency(
         over = [(f, r) for f, r, _ in tried if r > goal()]
         lo = max(under) if under else None
         hi = min(over) if over else (1.0, 1.0)
-        frac = _next(lo, hi, goal() * (1 - tol / 2), frac)  # aim inside the window, not at its edge
+        frac = _next(lo, hi, goal() * (1 - tol / 4), frac)  # aim inside the window, not at its edge
         done = trial(frac)
     fits = [(f, r, res) for f, r, res in tried if r <= goal() and res is not None]
     if not fits:
