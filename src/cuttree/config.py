@@ -134,7 +134,9 @@ class Config(BaseModel):
     - ``min_samples``: the fewest calibration samples a data-driven criterion may use.
     - ``ratio``: the fraction of each group's channels to remove (``scope: global`` ranks all
       groups together). With ``threshold`` too, a channel goes only if both select it.
-    - ``macs_target``: the fraction of the original MACs to keep (e.g. 0.5 halves them);
+    - ``macs_target``: the fraction of the original MACs to keep, at most (e.g. 0.5 halves them;
+      with ``allocation: uniform`` the ratio is searched, then groups are widened one rounding
+      step each while the budget holds, so rounded widths land close to it);
       ``params_target`` the same for parameters; ``latency_target`` (``{ms: X, batch: B}`` or
       ``{fraction: F, batch: B}``) a measured latency on this machine (:class:`LatencyTarget`).
     - ``allocation``: how a budget is split among groups: ``uniform`` (by ``scope``: the same

@@ -148,7 +148,7 @@ def search_macs(
     target: float,
     global_scope: bool,
 ) -> list[np.ndarray]:
-    """The smallest ratio whose plan keeps at most ``target`` of the MACs (bisection)."""
+    """The plan of the smallest ratio that keeps at most ``target`` of the MACs, widened toward it."""
     return search(graph, scores, budgets, target, global_scope, lambda k: estimate_macs(graph, k), graph.macs, "macs")
 
 
@@ -162,8 +162,9 @@ def search(
     full: int,
     what: str,
 ) -> list[np.ndarray]:
-    """The smallest ratio whose plan keeps at most ``target`` of ``cost`` (bisection); ``full`` is
-    the unpruned model's cost and ``what`` its name in errors (``macs``, ``params``)."""
+    """The plan of the smallest ratio that keeps at most ``target`` of ``cost`` (bisection), then
+    widened group by group toward the next larger plan while it stays within (:func:`_fill`);
+    ``full`` is the unpruned model's cost and ``what`` its name in errors (``macs``, ``params``)."""
     names = [g.name for g in graph.groups]
     goal = target * full
 
