@@ -7,8 +7,8 @@ ratio) removes what scores below that fraction of the group's best. ``macs_targe
 the ratio whose plan keeps that fraction of the MACs, estimated from the trace, then widens
 groups one step each toward the next larger plan while the budget holds (the most importance
 per MAC first), so that rounded widths, which make every group step at once, still land close
-to the target. Every group keeps at least ``min_channels`` (or all it has, if fewer), and kept counts are
-rounded up to a multiple of ``round_to``.
+to the target. Every group keeps at least ``min_channels`` (or all it has, if fewer), and kept
+counts are rounded up to a multiple of ``round_to``.
 """
 
 from __future__ import annotations
