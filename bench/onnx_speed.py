@@ -2,19 +2,23 @@
 
 For VGG-16-BN (CIFAR-shaped, 32×32), resnet18, resnet50 and mobilenet_v2 (torchvision,
 224×224), random weights, pruned with the defaults at ``--ratios`` (L1, local; ``--round-to`` to
-override the default rounding), each exported with ``cuttree.export_onnx`` (the deploy form:
-BN folded) next to the dense model exported the same way, then timed in ONNX Runtime (2
-intra-op threads) interleaved in one loop after the same warm-up, median of ``--runs``; the
-same pair also in torch eager. Target: speed-up ÷ MAC reduction ≥ 0.9.
+override the default rounding, ``--layers`` to add per-layer overrides as JSON), each exported
+with ``cuttree.export_onnx`` (the deploy form: BN folded) next to the dense model exported the
+same way, then timed in ONNX Runtime (2 intra-op threads) interleaved in one loop after the same
+warm-up, median of ``--runs``; the same pair also in torch eager. Target: speed-up ÷ MAC
+reduction ≥ 0.9.
 
     python bench/onnx_speed.py [--ratios 0.3,0.5] [--runs 7] [--models vgg16_bn_cifar,resnet18,resnet50,mobilenet_v2]
+        [--round-to 8] [--layers '{"features.2.conv.2": {"ratio": 0}}'] [--eager]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -32,6 +36,7 @@ def main() -> None:
     ap.add_argument("--ratios", default="0.3,0.5")
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--round-to", type=int, default=None, help="override the default round_to")
+    ap.add_argument("--layers", default="{}", help="per-layer overrides, JSON (Config.layers)")
     ap.add_argument("--models", default="vgg16_bn_cifar,resnet18,resnet50,mobilenet_v2")
     ap.add_argument("--eager", action="store_true", help="also time torch eager")
     a = ap.parse_args()
@@ -43,7 +48,9 @@ def main() -> None:
             dense, size = build(name)
             x1 = (torch.randn(1, 3, size, size),)
             xb = torch.randn(32, 3, size, size)
-            kw = {"round_to": a.round_to} if a.round_to else {}
+            kw: dict[str, Any] = {"layers": json.loads(a.layers)}
+            if a.round_to:
+                kw["round_to"] = a.round_to
             pruned = cuttree.prune(dense, x1, cuttree.Config(ratio=ratio, latency_runs=0, **kw)).model
             mac_red = count_macs(dense, (xb,)) / count_macs(pruned, (xb,))
             with tempfile.TemporaryDirectory() as d:
@@ -58,7 +65,8 @@ def main() -> None:
             rows.append(row)
             print(f"{name} {ratio}: done", flush=True)
     rt = a.round_to or cuttree.Config(ratio=0.5).round_to
-    print(f"\nbatch 32, 2 threads, default plan (L1, local, round_to {rt}); ONNX Runtime {ort_version()}, "
+    extra = f", layers {a.layers}" if a.layers != "{}" else ""
+    print(f"\nbatch 32, 2 threads, default plan (L1, local, round_to {rt}{extra}); ONNX Runtime {ort_version()}, "
           f"median of {a.runs}, dense and pruned interleaved\n")  # fmt: skip
     head = "| model | ratio | MAC reduction | ORT dense | ORT pruned | ORT speed-up | ORT speed-up ÷ MACs |"
     if a.eager:
