@@ -23,7 +23,7 @@ from cuttree.core import masks as core_masks
 from cuttree.core.schedule import due, polynomial_sparsity
 from cuttree.frontends.keras.calibrate import to_numpy
 from cuttree.frontends.keras.rules import rule_for
-from cuttree.frontends.keras.surgery import leaf_layers
+from cuttree.frontends.keras.surgery import leaf_layers, user_classes
 
 
 @dataclass
@@ -106,8 +106,7 @@ def sparsity(layers: dict[str, Any]) -> float:
 
 def copy_model(model: Any) -> Any:
     """An independent copy (config + weights), nested models included."""
-    custom = {type(layer).__name__: type(layer) for layer in leaf_layers(model).values()}
-    with keras.saving.custom_object_scope(custom):
+    with keras.saving.custom_object_scope(user_classes(leaf_layers(model).values())):
         new = type(model).from_config(model.get_config())
     new.set_weights(model.get_weights())
     return new

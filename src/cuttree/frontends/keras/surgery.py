@@ -8,7 +8,7 @@ forward pass checks that the outputs keep their shapes: all or nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import keras
@@ -50,6 +50,22 @@ def leaf_layers(model: Any, prefix: str = "") -> dict[str, Any]:
         else:
             out[path] = layer
     return out
+
+
+def user_classes(layers: Iterable[Any]) -> dict[str, type]:
+    """The classes among ``layers`` that Keras does not know by name (the user's own), by name.
+
+    Rebuilding from a config needs them in a custom-object scope. Keras's own classes stay out:
+    by bare name they would shadow Keras operations of the same name (``x + 3.0`` in
+    MobileNetV3 is the operation ``Add``, which the ``Add`` layer cannot stand in for).
+
+    >>> import keras
+    >>> class Scale(keras.layers.Layer):
+    ...     pass
+    >>> sorted(user_classes([keras.layers.Add(), Scale(), keras.layers.Dense(2)]))
+    ['Scale']
+    """
+    return {type(x).__name__: type(x) for x in layers if not type(x).__module__.startswith("keras.")}
 
 
 def _new_out_shapes(tr: Tracer, plan: PruningPlan) -> dict[str, list[tuple[int, ...]]]:
@@ -135,8 +151,7 @@ def apply_plan(model: Any, plan: PruningPlan, input_shapes: Sequence[tuple[int, 
     cfg = model.get_config()
     _edit(cfg, "", tr, new, _new_out_shapes(tr, plan))
     try:
-        custom = {type(layer).__name__: type(layer) for layer in tr.layers.values()}
-        with keras.saving.custom_object_scope(custom):  # the user's own layer classes, by name
+        with keras.saving.custom_object_scope(user_classes(tr.layers.values())):
             rebuilt = type(model).from_config(cfg)
         layers = leaf_layers(rebuilt)
         for path, arrays in new.items():
