@@ -208,6 +208,38 @@ def test_grouped_query_attention_never_loses_a_kv_head_without_its_query_heads()
         assert r.model.generate(ids, max_new_tokens=16, do_sample=False).shape == (1, 26)
 
 
+def test_gpt2_conv1d_mlp_prunes_to_the_masked_original_and_generates() -> None:
+    """GPT-2's ``Conv1D`` (a linear layer with its weight stored ``[in, out]``, shaping its output
+    with ``self.nf``): its MLP loses channels; the fused q/k/v projection and the residual width,
+    which the attention's code fixes, stay whole."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(
+        vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=32, bos_token_id=0, eos_token_id=0
+    )
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    ids = torch.randint(0, 100, (2, 9))
+    with pytest.warns(UserWarning, match="kept 1 group.* whole because the model's code fixes their size"):
+        r = cuttree.prune(model, (ids,), cuttree.Config(ratio=0.5, latency_runs=0))
+    assert sorted((g.name, g.size, len(g.keep)) for g in r.plan if len(g.keep) < g.size) == [
+        ("transformer.h.0.mlp.c_fc", 128, 64),
+        ("transformer.h.1.mlp.c_fc", 128, 64),
+    ]
+    oracle = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer in r.model.transformer.h:
+            assert (layer.mlp.c_fc.nx, layer.mlp.c_fc.nf, layer.mlp.c_proj.nx, layer.mlp.c_proj.nf) == (32, 64, 64, 32)
+            assert layer.attn.c_attn.weight.shape == (32, 96)
+        for g in r.plan:
+            if g.name.endswith("mlp.c_fc"):
+                gone = sorted(set(range(g.size)) - {int(k) for k in g.keep})
+                fc = oracle.get_submodule(g.name)
+                fc.weight[:, gone] = 0
+                fc.bias[gone] = 0  # gelu(0) = 0: a zeroed channel adds nothing to c_proj
+        torch.testing.assert_close(r.model(ids).logits, oracle(ids).logits, rtol=1e-5, atol=1e-5)
+        assert r.model.generate(ids[:1], max_new_tokens=5, do_sample=False).shape == (1, 14)
+
+
 def test_save_pretrained_loads_without_cuttree_or_refuses_cleanly(tmp_path: object) -> None:
     import subprocess
     import sys

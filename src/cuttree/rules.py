@@ -146,5 +146,18 @@ def _embedding(m: nn.Module) -> None:
     m.embedding_dim = m.weight.shape[1]
 
 
+def _hf_conv1d(m: nn.Module) -> None:
+    """GPT-2's ``Conv1D``: a linear layer with its weight stored transposed (``[in, out]``) whose
+    forward shapes its output with ``self.nf``."""
+    nx, nf = getattr(m, "weight").shape  # noqa: B009
+    setattr(m, "nx", int(nx))  # noqa: B010
+    setattr(m, "nf", int(nf))  # noqa: B010
+
+
+named_rule(
+    lambda t: t.__module__ == "transformers.pytorch_utils" and t.__name__ == "Conv1D",
+    ModuleRule(out_dims={"weight": 1, "bias": 0}, producer=True, act_dim=-1, update=_hf_conv1d),
+)
+
 # Attention modules (nn.MultiheadAttention, timm, Hugging Face) register themselves here.
 from cuttree import attention  # noqa: E402, F401
