@@ -7,6 +7,7 @@ import copy
 import warnings
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -151,7 +152,9 @@ def pruned_bert(transformers: Any, layers: int) -> tuple[Any, torch.Tensor]:
 def test_hugging_face_bert_and_vit_heads_and_attributes() -> None:
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    r, ids = pruned_bert(transformers, layers=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every attention module's heads found: no warning
+        r, ids = pruned_bert(transformers, layers=2)
     for layer in r.model.encoder.layer:
         sa = layer.attention.self
         assert (sa.num_attention_heads, sa.attention_head_size, sa.all_head_size) == (2, 8, 16)
@@ -219,8 +222,18 @@ def test_gpt2_conv1d_mlp_prunes_to_the_masked_original_and_generates() -> None:
     )
     model = transformers.GPT2LMHeadModel(cfg).eval()
     ids = torch.randint(0, 100, (2, 9))
-    with pytest.warns(UserWarning, match="kept 1 group.* whole because the model's code fixes their size"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         r = cuttree.prune(model, (ids,), cuttree.Config(ratio=0.5, latency_runs=0))
+    said = [str(w.message) for w in caught if str(w.message).startswith("kept")]
+    assert said[0] == "kept 1 group(s) whole because the model's code fixes their size: transformer.h.0.attn.c_proj"
+    assert said[1].startswith(
+        "kept the attention heads of 2 module(s) whole (GPT2Attention: transformer.h.0.attn, transformer.h.1.attn)"
+    )
+    assert len(said) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no heads asked for: nothing to say about them
+        cuttree.prune(model, (ids,), cuttree.Config(ratio=0.0, latency_runs=0))
     assert sorted((g.name, g.size, len(g.keep)) for g in r.plan if len(g.keep) < g.size) == [
         ("transformer.h.0.mlp.c_fc", 128, 64),
         ("transformer.h.1.mlp.c_fc", 128, 64),
@@ -318,3 +331,56 @@ def test_heads_that_would_be_silently_regrouped_are_kept_whole() -> None:
         r = cuttree.prune(model, (x,), cuttree.Config(ratio=0.5, ignore=["0", "1.o_proj"], latency_runs=0))
     assert r.model[1].q_proj.out_features == 16  # every head kept
     torch.testing.assert_close(out(r.model, x), out(model, x))
+
+
+HF_DECODERS: dict[str, Any] = {  # config class, model class, config arguments (4 heads, 2 layers, tiny widths)
+    "opt": ("OPTConfig", "OPTForCausalLM", {"hidden_size": 32, "ffn_dim": 64, "word_embed_proj_dim": 32}),
+    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", {"hidden_size": 32, "intermediate_size": 64}),
+    "phi": ("PhiConfig", "PhiForCausalLM", {"hidden_size": 32, "intermediate_size": 64}),
+    "gemma": ("GemmaConfig", "GemmaForCausalLM", {"hidden_size": 32, "num_key_value_heads": 2, "head_dim": 8, "intermediate_size": 64}),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"hidden_size": 32, "num_key_value_heads": 2, "head_dim": 8, "intermediate_size": 64}),
+    "gptj": ("GPTJConfig", "GPTJForCausalLM", {"n_embd": 32, "n_layer": 2, "n_head": 4, "rotary_dim": 4}),
+    "albert": ("AlbertConfig", "AlbertModel", {"embedding_size": 16, "hidden_size": 32, "intermediate_size": 64}),
+    "electra": ("ElectraConfig", "ElectraModel", {"embedding_size": 16, "hidden_size": 32, "intermediate_size": 64}),
+    "mpnet": ("MPNetConfig", "MPNetModel", {"hidden_size": 32, "intermediate_size": 64}),
+    "xlm_roberta": ("XLMRobertaConfig", "XLMRobertaModel", {"hidden_size": 32, "intermediate_size": 64}),
+    "bart": (
+        "BartConfig",
+        "BartModel",
+        {"d_model": 32, "encoder_layers": 1, "decoder_layers": 1, "encoder_attention_heads": 4,
+         "decoder_attention_heads": 4, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64},
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("arch", sorted(HF_DECODERS))
+def test_hugging_face_heads_equal_the_original_with_those_heads_zeroed(arch: str) -> None:
+    """Heads only (``ratio: 0``, ``head_ratio: 0.5``): the pruned model computes what the original
+    does with the removed heads' columns of the output projection zeroed (fused q/k/v in GPT-NeoX,
+    rotary embeddings in GPT-J/Phi/Gemma, per-head norms in Qwen3, shared layers in ALBERT)."""
+    transformers = pytest.importorskip("transformers")
+    cfg_name, model_name, kwargs = HF_DECODERS[arch]
+    defaults = {"vocab_size": 100, "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 64}
+    torch.manual_seed(0)
+    model = getattr(transformers, model_name)(getattr(transformers, cfg_name)(**{**defaults, **kwargs})).eval()
+    ids = torch.randint(3, 100, (2, 12))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # every attention module's heads are found
+        r = cuttree.prune(model, (ids,), cuttree.Config(ratio=0.0, head_ratio=0.5, latency_runs=0))
+    heads = [g for g in r.plan if g.unit == "heads"]
+    assert heads and all(len(g.keep) == g.size // 2 for g in heads)
+    oracle = copy.deepcopy(model)
+    params = dict(oracle.named_parameters(remove_duplicate=False))
+    zeroed = 0
+    with torch.no_grad():
+        for g in heads:
+            dead = np.ones(g.size, dtype=bool)
+            dead[list(g.keep)] = False
+            for m in g.members:  # the output projection's inputs: a Linear weight's dim 1
+                if m.dim == 1 and isinstance(oracle.get_submodule(m.tensor.rsplit(".", 1)[0]), nn.Linear):
+                    params[m.tensor][:, torch.as_tensor(m.positions[dead[m.channels]])] = 0
+                    zeroed += 1
+        assert zeroed >= len(heads)
+        want = oracle(ids)[0]
+        assert not torch.allclose(want, model(ids)[0], atol=1e-3)  # zeroing the heads changes the outputs
+        torch.testing.assert_close(r.model(ids)[0], want, rtol=1e-5, atol=1e-6)

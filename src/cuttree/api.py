@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import fnmatch
 import time
 import warnings
 from collections.abc import Iterable, Sequence
@@ -31,6 +32,7 @@ from cuttree.resources import check_memory
 from cuttree.results import Measurements as Measurements  # re-exported: old import path
 from cuttree.results import PruneResult
 from cuttree.results import measurements_table as measurements_table  # re-exported: old import path
+from cuttree.rules import rule_for_module
 from cuttree.sparsity import strip
 from cuttree.surgery import apply_plan
 from cuttree.validate import heads_compute_the_same, keep_all, repair
@@ -77,7 +79,8 @@ def make_plan(
     plan = inputs.decide(config, sensitivity)
     graph = inputs.graph
     if validate:
-        return _validated(model, _train_checked(model, plan, example_inputs, graph), example_inputs, graph), graph
+        plan = _validated(model, _train_checked(model, plan, example_inputs, graph), example_inputs, graph)
+        _warn_heads_not_found(model, plan, config, graph, stacklevel=3)
     return plan, graph
 
 
@@ -141,6 +144,42 @@ def _heads_checked(
             stacklevel=4,
         )
     return dataclasses.replace(plan, macs_after=estimate(graph, plan))
+
+
+def _warn_heads_not_found(
+    model: nn.Module, plan: PruningPlan, config: Config, graph: DependencyGraph, stacklevel: int
+) -> None:
+    """Warn about the attention modules whose heads ``config`` asks to prune but the trace found no
+    heads in (a fused q/k/v projection split by a literal size, say): they are kept whole."""
+    wanted = config.head_ratio if config.head_ratio is not None else (config.ratio or 0.0)
+    targets = (config.threshold, config.macs_target, config.params_target, config.latency_target)
+    if config.head_ratio is None and any(t is not None for t in targets):
+        wanted = 1.0
+    if not wanted:
+        return
+    head_tensors = [m.tensor for g in plan.groups if g.unit == "heads" for m in g.members]
+    found = []
+    for name, module in model.named_modules():
+        if not name or not rule_for_module(module).heads or resolve_quietly(config.ignore, name):
+            continue
+        params = [f"{name}.{p}" for p, _ in module.named_parameters()]
+        if any(p in graph.shapes for p in params) and not any(t.startswith(name + ".") for t in head_tensors):
+            found.append(name)
+    inner = [n for n in found if not any(o.startswith(n + ".") for o in found)]  # the attention itself, not its wrapper
+    if inner:
+        kinds = sorted({type(model.get_submodule(n)).__name__ for n in inner})
+        warnings.warn(
+            f"kept the attention heads of {len(inner)} module(s) whole ({', '.join(kinds)}: {', '.join(inner[:3])}"
+            f"{' …' if len(inner) > 3 else ''}): the trace found no split into heads that it could follow in them (a "
+            "fused q/k/v projection split by a fixed size, say); their other channels are pruned as usual; set "
+            "head_ratio: 0 to silence this",
+            stacklevel=stacklevel,
+        )
+
+
+def resolve_quietly(patterns: Sequence[str], name: str) -> bool:
+    """Whether ``name`` is one of the modules ``patterns`` (dotted names or globs) select."""
+    return any(fnmatch.fnmatchcase(name, p) or name == p or name.startswith(p + ".") for p in patterns)
 
 
 def criterion_inputs(
@@ -304,6 +343,7 @@ def plan_and_apply(
     except SurgeryError:
         plan = _validated(original, plan, example_inputs, graph)
         work = apply_plan(work, plan, example_inputs, graph.outputs)
+    _warn_heads_not_found(original, plan, config, graph, stacklevel=4)
     if config.reconstruct:
         from cuttree.reconstruct import reconstruct
 
