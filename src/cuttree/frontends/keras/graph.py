@@ -54,6 +54,7 @@ class Tracer:
     layer_weights: dict[str, list[str]] = field(default_factory=dict)  # path -> names, in layer.weights order
     calls: list[Call] = field(default_factory=list)
     unknown: dict[str, str] = field(default_factory=dict)  # path -> class name of layers without a rule
+    whole: dict[str, str] = field(default_factory=dict)  # path -> class name of layers their rule keeps whole
     pinned_out: set[str] = field(default_factory=set)  # paths whose own outputs stay (``ignore``)
     output_shapes: list[tuple[int, ...]] = field(default_factory=list)
     nested_inputs: dict[str, list[tuple[tuple[int, ...], tuple[Label, ...]]]] = field(default_factory=dict)
@@ -230,6 +231,14 @@ def build_graph(
             f"no layer rule for {', '.join(items[:4])}{' …' if len(items) > 4 else ''}: the channels they touch are "
             "kept whole (cuttree prunes less, never wrongly); register a rule with "
             "cuttree.frontends.keras.rules.layer_rule to prune through them",
+            stacklevel=3,
+        )
+    if tr.whole:
+        items = [f"{p} ({c})" for p, c in tr.whole.items()]
+        warnings.warn(
+            f"kept {len(items)} attention layer(s) whole, with every channel they read and write: "
+            f"{', '.join(items[:4])}{' …' if len(items) > 4 else ''}; the Keras frontend does not prune "
+            "attention heads yet (the PyTorch frontend does)",
             stacklevel=3,
         )
     graph = group_channels(

@@ -192,8 +192,10 @@ def concatenate(tr: Tracer, call: Call) -> list[Labels]:
 
 @layer_rule("MultiHeadAttention")
 def attention(tr: Tracer, call: Call) -> list[Labels]:
-    """Kept whole for now (heads are issue 15): every channel it touches stays; MACs are counted."""
+    """Kept whole, with a warning (heads are pruned by the PyTorch frontend only): every channel it
+    touches stays; MACs are counted."""
     layer = call.layer
+    tr.whole[call.path] = type(layer).__name__
     q = call.in_shapes[0]
     v = call.in_shapes[1] if len(call.in_shapes) > 1 else q
     k = call.in_shapes[2] if len(call.in_shapes) > 2 else v
