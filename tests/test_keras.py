@@ -100,7 +100,9 @@ def branchy() -> object:
     return keras.Model(inp, out)
 
 
-def _masked_original(model: object, plan: cuttree.PruningPlan) -> object:
+def _masked_original(
+    model: object, plan: cuttree.PruningPlan, input_shapes: list[tuple[int, ...]] | None = None
+) -> object:
     """The oracle: the original with every removed channel's producer outputs zeroed."""
     from cuttree.frontends.keras.sparsity import copy_model
 
@@ -108,7 +110,7 @@ def _masked_original(model: object, plan: cuttree.PruningPlan) -> object:
     weights = {}
     from cuttree.frontends.keras.graph import trace as tr_fn
 
-    tr = tr_fn(oracle, [(1, 12, 12, 3)])
+    tr = tr_fn(oracle, [(1, *s) for s in input_shapes or [(12, 12, 3)]])
     for path, layer in tr.layers.items():
         for name, v in zip(tr.layer_weights[path], getattr(layer, "weights", []), strict=True):  # operations: none
             weights[name] = v
@@ -157,6 +159,55 @@ def test_operations_named_like_layers_survive_the_rebuild() -> None:
     np.testing.assert_allclose(np_out(r.model, x), np_out(_masked_original(model, r.plan), x), rtol=1e-4, atol=1e-5)
     sparse = ck.sparsify(model, cuttree.Config(method="unstructured", ratio=0.5))  # copies the model the same way
     assert sparse.sparsity == pytest.approx(0.5, abs=0.01)
+
+
+def transformer_block(cross: bool = False) -> object:
+    """embed → x + MHA(x) → x + MLP(x) → pool → head; ``cross``: key/value from a second input,
+    passed by name with an attention mask (a third input), no biases, an explicit ``output_shape``."""
+    inp = keras.Input((5, 16))
+    x = keras.layers.Dense(16, name="embed")(inp)
+    if cross:
+        mem, mask = keras.Input((7, 12)), keras.Input((5, 7))
+        kv = keras.layers.Dense(12, name="mem")(mem)
+        mha = keras.layers.MultiHeadAttention(4, 4, value_dim=6, use_bias=False, output_shape=16, name="mha")
+        x = keras.layers.Add()([x, mha(query=x, value=kv, key=kv, attention_mask=mask)])
+    else:
+        x = keras.layers.Add()([x, keras.layers.MultiHeadAttention(4, 4, name="mha")(x, x)])
+    h = keras.layers.Dense(32, activation="relu", name="ff1")(x)
+    x = keras.layers.Add()([x, keras.layers.Dense(16, name="ff2")(h)])
+    out = keras.layers.Dense(3, name="head")(keras.layers.GlobalAveragePooling1D()(x))
+    return keras.Model([inp, mem, mask] if cross else inp, out)
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_multi_head_attention_loses_whole_heads(cross: bool, tmp_path: object) -> None:
+    """The pruned model equals the original with the removed channels' producers zeroed and the
+    removed heads' rows of the output projection zeroed; the file reloads to the same outputs."""
+    keras.utils.set_random_seed(0)
+    model = transformer_block(cross)
+    rng = np.random.default_rng(2)
+    x = [rng.random((3, 5, 16), dtype=np.float32)]
+    if cross:
+        x += [rng.random((3, 7, 12), dtype=np.float32), (rng.random((3, 5, 7)) > 0.3).astype(np.float32)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # nothing kept whole
+        r = ck.prune(model, cuttree.Config(ratio=0.5, latency_runs=0))
+    [heads] = [g for g in r.plan if g.unit == "heads"]
+    assert (heads.name, heads.size, len(heads.keep)) == ("mha", 4, 2)
+    mha = r.model.get_layer("mha")
+    assert (mha.num_heads, mha.key_dim, r.model.get_layer("embed").units) == (2, 4, 8)
+    oracle = _masked_original(model, r.plan, [s.shape[1:] for s in x])
+    out_kernel = oracle.get_layer("mha")._output_dense.kernel
+    gone = sorted(set(range(4)) - set(heads.keep))
+    k = keras.ops.convert_to_numpy(out_kernel.value).copy()
+    k[gone] = 0  # the removed heads contribute nothing
+    out_kernel.assign(k)
+    feed = x if cross else x[0]
+    assert not np.allclose(np_out(r.model, feed), np_out(model, feed), atol=1e-3)
+    np.testing.assert_allclose(np_out(r.model, feed), np_out(oracle, feed), rtol=1e-4, atol=1e-5)
+    assert r.plan.macs_after == r.after.macs
+    ck.save(r, tmp_path / "small.keras")  # type: ignore[operator]
+    np.testing.assert_array_equal(np_out(ck.load(tmp_path / "small.keras"), feed), np_out(r.model, feed))  # type: ignore[operator]
 
 
 def test_plan_macs_match_the_pruned_graph() -> None:
@@ -237,9 +288,17 @@ def test_sequential_and_unknown_layer_pins_with_a_warning() -> None:
         keras.layers.Reshape((16, 8))(x), keras.layers.Reshape((16, 8))(x)
     )
     out = keras.layers.Dense(2, name="head")(keras.layers.GlobalAveragePooling1D()(x))
+    r = ck.prune(keras.Model(inp, out), cuttree.Config(ratio=0.5, latency_runs=0))
+    assert r.model.get_layer("c1").filters == 4 and r.model.get_layer("c2").filters == 8
+    assert r.model.get_layer("mha").num_heads == 1
+    # attention over two axes of a 4-d input: a configuration the rule does not read, kept whole
+    inp = keras.Input((4, 4, 8))
+    x = keras.layers.Conv2D(8, 1, name="c1")(inp)
+    x = keras.layers.MultiHeadAttention(2, 4, attention_axes=(1, 2), name="mha")(x, x)
+    out = keras.layers.Dense(2, name="head")(keras.layers.GlobalAveragePooling2D()(x))
     with pytest.warns(UserWarning, match=r"kept 1 attention layer\(s\) whole, .*: mha \(MultiHeadAttention\);"):
         r = ck.prune(keras.Model(inp, out), cuttree.Config(ratio=0.5, latency_runs=0))
-    assert r.model.get_layer("c1").filters == 4 and r.model.get_layer("c2").filters == 8
+    assert r.model.get_layer("c1").filters == 8 and r.model.get_layer("mha").num_heads == 2
 
 
 class Custom(keras.layers.Layer):

@@ -68,11 +68,15 @@ _AUTO = re.compile(r"variable(_\d+)?")
 
 
 def weight_names(layer: Any, path: str) -> list[str]:
-    """``path/name`` for each of ``layer.weights``; unnamed (``variable_17``) or repeated names
-    become ``path/weight_i``, so names do not depend on how many variables Keras made before."""
+    """``path/name`` for each of ``layer.weights`` (``path/sublayer/name`` for a sublayer's, as in
+    MultiHeadAttention's ``query/kernel``); unnamed (``variable_17``) or repeated names become
+    ``path/weight_i``, so names do not depend on how many variables Keras made before."""
     out: list[str] = []
     for i, v in enumerate(getattr(layer, "weights", [])):
         base = v.name if not _AUTO.fullmatch(v.name) else f"weight_{i}"
+        inner = str(getattr(v, "path", "")).removeprefix(f"{layer.name}/")
+        if inner.count("/") == 1 and inner.endswith(f"/{base}"):  # a sublayer's: query/kernel
+            base = inner
         name = f"{path}/{base}"
         out.append(name if name not in out else f"{path}/weight_{i}")
     return out
@@ -194,7 +198,7 @@ def _register(tr: Tracer, layer: Any, path: str) -> None:
     names = weight_names(layer, path)
     tr.layer_weights[path] = names
     rule = rule_for(layer)
-    attr_of = {id(getattr(layer, a, None)): a for a in rule.out_dims}
+    attr_of = {id(_attr(layer, a)): a for a in rule.out_dims}
     for name, v in zip(names, getattr(layer, "weights", []), strict=True):
         shape = tuple(int(s) for s in v.shape)
         tr.var_name[id(v)] = name
@@ -205,6 +209,13 @@ def _register(tr: Tracer, layer: Any, path: str) -> None:
         tr.roles[name] = Role(path, None if d is None else d % max(len(shape), 1), rule.producer)
         if d is not None and path in tr.pinned_out and shape:
             tr.state.pin(tr.weights[name][d % len(shape)], Pin.IGNORED)
+
+
+def _attr(obj: Any, dotted: str) -> Any:
+    """``obj.a.b`` for ``"a.b"`` (a sublayer's variable), or ``None``."""
+    for part in dotted.split("."):
+        obj = getattr(obj, part, None)
+    return obj
 
 
 def _pin_through(tr: Tracer, call: Call) -> list[tuple[Label, ...]]:
@@ -237,8 +248,8 @@ def build_graph(
         items = [f"{p} ({c})" for p, c in tr.whole.items()]
         warnings.warn(
             f"kept {len(items)} attention layer(s) whole, with every channel they read and write: "
-            f"{', '.join(items[:4])}{' …' if len(items) > 4 else ''}; the Keras frontend does not prune "
-            "attention heads yet (the PyTorch frontend does)",
+            f"{', '.join(items[:4])}{' …' if len(items) > 4 else ''}; cuttree prunes the heads of "
+            "MultiHeadAttention on (batch, tokens, channels) inputs with attention over the tokens, not gated",
             stacklevel=3,
         )
     graph = group_channels(

@@ -1,5 +1,5 @@
 """Layer rules for layers without channel weights: elementwise and spatial-only layers, global
-pooling, Flatten/Reshape/Permute, merges and Concatenate, MultiHeadAttention (kept whole).
+pooling, Flatten/Reshape/Permute, merges and Concatenate.
 
 Registered into :data:`cuttree.frontends.keras.rules.LAYER_RULES` on import.
 """
@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from cuttree.core.labels import Label, Pin
-from cuttree.frontends.keras.graph import Call, Tracer, add_macs, prod
+from cuttree.frontends.keras.graph import Call, Tracer
 from cuttree.frontends.keras.rules import LAYER_RULES, Labels, LayerRule, _axis, _pin_all, layer_rule
 
 # --- shape-only and elementwise layers ---------------------------------------------------------
@@ -188,24 +188,6 @@ def concatenate(tr: Tracer, call: Call) -> list[Labels]:
             tr.state.unify(labs[0], lab)
         out[d] = labs[0] if all(lab is not None for lab in labs) else None
     return [tuple(out)]
-
-
-@layer_rule("MultiHeadAttention")
-def attention(tr: Tracer, call: Call) -> list[Labels]:
-    """Kept whole, with a warning (heads are pruned by the PyTorch frontend only): every channel it
-    touches stays; MACs are counted."""
-    layer = call.layer
-    tr.whole[call.path] = type(layer).__name__
-    q = call.in_shapes[0]
-    v = call.in_shapes[1] if len(call.in_shapes) > 1 else q
-    k = call.in_shapes[2] if len(call.in_shapes) > 2 else v
-    h, dk = int(layer.num_heads), int(layer.key_dim)
-    dv = int(layer.value_dim or dk)
-    t, s = prod(q[1:-1]), prod(v[1:-1])
-    out_dim = call.out_shapes[0][-1]
-    macs = t * q[-1] * h * dk + s * k[-1] * h * dk + s * v[-1] * h * dv + h * t * s * (dk + dv) + t * h * dv * out_dim
-    add_macs(tr, q[0] * macs)
-    return _pin_all(tr, call)
 
 
 @layer_rule("InputLayer")

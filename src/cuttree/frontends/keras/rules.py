@@ -7,7 +7,8 @@ unions and MAC terms on the tracer), the layer's own output-channel dims per var
 a group), the attribute of a norm layer's γ (``bn_scale``), and ``update``, which brings the
 layer's config in line with its sliced weights before the model is rebuilt. Rules are looked
 up by class name along the MRO (subclasses are covered); the rules live in
-:mod:`~cuttree.frontends.keras.layers_weighted` and :mod:`~cuttree.frontends.keras.layers_shapes`. A layer without a rule pins every
+:mod:`~cuttree.frontends.keras.layers_weighted`, :mod:`~cuttree.frontends.keras.layers_shapes` and
+:mod:`~cuttree.frontends.keras.layers_attention`. A layer without a rule pins every
 channel it touches, with a warning naming it.
 
 Channels-last and channels-first layers are both read from their ``data_format``.
@@ -104,6 +105,15 @@ def _pin_all(tr: Tracer, call: Call) -> list[Labels]:
 
 
 # The rules themselves, registered on import (after the registry above exists).
-from cuttree.frontends.keras import layers_shapes, layers_weighted  # noqa: E402
+from cuttree.frontends.keras import layers_attention, layers_shapes, layers_weighted  # noqa: E402
 
-__all__ = ["LAYER_RULES", "LayerRule", "layer_rule", "layers_shapes", "layers_weighted", "rule_for", "rule_for_name"]
+__all__ = [
+    "LAYER_RULES",
+    "LayerRule",
+    "layer_rule",
+    "layers_attention",
+    "layers_shapes",
+    "layers_weighted",
+    "rule_for",
+    "rule_for_name",
+]

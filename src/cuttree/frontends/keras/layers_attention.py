@@ -1,0 +1,108 @@
+"""The layer rule for Keras's ``MultiHeadAttention``: whole heads are its pruning unit.
+
+Its kernels keep the heads as a dimension of their own: query, key and value are
+``(in, heads, key_dim or value_dim)`` with biases ``(heads, width)``, the output projection is
+``(heads, value_dim, out)``. One head is one unit (a fresh ``"heads"`` label unified across the
+four kernels and three biases); the head width stays. The query, key and value inputs' channels
+follow the kernels' first dimension, and without ``output_shape`` the output has the query's
+channels (Keras sizes the output projection from the query), so the residual stream of a
+transformer block is one group through the attention. A configuration this rule does not read
+(inputs other than ``(batch, tokens, channels)``, attention over other axes, the gated variant)
+keeps every channel the layer touches, with a warning naming it.
+
+Registered into :data:`cuttree.frontends.keras.rules.LAYER_RULES` on import.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from cuttree.core.labels import Label, Pin
+from cuttree.frontends.keras.graph import Call, Tracer, add_macs, prod
+from cuttree.frontends.keras.rules import Labels, _index, _pin_all, layer_rule
+
+
+def _heads_update(cfg: dict[str, Any], layer: Any, new: list[np.ndarray], out_shapes: list[tuple[int, ...]]) -> None:
+    cfg["num_heads"] = int(new[0].shape[1])  # the query kernel (in, heads, key_dim) comes first
+    if cfg.get("output_shape") is not None:  # an explicit output width follows the output projection
+        width = int(new[_index(layer, layer._output_dense.kernel)].shape[-1])
+        cfg["output_shape"] = width if isinstance(cfg["output_shape"], int) else [width]
+
+
+def _qkv(call: Call) -> dict[str, tuple[tuple[int, ...], Labels]]:
+    """The query, value and key inputs (shape, labels), passed by position or by name; the key
+    defaults to the value. Masks given by name are left out: they carry no channels."""
+    import keras
+
+    named = {k: v for k, v in sorted(call.kwargs.items()) if isinstance(v, keras.KerasTensor)}
+    n_pos = len(call.in_labels) - len(keras.tree.flatten(list(named.values())))
+    inputs = list(zip(call.in_shapes, call.in_labels, strict=True))
+    out = dict(zip(("query", "value", "key"), inputs[:n_pos], strict=False))
+    flat_named = iter(inputs[n_pos:])
+    for k in named:  # keras.tree.flatten walks a dict in sorted key order, as the tracer did
+        out.setdefault(k, next(flat_named))
+    if "value" in out:
+        out.setdefault("key", out["value"])
+    return out
+
+
+def _plain(layer: Any, call: Call, qkv: dict[str, tuple[tuple[int, ...], Labels]]) -> bool:
+    """Whether the layer is the configuration the rule reads (see the module docstring)."""
+    axes = getattr(layer, "_attention_axes", None)
+    return (
+        all(n in qkv and len(qkv[n][0]) == 3 for n in ("query", "value", "key"))
+        and tuple(axes or (1,)) == (1,)
+        and not getattr(layer, "_use_gate", False)
+        and len(call.out_shapes) == 1
+    )
+
+
+@layer_rule(
+    "MultiHeadAttention",
+    out_dims={"_output_dense.kernel": 2, "_output_dense.bias": 0},
+    update=_heads_update,
+)
+def attention(tr: Tracer, call: Call) -> list[Labels]:
+    layer = call.layer
+    qkv = _qkv(call)
+    qs = qkv["query"][0] if "query" in qkv else call.in_shapes[0]
+    vs = qkv["value"][0] if "value" in qkv else qs
+    ks = qkv["key"][0] if "key" in qkv else vs
+    h, dk = int(layer.num_heads), int(layer.key_dim)
+    dv = int(layer.value_dim or dk)
+    t, s, n_out = prod(qs[1:-1]), prod(vs[1:-1]), call.out_shapes[0][-1]
+    macs = [t * qs[-1] * h * dk, s * ks[-1] * h * dk, s * vs[-1] * h * dv, h * t * s * (dk + dv), t * h * dv * n_out]
+    if not _plain(layer, call, qkv):
+        tr.whole[call.path] = type(layer).__name__
+        add_macs(tr, qs[0] * sum(macs))
+        return _pin_all(tr, call)
+    q, v, k = (qkv[n][1] for n in ("query", "value", "key"))
+    heads = tr.state.fresh_unit(h, "heads")
+    if call.path in tr.pinned_out:  # ``ignore``: its heads stay as well as its outputs
+        tr.state.pin(heads, Pin.IGNORED)
+    dense = {"q": layer._query_dense, "k": layer._key_dense, "v": layer._value_dense, "o": layer._output_dense}
+    kernel = {n: tr.w(d.kernel) for n, d in dense.items()}
+    for n, x in (("q", q), ("k", k), ("v", v)):
+        tr.state.unify(x[-1], kernel[n][0])
+        tr.state.unify(kernel[n][1], heads)
+        tr.state.pin(kernel[n][2], Pin.FIXED)  # the head width stays
+    tr.state.unify(kernel["o"][0], heads)
+    tr.state.pin(kernel["o"][1], Pin.FIXED)
+    out: Label = kernel["o"][2]
+    if layer.use_bias:
+        for n in ("q", "k", "v"):
+            b = tr.w(dense[n].bias)
+            tr.state.unify(b[0], heads)
+            tr.state.pin(b[1], Pin.FIXED)
+        tr.state.unify(out, tr.w(dense["o"].bias)[0])
+    if layer._output_shape is None:  # Keras sizes the output projection from the query's channels
+        tr.state.unify(out, q[-1])
+    batch = qs[0]
+    add_macs(tr, batch * macs[0], kernel["q"][0], heads)
+    add_macs(tr, batch * macs[1], kernel["k"][0], heads)
+    add_macs(tr, batch * macs[2], kernel["v"][0], heads)
+    add_macs(tr, batch * macs[3], heads)  # QKᵀ and the weighted sum of V
+    add_macs(tr, batch * macs[4], heads, out)
+    return [(*q[:-1], out)]
