@@ -161,48 +161,60 @@ def test_operations_named_like_layers_survive_the_rebuild() -> None:
     assert sparse.sparsity == pytest.approx(0.5, abs=0.01)
 
 
-def transformer_block(cross: bool = False) -> object:
-    """embed → x + MHA(x) → x + MLP(x) → pool → head; ``cross``: key/value from a second input,
-    passed by name with an attention mask (a third input), no biases, an explicit ``output_shape``."""
+def transformer_block(kind: str) -> object:
+    """embed → x + attention(x) → x + MLP(x) → pool → head. ``self``: MultiHeadAttention, 4 heads;
+    ``cross``: key/value from a second input, passed by name with an attention mask (a third
+    input), no biases, an explicit ``output_shape``; ``gqa``: GroupedQueryAttention, 4 query heads
+    on 2 key/value heads."""
     inp = keras.Input((5, 16))
     x = keras.layers.Dense(16, name="embed")(inp)
-    if cross:
+    inputs = [inp]
+    if kind == "cross":
         mem, mask = keras.Input((7, 12)), keras.Input((5, 7))
+        inputs += [mem, mask]
         kv = keras.layers.Dense(12, name="mem")(mem)
         mha = keras.layers.MultiHeadAttention(4, 4, value_dim=6, use_bias=False, output_shape=16, name="mha")
         x = keras.layers.Add()([x, mha(query=x, value=kv, key=kv, attention_mask=mask)])
+    elif kind == "gqa":
+        gqa = keras.layers.GroupQueryAttention(head_dim=4, num_query_heads=4, num_key_value_heads=2, name="mha")
+        x = keras.layers.Add()([x, gqa(x, x)])
     else:
         x = keras.layers.Add()([x, keras.layers.MultiHeadAttention(4, 4, name="mha")(x, x)])
     h = keras.layers.Dense(32, activation="relu", name="ff1")(x)
     x = keras.layers.Add()([x, keras.layers.Dense(16, name="ff2")(h)])
     out = keras.layers.Dense(3, name="head")(keras.layers.GlobalAveragePooling1D()(x))
-    return keras.Model([inp, mem, mask] if cross else inp, out)
+    return keras.Model(inputs if len(inputs) > 1 else inp, out)
 
 
-@pytest.mark.parametrize("cross", [False, True])
-def test_multi_head_attention_loses_whole_heads(cross: bool, tmp_path: object) -> None:
+@pytest.mark.parametrize("kind", ["self", "cross", "gqa"])
+def test_attention_loses_whole_heads(kind: str, tmp_path: object) -> None:
     """The pruned model equals the original with the removed channels' producers zeroed and the
-    removed heads' rows of the output projection zeroed; the file reloads to the same outputs."""
+    removed heads' rows of the output projection zeroed; the file reloads to the same outputs.
+    Grouped-query attention loses a key/value head with its query heads."""
     keras.utils.set_random_seed(0)
-    model = transformer_block(cross)
+    model = transformer_block(kind)
     rng = np.random.default_rng(2)
     x = [rng.random((3, 5, 16), dtype=np.float32)]
-    if cross:
+    if kind == "cross":
         x += [rng.random((3, 7, 12), dtype=np.float32), (rng.random((3, 5, 7)) > 0.3).astype(np.float32)]
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # nothing kept whole
         r = ck.prune(model, cuttree.Config(ratio=0.5, latency_runs=0))
     [heads] = [g for g in r.plan if g.unit == "heads"]
-    assert (heads.name, heads.size, len(heads.keep)) == ("mha", 4, 2)
-    mha = r.model.get_layer("mha")
-    assert (mha.num_heads, mha.key_dim, r.model.get_layer("embed").units) == (2, 4, 8)
+    layer = r.model.get_layer("mha")
+    if kind == "gqa":  # 2 key/value heads, each with its 2 query heads
+        assert (heads.size, len(heads.keep), layer.num_query_heads, layer.num_key_value_heads) == (2, 1, 2, 1)
+        gone = [q for g in set(range(2)) - set(heads.keep) for q in (2 * g, 2 * g + 1)]
+    else:
+        assert (heads.size, len(heads.keep), layer.num_heads, layer.key_dim) == (4, 2, 2, 4)
+        gone = sorted(set(range(4)) - set(heads.keep))
+    assert heads.name == "mha" and r.model.get_layer("embed").units == 8
     oracle = _masked_original(model, r.plan, [s.shape[1:] for s in x])
     out_kernel = oracle.get_layer("mha")._output_dense.kernel
-    gone = sorted(set(range(4)) - set(heads.keep))
     k = keras.ops.convert_to_numpy(out_kernel.value).copy()
-    k[gone] = 0  # the removed heads contribute nothing
+    k[gone] = 0  # the removed (query) heads contribute nothing
     out_kernel.assign(k)
-    feed = x if cross else x[0]
+    feed = x if len(x) > 1 else x[0]
     assert not np.allclose(np_out(r.model, feed), np_out(model, feed), atol=1e-3)
     np.testing.assert_allclose(np_out(r.model, feed), np_out(oracle, feed), rtol=1e-4, atol=1e-5)
     assert r.plan.macs_after == r.after.macs
