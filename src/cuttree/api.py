@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import fnmatch
 import time
 import warnings
 from collections.abc import Iterable, Sequence
@@ -22,7 +21,7 @@ from torch import nn
 from cuttree import calibrate
 from cuttree._util import as_inputs, model_bytes, model_device, refuse_keras, to_numpy
 from cuttree.config import Config
-from cuttree.core.planner import PlanningInputs, estimate, resolve
+from cuttree.core.planner import PlanningInputs, estimate, resolve, selects
 from cuttree.errors import SurgeryError
 from cuttree.graph.groups import DependencyGraph, build_graph
 from cuttree.graph.trace import named_tensors
@@ -151,19 +150,17 @@ def _warn_heads_not_found(
 ) -> None:
     """Warn about the attention modules whose heads ``config`` asks to prune but the trace found no
     heads in (a fused q/k/v projection split by a literal size, say): they are kept whole."""
-    wanted = config.head_ratio if config.head_ratio is not None else (config.ratio or 0.0)
     targets = (config.threshold, config.macs_target, config.params_target, config.latency_target)
-    if config.head_ratio is None and any(t is not None for t in targets):
-        wanted = 1.0
+    wanted = config.head_ratio if config.head_ratio is not None else config.ratio or any(t is not None for t in targets)
     if not wanted:
         return
     head_tensors = [m.tensor for g in plan.groups if g.unit == "heads" for m in g.members]
     found = []
     for name, module in model.named_modules():
-        if not name or not rule_for_module(module).heads or resolve_quietly(config.ignore, name):
+        if not name or not rule_for_module(module).heads or any(selects(p, name) for p in config.ignore):
             continue
-        params = [f"{name}.{p}" for p, _ in module.named_parameters()]
-        if any(p in graph.shapes for p in params) and not any(t.startswith(name + ".") for t in head_tensors):
+        reached = any(f"{name}.{p}" in graph.shapes for p, _ in module.named_parameters())
+        if reached and not any(t.startswith(name + ".") for t in head_tensors):
             found.append(name)
     inner = [n for n in found if not any(o.startswith(n + ".") for o in found)]  # the attention itself, not its wrapper
     if inner:
@@ -175,11 +172,6 @@ def _warn_heads_not_found(
             "head_ratio: 0 to silence this",
             stacklevel=stacklevel,
         )
-
-
-def resolve_quietly(patterns: Sequence[str], name: str) -> bool:
-    """Whether ``name`` is one of the modules ``patterns`` (dotted names or globs) select."""
-    return any(fnmatch.fnmatchcase(name, p) or name == p or name.startswith(p + ".") for p in patterns)
 
 
 def criterion_inputs(

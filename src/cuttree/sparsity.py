@@ -30,6 +30,7 @@ from torch.nn.utils import parametrize
 from cuttree._util import removing, to_numpy
 from cuttree.batching import forward
 from cuttree.core import masks as core_masks
+from cuttree.core.planner import selects
 from cuttree.core.schedule import due, polynomial_sparsity
 from cuttree.rules import rule_for_module
 
@@ -74,9 +75,7 @@ def prunable_layers(
         last = list(layers)[-1]
         if not any(fnmatch.fnmatchcase(last, p) for p in include_output):
             layers.pop(last)
-    return {
-        n: m for n, m in layers.items() if not any(fnmatch.fnmatchcase(n, p) or n.startswith(p + ".") for p in ignore)
-    }
+    return {n: m for n, m in layers.items() if not any(selects(p, n) for p in ignore)}
 
 
 def _weight(m: nn.Module) -> torch.Tensor:

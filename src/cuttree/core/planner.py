@@ -24,11 +24,21 @@ from cuttree.core.plan import GroupPlan, PlanMember, PruningPlan
 from cuttree.errors import PlanError, did_you_mean
 
 
+def selects(pattern: str, name: str, sep: str = ".") -> bool:
+    """Whether a dotted name or glob of a config (``ignore``, ``layers``) selects module ``name``:
+    the module itself, a glob match, or a module inside it.
+
+    >>> selects("layer1", "layer1.0.conv1"), selects("layer*.conv1", "layer2.conv1"), selects("layer1", "layer10")
+    (True, True, False)
+    """
+    return fnmatch.fnmatchcase(name, pattern) or name.startswith(pattern + sep)
+
+
 def resolve(patterns: Iterable[str], names: Sequence[str], key: str, sep: str = ".") -> dict[str, list[str]]:
     """Each dotted name or glob → the module names it matches; no match is an error."""
     out: dict[str, list[str]] = {}
     for p in patterns:
-        hits = [n for n in names if fnmatch.fnmatchcase(n, p) or n.startswith(p + sep)]
+        hits = [n for n in names if selects(p, n, sep)]
         if not hits:
             raise ValueError(
                 f"{key}: unknown layer '{p}'{did_you_mean(p, names)}; use a dotted module name or glob "

@@ -249,7 +249,7 @@ def build_graph(
         warnings.warn(
             f"kept {len(items)} attention layer(s) whole, with every channel they read and write: "
             f"{', '.join(items[:4])}{' …' if len(items) > 4 else ''}; cuttree prunes the heads of "
-            "MultiHeadAttention on (batch, tokens, channels) inputs with attention over the tokens, not gated",
+            "attention on (batch, tokens, channels) inputs, over the tokens, not gated",
             stacklevel=3,
         )
     graph = group_channels(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import keras
 import numpy as np
 
 from cuttree.core.labels import Label, Pin
@@ -51,8 +52,6 @@ def _sizes(layer: Any) -> tuple[int, int, int, int]:
 def _qkv(call: Call) -> dict[str, tuple[tuple[int, ...], Labels]]:
     """The query, value and key inputs (shape, labels), passed by position or by name; the key
     defaults to the value. Masks given by name are left out: they carry no channels."""
-    import keras
-
     named = {k: v for k, v in sorted(call.kwargs.items()) if isinstance(v, keras.KerasTensor)}
     n_pos = len(call.in_labels) - len(keras.tree.flatten(list(named.values())))
     inputs = list(zip(call.in_shapes, call.in_labels, strict=True))
