@@ -211,10 +211,9 @@ def test_grouped_query_attention_never_loses_a_kv_head_without_its_query_heads()
         assert r.model.generate(ids, max_new_tokens=16, do_sample=False).shape == (1, 26)
 
 
-def test_gpt2_conv1d_mlp_prunes_to_the_masked_original_and_generates() -> None:
-    """GPT-2's ``Conv1D`` (a linear layer with its weight stored ``[in, out]``, shaping its output
-    with ``self.nf``): its MLP loses channels; the fused q/k/v projection and the residual width,
-    which the attention's code fixes, stay whole."""
+def test_gpt2_loses_heads_mlp_channels_and_residual_width_and_generates() -> None:
+    """GPT-2: one fused ``Conv1D`` for q/k/v split by ``split_size`` (patched with the heads), and
+    ``Conv1D`` layers (weights stored ``[in, out]``, outputs shaped with ``self.nf``) for the rest."""
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(
@@ -222,35 +221,65 @@ def test_gpt2_conv1d_mlp_prunes_to_the_masked_original_and_generates() -> None:
     )
     model = transformers.GPT2LMHeadModel(cfg).eval()
     ids = torch.randint(0, 100, (2, 9))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        r = cuttree.prune(model, (ids,), cuttree.Config(ratio=0.5, latency_runs=0))
-    said = [str(w.message) for w in caught if str(w.message).startswith("kept")]
-    assert said[0] == "kept 1 group(s) whole because the model's code fixes their size: transformer.h.0.attn.c_proj"
-    assert said[1].startswith(
-        "kept the attention heads of 2 module(s) whole (GPT2Attention: transformer.h.0.attn, transformer.h.1.attn)"
-    )
-    assert len(said) == 2
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no heads asked for: nothing to say about them
-        cuttree.prune(model, (ids,), cuttree.Config(ratio=0.0, latency_runs=0))
-    assert sorted((g.name, g.size, len(g.keep)) for g in r.plan if len(g.keep) < g.size) == [
-        ("transformer.h.0.mlp.c_fc", 128, 64),
-        ("transformer.h.1.mlp.c_fc", 128, 64),
+        warnings.simplefilter("error", UserWarning)  # nothing kept whole
+        r = cuttree.prune(model, (ids,), cuttree.Config(ratio=0.5, latency_runs=0))
+    assert [(g.name, g.unit, g.size, len(g.keep)) for g in r.plan] == [
+        ("transformer.h.0.attn.c_proj", "channels", 32, 16),  # the residual stream
+        ("transformer.h.0.attn.c_attn", "heads", 4, 2),
+        ("transformer.h.0.mlp.c_fc", "channels", 128, 64),
+        ("transformer.h.1.attn.c_attn", "heads", 4, 2),
+        ("transformer.h.1.mlp.c_fc", "channels", 128, 64),
     ]
+    for block in r.model.transformer.h:
+        a, mlp = block.attn, block.mlp
+        assert (a.num_heads, a.split_size, a.c_attn.nx, a.c_attn.nf, a.c_proj.nx, a.c_proj.nf) == (
+            2,
+            16,
+            16,
+            48,
+            16,
+            16,
+        )
+        assert (mlp.c_fc.nx, mlp.c_fc.nf, mlp.c_proj.nx, mlp.c_proj.nf) == (16, 64, 64, 16)
+    assert r.plan.macs_after == r.after.macs
+    with torch.no_grad():
+        assert r.model.generate(ids[:1], max_new_tokens=5, do_sample=False).shape == (1, 14)
+    # the MLP alone, against the original with the removed channels zeroed (gelu(0) = 0)
+    mlp_only = cuttree.Config(ratio=0.5, head_ratio=0, ignore=("transformer.h.*.attn.c_proj",), latency_runs=0)
+    r = cuttree.prune(model, (ids,), mlp_only)
     oracle = copy.deepcopy(model)
     with torch.no_grad():
-        for layer in r.model.transformer.h:
-            assert (layer.mlp.c_fc.nx, layer.mlp.c_fc.nf, layer.mlp.c_proj.nx, layer.mlp.c_proj.nf) == (32, 64, 64, 32)
-            assert layer.attn.c_attn.weight.shape == (32, 96)
         for g in r.plan:
-            if g.name.endswith("mlp.c_fc"):
+            if len(g.keep) < g.size:
+                assert g.name.endswith("mlp.c_fc")
                 gone = sorted(set(range(g.size)) - {int(k) for k in g.keep})
                 fc = oracle.get_submodule(g.name)
                 fc.weight[:, gone] = 0
-                fc.bias[gone] = 0  # gelu(0) = 0: a zeroed channel adds nothing to c_proj
+                fc.bias[gone] = 0
         torch.testing.assert_close(r.model(ids).logits, oracle(ids).logits, rtol=1e-5, atol=1e-5)
-        assert r.model.generate(ids[:1], max_new_tokens=5, do_sample=False).shape == (1, 14)
+
+
+def test_attention_without_heads_found_is_kept_whole_with_a_warning() -> None:
+    """BLOOM's fused q/k/v is viewed as (…, heads, 3, width): no split into heads the trace follows."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = transformers.BloomForCausalLM(
+        transformers.BloomConfig(vocab_size=100, hidden_size=32, n_layer=2, n_head=4)
+    ).eval()
+    ids = torch.randint(0, 100, (2, 9))
+    with pytest.warns(UserWarning) as caught:
+        r = cuttree.prune(model, (ids,), cuttree.Config(ratio=0.5, latency_runs=0))
+    said = [str(w.message) for w in caught if str(w.message).startswith("kept the attention heads")]
+    assert len(said) == 1 and said[0].startswith(
+        "kept the attention heads of 2 module(s) whole (BloomAttention: transformer.h.0.self_attention, "
+        "transformer.h.1.self_attention): the trace found no split into heads"
+    )
+    assert not [g for g in r.plan if g.unit == "heads"] and r.after.params < r.before.params
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cuttree.prune(model, (ids,), cuttree.Config(ratio=0.5, head_ratio=0, latency_runs=0))
+    assert not [w for w in caught if str(w.message).startswith("kept the attention heads")]  # none asked for
 
 
 def test_save_pretrained_loads_without_cuttree_or_refuses_cleanly(tmp_path: object) -> None:
@@ -340,6 +369,7 @@ HF_DECODERS: dict[str, Any] = {  # config class, model class, config arguments (
     "gemma": ("GemmaConfig", "GemmaForCausalLM", {"hidden_size": 32, "num_key_value_heads": 2, "head_dim": 8, "intermediate_size": 64}),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"hidden_size": 32, "num_key_value_heads": 2, "head_dim": 8, "intermediate_size": 64}),
     "gptj": ("GPTJConfig", "GPTJForCausalLM", {"n_embd": 32, "n_layer": 2, "n_head": 4, "rotary_dim": 4}),
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", {"hidden_size": 32, "bos_token_id": 0, "eos_token_id": 0}),
     "albert": ("AlbertConfig", "AlbertModel", {"embedding_size": 16, "hidden_size": 32, "intermediate_size": 64}),
     "electra": ("ElectraConfig", "ElectraModel", {"embedding_size": 16, "hidden_size": 32, "intermediate_size": 64}),
     "mpnet": ("MPNetConfig", "MPNetModel", {"hidden_size": 32, "intermediate_size": 64}),
@@ -356,7 +386,7 @@ HF_DECODERS: dict[str, Any] = {  # config class, model class, config arguments (
 @pytest.mark.parametrize("arch", sorted(HF_DECODERS))
 def test_hugging_face_heads_equal_the_original_with_those_heads_zeroed(arch: str) -> None:
     """Heads only (``ratio: 0``, ``head_ratio: 0.5``): the pruned model computes what the original
-    does with the removed heads' columns of the output projection zeroed (fused q/k/v in GPT-NeoX,
+    does with the removed heads' columns of the output projection zeroed (fused q/k/v in GPT-NeoX and GPT-2,
     rotary embeddings in GPT-J/Phi/Gemma, per-head norms in Qwen3, shared layers in ALBERT)."""
     transformers = pytest.importorskip("transformers")
     cfg_name, model_name, kwargs = HF_DECODERS[arch]
@@ -376,9 +406,11 @@ def test_hugging_face_heads_equal_the_original_with_those_heads_zeroed(arch: str
         for g in heads:
             dead = np.ones(g.size, dtype=bool)
             dead[list(g.keep)] = False
-            for m in g.members:  # the output projection's inputs: a Linear weight's dim 1
-                if m.dim == 1 and isinstance(oracle.get_submodule(m.tensor.rsplit(".", 1)[0]), nn.Linear):
-                    params[m.tensor][:, torch.as_tensor(m.positions[dead[m.channels]])] = 0
+            for m in g.members:  # the output projection's inputs: dim 1 of a Linear weight, 0 of GPT-2's Conv1D
+                layer = oracle.get_submodule(m.tensor.rsplit(".", 1)[0])
+                in_dim = 1 if isinstance(layer, nn.Linear) else 0 if type(layer).__name__ == "Conv1D" else None
+                if m.tensor.endswith("weight") and m.dim == in_dim:
+                    params[m.tensor].index_fill_(in_dim, torch.as_tensor(m.positions[dead[m.channels]]), 0.0)
                     zeroed += 1
         assert zeroed >= len(heads)
         want = oracle(ids)[0]

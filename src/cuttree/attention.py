@@ -258,6 +258,21 @@ def _hf(m: nn.Module) -> None:
             raise SurgeryError(f"{type(m).__name__}: {heads} query heads for {kv} key/value heads breaks its grouping")
 
 
+def _gpt2(m: nn.Module) -> None:
+    """GPT-2's attention: one fused ``Conv1D`` (``[in, 3 · heads · width]``) split by ``split_size``."""
+    c_attn, width = getattr(m, "c_attn"), int(getattr(m, "head_dim"))  # noqa: B009
+    heads = _heads_of(int(c_attn.weight.shape[1]) // 3, width, type(m).__name__)
+    setattr(m, "num_heads", heads)  # noqa: B010
+    setattr(m, "split_size", heads * width)  # noqa: B010
+
+
+def _is_gpt2_attention(t: type) -> bool:
+    return t.__module__ == "transformers.models.gpt2.modeling_gpt2" and t.__name__ == "GPT2Attention"
+
+
+named_rule(_is_gpt2_attention, ModuleRule(heads=True, update=_gpt2))
+
+
 def _is_hf_attention(t: type) -> bool:
     return t.__module__.startswith("transformers.models.") and t.__name__.endswith("Attention")
 

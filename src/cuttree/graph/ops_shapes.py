@@ -211,12 +211,27 @@ def select(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: A
 
 
 def _split(st: LabelState, x: torch.Tensor, dim: int, out: Any) -> None:
-    """Splitting a channel dim into pieces is pinned: the piece sizes are written in the code."""
+    """Splitting a channel dim into pieces is pinned: the piece sizes are written in the code.
+
+    Inside an attention module (whose rule patches its sizes after surgery) a fused projection's
+    split into query, key and value keeps each piece's channels, so that the pieces' reshapes into
+    heads can make the heads the unit; a split the rule does not patch fails the checks after
+    planning and is kept whole there.
+    """
     dim = pos_dim(dim, x.dim())
     lx = list(st.get(x))
     outs = out_tensors(out)
     if len(outs) == 1 and outs[0].shape == x.shape:
         st.set(outs[0], lx)
+        return
+    lab = lx[dim]
+    if st.in_attention and lab is not None and all(o.dim() == x.dim() for o in outs):
+        start = 0
+        for o in outs:
+            lo = list(lx)
+            lo[dim] = lab[start : start + o.shape[dim]]
+            start += o.shape[dim]
+            st.set(o, lo)
         return
     st.pin(lx[dim], Pin.OP)
     for o in outs:
