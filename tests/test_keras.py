@@ -222,6 +222,24 @@ def test_attention_loses_whole_heads(kind: str, tmp_path: object) -> None:
     np.testing.assert_array_equal(np_out(ck.load(tmp_path / "small.keras"), feed), np_out(r.model, feed))  # type: ignore[operator]
 
 
+def test_inception_resnet_scaled_residual_is_a_merge() -> None:
+    from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((12, 12, 3))
+    a = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="a")(inp)
+    b = keras.layers.Conv2D(8, 1, name="b")(a)
+    x = CustomScaleLayer(0.17, name="scaled")([a, b])
+    out = keras.layers.Dense(3, name="head")(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inp, out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # it has a rule now
+        r = ck.prune(model, cuttree.Config(ratio=0.5, latency_runs=0))
+    assert [(g.name, g.size, len(g.keep)) for g in r.plan] == [("a", 8, 4)]  # a and b: one stream
+    x = np.random.default_rng(2).random((3, 12, 12, 3), dtype=np.float32)
+    np.testing.assert_allclose(np_out(r.model, x), np_out(_masked_original(model, r.plan), x), rtol=1e-4, atol=1e-5)
+
+
 def test_plan_macs_match_the_pruned_graph() -> None:
     model = branchy()
     r = ck.prune(model, cuttree.Config(ratio=0.5, latency_runs=0))

@@ -167,6 +167,16 @@ def merge(tr: Tracer, call: Call) -> list[Labels]:
     return [tuple(out)]
 
 
+@layer_rule("CustomScaleLayer")
+def scaled_residual(tr: Tracer, call: Call) -> list[Labels]:
+    """keras.applications' Inception-ResNet-v2 residual, ``x + scale · branch``: a merge. A user's
+    class of the same name is a layer without a rule."""
+    if type(call.layer).__module__ == "keras.src.applications.inception_resnet_v2":
+        return merge(tr, call)
+    tr.unknown.setdefault(call.path, type(call.layer).__name__)
+    return _pin_all(tr, call)
+
+
 @layer_rule("Concatenate")
 def concatenate(tr: Tracer, call: Call) -> list[Labels]:
     """Concatenation along the channel axis stacks the inputs' labels (untracked parts fixed)."""
