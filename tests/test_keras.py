@@ -173,7 +173,9 @@ def transformer_block(kind: str) -> object:
         mem, mask = keras.Input((7, 12)), keras.Input((5, 7))
         inputs += [mem, mask]
         kv = keras.layers.Dense(12, name="mem")(mem)
-        mha = keras.layers.MultiHeadAttention(4, 4, value_dim=6, use_bias=False, output_shape=16, name="mha")
+        # JAX's dot_product_attention needs equal key and value widths (Keras's own layer fails there)
+        value_dim = 4 if keras.backend.backend() == "jax" else 6
+        mha = keras.layers.MultiHeadAttention(4, 4, value_dim=value_dim, use_bias=False, output_shape=16, name="mha")
         x = keras.layers.Add()([x, mha(query=x, value=kv, key=kv, attention_mask=mask)])
     elif kind == "gqa":
         gqa = keras.layers.GroupQueryAttention(head_dim=4, num_query_heads=4, num_key_value_heads=2, name="mha")
