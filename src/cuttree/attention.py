@@ -270,6 +270,7 @@ def _is_gpt2_attention(t: type) -> bool:
     return t.__module__ == "transformers.models.gpt2.modeling_gpt2" and t.__name__ == "GPT2Attention"
 
 
+# before the generic Hugging Face rule below: the first named rule that matches wins
 named_rule(_is_gpt2_attention, ModuleRule(heads=True, update=_gpt2))
 
 

@@ -104,7 +104,8 @@ def attention(tr: Tracer, call: Call) -> list[Labels]:
     kv_heads = tr.state.fresh_unit(h_kv, "heads")
     if call.path in tr.pinned_out:  # ``ignore``: its heads stay as well as its outputs
         tr.state.pin(kv_heads, Pin.IGNORED)
-    heads = {"q": np.repeat(kv_heads, h // h_kv), "k": kv_heads, "v": kv_heads, "o": np.repeat(kv_heads, h // h_kv)}
+    query_heads = np.repeat(kv_heads, h // h_kv)  # each key/value head's query heads, consecutive
+    heads = {"q": query_heads, "k": kv_heads, "v": kv_heads, "o": query_heads}
     dense = {"q": layer._query_dense, "k": layer._key_dense, "v": layer._value_dense, "o": layer._output_dense}
     kernel = {n: tr.w(d.kernel) for n, d in dense.items()}
     for n, x in (("q", q), ("k", k), ("v", v)):
