@@ -114,7 +114,7 @@ def planning_inputs(model: Any, config: Config, example_inputs: Any = None, cali
     names = layer_names(model)
     ignore = sorted({n for hits in _resolve(config.ignore, names, "ignore").values() for n in hits})
     overrides = _resolve(list(config.layers), names, "layers")
-    graph, tr = build_graph(model, shapes, ignore)
+    graph, tr = build_graph(model, shapes, ignore, config.group_width)
     extra, weights = criterion_inputs(model, tr, graph, config, calib_data)
     return PlanningInputs(graph, overrides, weights, extra, int(model.count_params()), "keras", "keras")
 

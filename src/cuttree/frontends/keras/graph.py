@@ -23,7 +23,7 @@ from typing import Any
 
 import keras
 
-from cuttree.core.grouping import DependencyGraph, Role, group_channels
+from cuttree.core.grouping import DependencyGraph, Role, group_channels, with_width_groups
 from cuttree.core.labels import Label, LabelState, MacTerm, Pin
 from cuttree.errors import TraceError
 
@@ -58,6 +58,9 @@ class Tracer:
     pinned_out: set[str] = field(default_factory=set)  # paths whose own outputs stay (``ignore``)
     output_shapes: list[tuple[int, ...]] = field(default_factory=list)
     nested_inputs: dict[str, list[tuple[tuple[int, ...], tuple[Label, ...]]]] = field(default_factory=dict)
+    # Grouped convs are labelled by whole groups; in the second walk (``group_width``) by the
+    # positions of the width inside every group (see :func:`cuttree.core.grouping.with_width_groups`).
+    group_width: bool = False
 
     def w(self, var: Any) -> tuple[Label, ...]:
         """The labels of one of a layer's variables."""
@@ -119,12 +122,15 @@ def _concrete(shape: Sequence[int | None]) -> tuple[int, ...]:
     return tuple(int(s) for s in shape)  # type: ignore[arg-type]
 
 
-def trace(model: Any, input_shapes: Sequence[tuple[int, ...]], ignore: Sequence[str] = ()) -> Tracer:
-    """Walk ``model`` on inputs of ``input_shapes`` (batch included) and label every channel."""
+def trace(
+    model: Any, input_shapes: Sequence[tuple[int, ...]], ignore: Sequence[str] = (), group_width: bool = False
+) -> Tracer:
+    """Walk ``model`` on inputs of ``input_shapes`` (batch included) and label every channel;
+    ``group_width`` labels grouped convs by the width inside their groups, not by whole groups."""
     from cuttree.frontends.keras.rules import rule_for
 
     check_model(model)
-    tr = Tracer(pinned_out=set(ignore))
+    tr = Tracer(pinned_out=set(ignore), group_width=group_width)
     graph = _graph(model)
     specs = [_spec(s, x.dtype) for s, x in zip(input_shapes, graph.inputs, strict=True)]
     outs = _walk(tr, graph, "", specs, [(None,) * len(s) for s in input_shapes], rule_for)
@@ -230,9 +236,13 @@ def _pin_through(tr: Tracer, call: Call) -> list[tuple[Label, ...]]:
 
 
 def build_graph(
-    model: Any, input_shapes: Sequence[tuple[int, ...]], ignore: Sequence[str] = ()
+    model: Any, input_shapes: Sequence[tuple[int, ...]], ignore: Sequence[str] = (), group_width: bool = True
 ) -> tuple[DependencyGraph, Tracer]:
-    """Trace ``model`` and group its coupled channels with the core."""
+    """Trace ``model`` and group its coupled channels with the core.
+
+    A grouped conv gives two units, as in the torch frontend: whole groups, and (with
+    ``group_width``, from a second walk) the same positions of the width inside every group.
+    """
     t0 = time.perf_counter()
     tr = trace(model, input_shapes, ignore)
     seconds = time.perf_counter() - t0
@@ -252,15 +262,16 @@ def build_graph(
             "attention on (batch, tokens, channels) inputs, over the tokens, not gated",
             stacklevel=3,
         )
-    graph = group_channels(
-        tr.state,
-        tr.weights,
-        tr.roles,
-        shapes=dict(tr.shapes),
-        outputs=tr.output_shapes,
-        trace_seconds=seconds,
-    )
+    graph = _group(tr, seconds)
+    if group_width and any(kind == "groups" for _, kind in tr.state.units):
+        graph = with_width_groups(graph, _group(trace(model, input_shapes, ignore, group_width=True), seconds))
     return graph, tr
+
+
+def _group(tr: Tracer, seconds: float) -> DependencyGraph:
+    return group_channels(
+        tr.state, tr.weights, tr.roles, shapes=dict(tr.shapes), outputs=tr.output_shapes, trace_seconds=seconds
+    )
 
 
 def macs_of(tr: Tracer) -> int:

@@ -25,10 +25,10 @@ import numpy as np
 
 from cuttree.core.labels import Label, Pin
 from cuttree.frontends.keras.graph import Call, Tracer, add_macs, prod
-from cuttree.frontends.keras.rules import Labels, _index, _pin_all, layer_rule
+from cuttree.frontends.keras.rules import Labels, Shapes, _index, _pin_all, layer_rule
 
 
-def _heads_update(cfg: dict[str, Any], layer: Any, new: list[np.ndarray], out_shapes: list[tuple[int, ...]]) -> None:
+def _heads_update(cfg: dict[str, Any], layer: Any, new: list[np.ndarray], shapes: Shapes) -> None:
     query = int(new[_index(layer, layer._query_dense.kernel)].shape[1])  # (in, heads, width)
     if "num_key_value_heads" in cfg:  # GroupedQueryAttention
         cfg["num_query_heads"] = query

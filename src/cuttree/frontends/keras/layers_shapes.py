@@ -12,7 +12,7 @@ import numpy as np
 
 from cuttree.core.labels import Label, Pin
 from cuttree.frontends.keras.graph import Call, Tracer
-from cuttree.frontends.keras.rules import LAYER_RULES, Labels, LayerRule, _axis, _pin_all, layer_rule
+from cuttree.frontends.keras.rules import LAYER_RULES, Labels, LayerRule, Shapes, _axis, _pin_all, layer_rule
 
 # --- shape-only and elementwise layers ---------------------------------------------------------
 
@@ -133,9 +133,9 @@ def reshape(tr: Tracer, call: Call) -> list[Labels]:
     return [(None, *found)]
 
 
-def _reshape_update(cfg: dict[str, Any], layer: Any, new: list[np.ndarray], out_shapes: list[tuple[int, ...]]) -> None:
+def _reshape_update(cfg: dict[str, Any], layer: Any, new: list[np.ndarray], shapes: Shapes) -> None:
     if "target_shape" in cfg:
-        cfg["target_shape"] = tuple(out_shapes[0][1:])
+        cfg["target_shape"] = tuple(shapes.outs[0][1:])
 
 
 LAYER_RULES["Reshape"] = LayerRule(propagate=reshape, update=_reshape_update)

@@ -12,7 +12,7 @@ import numpy as np
 
 from cuttree.core.labels import Label, Pin
 from cuttree.frontends.keras.graph import Call, Tracer, add_macs, prod
-from cuttree.frontends.keras.rules import Labels, _axis, _index, _set, layer_rule
+from cuttree.frontends.keras.rules import Labels, Shapes, _axis, _index, _set, layer_rule
 
 
 def _pin_window(tr: Tracer, kernel: tuple[Label, ...]) -> None:
@@ -24,35 +24,43 @@ def _pin_window(tr: Tracer, kernel: tuple[Label, ...]) -> None:
 # --- producers ------------------------------------------------------------------------------
 
 
-def _conv_update(cfg: dict[str, Any], layer: Any, new: list[np.ndarray], out_shapes: list[tuple[int, ...]]) -> None:
-    filters = int(new[_index(layer, layer.kernel)].shape[-1])
-    if int(cfg.get("groups", 1)) > 1 and int(cfg["groups"]) == int(cfg["filters"]):
-        cfg["groups"] = filters  # depthwise as a grouped conv: one group per channel
-    cfg["filters"] = filters
+def _conv_update(cfg: dict[str, Any], layer: Any, new: list[np.ndarray], shapes: Shapes) -> None:
+    kernel = new[_index(layer, layer.kernel)]
+    if int(cfg.get("groups", 1)) > 1:  # whole groups may have gone: the inputs left, per group's width
+        cfg["groups"] = shapes.ins[0][_axis(layer, len(shapes.ins[0]))] // int(kernel.shape[-2])
+    cfg["filters"] = int(kernel.shape[-1])
 
 
 @layer_rule("Conv1D", "Conv2D", "Conv3D", out_dims={"kernel": -1, "bias": 0}, producer=True, update=_conv_update)
 def conv(tr: Tracer, call: Call) -> list[Labels]:
     """Convolution: kernel (*k, in/groups, out). With groups equal to the channels it is a
-    depthwise conv (channel c in, channel c out); other grouped convs are kept whole."""
+    depthwise conv (channel c in, channel c out). Other grouped convs have two units, as in the
+    torch frontend: whole groups (a group's input and output channels together), and in the
+    second walk (``tr.group_width``) the same position of the width inside every group."""
     layer, x, xs = call.layer, call.in_labels[0], call.in_shapes[0]
     ax = _axis(layer, len(xs))
     k = tr.w(layer.kernel)
     _pin_window(tr, k)
     b = tr.w(layer.bias)[0] if layer.use_bias else None
-    groups = int(getattr(layer, "groups", 1))
+    groups, filters = int(getattr(layer, "groups", 1)), int(layer.filters)
     out: list[Label] = [None] * len(call.out_shapes[0])
     if b is not None:
         tr.state.unify(k[-1], b)
     if groups == 1:
         tr.state.unify(x[ax], k[-2])
-        out[ax] = k[-1]
-    elif groups == xs[ax] == int(layer.filters):  # depthwise, written as a grouped conv (ConvNeXt)
+    elif groups == xs[ax] == filters:  # depthwise, written as a grouped conv (ConvNeXt)
         tr.state.unify(x[ax], k[-1])
-        out[ax] = k[-1]
+    elif not tr.group_width:
+        ids = tr.state.fresh_unit(groups, "groups")
+        tr.state.unify(x[ax], np.repeat(ids, xs[ax] // groups))
+        tr.state.unify(k[-1], np.repeat(ids, filters // groups))
+        tr.state.pin(k[-2], Pin.OP)
     else:
-        for lab in (x[ax], k[-2], k[-1], b):
-            tr.state.pin(lab, Pin.OP)
+        ids_in = tr.state.fresh_unit(xs[ax] // groups, "width")
+        tr.state.unify(x[ax], np.tile(ids_in, groups))
+        tr.state.unify(k[-2], ids_in)
+        tr.state.unify(k[-1], np.tile(tr.state.fresh_unit(filters // groups, "width"), groups))
+    out[ax] = k[-1]
     ys = call.out_shapes[0]
     spatial = prod([s for i, s in enumerate(ys) if i != ax])
     kshape = tr.shapes[tr.var_name[id(layer.kernel)]]
@@ -202,9 +210,7 @@ def layer_norm(tr: Tracer, call: Call) -> list[Labels]:
     return [x]
 
 
-def _group_norm_update(
-    cfg: dict[str, Any], layer: Any, new: list[np.ndarray], out_shapes: list[tuple[int, ...]]
-) -> None:
+def _group_norm_update(cfg: dict[str, Any], layer: Any, new: list[np.ndarray], shapes: Shapes) -> None:
     if layer.groups not in (1, -1) and new:
         cfg["groups"] = int(new[0].shape[0])  # one channel per group stays one channel per group
 

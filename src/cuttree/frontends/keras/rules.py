@@ -31,10 +31,20 @@ from cuttree.frontends.keras.graph import Call, Tracer
 
 Labels = tuple[Label, ...]
 Propagate = Callable[[Tracer, Call], list[Labels]]
-Update = Callable[[dict[str, Any], Any, list[np.ndarray], list[tuple[int, ...]]], None]
 
 
-def _no_update(cfg: dict[str, Any], layer: Any, new: list[np.ndarray], out_shapes: list[tuple[int, ...]]) -> None:
+@dataclass(frozen=True)
+class Shapes:
+    """One layer call's input and output shapes after the plan (batch included), for ``update``."""
+
+    ins: list[tuple[int, ...]]
+    outs: list[tuple[int, ...]]
+
+
+Update = Callable[[dict[str, Any], Any, list[np.ndarray], Shapes], None]
+
+
+def _no_update(cfg: dict[str, Any], layer: Any, new: list[np.ndarray], shapes: Shapes) -> None:
     """Layers that infer their sizes from their inputs when built need no config change."""
 
 
@@ -92,7 +102,7 @@ def _index(layer: Any, var: Any) -> int:
 def _set(key: str, attr: str, dim: int = -1) -> Update:
     """An updater that sets ``cfg[key]`` to the size of ``attr``'s ``dim`` after slicing."""
 
-    def update(cfg: dict[str, Any], layer: Any, new: list[np.ndarray], out_shapes: list[tuple[int, ...]]) -> None:
+    def update(cfg: dict[str, Any], layer: Any, new: list[np.ndarray], shapes: Shapes) -> None:
         cfg[key] = int(new[_index(layer, getattr(layer, attr))].shape[dim])
 
     return update
@@ -110,6 +120,7 @@ from cuttree.frontends.keras import layers_attention, layers_shapes, layers_weig
 __all__ = [
     "LAYER_RULES",
     "LayerRule",
+    "Shapes",
     "layer_rule",
     "layers_attention",
     "layers_shapes",

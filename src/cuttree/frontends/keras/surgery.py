@@ -15,10 +15,10 @@ import keras
 import numpy as np
 
 from cuttree.core.grouping import components
-from cuttree.core.plan import PruningPlan
+from cuttree.core.plan import GroupPlan, PruningPlan
 from cuttree.errors import SurgeryError, first_line
-from cuttree.frontends.keras.graph import Tracer, is_graph_model, trace
-from cuttree.frontends.keras.rules import rule_for
+from cuttree.frontends.keras.graph import Call, Tracer, is_graph_model, trace
+from cuttree.frontends.keras.rules import Shapes, rule_for
 
 
 def check_plan(plan: PruningPlan, tr: Tracer) -> None:
@@ -68,11 +68,11 @@ def user_classes(layers: Iterable[Any]) -> dict[str, type]:
     return {type(x).__name__: type(x) for x in layers if not type(x).__module__.startswith("keras.")}
 
 
-def _new_out_shapes(tr: Tracer, plan: PruningPlan) -> dict[str, list[tuple[int, ...]]]:
-    """Each call's output shapes after the plan, from the labels its outputs carry."""
+def _gone(tr: Tracer, groups: Iterable[GroupPlan]) -> tuple[np.ndarray, np.ndarray]:
+    """The walk's components, and which of them ``groups`` remove."""
     comp = components(tr.state)
     gone = np.zeros(int(comp.max()) + 1, dtype=bool)
-    for g in plan.groups:
+    for g in groups:
         rm = g.removed
         if not len(rm):
             continue
@@ -82,16 +82,45 @@ def _new_out_shapes(tr: Tracer, plan: PruningPlan) -> dict[str, list[tuple[int, 
             lab = tr.weights[m.tensor][m.dim]
             if lab is not None:
                 gone[comp[lab[m.positions[dead[m.channels]]]]] = True
+    return comp, gone
 
-    def new(shape: tuple[int, ...], labs: tuple[Any, ...]) -> tuple[int, ...]:
-        return tuple(s if lab is None else int((~gone[comp[lab]]).sum()) for s, lab in zip(shape, labs, strict=True))
 
-    out: dict[str, list[tuple[int, ...]]] = {}
-    for call in tr.calls:
-        out.setdefault(call.path, [new(s, labs) for s, labs in zip(call.out_shapes, call.out_labels, strict=True)])
+def _new_shapes(
+    tr: Tracer, plan: PruningPlan, wide: Tracer | None
+) -> tuple[dict[str, Shapes], dict[str, list[tuple[int, ...]]]]:
+    """Each call's shapes after the plan, from the labels its tensors carry, and each nested
+    model's new input shapes. The groups of the width inside grouped convs are read on the walk
+    that labelled them (``wide``); a position stays when neither walk removes it."""
+    walks = [(tr, _gone(tr, [g for g in plan.groups if g.unit != "width"]))]
+    if wide is not None:
+        walks.append((wide, _gone(wide, [g for g in plan.groups if g.unit == "width"])))
+
+    def new(shape: tuple[int, ...], labs: list[tuple[Any, ...]]) -> tuple[int, ...]:
+        out = []
+        for d, s in enumerate(shape):
+            alive = np.ones(s, dtype=bool)
+            for (comp, gone), lab in zip((w for _, w in walks), labs, strict=True):
+                if lab[d] is not None:
+                    alive &= ~gone[comp[lab[d]]]
+            out.append(int(alive.sum()))
+        return tuple(out)
+
+    def shapes(calls: list[Call], ins: bool) -> list[tuple[int, ...]]:
+        pairs = zip(
+            calls[0].in_shapes if ins else calls[0].out_shapes,
+            *(c.in_labels if ins else c.out_labels for c in calls),
+            strict=True,
+        )
+        return [new(shape, list(labs)) for shape, *labs in pairs]
+
+    calls: dict[str, Shapes] = {}
+    for same in zip(*(w.calls for w, _ in walks), strict=True):
+        calls.setdefault(same[0].path, Shapes(shapes(list(same), True), shapes(list(same), False)))
+    nested: dict[str, list[tuple[int, ...]]] = {}
     for path, ins in tr.nested_inputs.items():
-        out.setdefault(path + "/", [new(s, labs) for s, labs in ins])  # a nested model's new input shapes
-    return out
+        labs = [w.nested_inputs[path] for w, _ in walks]
+        nested[path] = [new(shape, [lab for _, lab in each]) for (shape, _), *each in zip(ins, *labs, strict=True)]
+    return calls, nested
 
 
 def sliced_weights(tr: Tracer, plan: PruningPlan) -> dict[str, list[np.ndarray]]:
@@ -110,7 +139,11 @@ def sliced_weights(tr: Tracer, plan: PruningPlan) -> dict[str, list[np.ndarray]]
 
 
 def _edit(
-    cfg: dict[str, Any], prefix: str, tr: Tracer, new: dict[str, list[np.ndarray]], shapes: dict[str, Any]
+    cfg: dict[str, Any],
+    prefix: str,
+    tr: Tracer,
+    new: dict[str, list[np.ndarray]],
+    shapes: tuple[dict[str, Shapes], dict[str, list[tuple[int, ...]]]],
 ) -> None:
     for entry in cfg.get("layers", []):
         entry.pop("build_config", None)  # the old input shapes: the rebuilt layers build on their new inputs
@@ -118,10 +151,10 @@ def _edit(
         path = f"{prefix}{conf['name']}"
         if "layers" in conf:  # a nested Functional or Sequential model: its inputs may be narrower now
             _edit(conf, path + "/", tr, new, shapes)
-            _set_inputs(conf, shapes.get(path + "/", []))
+            _set_inputs(conf, shapes[1].get(path, []))
         elif path in tr.layers:
             layer = tr.layers[path]
-            rule_for(layer).update(conf, layer, new[path], shapes.get(path, []))
+            rule_for(layer).update(conf, layer, new[path], shapes[0].get(path, Shapes([], [])))
 
 
 def _set_inputs(conf: dict[str, Any], new_shapes: list[tuple[int, ...]]) -> None:
@@ -149,7 +182,8 @@ def apply_plan(model: Any, plan: PruningPlan, input_shapes: Sequence[tuple[int, 
     check_plan(plan, tr)
     new = sliced_weights(tr, plan)
     cfg = model.get_config()
-    _edit(cfg, "", tr, new, _new_out_shapes(tr, plan))
+    wide = trace(model, input_shapes, group_width=True) if any(g.unit == "width" for g in plan.groups) else None
+    _edit(cfg, "", tr, new, _new_shapes(tr, plan, wide))
     try:
         with keras.saving.custom_object_scope(user_classes(tr.layers.values())):
             rebuilt = type(model).from_config(cfg)
