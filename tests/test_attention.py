@@ -374,6 +374,9 @@ HF_DECODERS: dict[str, Any] = {  # config class, model class, config arguments (
     "electra": ("ElectraConfig", "ElectraModel", {"embedding_size": 16, "hidden_size": 32, "intermediate_size": 64}),
     "mpnet": ("MPNetConfig", "MPNetModel", {"hidden_size": 32, "intermediate_size": 64}),
     "xlm_roberta": ("XLMRobertaConfig", "XLMRobertaModel", {"hidden_size": 32, "intermediate_size": 64}),
+    "distilbert": ("DistilBertConfig", "DistilBertModel", {"dim": 32, "hidden_dim": 64}),
+    "t5_encoder": ("T5Config", "T5EncoderModel", {"d_model": 32, "d_kv": 8, "d_ff": 64}),  # one relative bias for every layer
+    "deberta_v2": ("DebertaV2Config", "DebertaV2Model", {"hidden_size": 32, "intermediate_size": 64}),
     "bart": (
         "BartConfig",
         "BartModel",
@@ -416,3 +419,24 @@ def test_hugging_face_heads_equal_the_original_with_those_heads_zeroed(arch: str
         want = oracle(ids)[0]
         assert not torch.allclose(want, model(ids)[0], atol=1e-3)  # zeroing the heads changes the outputs
         torch.testing.assert_close(r.model(ids)[0], want, rtol=1e-5, atol=1e-6)
+
+
+def test_deberta_relative_attention_is_measured_and_pruned_with_its_heads_kept_whole() -> None:
+    """DeBERTa-v2/v3's relative attention passes a parameter (the relative embeddings) to its key
+    projection: torch's FLOP counter failed on it under ``no_grad`` until cuttree froze the
+    parameters while counting. Its disentangled attention has no head split the trace can follow:
+    the heads stay, with the warning naming the modules, and the rest is pruned."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.DebertaV2Config(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=64, relative_attention=True, position_buckets=8, pos_att_type=["p2c", "c2p"],
+    )  # fmt: skip
+    model = transformers.DebertaV2Model(config).eval()
+    ids = torch.randint(3, 100, (2, 12))
+    with pytest.warns(UserWarning, match="DisentangledSelfAttention: encoder.layer.0.attention.self"):
+        r = cuttree.prune(model, (ids,), cuttree.Config(ratio=0.5, latency_runs=0))
+    assert not [g for g in r.plan if g.unit == "heads"]
+    assert r.plan.macs_before == r.before.macs and r.plan.macs_after == r.after.macs < r.before.macs
+    assert r.model(ids)[0].shape == (2, 12, 32)
+    assert all(p.requires_grad for p in model.parameters())  # the flags are restored

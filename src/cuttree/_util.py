@@ -59,6 +59,31 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """Every parameter with ``requires_grad=False`` inside the block, each one's flag restored after.
+
+    torch's FLOP counter tracks modules with gradient hooks on their inputs, and fails on a
+    parameter passed to a module as its input (DeBERTa's relative-position embeddings) under
+    ``no_grad``; frozen parameters get no hook.
+
+    >>> lin = nn.Linear(2, 2)
+    >>> with frozen(lin):
+    ...     lin.weight.requires_grad
+    False
+    >>> lin.weight.requires_grad
+    True
+    """
+    flags = {p: p.requires_grad for p in model.parameters()}
+    try:
+        for p in flags:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for p, f in flags.items():
+            p.requires_grad_(f)
+
+
+@contextmanager
 def removing(handles: Iterable[Any]) -> Iterator[None]:
     """Run the block, then remove every hook handle in ``handles``, whatever happened."""
     try:

@@ -233,8 +233,11 @@ def linear_child(m: nn.Module, names: tuple[str, ...]) -> nn.Linear | None:
 
 def hf_projections(m: nn.Module) -> tuple[int | None, nn.Linear | None, nn.Linear | None]:
     """A Hugging Face attention module's head width and its query and key projections (each may be missing)."""
-    width = getattr(m, "head_dim", None) or getattr(m, "attention_head_size", None)
-    q, k = linear_child(m, ("q_proj", "query", "q")), linear_child(m, ("k_proj", "key", "k"))
+    width = next(
+        (w for a in ("head_dim", "attention_head_size", "key_value_proj_dim") if (w := getattr(m, a, None))), None
+    )
+    q = linear_child(m, ("q_proj", "query", "q", "q_lin", "query_proj"))
+    k = linear_child(m, ("k_proj", "key", "k", "k_lin", "key_proj"))
     return (int(width) if width else None), q, k
 
 
@@ -248,8 +251,9 @@ def _hf(m: nn.Module) -> None:
     for attr in ("num_attention_heads", "num_heads", "n_heads", "n_head"):
         if hasattr(m, attr):
             setattr(m, attr, heads)
-    if hasattr(m, "all_head_size"):
-        setattr(m, "all_head_size", heads * width)  # noqa: B010
+    for attr in ("all_head_size", "inner_dim"):
+        if hasattr(m, attr):
+            setattr(m, attr, heads * width)
     if k is not None:
         kv = _heads_of(k.out_features, width, type(m).__name__)
         if hasattr(m, "num_key_value_heads"):

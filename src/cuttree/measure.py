@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from cuttree._util import as_inputs, eval_mode, model_device, primary_output, run_model
+from cuttree._util import as_inputs, eval_mode, frozen, model_device, primary_output, run_model
 from cuttree.results import Measurements as Measurements  # re-exported: old import path
 from cuttree.timing import Timing, interleaved
 
@@ -51,6 +51,7 @@ def count_macs(model: nn.Module, example_inputs: Sequence[Any]) -> int:
     cpu_attention = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: attention_flops}
     with (
         eval_mode(model),
+        frozen(model),
         torch.no_grad(),
         traceable(model),
         FlopCounterMode(display=False, custom_mapping=cpu_attention) as counter,
