@@ -377,6 +377,7 @@ HF_DECODERS: dict[str, Any] = {  # config class, model class, config arguments (
     "distilbert": ("DistilBertConfig", "DistilBertModel", {"dim": 32, "hidden_dim": 64}),
     "t5_encoder": ("T5Config", "T5EncoderModel", {"d_model": 32, "d_kv": 8, "d_ff": 64}),  # one relative bias for every layer
     "deberta_v2": ("DebertaV2Config", "DebertaV2Model", {"hidden_size": 32, "intermediate_size": 64}),
+    "xglm": ("XGLMConfig", "XGLMModel", {"d_model": 32, "ffn_dim": 64}),  # reshapes the heads to self.embed_dim
     "bart": (
         "BartConfig",
         "BartModel",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -195,3 +197,26 @@ def test_macs_target_widens_groups_between_rounded_steps() -> None:
 def test_unreachable_macs_target_is_an_error() -> None:
     with pytest.raises(cuttree.PlanError, match="unreachable"):
         cuttree.prune(chain(), X, cuttree.Config(macs_target=0.01, latency_runs=0))
+
+
+class StdConv(nn.Conv2d):
+    """A weight-standardized conv (BiT, timm's StdConv2d): each filter normalized over its inputs,
+    so removing an input channel is not zeroing it, and the trace pins the channels."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = nn.functional.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None, training=True)
+        return nn.functional.conv2d(x, w.reshape_as(self.weight), self.bias, padding=1)
+
+
+def test_a_model_with_nothing_prunable_says_so_and_comes_back_unchanged() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(StdConv(3, 8, 3), nn.ReLU(), StdConv(8, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    x = torch.randn(1, 3, 4, 4)
+    with pytest.warns(UserWarning, match=r"^nothing in this model can be pruned, so it is returned unchanged") as w:
+        r = cuttree.prune(model, (x,), cuttree.Config(ratio=0.5, latency_runs=0))
+    [msg] = [str(m.message) for m in w if str(m.message).startswith("nothing")]
+    assert "pinned (0: a fixed size in the model's code; 2: a model output)" in msg
+    assert r.after.params == r.before.params and torch.equal(r.model(x), model(x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing asked, nothing said
+        cuttree.prune(model, (x,), cuttree.Config(ratio=0.0, latency_runs=0))

@@ -776,3 +776,11 @@ def test_corrupt_sparse_storage_is_refused(tmp_path: object) -> None:
     (tmp_path / "junk.keras").write_bytes(b"not a zip")  # type: ignore[operator]
     with pytest.raises(cuttree.FileFormatError, match=r"not a readable \.keras file"):
         ck.load(tmp_path / "junk.keras")  # type: ignore[operator]
+
+
+def test_a_keras_model_with_nothing_prunable_says_so() -> None:
+    inputs = keras.Input((6,))
+    model = keras.Model(inputs, keras.layers.Dense(3, name="logits")(inputs))
+    with pytest.warns(UserWarning, match=r"nothing in this model can be pruned, .*\(logits: a model output\)"):
+        r = ck.prune(model, cuttree.Config(ratio=0.5, latency_runs=0))
+    assert r.after.params == r.before.params == 21

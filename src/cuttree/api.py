@@ -21,7 +21,7 @@ from torch import nn
 from cuttree import calibrate
 from cuttree._util import as_inputs, model_bytes, model_device, refuse_keras, to_numpy
 from cuttree.config import Config
-from cuttree.core.planner import PlanningInputs, estimate, resolve, selects
+from cuttree.core.planner import PlanningInputs, estimate, nothing_prunable, resolve, selects
 from cuttree.errors import SurgeryError
 from cuttree.graph.groups import DependencyGraph, build_graph
 from cuttree.graph.trace import named_tensors
@@ -80,6 +80,8 @@ def make_plan(
     if validate:
         plan = _validated(model, _train_checked(model, plan, example_inputs, graph), example_inputs, graph)
         _warn_heads_not_found(model, plan, config, graph, stacklevel=3)
+    if (why := nothing_prunable(graph, config)) is not None:
+        warnings.warn(why, stacklevel=2)
     return plan, graph
 
 

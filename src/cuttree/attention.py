@@ -251,7 +251,7 @@ def _hf(m: nn.Module) -> None:
     for attr in ("num_attention_heads", "num_heads", "n_heads", "n_head"):
         if hasattr(m, attr):
             setattr(m, attr, heads)
-    for attr in ("all_head_size", "inner_dim"):
+    for attr in ("all_head_size", "inner_dim", "embed_dim"):  # the heads' concatenated width (XGLM reshapes to it)
         if hasattr(m, attr):
             setattr(m, attr, heads * width)
     if k is not None:

@@ -19,6 +19,7 @@ import fnmatch
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ import numpy as np
 from cuttree.config import Config
 from cuttree.core.grouping import DependencyGraph
 from cuttree.core.plan import PruningPlan
-from cuttree.core.planner import PlanningInputs
+from cuttree.core.planner import PlanningInputs, nothing_prunable
 from cuttree.core.sensitivity import DEFAULT_RATIOS, Sensitivity
 from cuttree.errors import did_you_mean
 from cuttree.frontends.keras import surgery
@@ -125,6 +126,8 @@ def make_plan(
     """Trace, score and plan; ``model`` is not modified. ``sensitivity`` (from
     :func:`cuttree.keras.sensitivity`) is what ``allocation: sensitivity`` allocates from."""
     inputs = planning_inputs(model, config, example_inputs, calib_data)
+    if (why := nothing_prunable(inputs.graph, config)) is not None:
+        warnings.warn(why, stacklevel=2)
     return inputs.decide(config, sensitivity), inputs.graph
 
 

@@ -193,6 +193,45 @@ def _by_sensitivity(
     }
 
 
+_WHY = {  # why a layer's output channels stay (the ``protected`` reasons of a graph)
+    "output": "a model output",
+    "fixed": "a fixed size in the model's code",
+    "op": "an operation cuttree cannot prune through",
+    "ignored": "'ignore'",
+    "unused": "never reached by the trace",
+}
+
+
+def nothing_prunable(graph: DependencyGraph, config: Config) -> str | None:
+    """The warning for a config that asks for structured pruning of a model whose trace left no
+    channel group to prune (every channel pinned), or ``None``.
+
+    >>> from cuttree.core.grouping import DependencyGraph
+    >>> g = DependencyGraph([], {"conv": "op", "fc": "output"}, [], np.zeros(0, dtype=np.int64), {}, [], {}, 0.0, [])
+    >>> print(nothing_prunable(g, Config(ratio=0.5)))  # doctest: +NORMALIZE_WHITESPACE
+    nothing in this model can be pruned, so it is returned unchanged: every layer's output channels are
+    pinned (conv: an operation cuttree cannot prune through; fc: a model output); run `cuttree layers`
+    for each layer's reason, and register a rule for the layer or operation involved
+    """
+    if config.method != "structured" or graph.groups:
+        return None
+    targets = (config.threshold, config.macs_target, config.params_target, config.latency_target)
+    if not (config.ratio or config.head_ratio or any(t is not None for t in targets)):
+        return None
+    by_reason: dict[str, list[str]] = {}
+    for layer, why in graph.protected.items():
+        by_reason.setdefault(why, []).append(layer)
+    parts = [
+        f"{', '.join(layers[:2])}{f' and {len(layers) - 2} more' if len(layers) > 2 else ''}: {_WHY.get(why, why)}"
+        for why, layers in sorted(by_reason.items(), key=lambda kv: -len(kv[1]))
+    ]
+    return (
+        "nothing in this model can be pruned, so it is returned unchanged: every layer's output channels are pinned "
+        f"({'; '.join(parts) or 'no layer with channels was traced'}); run `cuttree layers` for each layer's reason, "
+        "and register a rule for the layer or operation involved"
+    )
+
+
 def estimate(graph: DependencyGraph, plan: PruningPlan) -> int:
     """MACs after ``plan``, from the graph's MAC terms."""
     return estimate_macs(graph, [np.asarray(g.keep, dtype=np.int64) for g in plan])
