@@ -225,10 +225,15 @@ def nothing_prunable(graph: DependencyGraph, config: Config) -> str | None:
         f"{', '.join(layers[:2])}{f' and {len(layers) - 2} more' if len(layers) > 2 else ''}: {_WHY.get(why, why)}"
         for why, layers in sorted(by_reason.items(), key=lambda kv: -len(kv[1]))
     ]
+    if by_reason.keys() - {"output", "ignored"}:
+        fix = "run `cuttree layers` for each layer's reason, and register a rule for the layer or operation involved"
+    elif "ignored" in by_reason:
+        fix = "take layers out of 'ignore'"
+    else:
+        fix = "the model has no channels besides its outputs'"
     return (
         "nothing in this model can be pruned, so it is returned unchanged: every layer's output channels are pinned "
-        f"({'; '.join(parts) or 'no layer with channels was traced'}); run `cuttree layers` for each layer's reason, "
-        "and register a rule for the layer or operation involved"
+        f"({'; '.join(parts) or 'no layer with channels was traced'}); {fix}"
     )
 
 
