@@ -123,3 +123,28 @@ def test_resnext_block_ratio_zero_identical_and_pruned_round_trip(tmp_path: Path
     path = tmp_path / "small.keras"
     ck.save(r, path)
     np.testing.assert_array_equal(np_out(ck.load(path), x), np_out(r.model, x))
+
+
+def test_cli_layers_lists_a_keras_files_groups_and_units(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cuttree.cli import main
+
+    keras.utils.set_random_seed(0)
+    path = tmp_path / "block.keras"
+    resnext_block().save(path)
+    assert main(["layers", "--model", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "3 prunable groups (16 channels):"
+    assert [line.split()[:3] for line in lines[1:4]] == [
+        ["reduce", "8", "groups"],
+        ["reduce:width", "4", "width"],
+        ["grouped:width", "4", "width"],
+    ]
+    assert lines[4:] == [
+        "kept whole (why):",
+        f"  {'expand':40s} fixed",  # added to the model's input
+        f"  {'bn3':40s} fixed",
+        f"  {'fc':40s} output",
+        "layers: 12; layers without a rule (kept whole): none",
+    ]
+    assert main(["layers", "--model", str(path), "--arch", "torchvision.models:resnet18"]) == 2
+    assert "not both" in capsys.readouterr().err

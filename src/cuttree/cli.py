@@ -124,14 +124,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_layers(args: argparse.Namespace) -> int:
     from cuttree.graph.groups import build_graph
 
+    if args.model is not None:
+        if args.arch is not None:
+            raise ValueError("give --model (a .keras/.h5 file) or --arch (a torch model), not both")
+        return cli_keras.cmd_layers(args)
+    if args.arch is None or args.input_shape is None:
+        raise ValueError("layers needs --arch and --input-shape for a torch model, or --model my.keras for a Keras one")
     model = _model(args)
     graph = build_graph(model, (torch.zeros(*args.input_shape),))
-    print(f"{len(graph.groups)} prunable groups ({sum(g.size for g in graph.groups)} channels):")
-    for g in graph.groups:
-        print(f"  {g.name:40s} {g.size:6d} {g.unit:8s}  owners: {', '.join(g.owners)}")
-    print("kept whole (why):")
-    for name, why in graph.protected.items():
-        print(f"  {name:40s} {why}")
+    print(graph.table())
     print(f"modules: {len(module_names(model))}; ops cuttree cannot prune through: {graph.unsupported or 'none'}")
     return 0
 
@@ -484,7 +485,7 @@ def parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_inspect)
 
     sp = sub.add_parser("layers", help="list a model's prunable groups and the layers kept whole")
-    model_args(sp)
+    model_args(sp, keras_too=True)
     sp.set_defaults(func=cmd_layers)
 
     sp = sub.add_parser("demo", help="the main job on the embedded default data")

@@ -97,6 +97,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_layers(args: argparse.Namespace) -> int:
+    ck = keras_api()
+    from cuttree.frontends.keras.graph import build_graph
+
+    model = ck.load(args.model)
+    example = None if args.input_shape is None else np.zeros(args.input_shape, dtype="float32")
+    graph, tr = build_graph(model, ck.input_shapes(model, example))
+    print(graph.table())
+    unknown = ", ".join(f"{p} ({c})" for p, c in tr.unknown.items()) or "none"
+    print(f"layers: {len(tr.layers)}; layers without a rule (kept whole): {unknown}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace, test: Any) -> int:
     ck = keras_api()
     model = ck.load(args.model)

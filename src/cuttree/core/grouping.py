@@ -83,6 +83,22 @@ class DependencyGraph:
         """MACs of the traced forward (conv, matmul and attention; what FLOP counters count)."""
         return sum(m for m, _ in self.mac_terms)
 
+    def table(self) -> str:
+        """The prunable groups (name, size, unit, owners) and the layers kept whole, with why.
+
+        >>> g = DependencyGraph([Group("conv", 8, (), ("conv",), ("conv",))], {"fc": "output"}, [], np.zeros(0), {}, [], {}, 0.0, [])
+        >>> print(g.table())  # doctest: +NORMALIZE_WHITESPACE
+        1 prunable groups (8 channels):
+          conv    8 channels  owners: conv
+        kept whole (why):
+          fc      output
+        """
+        lines = [f"{len(self.groups)} prunable groups ({sum(g.size for g in self.groups)} channels):"]
+        lines += [f"  {g.name:40s} {g.size:6d} {g.unit:8s}  owners: {', '.join(g.owners)}" for g in self.groups]
+        lines.append("kept whole (why):")
+        lines += [f"  {name:40s} {why}" for name, why in self.protected.items()]
+        return "\n".join(lines)
+
     def group(self, name: str) -> Group:
         """The group called ``name``."""
         for g in self.groups:
