@@ -258,7 +258,9 @@ def _hf(m: nn.Module) -> None:
         kv = _heads_of(k.out_features, width, type(m).__name__)
         if hasattr(m, "num_key_value_heads"):
             setattr(m, "num_key_value_heads", kv)  # noqa: B010
-        if hasattr(m, "num_key_value_groups") and heads // kv != getattr(m, "num_key_value_groups"):  # noqa: B009
+        if hasattr(m, "num_key_value_groups") and kv == 1:  # multi-query: any query heads read the one kv head
+            setattr(m, "num_key_value_groups", heads)  # noqa: B010
+        elif hasattr(m, "num_key_value_groups") and heads // kv != getattr(m, "num_key_value_groups"):  # noqa: B009
             raise SurgeryError(f"{type(m).__name__}: {heads} query heads for {kv} key/value heads breaks its grouping")
 
 
@@ -274,8 +276,27 @@ def _is_gpt2_attention(t: type) -> bool:
     return t.__module__ == "transformers.models.gpt2.modeling_gpt2" and t.__name__ == "GPT2Attention"
 
 
+def _gpt_bigcode(m: nn.Module) -> None:
+    """StarCoder's (GPTBigCode) self-attention: one fused ``c_attn`` holding ``heads · width`` query
+    channels and, under multi-query attention, one key/value head (else q/k/v of every head),
+    split by ``embed_dim`` and ``kv_dim``."""
+    c_attn, width = getattr(m, "c_attn"), int(getattr(m, "head_dim"))  # noqa: B009
+    if getattr(m, "multi_query"):  # noqa: B009
+        heads, kv = _heads_of(c_attn.out_features - 2 * width, width, type(m).__name__), 1
+    else:
+        heads = kv = _heads_of(c_attn.out_features // 3, width, type(m).__name__)
+    patched = {"num_heads": heads, "embed_dim": heads * width, "kv_heads": kv, "kv_dim": kv * width}
+    for attr, value in {**patched, "num_key_value_groups": heads // kv}.items():
+        setattr(m, attr, value)
+
+
+def _is_gpt_bigcode_attention(t: type) -> bool:
+    return t.__module__.endswith(".modeling_gpt_bigcode") and t.__name__ == "GPTBigCodeAttention"
+
+
 # before the generic Hugging Face rule below: the first named rule that matches wins
 named_rule(_is_gpt2_attention, ModuleRule(heads=True, update=_gpt2))
+named_rule(_is_gpt_bigcode_attention, ModuleRule(heads=True, update=_gpt_bigcode))
 
 
 def _is_hf_attention(t: type) -> bool:

@@ -148,11 +148,18 @@ def attention(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out
     """Scaled dot-product attention: q·k contract over E, the weights then mix v over S."""
     q, k, v = args[0], args[1], args[2]
     lq, lk, lv = st.get(q), st.get(k), st.get(v)
+    shared = False  # one key/value head that every query head reads (multi-query attention)
     for d in range(q.dim() - 2):
-        _unify_grouped(st, lq[d], lk[d])
-        _unify_grouped(st, lq[d], lv[d])
+        for x, lx in ((k, lk), (v, lv)):
+            if lx[d] is None and lq[d] is not None and (x.shape[d] == 1 or uniform(x, d)):
+                shared = True
+            else:
+                _unify_grouped(st, lq[d], lx[d])
     st.unify(lq[-1], lk[-1])
     st.unify(lk[-2], lv[-2])
+    if shared:  # its width is the width of every head's output: a fixed size, as in any head
+        st.pin(lv[-1], Pin.FIXED)
+        lv = (*lv[:-1], None)
     logits = (*q.shape[:-1], k.shape[-2])
     for t in [*args[3:], *kwargs.values()]:
         if isinstance(t, torch.Tensor):
