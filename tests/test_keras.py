@@ -165,7 +165,7 @@ def transformer_block(kind: str) -> object:
     """embed → x + attention(x) → x + MLP(x) → pool → head. ``self``: MultiHeadAttention, 4 heads;
     ``cross``: key/value from a second input, passed by name with an attention mask (a third
     input), no biases, an explicit ``output_shape``; ``gqa``: GroupedQueryAttention, 4 query heads
-    on 2 key/value heads."""
+    on 2 key/value heads; ``mqa``: the same on one key/value head."""
     inp = keras.Input((5, 16))
     x = keras.layers.Dense(16, name="embed")(inp)
     inputs = [inp]
@@ -177,8 +177,9 @@ def transformer_block(kind: str) -> object:
         value_dim = 4 if keras.backend.backend() == "jax" else 6
         mha = keras.layers.MultiHeadAttention(4, 4, value_dim=value_dim, use_bias=False, output_shape=16, name="mha")
         x = keras.layers.Add()([x, mha(query=x, value=kv, key=kv, attention_mask=mask)])
-    elif kind == "gqa":
-        gqa = keras.layers.GroupQueryAttention(head_dim=4, num_query_heads=4, num_key_value_heads=2, name="mha")
+    elif kind in ("gqa", "mqa"):
+        kv_heads = 2 if kind == "gqa" else 1
+        gqa = keras.layers.GroupQueryAttention(head_dim=4, num_query_heads=4, num_key_value_heads=kv_heads, name="mha")
         x = keras.layers.Add()([x, gqa(x, x)])
     else:
         x = keras.layers.Add()([x, keras.layers.MultiHeadAttention(4, 4, name="mha")(x, x)])
@@ -188,11 +189,12 @@ def transformer_block(kind: str) -> object:
     return keras.Model(inputs if len(inputs) > 1 else inp, out)
 
 
-@pytest.mark.parametrize("kind", ["self", "cross", "gqa"])
+@pytest.mark.parametrize("kind", ["self", "cross", "gqa", "mqa"])
 def test_attention_loses_whole_heads(kind: str, tmp_path: object) -> None:
     """The pruned model equals the original with the removed channels' producers zeroed and the
     removed heads' rows of the output projection zeroed; the file reloads to the same outputs.
-    Grouped-query attention loses a key/value head with its query heads."""
+    Grouped-query attention loses a key/value head with its query heads; multi-query attention
+    loses query heads and keeps its key/value head."""
     keras.utils.set_random_seed(0)
     model = transformer_block(kind)
     rng = np.random.default_rng(2)
@@ -207,6 +209,9 @@ def test_attention_loses_whole_heads(kind: str, tmp_path: object) -> None:
     if kind == "gqa":  # 2 key/value heads, each with its 2 query heads
         assert (heads.size, len(heads.keep), layer.num_query_heads, layer.num_key_value_heads) == (2, 1, 2, 1)
         gone = [q for g in set(range(2)) - set(heads.keep) for q in (2 * g, 2 * g + 1)]
+    elif kind == "mqa":  # query heads go, the one key/value head stays
+        assert (heads.size, len(heads.keep), layer.num_query_heads, layer.num_key_value_heads) == (4, 2, 2, 1)
+        gone = sorted(set(range(4)) - set(heads.keep))
     else:
         assert (heads.size, len(heads.keep), layer.num_heads, layer.key_dim) == (4, 2, 2, 4)
         gone = sorted(set(range(4)) - set(heads.keep))

@@ -6,7 +6,8 @@ Their kernels keep the heads as a dimension of their own: query, key and value a
 ``(heads, value_dim, out)``. One head is one unit (a fresh ``"heads"`` label unified across the
 four kernels and three biases); the head width stays. In ``GroupedQueryAttention`` each key/value
 head serves ``num_query_heads / num_key_value_heads`` consecutive query heads (``ops.repeat``), so
-the unit is a key/value head with its query heads, and the ratio of the two stays. The query, key
+the unit is a key/value head with its query heads, and the ratio of the two stays; with one
+key/value head (multi-query attention) the unit is a query head, and the key/value head stays. The query, key
 and value inputs' channels follow the kernels' first dimension, and without ``output_shape`` the
 output has the query's channels (Keras sizes the output projection from the query), so the
 residual stream of a transformer block is one group through the attention. A configuration
@@ -101,10 +102,15 @@ def attention(tr: Tracer, call: Call) -> list[Labels]:
         add_macs(tr, qs[0] * sum(macs))
         return _pin_all(tr, call)
     q, v, k = (qkv[n][1] for n in ("query", "value", "key"))
-    kv_heads = tr.state.fresh_unit(h_kv, "heads")
+    kv_heads: Label
+    if h_kv == 1 < h:  # multi-query: every query head reads the one key/value head, which stays
+        query_heads = unit = tr.state.fresh_unit(h, "heads")
+        kv_heads = None
+    else:
+        kv_heads = unit = tr.state.fresh_unit(h_kv, "heads")
+        query_heads = np.repeat(kv_heads, h // h_kv)  # each key/value head's query heads, consecutive
     if call.path in tr.pinned_out:  # ``ignore``: its heads stay as well as its outputs
-        tr.state.pin(kv_heads, Pin.IGNORED)
-    query_heads = np.repeat(kv_heads, h // h_kv)  # each key/value head's query heads, consecutive
+        tr.state.pin(unit, Pin.IGNORED)
     heads = {"q": query_heads, "k": kv_heads, "v": kv_heads, "o": query_heads}
     dense = {"q": layer._query_dense, "k": layer._key_dense, "v": layer._value_dense, "o": layer._output_dense}
     kernel = {n: tr.w(d.kernel) for n, d in dense.items()}
@@ -124,9 +130,9 @@ def attention(tr: Tracer, call: Call) -> list[Labels]:
     if getattr(layer, "_output_shape", None) is None:  # Keras sizes the output projection from the query
         tr.state.unify(out, q[-1])
     batch = qs[0]
-    add_macs(tr, batch * macs[0], kernel["q"][0], kv_heads)
+    add_macs(tr, batch * macs[0], kernel["q"][0], unit)
     add_macs(tr, batch * macs[1], kernel["k"][0], kv_heads)
     add_macs(tr, batch * macs[2], kernel["v"][0], kv_heads)
-    add_macs(tr, batch * macs[3], kv_heads)  # QKᵀ and the weighted sum of V
-    add_macs(tr, batch * macs[4], kv_heads, out)
+    add_macs(tr, batch * macs[3], unit)  # QKᵀ and the weighted sum of V
+    add_macs(tr, batch * macs[4], unit, out)
     return [(*q[:-1], out)]
