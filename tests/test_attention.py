@@ -378,6 +378,11 @@ HF_DECODERS: dict[str, Any] = {  # config class, model class, config arguments (
     "t5_encoder": ("T5Config", "T5EncoderModel", {"d_model": 32, "d_kv": 8, "d_ff": 64}),  # one relative bias for every layer
     "deberta_v2": ("DebertaV2Config", "DebertaV2Model", {"hidden_size": 32, "intermediate_size": 64}),
     "gemma_mqa": ("GemmaConfig", "GemmaForCausalLM", {"hidden_size": 32, "num_key_value_heads": 1, "head_dim": 8, "intermediate_size": 64}),
+    "gemma_mqa_eager": (  # the products as batched matmuls over batch × heads
+        "GemmaConfig",
+        "GemmaForCausalLM",
+        {"hidden_size": 32, "num_key_value_heads": 1, "head_dim": 8, "intermediate_size": 64, "attn_implementation": "eager"},
+    ),
     "gpt_bigcode": ("GPTBigCodeConfig", "GPTBigCodeForCausalLM", {"n_embd": 32, "n_inner": 64}),  # multi-query, fused
     "gpt_bigcode_mha": ("GPTBigCodeConfig", "GPTBigCodeForCausalLM", {"n_embd": 32, "n_inner": 64, "multi_query": False}),
     "xglm": ("XGLMConfig", "XGLMModel", {"d_model": 32, "ffn_dim": 64}),  # reshapes the heads to self.embed_dim

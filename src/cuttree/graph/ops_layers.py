@@ -113,14 +113,32 @@ def group_norm(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], ou
 
 
 def _matmul(st: LabelState, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
-    """``a @ b`` over the last two dims, with any leading (batch) dims lined up."""
+    """``a @ b`` over the last two dims, with any leading (batch) dims lined up.
+
+    Inside an attention module, a batch dim of ``b`` holding one key/value head for every query
+    head of ``a`` (multi-query attention written as a batched matmul over batch × heads) constrains
+    nothing, and that head's width is fixed, as in :func:`attention`."""
     la, lb = st.get(a), st.get(b)
     for d in range(a.dim() - 2):
-        st.unify(la[d], lb[d])
+        lad = la[d]
+        if st.in_attention and lb[d] is None and lad is not None and _one_per_block(lad, b, d):
+            st.pin(lb[-1], Pin.FIXED)
+            lb = (*lb[:-1], None)
+        else:
+            st.unify(la[d], lb[d])
     st.unify(la[-1], lb[-2])
     st.set(out, [*la[:-1], lb[-1]])
     labs = [x for x in (*la, lb[-1]) if x is not None]
     st.mac_terms.append(MacTerm(math.prod(a.shape) * b.shape[-1], labs))
+
+
+def _one_per_block(lab: np.ndarray, b: torch.Tensor, d: int) -> bool:
+    """Whether ``lab`` is ``n`` heads repeated in blocks (a merged batch × heads dim) and ``b``
+    holds the same values for the ``n`` positions of every block along ``d``."""
+    n = len(np.unique(lab))
+    if n < 2 or len(lab) % n or not np.array_equal(lab, np.tile(lab[:n], len(lab) // n)):
+        return False
+    return uniform(b.reshape(*b.shape[:d], len(lab) // n, n, *b.shape[d + 1 :]), d + 1)
 
 
 @op_rule(aten.mm, aten.bmm)
