@@ -285,8 +285,9 @@ def _gpt_bigcode(m: nn.Module) -> None:
         heads, kv = _heads_of(c_attn.out_features - 2 * width, width, type(m).__name__), 1
     else:
         heads = kv = _heads_of(c_attn.out_features // 3, width, type(m).__name__)
-    patched = {"num_heads": heads, "embed_dim": heads * width, "kv_heads": kv, "kv_dim": kv * width}
-    for attr, value in {**patched, "num_key_value_groups": heads // kv}.items():
+    sizes = {"num_heads": heads, "embed_dim": heads * width, "kv_heads": kv, "kv_dim": kv * width}
+    sizes["num_key_value_groups"] = heads // kv
+    for attr, value in sizes.items():
         setattr(m, attr, value)
 
 

@@ -7,8 +7,8 @@ Their kernels keep the heads as a dimension of their own: query, key and value a
 four kernels and three biases); the head width stays. In ``GroupedQueryAttention`` each key/value
 head serves ``num_query_heads / num_key_value_heads`` consecutive query heads (``ops.repeat``), so
 the unit is a key/value head with its query heads, and the ratio of the two stays; with one
-key/value head (multi-query attention) the unit is a query head, and the key/value head stays. The query, key
-and value inputs' channels follow the kernels' first dimension, and without ``output_shape`` the
+key/value head (multi-query attention) the unit is a query head, and the key/value head stays.
+The query, key and value inputs' channels follow the kernels' first dimension, and without ``output_shape`` the
 output has the query's channels (Keras sizes the output projection from the query), so the
 residual stream of a transformer block is one group through the attention. A configuration
 these rules do not read (inputs other than ``(batch, tokens, channels)``, attention over other
