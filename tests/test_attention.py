@@ -385,6 +385,7 @@ HF_DECODERS: dict[str, Any] = {  # config class, model class, config arguments (
     ),
     "gpt_bigcode": ("GPTBigCodeConfig", "GPTBigCodeForCausalLM", {"n_embd": 32, "n_inner": 64}),  # multi-query, fused
     "gpt_bigcode_mha": ("GPTBigCodeConfig", "GPTBigCodeForCausalLM", {"n_embd": 32, "n_inner": 64, "multi_query": False}),
+    "persimmon": ("PersimmonConfig", "PersimmonForCausalLM", {"hidden_size": 32, "intermediate_size": 64}),  # (heads, 3, width)
     "xglm": ("XGLMConfig", "XGLMModel", {"d_model": 32, "ffn_dim": 64}),  # reshapes the heads to self.embed_dim
     "bart": (
         "BartConfig",

@@ -68,7 +68,8 @@ def view(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
         elif split is not None:
             res[gj[split[0]]] = split[1]
         elif st.in_attention:
-            res[gj[-2]] = _heads(st, sizes, gi.index(tracked[0]), lab, out, gj)
+            hd = _head_dim(out, gj)
+            res[gj[hd]] = _heads(st, sizes, gi.index(tracked[0]), lab, out, gj, hd)
         else:
             for d in tracked:
                 st.pin(lx[d], Pin.OP)
@@ -89,19 +90,29 @@ def _unmerged(merged: np.ndarray, sizes: list[int]) -> tuple[int, np.ndarray] | 
     return None
 
 
-def _heads(st: LabelState, sizes: list[int], t: int, lab: Label, out: Any, gj: list[int]) -> np.ndarray:
+def _head_dim(out: Any, gj: list[int]) -> int:
+    """Where the heads are in a split (index into ``gj``): second-innermost, ``(…, heads, width)``,
+    or third-innermost when a q/k/v dim of 3 sits between, ``(…, heads, 3, width)`` (Persimmon's
+    fused projection)."""
+    if len(gj) >= 3 and int(out.shape[gj[-2]]) == 3 != int(out.shape[gj[-3]]):
+        return -3
+    return -2
+
+
+def _heads(st: LabelState, sizes: list[int], t: int, lab: Label, out: Any, gj: list[int], hd: int = -2) -> np.ndarray:
     """A channel dim split into (…, heads, head width): each head becomes one channel.
 
-    The split's second-innermost dim carries fresh head labels, and every position of the input
-    dim that lands in head ``h`` is unified with it; the innermost dim (the head width) and any
-    outer one (qkv's "3") are fixed. Only attention modules, whose rules patch their head
-    counts after surgery, may do this: elsewhere a split's sizes are numbers written in the code.
+    The split's heads dim ``gj[hd]`` carries fresh head labels, and every position of the input
+    dim that lands in head ``h`` is unified with it; the head width, any dim between the two
+    (q/k/v's "3") and any outer one are fixed. Only attention modules, whose rules patch their
+    head counts after surgery, may do this: elsewhere a split's sizes are numbers written in the code.
     """
     assert lab is not None
     k = np.arange(int(np.prod(sizes)))
     pos = (k // int(np.prod(sizes[t + 1 :]))) % sizes[t]
-    head = (k // int(out.shape[gj[-1]])) % int(out.shape[gj[-2]])
-    ids = st.fresh_unit(int(out.shape[gj[-2]]), "heads")
+    inner = int(np.prod([out.shape[j] for j in gj[hd + 1 :]]))
+    head = (k // inner) % int(out.shape[gj[hd]])
+    ids = st.fresh_unit(int(out.shape[gj[hd]]), "heads")
     st.unify(lab[pos], ids[head])
     return ids
 
