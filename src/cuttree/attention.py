@@ -246,10 +246,10 @@ def _hf(m: nn.Module) -> None:
     fused = linear_child(m, ("query_key_value",))  # q/k/v of every head in one projection (Persimmon)
     if width is None and q is None:
         return  # a wrapper (BertAttention): the self-attention inside it has the head counts
-    queries = q.out_features if q is not None else fused.out_features // 3 if fused is not None else None
-    if width is None or queries is None:
+    proj, share = (q, 1) if q is not None else (fused, 3)  # the query heads' part of the projection
+    if width is None or proj is None:
         raise SurgeryError(f"{type(m).__name__}: no query projection and head width to count heads from")
-    heads = _heads_of(queries, width, type(m).__name__)
+    heads = _heads_of(proj.out_features // share, width, type(m).__name__)
     for attr in ("num_attention_heads", "num_heads", "n_heads", "n_head"):
         if hasattr(m, attr):
             setattr(m, attr, heads)

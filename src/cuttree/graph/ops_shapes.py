@@ -99,7 +99,7 @@ def _head_dim(out: Any, gj: list[int]) -> int:
     return -2
 
 
-def _heads(st: LabelState, sizes: list[int], t: int, lab: Label, out: Any, gj: list[int], hd: int = -2) -> np.ndarray:
+def _heads(st: LabelState, sizes: list[int], t: int, lab: Label, out: Any, gj: list[int], hd: int) -> np.ndarray:
     """A channel dim split into (…, heads, head width): each head becomes one channel.
 
     The split's heads dim ``gj[hd]`` carries fresh head labels, and every position of the input
