@@ -271,6 +271,7 @@ def test_attention_without_heads_found_is_kept_whole_with_a_warning() -> None:
     with pytest.warns(UserWarning) as caught:
         r = cuttree.prune(model, (ids,), cuttree.Config(ratio=0.5, latency_runs=0))
     said = [str(w.message) for w in caught if str(w.message).startswith("kept the attention heads")]
+    assert {w.filename for w in caught if str(w.message).startswith("kept")} == {__file__}  # the caller's line
     assert len(said) == 1 and said[0].startswith(
         "kept the attention heads of 2 module(s) whole (BloomAttention: transformer.h.0.self_attention, "
         "transformer.h.1.self_attention): the trace found no split into heads"

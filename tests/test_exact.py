@@ -216,6 +216,7 @@ def test_a_model_with_nothing_prunable_says_so_and_comes_back_unchanged() -> Non
         r = cuttree.prune(model, (x,), cuttree.Config(ratio=0.5, latency_runs=0))
     [msg] = [str(m.message) for m in w if str(m.message).startswith("nothing")]
     assert "pinned (0: a fixed size in the model's code; 2: a model output)" in msg
+    assert {m.filename for m in w} == {__file__}  # the warning names the user's line, not cuttree's
     assert r.after.params == r.before.params and torch.equal(r.model(x), model(x))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing asked, nothing said

@@ -786,6 +786,22 @@ def test_corrupt_sparse_storage_is_refused(tmp_path: object) -> None:
 def test_a_keras_model_with_nothing_prunable_says_so() -> None:
     inputs = keras.Input((6,))
     model = keras.Model(inputs, keras.layers.Dense(3, name="logits")(inputs))
-    with pytest.warns(UserWarning, match=r"nothing in this model can be pruned, .*\(logits: a model output\)"):
+    with pytest.warns(UserWarning, match=r"nothing in this model can be pruned, .*\(logits: a model output\)") as w:
         r = ck.prune(model, cuttree.Config(ratio=0.5, latency_runs=0))
+    assert {m.filename for m in w if str(m.message).startswith("nothing")} == {__file__}  # the user's line
     assert r.after.params == r.before.params == 21
+
+
+def test_the_cli_prints_a_warning_on_one_line(tmp_path: object, capsys: pytest.CaptureFixture[str]) -> None:
+    from cuttree.cli import main
+
+    inputs = keras.Input((6,))
+    src = tmp_path / "one.keras"  # type: ignore[operator]
+    keras.Model(inputs, keras.layers.Dense(3, name="logits")(inputs)).save(src)
+    out = tmp_path / "small.keras"  # type: ignore[operator]
+    assert main(["prune", "--model", str(src), "--set", "ratio=0.5", "--set", "latency_runs=0", "--out", str(out)]) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "nothing" in line]
+    assert said == [
+        "cuttree: warning: nothing in this model can be pruned, so it is returned unchanged: every layer's output "
+        "channels are pinned (logits: a model output); the model has no channels besides its outputs'"
+    ]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +21,7 @@ from cuttree import calibrate
 from cuttree._util import as_inputs, model_bytes, model_device, refuse_keras, to_numpy
 from cuttree.config import Config
 from cuttree.core.planner import PlanningInputs, estimate, nothing_prunable, resolve, selects
-from cuttree.errors import SurgeryError
+from cuttree.errors import SurgeryError, warn
 from cuttree.graph.groups import DependencyGraph, build_graph
 from cuttree.graph.trace import named_tensors
 from cuttree.measure import compare, count_params, measure
@@ -79,9 +78,9 @@ def make_plan(
     graph = inputs.graph
     if validate:
         plan = _validated(model, _train_checked(model, plan, example_inputs, graph), example_inputs, graph)
-        _warn_heads_not_found(model, plan, config, graph, stacklevel=3)
+        _warn_heads_not_found(model, plan, config, graph)
     if (why := nothing_prunable(graph, config)) is not None:
-        warnings.warn(why, stacklevel=2)
+        warn(why)
     return plan, graph
 
 
@@ -101,19 +100,17 @@ def _train_checked(
     unreached = f"{', '.join(graph.unreached[:4])}{' …' if len(graph.unreached) > 4 else ''}"
     shapes = train_output_shapes(model, example_inputs)
     if shapes is None:
-        warnings.warn(
+        warn(
             f"the eval-mode forward never used {unreached} and the training-mode forward cannot be checked on a "
             "shape-only copy: they keep their shapes, so if they run in training mode, disable them or add the layers "
-            "feeding them to 'ignore'",
-            stacklevel=3,
+            "feeding them to 'ignore'"
         )
         return plan
     plan, broken = repair(model, plan, example_inputs, shapes, train=True)
     if broken:
-        warnings.warn(
+        warn(
             f"kept {len(broken)} group(s) whole because layers that run only in training ({unreached}) take their "
-            f"channels: {', '.join(broken[:5])}" + (" …" if len(broken) > 5 else ""),
-            stacklevel=3,
+            f"channels: {', '.join(broken[:5])}" + (" …" if len(broken) > 5 else "")
         )
     return plan
 
@@ -123,10 +120,9 @@ def _validated(
 ) -> PruningPlan:
     plan, broken = repair(model, plan, example_inputs, graph.outputs)
     if broken:
-        warnings.warn(
+        warn(
             f"kept {len(broken)} group(s) whole because the model's code fixes their size: {', '.join(broken[:5])}"
-            + (" …" if len(broken) > 5 else ""),
-            stacklevel=3,
+            + (" …" if len(broken) > 5 else "")
         )
     return _heads_checked(model, plan, example_inputs, graph)
 
@@ -138,18 +134,15 @@ def _heads_checked(
     if not heads_compute_the_same(model, plan, example_inputs):
         names = [g.name for g in plan.groups if g.unit == "heads" and len(g.keep) < g.size]
         plan = dataclasses.replace(plan, groups=tuple(keep_all(g) if g.unit == "heads" else g for g in plan.groups))
-        warnings.warn(
+        warn(
             f"kept the attention heads whole ({', '.join(names[:3])}{' …' if len(names) > 3 else ''}): removing them "
             "does not compute what zeroing them does, so the model's code counts heads somewhere cuttree does not patch; "
-            "register a module rule for its attention (cuttree.rules.named_rule) or set head_ratio: 0",
-            stacklevel=4,
+            "register a module rule for its attention (cuttree.rules.named_rule) or set head_ratio: 0"
         )
     return dataclasses.replace(plan, macs_after=estimate(graph, plan))
 
 
-def _warn_heads_not_found(
-    model: nn.Module, plan: PruningPlan, config: Config, graph: DependencyGraph, stacklevel: int
-) -> None:
+def _warn_heads_not_found(model: nn.Module, plan: PruningPlan, config: Config, graph: DependencyGraph) -> None:
     """Warn about the attention modules whose heads ``config`` asks to prune but the trace found no
     heads in (a fused q/k/v projection split by a literal size, say): they are kept whole."""
     targets = (config.threshold, config.macs_target, config.params_target, config.latency_target)
@@ -167,12 +160,11 @@ def _warn_heads_not_found(
     inner = [n for n in found if not any(o.startswith(n + ".") for o in found)]  # the attention itself, not its wrapper
     if inner:
         kinds = sorted({type(model.get_submodule(n)).__name__ for n in inner})
-        warnings.warn(
+        warn(
             f"kept the attention heads of {len(inner)} module(s) whole ({', '.join(kinds)}: {', '.join(inner[:3])}"
             f"{' …' if len(inner) > 3 else ''}): the trace found no split into heads that it could follow in them (a "
             "fused q/k/v projection split by a fixed size, say); their other channels are pruned as usual; set "
-            "head_ratio: 0 to silence this",
-            stacklevel=stacklevel,
+            "head_ratio: 0 to silence this"
         )
 
 
@@ -337,7 +329,7 @@ def plan_and_apply(
     except SurgeryError:
         plan = _validated(original, plan, example_inputs, graph)
         work = apply_plan(work, plan, example_inputs, graph.outputs)
-    _warn_heads_not_found(original, plan, config, graph, stacklevel=4)
+    _warn_heads_not_found(original, plan, config, graph)
     if config.reconstruct:
         from cuttree.reconstruct import reconstruct
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -569,10 +570,20 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None
+) -> None:
+    """Print a warning as ``cuttree: warning: …`` on one line: a CLI user has no line of code to look at."""
+    kind = "" if category is UserWarning else f"{category.__name__}: "
+    print(f"cuttree: warning: {kind}{' '.join(str(message).split())}", file=sys.stderr if file is None else file)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            return int(args.func(args))
     except (ValueError, TypeError, OSError, CuttreeError) as e:
         msg = " ".join(str(e).split()) or type(e).__name__
         print(f"cuttree: error: {msg}", file=sys.stderr)

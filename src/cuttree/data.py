@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from cuttree.errors import did_you_mean
+from cuttree.errors import did_you_mean, warn
 from cuttree.io import atomic_write
 
 Split = Literal["train", "test"]
@@ -194,7 +194,7 @@ def _decode_jpeg_npz(path: Path, cache: Path) -> tuple[np.ndarray, np.ndarray, l
             with np.load(cached) as d:
                 return d["x"], d["y"], [str(c) for c in d["classes"]]
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-            warnings.warn(f"unreadable cache '{cached}' ({e}); decoding '{path}' again", stacklevel=3)
+            warn(f"unreadable cache '{cached}' ({e}); decoding '{path}' again")
     try:
         from PIL import Image
     except ImportError as e:
@@ -210,7 +210,7 @@ def _decode_jpeg_npz(path: Path, cache: Path) -> tuple[np.ndarray, np.ndarray, l
     try:
         atomic_write(cached, write)
     except OSError as e:
-        warnings.warn(f"could not write the decode cache '{cached}' ({e}); the next load decodes again", stacklevel=3)
+        warn(f"could not write the decode cache '{cached}' ({e}); the next load decodes again")
     return x, y, [str(c) for c in classes]
 
 

@@ -8,7 +8,13 @@ value, the rule and the fix, on one line.
 from __future__ import annotations
 
 import difflib
+import os
+import sys
+import warnings
 from collections.abc import Iterable
+from pathlib import Path
+
+_PACKAGE = str(Path(__file__).resolve().parent) + os.sep
 
 
 class CuttreeError(Exception):
@@ -29,6 +35,27 @@ class SurgeryError(CuttreeError):
 
 class FileFormatError(CuttreeError):
     """A file is not a valid, safe cuttree file."""
+
+
+def warn(message: str, category: type[Warning] = UserWarning) -> None:
+    """Issue ``message`` at the first caller outside cuttree, so it names the user's line.
+
+    A fixed ``stacklevel`` points into cuttree whenever the warning is raised a few calls deep
+    (``prune`` → ``make_plan`` → a check); this walks the stack instead.
+
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     warn("kept 2 group(s) whole")
+    >>> caught[0].filename == __file__ or caught[0].filename.startswith("<doctest")
+    True
+    """
+    frame = sys._getframe(1)
+    level = 2
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

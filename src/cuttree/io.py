@@ -17,6 +17,7 @@ import importlib
 import json
 import math
 import types
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -409,7 +410,9 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
             raise FileFormatError(f"weights file '{p}' is not a valid safetensors file ({type(e).__name__})") from None
     elif p.suffix in (".pt", ".pth", ".bin"):
         try:
-            state = torch.load(str(p), map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's note on the pickle protocol is not the user's business
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                state = torch.load(str(p), map_location="cpu", weights_only=True)
         except Exception as e:  # weights_only refuses pickled code with UnpicklingError and others
             first = first_line(e)[:160]
             raise FileFormatError(

@@ -19,7 +19,6 @@ import fnmatch
 import os
 import tempfile
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from cuttree.core.grouping import DependencyGraph
 from cuttree.core.plan import PruningPlan
 from cuttree.core.planner import PlanningInputs, nothing_prunable
 from cuttree.core.sensitivity import DEFAULT_RATIOS, Sensitivity
-from cuttree.errors import did_you_mean
+from cuttree.errors import did_you_mean, warn
 from cuttree.frontends.keras import surgery
 from cuttree.frontends.keras.calibrate import criterion_inputs
 from cuttree.frontends.keras.files import load, plan_of, read_metadata, save
@@ -127,7 +126,7 @@ def make_plan(
     :func:`cuttree.keras.sensitivity`) is what ``allocation: sensitivity`` allocates from."""
     inputs = planning_inputs(model, config, example_inputs, calib_data)
     if (why := nothing_prunable(inputs.graph, config)) is not None:
-        warnings.warn(why, stacklevel=2)
+        warn(why)
     return inputs.decide(config, sensitivity), inputs.graph
 
 

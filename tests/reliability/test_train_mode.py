@@ -32,8 +32,11 @@ def test_the_group_feeding_a_training_only_head_is_kept_whole() -> None:
     torch.manual_seed(0)
     m = WithAux().eval()
     x = (torch.randn(1, 3, 8, 8),)
-    with pytest.warns(UserWarning, match=r"kept 1 group\(s\) whole because layers that run only in training \(aux"):
+    with pytest.warns(
+        UserWarning, match=r"kept 1 group\(s\) whole because layers that run only in training \(aux"
+    ) as w:
         r = cuttree.prune(m, x, cuttree.Config(ratio=0.5, latency_runs=0))
+    assert [m.filename for m in w] == [__file__]  # the warning names the user's line, not cuttree's
     kept = {g.name: len(g.keep) for g in r.plan}
     assert kept == {"a": 16, "b": 16}  # "a" feeds the auxiliary head: whole; "b" halved
     main, aux = r.model.train()(torch.randn(2, 3, 8, 8))

@@ -11,7 +11,6 @@ channels (a :class:`Role`); everything else is numpy.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -20,7 +19,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from cuttree.core.labels import N_SENTINELS, Label, LabelState, Pin
-from cuttree.errors import did_you_mean
+from cuttree.errors import did_you_mean, warn
 
 
 @dataclass(frozen=True)
@@ -220,10 +219,9 @@ def with_width_groups(graph: DependencyGraph, width: DependencyGraph) -> Depende
     if len(width.mac_terms) != len(graph.mac_terms) or any(
         a != b for (a, _), (b, _) in zip(width.mac_terms, graph.mac_terms, strict=True)
     ):
-        warnings.warn(
+        warn(
             "the model's forward ran different operations on the same inputs, so grouped convolutions keep the "
-            "width inside their groups (they still lose whole groups); make the forward deterministic in eval mode",
-            stacklevel=3,
+            "width inside their groups (they still lose whole groups); make the forward deterministic in eval mode"
         )
         return graph
     extra = [(i, g) for i, g in enumerate(width.groups) if g.unit == "width"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import re
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +24,7 @@ import keras
 
 from cuttree.core.grouping import DependencyGraph, Role, group_channels, with_width_groups
 from cuttree.core.labels import Label, LabelState, MacTerm, Pin
-from cuttree.errors import TraceError
+from cuttree.errors import TraceError, warn
 
 
 @dataclass
@@ -248,19 +247,17 @@ def build_graph(
     seconds = time.perf_counter() - t0
     if tr.unknown:
         items = [f"{p} ({c})" for p, c in tr.unknown.items()]
-        warnings.warn(
+        warn(
             f"no layer rule for {', '.join(items[:4])}{' …' if len(items) > 4 else ''}: the channels they touch are "
             "kept whole (cuttree prunes less, never wrongly); register a rule with "
-            "cuttree.frontends.keras.rules.layer_rule to prune through them",
-            stacklevel=3,
+            "cuttree.frontends.keras.rules.layer_rule to prune through them"
         )
     if tr.whole:
         items = [f"{p} ({c})" for p, c in tr.whole.items()]
-        warnings.warn(
+        warn(
             f"kept {len(items)} attention layer(s) whole, with every channel they read and write: "
             f"{', '.join(items[:4])}{' …' if len(items) > 4 else ''}; cuttree prunes the heads of "
-            "attention on (batch, tokens, channels) inputs, over the tokens, not gated",
-            stacklevel=3,
+            "attention on (batch, tokens, channels) inputs, over the tokens, not gated"
         )
     graph = _group(tr, seconds)
     if group_width and any(kind == "groups" for _, kind in tr.state.units):
