@@ -73,6 +73,19 @@ def make_plan(
     :class:`cuttree.Sensitivity`) is what ``allocation: sensitivity`` allocates from.
     """
     example_inputs = as_inputs(example_inputs)
+    model, folded = _folded(model, example_inputs, config, inplace=False)
+    plan, graph = _make_plan(model, example_inputs, config, calib_data, validate, sensitivity)
+    return dataclasses.replace(plan, folded=folded) if folded else plan, graph
+
+
+def _make_plan(
+    model: nn.Module,
+    example_inputs: Sequence[Any],
+    config: Config,
+    calib_data: Iterable[Any] | None,
+    validate: bool,
+    sensitivity: Any,
+) -> tuple[PruningPlan, DependencyGraph]:
     inputs = planning_inputs(model, example_inputs, config, calib_data)
     plan = inputs.decide(config, sensitivity)
     graph = inputs.graph
@@ -82,6 +95,29 @@ def make_plan(
     if (why := nothing_prunable(graph, config)) is not None:
         warn(why)
     return plan, graph
+
+
+def _folded(
+    model: nn.Module, example_inputs: Sequence[Any], config: Config, inplace: bool
+) -> tuple[nn.Module, tuple[str, ...]]:
+    """``model`` with its computed-weight layers folded when the config asks (a copy unless
+    ``inplace``), and their names; otherwise ``model``, with a warning if it has such layers."""
+    from cuttree.fold import computes_its_weight, fold_computed_weights
+
+    if config.method != "structured":
+        return model, ()
+    if config.fold_computed_weights:
+        return fold_computed_weights(model, example_inputs, inplace)
+    computed = [n for n, m in model.named_modules() if computes_its_weight(m)]
+    targets = (config.ratio, config.head_ratio, config.threshold, config.macs_target, config.params_target)
+    if computed and (any(targets) or config.latency_target is not None):
+        warn(
+            f"{len(computed)} conv/linear layer(s) compute their weight in forward ({', '.join(computed[:3])}"
+            f"{' …' if len(computed) > 3 else ''}; weight standardization or weight norm, say): cuttree keeps the "
+            "channels it cannot prune through whole; set fold_computed_weights: true to make them plain layers "
+            "holding that weight (exact) and prune them"
+        )
+    return model, ()
 
 
 def _train_checked(
@@ -308,6 +344,19 @@ def plan_and_apply(
             "reconstruct=true needs calibration data: pass calib_data= (an iterable of batches, or a Dataset) "
             "or set reconstruct=false"
         )
+    model, folded = _folded(model, example_inputs, config, inplace)
+    work, plan, graph = _plan_and_apply(model, example_inputs, config, calib_data, inplace, sensitivity)
+    return work, dataclasses.replace(plan, folded=folded) if folded else plan, graph
+
+
+def _plan_and_apply(
+    model: nn.Module,
+    example_inputs: Sequence[Any],
+    config: Config,
+    calib_data: Iterable[Any] | None,
+    inplace: bool,
+    sensitivity: Any,
+) -> tuple[nn.Module, PruningPlan, DependencyGraph]:
     if config.latency_target is not None:
         from cuttree.latency_budget import meet_latency
 
@@ -315,10 +364,10 @@ def plan_and_apply(
             raise ValueError("latency_target prunes several candidates: it cannot work in place; drop inplace=True")
 
         def engine(m: nn.Module, x: Sequence[Any], c: Config, data: Any, s: Any) -> Any:
-            return plan_and_apply(m, x, c, data, False, s)
+            return _plan_and_apply(m, x, c, data, False, s)
 
         return meet_latency(model, example_inputs, config, calib_data, sensitivity, engine)
-    plan, graph = make_plan(model, example_inputs, config, calib_data, validate=False, sensitivity=sensitivity)
+    plan, graph = _make_plan(model, example_inputs, config, calib_data, False, sensitivity)
     plan = _heads_checked(model, _train_checked(model, plan, example_inputs, graph), example_inputs, graph)
     if not inplace and model_device(model).type == "cpu":
         check_memory(model_bytes(model), "a working copy of the model", "pass inplace=True or free memory")

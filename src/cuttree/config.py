@@ -157,6 +157,10 @@ class Config(BaseModel):
     - ``reconstruct``: after surgery, refit every layer that lost input channels by least squares
       so it reproduces the original's outputs on the calibration data (needs calibration data;
       BN recalibration is then skipped, since it would undo the fit).
+    - ``fold_computed_weights``: replace every Conv/Linear that computes its weight in ``forward``
+      (weight standardization as in BiT, weight norm) with a plain one holding that weight before
+      tracing (:mod:`cuttree.fold`): exact, and their channels can then be pruned; fine-tuning
+      then trains plain layers. Off by default, such layers' channels are kept whole (PyTorch only).
     - ``finetune``: the recovery settings (:class:`FinetuneConfig`).
     """
 
@@ -183,6 +187,7 @@ class Config(BaseModel):
     latency_runs: int = Field(default=10, ge=0)
     steps: int = Field(default=1, ge=1)
     reconstruct: bool = False
+    fold_computed_weights: bool = False
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     method: Literal["structured", "unstructured"] = "structured"
     nm: str | None = Field(default=None, pattern=r"^[1-9][0-9]*:[1-9][0-9]*$")

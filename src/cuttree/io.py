@@ -29,6 +29,7 @@ from cuttree._util import to_numpy
 from cuttree.errors import CuttreeError, FileFormatError, first_line
 from cuttree.files import SPARSE_MIN_SIZE, SPARSE_MIN_ZEROS, inflate, pack_sparse, unpack_mask
 from cuttree.files import atomic_write as atomic_write  # re-exported: old import path
+from cuttree.fold import as_plain
 from cuttree.measure import state_dict_for_save, tensor_names
 from cuttree.plan import PruningPlan
 from cuttree.resources import check_memory
@@ -293,6 +294,13 @@ def load(
     verify(path, stored)  # before anything in the file is used
     meta = read_metadata(path)
     model = build() if build is not None else build_from_file(meta, path, trusted)
+    try:
+        as_plain(model, meta["plan"].folded)  # the file holds the folded weights
+    except AttributeError:
+        raise FileFormatError(
+            f"'{path}': its plan folds layers {list(meta['plan'].folded)[:3]}, which this architecture does not all "
+            "have; build the architecture the file was saved from"
+        ) from None
     _check_plan(model, meta["plan"], path)
     try:
         apply_plan(model, meta["plan"])

@@ -198,7 +198,11 @@ def sparsify(model: Any, config: Config, calib_data: Any = None, sparsity_now: f
 def _check_config(config: Any) -> None:
     if not isinstance(config, Config):
         raise TypeError(f"config must be a cuttree.Config, got {type(config).__name__}; build one with Config(...)")
-    for key, bad in (("reconstruct", config.reconstruct), ("steps", config.steps > 1)):
+    for key, bad in (
+        ("reconstruct", config.reconstruct),
+        ("steps", config.steps > 1),
+        ("fold_computed_weights", config.fold_computed_weights),
+    ):
         if bad:
             raise ValueError(
                 f"config key '{key}' = {getattr(config, key)!r} is not available for Keras models yet (torch only); "

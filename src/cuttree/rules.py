@@ -129,8 +129,8 @@ def _layer_norm(m: nn.Module) -> None:
 def _group_norm(m: nn.Module) -> None:
     assert isinstance(m, nn.GroupNorm)
     if m.weight is not None:
-        if m.num_groups == m.num_channels:
-            m.num_groups = m.weight.shape[0]
+        if m.num_groups > 1:  # whole groups went: each keeps its size
+            m.num_groups = m.weight.shape[0] // (m.num_channels // m.num_groups)
         m.num_channels = m.weight.shape[0]
 
 

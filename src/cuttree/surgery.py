@@ -56,6 +56,31 @@ def check_shapes(model: nn.Module, plan: PruningPlan) -> None:
             )
 
 
+def _fold_first(model: nn.Module, plan: PruningPlan, example_inputs: Sequence[Any] | None) -> None:
+    """Fold, in place, the layers ``plan`` was made with folded; refuse if that cannot be done exactly."""
+    from cuttree.fold import computes_its_weight, fold_computed_weights
+
+    names = dict(model.named_modules())
+    missing = [n for n in plan.folded if n not in names]
+    if missing:
+        raise SurgeryError(
+            f"the plan was made with layer '{missing[0]}' folded, and this model has no such layer; apply the plan "
+            "to the model it was made for"
+        )
+    todo = [n for n in plan.folded if computes_its_weight(names[n])]
+    if not todo:
+        return
+    if example_inputs is None:
+        raise ValueError(
+            f"the plan was made with {len(todo)} layer(s) folded into plain ones ({todo[0]} …) and this model still "
+            "computes their weight: pass example_inputs to apply_plan so they can be folded first"
+        )
+    _, done = fold_computed_weights(model, example_inputs, inplace=True, only=todo)
+    if len(done) != len(todo):
+        left = sorted(set(todo) - set(done))
+        raise SurgeryError(f"layer '{left[0]}' of the plan's folded layers cannot be folded exactly in this model")
+
+
 def apply_plan(
     model: nn.Module,
     plan: PruningPlan,
@@ -67,9 +92,14 @@ def apply_plan(
     With ``example_inputs``, runs one forward pass afterwards and checks that it works and,
     with ``output_shapes``, that every output keeps its shape. All or nothing: if the check
     fails, the model is restored as it was and :class:`SurgeryError` is raised.
+
+    A plan made with ``fold_computed_weights`` (``plan.folded``) first folds those layers of
+    ``model`` (:mod:`cuttree.fold`), which needs ``example_inputs``.
     """
     if example_inputs is not None:
         example_inputs = as_inputs(example_inputs)
+    if plan.folded:
+        _fold_first(model, plan, example_inputs)
     check_shapes(model, plan)
     owners = _owners(model)
     removed = plan.removed_positions()

@@ -96,6 +96,9 @@ class PruningPlan:
     #: how the budget was met: the allocation's per-group ratios and predicted loss, a latency
     #: target's measured latency and margin (empty for a plain ratio)
     budget: dict[str, Any] = field(default_factory=dict)
+    #: layers that computed their weight in ``forward`` and were made plain layers holding it
+    #: before planning (``fold_computed_weights``); surgery and loading fold them first
+    folded: tuple[str, ...] = ()
 
     def __iter__(self) -> Iterator[GroupPlan]:
         return iter(self.groups)
@@ -141,6 +144,7 @@ class PruningPlan:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
+        folded = {"folded": list(self.folded)} if self.folded else {}  # files without folds stay as they were
         return {
             "version": PLAN_VERSION,
             "framework": self.framework,
@@ -149,6 +153,7 @@ class PruningPlan:
             "macs_after": self.macs_after,
             "config": self.config,
             "budget": self.budget,
+            **folded,
             "shapes": {k: list(v) for k, v in sorted(self.shapes.items())},  # the same file bytes every run
             "groups": [
                 {
@@ -222,6 +227,9 @@ class PruningPlan:
                 f"plan framework {framework!r} / layout {layout!r} is not one of {', '.join(FRAMEWORKS)}; "
                 "the file is corrupt or from a newer cuttree"
             )
+        folded = tuple(
+            _get({"folded": n}, "folded", str) for n in _get({"folded": d.get("folded", [])}, "folded", list)
+        )
         return cls(
             groups=tuple(groups),
             shapes=shapes,
@@ -231,6 +239,7 @@ class PruningPlan:
             framework=framework,
             layout=layout,
             budget=dict(d.get("budget", {})) if isinstance(d.get("budget", {}), dict) else {},
+            folded=folded,
         )
 
 
@@ -313,4 +322,5 @@ def compose(first: PruningPlan, second: PruningPlan) -> PruningPlan:
         first.framework,
         first.layout,
         second.budget,
+        first.folded + tuple(n for n in second.folded if n not in first.folded),
     )

@@ -71,8 +71,15 @@ def convolution(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], o
     aten.miopen_batch_norm,
 )
 def batch_norm(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-    """Batch norm: weight, bias and running statistics follow the input's channels."""
+    """Batch norm: weight, bias and running statistics follow the input's channels.
+
+    With batch statistics (training mode, or a weight standardized by ``F.batch_norm(w.reshape(1,
+    out, -1), training=True)``) every other dim is reduced over, so a channel dim there (a weight's
+    input channels) is pinned, as in any reduction."""
     lx = st.get(args[0])
+    if any(isinstance(a, bool) and a for a in args[3:6]):  # the ``training`` flag of every overload
+        for lab in [*lx[:1], *lx[2:]]:
+            st.pin(lab, Pin.OP)
     for p in args[1:5]:
         if isinstance(p, torch.Tensor) and p.dim() == 1:
             st.unify(lx[1], st.get(p)[0])
@@ -98,11 +105,16 @@ def layer_norm(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], ou
 
 @op_rule(aten.native_group_norm)
 def group_norm(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-    """Group norm: prunable with one group or one channel per group, else pinned."""
+    """Group norm: with one group or one channel per group, prunable channel by channel; with
+    groups of several channels and an affine weight, whole groups are the unit (removing a whole
+    group leaves every other group's statistics as they were; removing part of one would not),
+    and the module rule keeps the group size; without an affine weight, pinned."""
     x, groups = args[0], int(args[6])
     lx = st.get(x)
     params = [st.get(p)[0] for p in args[1:3] if isinstance(p, torch.Tensor)]
-    if groups in (1, x.shape[1]):
+    if groups in (1, x.shape[1]) or (params and lx[1] is not None):
+        if groups not in (1, x.shape[1]):
+            st.unify(lx[1], np.repeat(st.fresh_unit(groups, "groups"), x.shape[1] // groups))
         for lab in params:
             st.unify(lx[1], lab)
         st.set(out_tensors(out)[0], lx)

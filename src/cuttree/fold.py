@@ -1,0 +1,203 @@
+"""Fold layers whose weight is computed in ``forward`` into plain layers holding that weight.
+
+Weight standardization (BiT and timm's ``StdConv2d``/``ScaledStdConv2d``, Hugging Face's
+``BitWeightStandardizedConv2d``) and weight norm compute a conv's weight from its parameters on
+every call. Removing one input channel of such a layer is not zeroing it (the standardization
+re-normalizes each filter over what is left), so the trace pins their channels and a model built
+from them cannot be pruned. With ``fold_computed_weights: true`` each such ``Conv1d/2d/3d`` or
+``Linear`` becomes a plain one holding the weight it computes: the model computes exactly what it
+did, and prunes like any other. Fine-tuning afterwards trains the plain layers (the
+standardization is gone), which is what the setting trades.
+
+A layer is folded only when its forward is one conv (or linear) call on its own input with its
+own geometry, and the plain layer gives bit-for-bit its output on the example inputs; anything
+else (a dynamic "same" padding, say) is left as it is, still pinned, with a warning.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+from torch.overrides import TorchFunctionMode
+
+from cuttree._util import eval_mode, removing, run_model
+from cuttree.errors import warn
+
+PLAIN: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_CALLS = {F.conv1d: nn.Conv1d, F.conv2d: nn.Conv2d, F.conv3d: nn.Conv3d, F.linear: nn.Linear}
+
+
+def computes_its_weight(module: nn.Module) -> bool:
+    """Whether ``module`` is a Conv/Linear whose ``forward`` may use something other than its
+    ``weight`` parameter as it is: a subclass with its own ``forward``, a parametrization, or a
+    pre-forward hook (old-style weight norm).
+
+    >>> computes_its_weight(nn.Conv2d(3, 4, 3)), computes_its_weight(nn.utils.parametrizations.weight_norm(nn.Linear(3, 4)))
+    (False, True)
+    """
+    if not isinstance(module, PLAIN):
+        return False
+    base = next(t for t in PLAIN if isinstance(module, t))
+    return (
+        type(module).forward is not base.forward
+        or parametrize.is_parametrized(module)
+        or bool(module._forward_pre_hooks)
+    )
+
+
+@dataclass
+class _Seen:
+    inputs: Any = None
+    output: Any = None
+    calls: list[tuple[Any, torch.Tensor, torch.Tensor | None, Any]] | None = None  # (func, input, weight, bias)
+    result: Any = None
+
+
+class _Capture(TorchFunctionMode):
+    """Records every conv/linear call, with its input, weight and bias, for the module running it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running: list[_Seen] = []
+
+    def __torch_function__(self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func in _CALLS and self.running:
+            seen = self.running[-1]
+            weight = args[1] if len(args) > 1 else kwargs.get("weight")
+            bias = args[2] if len(args) > 2 else kwargs.get("bias")
+            assert seen.calls is not None
+            seen.calls.append((func, args[0] if args else kwargs.get("input"), weight, bias))
+            seen.result = out
+        return out
+
+
+def _plain_like(module: nn.Module, weight: torch.Tensor | None, bias: torch.Tensor | None, has_bias: bool) -> nn.Module:
+    """A plain layer of ``module``'s own geometry holding ``weight`` and ``bias`` (with ``weight``
+    ``None``, freshly initialized ones, of the dtype and device of ``module``'s parameters)."""
+    like = weight if weight is not None else next(module.parameters())
+    kw: dict[str, Any] = {"bias": has_bias, "device": like.device, "dtype": like.dtype}
+    plain: nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d
+    if isinstance(module, nn.Linear):
+        plain = nn.Linear(module.in_features, module.out_features, **kw)
+    else:
+        assert isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d)
+        cls = type(module).__mro__[[t in PLAIN for t in type(module).__mro__].index(True)]
+        plain = cls(
+            module.in_channels,
+            module.out_channels,
+            module.kernel_size,
+            stride=module.stride,
+            padding=module.padding,
+            dilation=module.dilation,
+            groups=module.groups,
+            **kw,
+        )
+    with torch.no_grad():
+        if weight is not None:
+            plain.weight.copy_(weight)
+        if bias is not None and plain.bias is not None:
+            plain.bias.copy_(bias)
+    plain.train(module.training)
+    return plain
+
+
+def as_plain(model: nn.Module, names: Sequence[str]) -> None:
+    """Replace the named layers with plain ones of the same geometry, in place, weights left as
+    they are: for a model whose folded weights are loaded next (a ``.cuttree`` file's)."""
+    for name in names:
+        module = model.get_submodule(name)
+        if computes_its_weight(module):
+            _set(model, name, _plain_like(module, None, None, getattr(module, "bias", None) is not None))
+
+
+def fold_computed_weights(
+    model: nn.Module, example_inputs: Sequence[Any], inplace: bool = False, only: Sequence[str] | None = None
+) -> tuple[nn.Module, tuple[str, ...]]:
+    """``model`` (a copy unless ``inplace``) with every foldable Conv/Linear that computes its
+    weight replaced by a plain one holding that weight, and the names of those layers.
+
+    ``only`` restricts the fold to the named layers (a plan's). A layer that computes its weight
+    but cannot be folded exactly keeps its class, with a warning; its channels stay pinned.
+
+    >>> conv = nn.utils.parametrizations.weight_norm(nn.Conv2d(3, 4, 3))
+    >>> x = torch.randn(1, 3, 8, 8)
+    >>> folded, names = fold_computed_weights(nn.Sequential(conv), (x,))
+    >>> names, type(folded[0]).__name__, torch.equal(folded(x), conv(x))
+    (('0',), 'Conv2d', True)
+    """
+    wanted = [n for n, m in model.named_modules() if computes_its_weight(m) and (only is None or n in set(only))]
+    if not wanted:
+        return model, ()
+    seen: dict[str, _Seen] = {}
+    capture = _Capture()
+
+    def pre(name: str) -> Any:
+        def hook(module: nn.Module, args: Any) -> None:
+            if name not in seen:
+                seen[name] = _Seen(inputs=args, calls=[])
+                capture.running.append(seen[name])
+            else:
+                capture.running.append(_Seen(calls=[]))  # a second call of a shared layer: the first decides
+
+        return hook
+
+    def post(module: nn.Module, args: Any, output: Any) -> None:
+        done = capture.running.pop()
+        if done.output is None and done.inputs is not None:
+            done.output = output
+
+    hooks = []
+    for n in wanted:
+        hooks += [
+            model.get_submodule(n).register_forward_pre_hook(pre(n)),
+            model.get_submodule(n).register_forward_hook(post),
+        ]
+    with eval_mode(model), torch.no_grad(), removing(hooks), capture:
+        run_model(model, example_inputs)
+    work = model if inplace else copy.deepcopy(model)
+    folded, refused = [], []
+    for name in wanted:
+        s = seen.get(name)
+        module = work.get_submodule(name)
+        plain = _folded(module, s) if s is not None else None
+        if plain is None:
+            refused.append(name)
+            continue
+        _set(work, name, plain)
+        folded.append(name)
+    if refused:
+        warn(
+            f"kept {len(refused)} layer(s) that compute their weight as they are ({', '.join(refused[:3])}"
+            f"{' …' if len(refused) > 3 else ''}): their forward is not one conv or linear call on their input with "
+            "their own geometry, so they cannot be folded exactly; their channels stay whole"
+        )
+    return work, tuple(folded)
+
+
+def _folded(module: nn.Module, seen: _Seen) -> nn.Module | None:
+    """The plain layer for ``module``, or ``None`` when it would not compute exactly the same."""
+    if seen.calls is None or len(seen.calls) != 1 or not seen.inputs:
+        return None
+    func, x, weight, bias = seen.calls[0]
+    if _CALLS[func] is not next(t for t in PLAIN if isinstance(module, t)) or x is not seen.inputs[0]:
+        return None
+    if seen.output is not seen.result or not isinstance(weight, torch.Tensor):
+        return None
+    plain = _plain_like(module, weight.detach(), None if bias is None else bias.detach(), bias is not None)
+    with torch.no_grad():
+        same = plain(x)
+    return plain if torch.equal(same, seen.output) else None
+
+
+def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, module)
