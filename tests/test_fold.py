@@ -136,3 +136,19 @@ def test_a_bit_resnet_prunes_once_folded() -> None:
     assert {g.unit for g in r.plan} == {"groups"} and r.after.macs < 0.6 * r.before.macs
     folded, _ = fold_computed_weights(net, x)
     torch.testing.assert_close(outputs(r.model, x), outputs(masked_original(folded, r.plan), x), rtol=0, atol=1e-5)
+
+
+def test_sparsity_keeps_layers_that_compute_their_weight_dense() -> None:
+    """Zeros in a standardized conv's parameter are not zeros in the weight it uses."""
+    torch.manual_seed(0)
+    net = nn.Sequential(StdConv(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    x = (torch.randn(2, 3, 4, 4),)
+    with pytest.warns(UserWarning, match=r"^kept 1 layer\(s\) dense that compute their weight in forward \(0;"):
+        r = cuttree.sparsify(net, cuttree.Config(method="unstructured", ratio=0.5))
+    assert set(r.masks) == {"2"} and int((r.model[0].weight == 0).sum()) == 0
+    folded, _ = fold_computed_weights(net, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = cuttree.sparsify(folded, cuttree.Config(method="unstructured", ratio=0.5))
+        again = cuttree.sparsify(r.model, cuttree.Config(method="unstructured", ratio=0.5), sparsity_now=0.75)
+    assert set(r.masks) == {"0", "2"} and again.sparsity == 0.75  # cuttree's own masks are not a computed weight

@@ -792,6 +792,14 @@ def test_a_keras_model_with_nothing_prunable_says_so() -> None:
     assert r.after.params == r.before.params == 21
 
 
+def test_torch_only_settings_are_refused_for_keras_models() -> None:
+    inputs = keras.Input((6,))
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Dense(8)(inputs)))
+    for key, value in (("reconstruct", True), ("steps", 2), ("fold_computed_weights", True)):
+        with pytest.raises(ValueError, match=rf"^config key '{key}' = {value!r} is not available for Keras models yet"):
+            ck.prune(model, cuttree.Config(ratio=0.5, latency_runs=0, **{key: value}))
+
+
 def test_the_cli_prints_a_warning_on_one_line(tmp_path: object, capsys: pytest.CaptureFixture[str]) -> None:
     from cuttree.cli import main
 

@@ -24,7 +24,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import parametrize
 from torch.overrides import TorchFunctionMode
 
 from cuttree._util import eval_mode, removing, run_model
@@ -34,10 +33,10 @@ PLAIN: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear
 _CALLS = {F.conv1d: nn.Conv1d, F.conv2d: nn.Conv2d, F.conv3d: nn.Conv3d, F.linear: nn.Linear}
 
 
-def computes_its_weight(module: nn.Module) -> bool:
+def computes_its_weight(module: nn.Module, besides: tuple[type[nn.Module], ...] = ()) -> bool:
     """Whether ``module`` is a Conv/Linear whose ``forward`` may use something other than its
-    ``weight`` parameter as it is: a subclass with its own ``forward``, a parametrization, or a
-    pre-forward hook (old-style weight norm).
+    ``weight`` parameter as it is: a subclass with its own ``forward``, a parametrization (other
+    than those of the ``besides`` types), or a pre-forward hook (old-style weight norm).
 
     >>> computes_its_weight(nn.Conv2d(3, 4, 3)), computes_its_weight(nn.utils.parametrizations.weight_norm(nn.Linear(3, 4)))
     (False, True)
@@ -45,11 +44,10 @@ def computes_its_weight(module: nn.Module) -> bool:
     if not isinstance(module, PLAIN):
         return False
     base = next(t for t in PLAIN if isinstance(module, t))
-    return (
-        type(module).forward is not base.forward
-        or parametrize.is_parametrized(module)
-        or bool(module._forward_pre_hooks)
-    )
+    if type(module).forward is not base.forward:  # a parametrized layer's generated class inherits its forward
+        return True
+    params: Any = getattr(module, "parametrizations", {})
+    return any(not isinstance(p, besides) for ps in params.values() for p in ps) or bool(module._forward_pre_hooks)
 
 
 @dataclass
