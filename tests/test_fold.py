@@ -87,6 +87,15 @@ def test_weight_norm_folds_too() -> None:
     torch.testing.assert_close(outputs(r.model, x), outputs(masked_original(folded, r.plan), x), rtol=0, atol=1e-6)
 
 
+def test_an_in_place_activation_after_the_layer_does_not_stop_the_fold() -> None:
+    """NFNets apply their activation in place on the conv's output: the check uses copies."""
+    torch.manual_seed(0)
+    net = nn.Sequential(StdConv(3, 8, 1), nn.ReLU(inplace=True), nn.Conv2d(8, 4, 1)).eval()
+    x = (torch.randn(2, 3, 4, 4),)
+    folded, names = fold_computed_weights(net, x)
+    assert names == ("0",) and torch.equal(folded(*x), net(*x))
+
+
 def test_a_layer_that_cannot_be_folded_exactly_stays_with_a_warning() -> None:
     class PaddedStd(StdConv):  # pads its input itself ("same" padding computed per call): not one plain conv
         def forward(self, x: torch.Tensor) -> torch.Tensor:

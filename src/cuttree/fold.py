@@ -56,6 +56,7 @@ class _Seen:
     output: Any = None
     calls: list[tuple[Any, torch.Tensor, torch.Tensor | None, Any]] | None = None  # (func, input, weight, bias)
     result: Any = None
+    direct: bool = False  # one conv/linear call on the layer's own input, whose result is the layer's output
 
 
 class _Capture(TorchFunctionMode):
@@ -141,7 +142,7 @@ def fold_computed_weights(
     def pre(name: str) -> Any:
         def hook(module: nn.Module, args: Any) -> None:
             if name not in seen:
-                seen[name] = _Seen(inputs=args, calls=[])
+                seen[name] = _Seen(inputs=args, calls=[])  # the input, checked for identity with the conv's
                 capture.running.append(seen[name])
             else:
                 capture.running.append(_Seen(calls=[]))  # a second call of a shared layer: the first decides
@@ -150,8 +151,12 @@ def fold_computed_weights(
 
     def post(module: nn.Module, args: Any, output: Any) -> None:
         done = capture.running.pop()
-        if done.output is None and done.inputs is not None:
-            done.output = output
+        if done.output is None and done.inputs and isinstance(output, torch.Tensor) and done.calls:
+            # one conv on the layer's own input, its result the layer's output; then copies, since an
+            # in-place activation after the layer (NFNets') would change them before the check
+            done.direct = len(done.calls) == 1 and done.calls[0][1] is done.inputs[0] and output is done.result
+            done.inputs = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in done.inputs)
+            done.output = output.clone()
 
     hooks = []
     for n in wanted:
@@ -176,23 +181,22 @@ def fold_computed_weights(
         warn(
             f"kept {len(refused)} layer(s) that compute their weight as they are ({', '.join(refused[:3])}"
             f"{' …' if len(refused) > 3 else ''}): their forward is not one conv or linear call on their input with "
-            "their own geometry, so they cannot be folded exactly; their channels stay whole"
+            "their own geometry (or never ran on the example inputs), so they cannot be folded exactly; their "
+            "channels stay whole"
         )
     return work, tuple(folded)
 
 
 def _folded(module: nn.Module, seen: _Seen) -> nn.Module | None:
     """The plain layer for ``module``, or ``None`` when it would not compute exactly the same."""
-    if seen.calls is None or len(seen.calls) != 1 or not seen.inputs:
+    if not seen.direct or seen.calls is None:
         return None
-    func, x, weight, bias = seen.calls[0]
-    if _CALLS[func] is not next(t for t in PLAIN if isinstance(module, t)) or x is not seen.inputs[0]:
-        return None
-    if seen.output is not seen.result or not isinstance(weight, torch.Tensor):
+    func, _, weight, bias = seen.calls[0]
+    if _CALLS[func] is not next(t for t in PLAIN if isinstance(module, t)) or not isinstance(weight, torch.Tensor):
         return None
     plain = _plain_like(module, weight.detach(), None if bias is None else bias.detach(), bias is not None)
     with torch.no_grad():
-        same = plain(x)
+        same = plain(seen.inputs[0])
     return plain if torch.equal(same, seen.output) else None
 
 

@@ -1,0 +1,96 @@
+"""Weight-standardized models with ``fold_computed_weights``: timm's BiT ResNetV2 and two NFNets,
+and Hugging Face's BiT, ratio 0.3, L1, local, random weights, 64×64 inputs.
+
+For each model: how many layers compute their weight, what the default config prunes (those
+layers' input channels stay whole), what it prunes with the layers folded, and the largest
+difference between the pruned model and the folded original with the removed channels zeroed
+(the oracle; 0 up to float rounding means the pruning is exact), for the default plan too.
+
+    python bench/fold_zoo.py
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_flatten
+
+import cuttree
+from cuttree.fold import computes_its_weight, fold_computed_weights
+from cuttree.rules import rule_for_module
+
+RATIO = 0.3
+TIMM = ["resnetv2_50x1_bit", "nf_resnet26", "nf_regnet_b0"]
+
+
+def build(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    if name == "hf:bit":
+        import transformers
+
+        cfg = transformers.BitConfig(hidden_sizes=[256, 512, 1024, 2048], depths=[3, 4, 6, 3], num_labels=10)  # type: ignore[call-arg]
+        return transformers.BitForImageClassification(cfg).eval()
+    import timm
+
+    return timm.create_model(name, pretrained=False, num_classes=10).eval()
+
+
+def zeroed(model: nn.Module, plan: cuttree.PruningPlan) -> nn.Module:
+    """``model`` with every removed channel's input slices in its consumers zeroed."""
+    m = copy.deepcopy(model)
+    modules, state = dict(m.named_modules()), dict(m.named_parameters())
+    for g in plan:
+        gone = torch.zeros(g.size, dtype=torch.bool)
+        gone[torch.as_tensor(g.removed, dtype=torch.long)] = True
+        for mem in g.members:
+            mod, _, attr = mem.tensor.rpartition(".")
+            if rule_for_module(modules[mod]).out_dims.get(attr) == mem.dim or mem.tensor not in state:
+                continue
+            with torch.no_grad():
+                state[mem.tensor].index_fill_(mem.dim, torch.as_tensor(mem.positions)[gone[mem.channels]], 0.0)
+    return m
+
+
+def outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    with torch.no_grad():
+        return [t for t in tree_flatten(model(x))[0] if isinstance(t, torch.Tensor)]
+
+
+def main() -> None:
+    print(f"ratio {RATIO}, l1, local, random weights, input 2×3×64×64; torch {torch.__version__}")
+    print(
+        "| model | computed-weight layers | params kept, default | params kept, folded | MACs kept, folded | largest error vs oracle, default / folded | engine s |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    x = torch.randn(2, 3, 64, 64)
+    for name in [*TIMM, "hf:bit"]:
+        model = build(name)
+        n = sum(computes_its_weight(m) for m in model.modules())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            plain = cuttree.prune(model, (x,), cuttree.Config(ratio=RATIO, latency_runs=0))
+            t0 = time.perf_counter()
+            r = cuttree.prune(model, (x,), cuttree.Config(ratio=RATIO, latency_runs=0, fold_computed_weights=True))
+            seconds = time.perf_counter() - t0
+        folded, _ = fold_computed_weights(model, (x,))
+        plain_diff = max(
+            (a - b).abs().max().item()
+            for a, b in zip(outputs(plain.model, x), outputs(zeroed(model, plain.plan), x), strict=True)
+        )
+        diff = max(
+            (a - b).abs().max().item()
+            for a, b in zip(outputs(r.model, x), outputs(zeroed(folded, r.plan), x), strict=True)
+        )
+        print(
+            f"| {name} | {n} ({len(r.plan.folded)} folded) | {plain.after.params / plain.before.params:.1%} | "
+            f"{r.after.params / r.before.params:.1%} ({r.after.params:,}) | {r.after.macs / r.before.macs:.1%} | "
+            f"{plain_diff:.1e} / {diff:.1e} | {seconds:.1f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
