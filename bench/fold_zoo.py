@@ -4,14 +4,13 @@ and Hugging Face's BiT, ratio 0.3, L1, local, random weights, 64×64 inputs.
 For each model: how many layers compute their weight, what the default config prunes (those
 layers' input channels stay whole), what it prunes with the layers folded, and the largest
 difference between the pruned model and the folded original with the removed channels zeroed
-(the oracle; 0 up to float rounding means the pruning is exact), for the default plan too.
+(the oracle, :func:`cuttree.validate.zeroed`; 0 up to float rounding means the pruning is exact), for the default plan too.
 
     python bench/fold_zoo.py
 """
 
 from __future__ import annotations
 
-import copy
 import time
 import warnings
 
@@ -21,7 +20,7 @@ from torch.utils._pytree import tree_flatten
 
 import cuttree
 from cuttree.fold import computes_its_weight, fold_computed_weights
-from cuttree.rules import rule_for_module
+from cuttree.validate import zeroed
 
 RATIO = 0.3
 TIMM = ["resnetv2_50x1_bit", "nf_resnet26", "nf_regnet_b0"]
@@ -37,22 +36,6 @@ def build(name: str) -> nn.Module:
     import timm
 
     return timm.create_model(name, pretrained=False, num_classes=10).eval()
-
-
-def zeroed(model: nn.Module, plan: cuttree.PruningPlan) -> nn.Module:
-    """``model`` with every removed channel's input slices in its consumers zeroed."""
-    m = copy.deepcopy(model)
-    modules, state = dict(m.named_modules()), dict(m.named_parameters())
-    for g in plan:
-        gone = torch.zeros(g.size, dtype=torch.bool)
-        gone[torch.as_tensor(g.removed, dtype=torch.long)] = True
-        for mem in g.members:
-            mod, _, attr = mem.tensor.rpartition(".")
-            if rule_for_module(modules[mod]).out_dims.get(attr) == mem.dim or mem.tensor not in state:
-                continue
-            with torch.no_grad():
-                state[mem.tensor].index_fill_(mem.dim, torch.as_tensor(mem.positions)[gone[mem.channels]], 0.0)
-    return m
 
 
 def outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
