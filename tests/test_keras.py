@@ -273,7 +273,7 @@ def norms() -> object:
     x = keras.layers.Conv2D(8, 1, name="c2")(x)
     x = keras.layers.LayerNormalization(name="ln")(x)
     x = keras.layers.Conv2D(8, 1, name="c3")(x)
-    x = keras.layers.GroupNormalization(groups=4, name="gn")(x)  # 2 channels per group: kept whole
+    x = keras.layers.GroupNormalization(groups=4, name="gn")(x)  # 2 channels per group: whole groups go
     x = keras.layers.Conv2D(6, 1, name="c4")(x)
     x = keras.layers.GroupNormalization(groups=6, name="gn_per_channel")(x)
     x = keras.layers.Reshape((-1, 6))(x)
@@ -284,10 +284,36 @@ def test_norm_rules() -> None:
     keras.utils.set_random_seed(0)
     model = norms()
     r = ck.prune(model, cuttree.Config(ratio=0.5, latency_runs=0))
-    names = {g.name for g in r.plan.groups}
-    assert {"c1", "c2", "c4"} <= names and "c3" not in names  # c3 feeds a 2-channels-per-group norm
+    units = {g.name: (g.unit, g.size, len(g.keep)) for g in r.plan.groups}
+    assert units == {
+        "c1": ("channels", 8, 4),
+        "c2": ("channels", 8, 4),
+        "c3": ("groups", 4, 2),  # c3 feeds a 2-channels-per-group norm: it loses whole groups
+        "c4": ("channels", 6, 3),
+    }
+    assert r.model.get_layer("gn").groups == 2 and r.model.get_layer("c3").filters == 4
     assert r.model.get_layer("gn_per_channel").groups == 3
     assert np_out(r.model, np.ones((2, 8, 8, 4), dtype="float32")).shape == (2, 2)
+
+
+def test_group_norm_loses_whole_groups_exactly_as_in_torch() -> None:
+    """The torch frontend's group-norm test model, in Keras with the same weights: the same plan,
+    and the pruned model equals the original with the removed groups zeroed."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((4, 4, 3))
+    x = keras.layers.Conv2D(16, 3, padding="same", name="c1")(inp)
+    x = keras.layers.GroupNormalization(groups=4, name="gn")(x)
+    x = keras.layers.ReLU()(x)
+    model = keras.Model(inp, keras.layers.Conv2D(5, 1, name="c2")(x))
+    k = keras.ops.convert_to_numpy(model.get_layer("c1").kernel.value)
+    model.get_layer("c1").kernel.assign(k * np.repeat(np.array([1.0, 3.0, 0.5, 2.0], dtype=np.float32), 4))
+    r = ck.prune(model, cuttree.Config(ratio=0.5, latency_runs=0))
+    [g] = r.plan.groups
+    assert (g.unit, g.size, g.keep) == ("groups", 4, (1, 3))  # as tests/test_fold.py's torch model
+    assert (r.model.get_layer("gn").groups, r.model.get_layer("c1").filters) == (2, 8)
+    x = np.random.default_rng(0).random((2, 4, 4, 3), dtype=np.float32)
+    oracle = _masked_original(model, r.plan, [(4, 4, 3)])
+    np.testing.assert_allclose(np_out(r.model, x), np_out(oracle, x), rtol=1e-5, atol=1e-5)
 
 
 def conv1d3d() -> object:

@@ -211,17 +211,21 @@ def layer_norm(tr: Tracer, call: Call) -> list[Labels]:
 
 
 def _group_norm_update(cfg: dict[str, Any], layer: Any, new: list[np.ndarray], shapes: Shapes) -> None:
-    if layer.groups not in (1, -1) and new:
-        cfg["groups"] = int(new[0].shape[0])  # one channel per group stays one channel per group
+    if layer.groups not in (1, -1) and new:  # whole groups went: each keeps its size
+        cfg["groups"] = int(new[0].shape[0]) // (int(layer.weights[0].shape[0]) // int(layer.groups))
 
 
 @layer_rule("GroupNormalization", out_dims={"gamma": 0, "beta": 0}, scale="gamma", update=_group_norm_update)
 def group_norm(tr: Tracer, call: Call) -> list[Labels]:
-    """Prunable with one group or one channel per group (as in torch), otherwise kept whole."""
+    """As in torch: with one group or one channel per group, prunable channel by channel; with
+    groups of several channels and a γ or β, whole groups are the unit (removing all of a group
+    changes no other group's statistics); without either, kept whole."""
     layer, x, xs = call.layer, call.in_labels[0], call.in_shapes[0]
     ax = int(layer.axis) % len(xs)
     c = xs[ax]
-    ok = layer.groups in (1, -1, c)
+    ok = layer.groups in (1, -1, c) or (bool(layer.weights) and x[ax] is not None)
+    if ok and layer.groups not in (1, -1, c):
+        tr.state.unify(x[ax], np.repeat(tr.state.fresh_unit(int(layer.groups), "groups"), c // int(layer.groups)))
     for v in layer.weights:
         lab = tr.w(v)[0] if tr.w(v) else None
         if ok:
