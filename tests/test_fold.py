@@ -161,3 +161,27 @@ def test_sparsity_keeps_layers_that_compute_their_weight_dense() -> None:
         r = cuttree.sparsify(folded, cuttree.Config(method="unstructured", ratio=0.5))
         again = cuttree.sparsify(r.model, cuttree.Config(method="unstructured", ratio=0.5), sparsity_now=0.75)
     assert set(r.masks) == {"0", "2"} and again.sparsity == 0.75  # cuttree's own masks are not a computed weight
+
+
+def test_a_conv_that_only_pads_its_input_is_not_a_computed_weight() -> None:
+    """timm's Conv2dSame pads at every call and uses its weight as it is: no warning, and
+    unstructured sparsity masks it."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    net = nn.Sequential(timm.layers.Conv2dSame(3, 8, 3, stride=2), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = cuttree.prune(net, (torch.randn(1, 3, 9, 9),), cuttree.Config(ratio=0.5, latency_runs=0))
+        s = cuttree.sparsify(net, cuttree.Config(method="unstructured", ratio=0.5))
+    assert not r.plan.folded and r.model[0].out_channels == 4 and set(s.masks) == {"0"}
+
+
+def test_a_standardized_conv_with_same_padding_folds_into_timms_conv2d_same() -> None:
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    net = nn.Sequential(timm.layers.StdConv2dSame(3, 8, 4, stride=2, padding="same"), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    x = (torch.randn(2, 3, 9, 9),)  # odd size, stride 2, even kernel: the padding is asymmetric
+    folded, names = fold_computed_weights(net.eval(), x)
+    assert names == ("0",) and type(folded[0]) is timm.layers.Conv2dSame and torch.equal(folded(*x), net(*x))
+    other = (torch.randn(1, 3, 12, 12),)  # the padding is still worked out per call
+    torch.testing.assert_close(folded(*other), net(*other), rtol=1e-5, atol=1e-6)

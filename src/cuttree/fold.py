@@ -34,20 +34,51 @@ _CALLS = {F.conv1d: nn.Conv1d, F.conv2d: nn.Conv2d, F.conv3d: nn.Conv3d, F.linea
 
 
 def computes_its_weight(module: nn.Module, besides: tuple[type[nn.Module], ...] = ()) -> bool:
-    """Whether ``module`` is a Conv/Linear whose ``forward`` may use something other than its
-    ``weight`` parameter as it is: a subclass with its own ``forward``, a parametrization (other
-    than those of the ``besides`` types), or a pre-forward hook (old-style weight norm).
+    """Whether ``module`` is a Conv/Linear whose ``forward`` uses a weight other than its ``weight``
+    as it is: a parametrization (other than those of the ``besides`` types), a pre-forward hook
+    (old-style weight norm), or a ``forward`` of its own that computes one. The last is found by
+    running the layer alone on a small input of zeros: a subclass that only pads its input
+    (timm's ``Conv2dSame``) uses its weight as it is; one that fails on such an input counts.
 
     >>> computes_its_weight(nn.Conv2d(3, 4, 3)), computes_its_weight(nn.utils.parametrizations.weight_norm(nn.Linear(3, 4)))
     (False, True)
     """
     if not isinstance(module, PLAIN):
         return False
-    base = next(t for t in PLAIN if isinstance(module, t))
-    if type(module).forward is not base.forward:  # a parametrized layer's generated class inherits its forward
-        return True
     params: Any = getattr(module, "parametrizations", {})
-    return any(not isinstance(p, besides) for ps in params.values() for p in ps) or bool(module._forward_pre_hooks)
+    if any(not isinstance(p, besides) for ps in params.values() for p in ps) or module._forward_pre_hooks:
+        return True
+    base = next(t for t in PLAIN if isinstance(module, t))
+    if type(module).forward is base.forward:  # a parametrized layer's generated class inherits its forward
+        return False
+    return not _uses_its_weight(module)
+
+
+def _uses_its_weight(module: nn.Module) -> bool:
+    """Run ``module`` alone on zeros: is its one conv/linear call's weight its ``weight``?"""
+    weight = module.weight
+    assert isinstance(weight, torch.Tensor)
+    if isinstance(module, nn.Linear):
+        shape: tuple[int, ...] = (1, module.in_features)
+    else:
+        assert isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d)
+        size = [(k - 1) * d + s for k, d, s in zip(module.kernel_size, module.dilation, module.stride, strict=True)]
+        shape = (1, module.in_channels, *size)
+    seen = _Seen(calls=[])
+    capture = _Capture()
+    capture.running.append(seen)
+    try:
+        with torch.no_grad(), capture:
+            module(torch.zeros(shape, dtype=weight.dtype, device=weight.device))
+    except Exception:  # a layer that needs other inputs: counted as computing its weight (never wrongly pruned)
+        return False
+    used = [w for _, _, w, _ in seen.calls or []]
+    return (
+        len(used) == 1
+        and isinstance(used[0], torch.Tensor)
+        and used[0].shape == weight.shape
+        and bool(torch.equal(used[0], weight.detach()))
+    )
 
 
 @dataclass
@@ -56,7 +87,8 @@ class _Seen:
     output: Any = None
     calls: list[tuple[Any, torch.Tensor, torch.Tensor | None, Any]] | None = None  # (func, input, weight, bias)
     result: Any = None
-    direct: bool = False  # one conv/linear call on the layer's own input, whose result is the layer's output
+    one_call: bool = False  # one conv/linear call, whose result is the layer's output
+    own_input: bool = False  # … made on the layer's own input
 
 
 class _Capture(TorchFunctionMode):
@@ -90,6 +122,10 @@ def _plain_like(module: nn.Module, weight: torch.Tensor | None, bias: torch.Tens
     else:
         assert isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d)
         cls = type(module).__mro__[[t in PLAIN for t in type(module).__mro__].index(True)]
+        if _pads_same(module):
+            from timm.layers import Conv2dSame
+
+            cls = Conv2dSame
         plain = cls(
             module.in_channels,
             module.out_channels,
@@ -154,7 +190,8 @@ def fold_computed_weights(
         if done.output is None and done.inputs and isinstance(output, torch.Tensor) and done.calls:
             # one conv on the layer's own input, its result the layer's output; then copies, since an
             # in-place activation after the layer (NFNets') would change them before the check
-            done.direct = len(done.calls) == 1 and done.calls[0][1] is done.inputs[0] and output is done.result
+            done.one_call = len(done.calls) == 1 and output is done.result
+            done.own_input = done.one_call and done.calls[0][1] is done.inputs[0]
             done.inputs = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in done.inputs)
             done.output = output.clone()
 
@@ -189,7 +226,7 @@ def fold_computed_weights(
 
 def _folded(module: nn.Module, seen: _Seen) -> nn.Module | None:
     """The plain layer for ``module``, or ``None`` when it would not compute exactly the same."""
-    if not seen.direct or seen.calls is None:
+    if not seen.one_call or seen.calls is None or not (seen.own_input or _pads_same(module)):
         return None
     func, _, weight, bias = seen.calls[0]
     if _CALLS[func] is not next(t for t in PLAIN if isinstance(module, t)) or not isinstance(weight, torch.Tensor):
@@ -198,6 +235,18 @@ def _folded(module: nn.Module, seen: _Seen) -> nn.Module | None:
     with torch.no_grad():
         same = plain(seen.inputs[0])
     return plain if torch.equal(same, seen.output) else None
+
+
+def _pads_same(module: nn.Module) -> bool:
+    """timm's ``StdConv2dSame``/``ScaledStdConv2dSame`` pad their input for "same" output at every
+    call: they fold into timm's ``Conv2dSame``, which does the same with its weight as it is."""
+    if not (getattr(module, "same_pad", False) is True and isinstance(module, nn.Conv2d)):
+        return False
+    try:
+        import timm.layers  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _set(model: nn.Module, name: str, module: nn.Module) -> None:
