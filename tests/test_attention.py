@@ -260,6 +260,43 @@ def test_gpt2_loses_heads_mlp_channels_and_residual_width_and_generates() -> Non
         torch.testing.assert_close(r.model(ids).logits, oracle(ids).logits, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe"])
+def test_mixture_of_experts_lose_the_same_intermediate_channels_in_every_expert(family: str) -> None:
+    """Hugging Face's fused experts (weights [experts, 2 × width, hidden] and [experts, hidden,
+    width], run by torch._grouped_mm by default): traced through their own loop, the width is one
+    group, its gate and up halves coupled by their product; exact against zeroing."""
+    transformers = pytest.importorskip("transformers")
+    from cuttree.validate import zeroed
+
+    torch.manual_seed(0)
+    sizes = {"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4}
+    if family == "mixtral":
+        cfg = transformers.MixtralConfig(
+            **sizes, intermediate_size=64, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2
+        )
+        model, width = transformers.MixtralForCausalLM(cfg), 64
+    else:
+        cfg = transformers.Qwen2MoeConfig(
+            **sizes,
+            moe_intermediate_size=48,
+            shared_expert_intermediate_size=40,
+            num_key_value_heads=2,
+            num_experts=4,
+            num_experts_per_tok=2,
+        )
+        model, width = transformers.Qwen2MoeForCausalLM(cfg), 48
+    model.eval()
+    ids = torch.randint(0, 100, (2, 9))
+    r = cuttree.prune(model, (ids,), cuttree.Config(ratio=0.5, latency_runs=0))
+    [g] = [g for g in r.plan if g.name == "model.layers.0.mlp.experts"]
+    assert (g.size, len(g.keep)) == (width, width // 2)
+    experts = r.model.model.layers[0].mlp.experts
+    assert tuple(experts.gate_up_proj.shape) == (4, width, 32) and tuple(experts.down_proj.shape) == (4, 32, width // 2)
+    assert experts.intermediate_dim == width // 2 and type(experts).__name__.endswith("Experts")  # class restored
+    with torch.no_grad():
+        torch.testing.assert_close(r.model(ids).logits, zeroed(model, r.plan)(ids).logits, rtol=1e-5, atol=1e-6)
+
+
 def test_attention_without_heads_found_is_kept_whole_with_a_warning() -> None:
     """BLOOM's fused q/k/v is viewed as (…, heads, 3, width): no split into heads the trace follows."""
     transformers = pytest.importorskip("transformers")

@@ -13,6 +13,7 @@ Types are looked up along the MRO, so subclasses (torchvision's ``LayerNorm2d``)
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -35,6 +36,9 @@ class ModuleRule:
     act_dim: int = 1  # the channel dim of the module's output (producers)
     update: Callable[[nn.Module], None] = _no_update
     heads: bool = False  # an attention module: reshapes inside it may split channels into heads (cuttree.attention)
+    # Splits of a channel dim into equal pieces inside the module keep each piece's channels (its
+    # code splits by the current width, as ``chunk`` does: fused mixture-of-experts gate/up)
+    equal_splits: bool = False
     # Before a trace: put the module in the form the tracer must see (its twin class, a cleared
     # cache); cuttree.attention.traceable restores the class afterwards.
     trace_as: Callable[[nn.Module], None] | None = None
@@ -158,6 +162,56 @@ named_rule(
     lambda t: t.__module__ == "transformers.pytorch_utils" and t.__name__ == "Conv1D",
     ModuleRule(out_dims={"weight": 1, "bias": 0}, producer=True, act_dim=-1, update=_hf_conv1d),
 )
+
+
+def _hf_experts(m: nn.Module) -> None:
+    """Hugging Face's fused mixture-of-experts weights (Mixtral, Qwen-MoE, …: ``gate_up_proj``
+    ``[experts, 2 × intermediate, hidden]``, ``down_proj`` ``[experts, hidden, intermediate]``;
+    other layouts too): the same intermediate positions go from every expert, since one tensor
+    dim holds them all. Only the attribute that names the width needs updating."""
+    down = getattr(m, "down_proj", None)
+    if isinstance(down, nn.Parameter) and hasattr(m, "intermediate_dim"):
+        setattr(m, "intermediate_dim", int(down.shape[-1]))  # noqa: B010
+
+
+def _eager_experts(m: nn.Module) -> None:
+    """Trace the experts' own loop of linear layers, not the fused kernel (``torch._grouped_mm``)
+    their dispatching forward picks by default: same weights, ops the tracer follows."""
+    eager = getattr(type(m).forward, "__wrapped__", None)
+    if eager is not None:
+        m.__class__ = type(f"{type(m).__name__}Eager", (type(m),), {"forward": eager})
+
+
+def _hf_experts_layout(t: type) -> str | None:
+    """``"gate_up_proj"`` or ``"up_proj"`` for a Hugging Face experts class whose weights hold the
+    intermediate width in dim 1 (as its ``use_experts_implementation`` decorator records it), else
+    ``None``: transposed layouts are not pruned."""
+    if not (t.__module__.startswith("transformers.") and t.__name__.endswith("Experts")):
+        return None
+    try:
+        flags = inspect.getclosurevars(t.__init__).nonlocals  # type: ignore[misc]
+    except (TypeError, ValueError):
+        return None
+    if flags.get("is_transposed") is not False or "has_gate" not in flags:
+        return None
+    return "gate_up_proj" if flags["has_gate"] else "up_proj"
+
+
+def _experts_with(layout: str) -> Callable[[type], bool]:
+    return lambda t: _hf_experts_layout(t) == layout
+
+
+for _layout in ("gate_up_proj", "up_proj"):
+    named_rule(
+        _experts_with(_layout),
+        ModuleRule(
+            out_dims={_layout: 1, f"{_layout}_bias": 1},
+            producer=True,
+            update=_hf_experts,
+            trace_as=_eager_experts,
+            equal_splits=True,
+        ),
+    )
 
 # Attention modules (nn.MultiheadAttention, timm, Hugging Face) register themselves here.
 from cuttree import attention  # noqa: E402, F401

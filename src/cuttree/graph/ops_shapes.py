@@ -227,7 +227,9 @@ def _split(st: LabelState, x: torch.Tensor, dim: int, out: Any) -> None:
     Inside an attention module (whose rule patches its sizes after surgery) a fused projection's
     split into query, key and value keeps each piece's channels, so that the pieces' reshapes into
     heads can make the heads the unit; a split the rule does not patch fails the checks after
-    planning and is kept whole there.
+    planning and is kept whole there. Inside a module whose rule has ``equal_splits`` a split into
+    equal pieces (``chunk``) keeps them too: the pieces' channels must then go together (a fused
+    gate/up projection whose halves are multiplied), or the trace pins them elsewhere.
     """
     dim = pos_dim(dim, x.dim())
     lx = list(st.get(x))
@@ -236,7 +238,9 @@ def _split(st: LabelState, x: torch.Tensor, dim: int, out: Any) -> None:
         st.set(outs[0], lx)
         return
     lab = lx[dim]
-    if st.in_attention and lab is not None and all(o.dim() == x.dim() for o in outs):
+    same_rank = all(o.dim() == x.dim() for o in outs)
+    equal = same_rank and len({o.shape[dim] for o in outs}) == 1
+    if lab is not None and ((st.in_attention and same_rank) or (st.in_equal_splits and equal)):
         start = 0
         for o in outs:
             lo = list(lx)

@@ -77,12 +77,14 @@ def _attention_scopes(state: LabelState) -> Iterator[None]:
     """Count, while the forward runs, how many attention modules (rules with ``heads``) it is inside."""
 
     def enter(m: nn.Module, args: Any) -> None:
-        if rule_for_module(m).heads:
-            state.in_attention += 1
+        rule = rule_for_module(m)
+        state.in_attention += rule.heads
+        state.in_equal_splits += rule.equal_splits
 
     def leave(m: nn.Module, args: Any, out: Any) -> None:
-        if rule_for_module(m).heads:
-            state.in_attention -= 1
+        rule = rule_for_module(m)
+        state.in_attention -= rule.heads
+        state.in_equal_splits -= rule.equal_splits
 
     pre = torch.nn.modules.module.register_module_forward_pre_hook(enter)
     post = torch.nn.modules.module.register_module_forward_hook(leave, always_call=True)
