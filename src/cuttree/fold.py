@@ -10,8 +10,9 @@ did, and prunes like any other. Fine-tuning afterwards trains the plain layers (
 standardization is gone), which is what the setting trades.
 
 A layer is folded only when its forward is one conv (or linear) call on its own input with its
-own geometry, and the plain layer gives bit-for-bit its output on the example inputs; anything
-else (a dynamic "same" padding, say) is left as it is, still pinned, with a warning.
+own geometry (or, for timm's ``StdConv2dSame``, on its input padded for "same" output: it becomes
+timm's ``Conv2dSame``), and the plain layer gives bit-for-bit its output on the example inputs;
+anything else is left as it is, still pinned, with a warning.
 """
 
 from __future__ import annotations
@@ -169,7 +170,8 @@ def fold_computed_weights(
     >>> names, type(folded[0]).__name__, torch.equal(folded(x), conv(x))
     (('0',), 'Conv2d', True)
     """
-    wanted = [n for n, m in model.named_modules() if computes_its_weight(m) and (only is None or n in set(only))]
+    names = None if only is None else set(only)
+    wanted = [n for n, m in model.named_modules() if (names is None or n in names) and computes_its_weight(m)]
     if not wanted:
         return model, ()
     seen: dict[str, _Seen] = {}
