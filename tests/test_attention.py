@@ -295,6 +295,12 @@ def test_mixture_of_experts_lose_the_same_intermediate_channels_in_every_expert(
     assert experts.intermediate_dim == width // 2 and type(experts).__name__.endswith("Experts")  # class restored
     with torch.no_grad():
         torch.testing.assert_close(r.model(ids).logits, zeroed(model, r.plan)(ids).logits, rtol=1e-5, atol=1e-6)
+    # no layer's output holds the experts' width: the activation criterion scores it by weight, and says so
+    calib = [{"input_ids": torch.randint(0, 100, (4, 9))} for _ in range(2)]
+    plan = cuttree.prune(model, (ids,), cuttree.Config(ratio=0.5, criterion="activation", latency_runs=0), calib).plan
+    by_name = {g.name: g for g in plan}
+    assert by_name["model.layers.0.mlp.experts"].criterion == "l1"
+    assert by_name["model.layers.0.mlp.experts"].keep == g.keep  # l1 is the default that made the first plan
 
 
 def test_attention_without_heads_found_is_kept_whole_with_a_warning() -> None:

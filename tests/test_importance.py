@@ -116,3 +116,14 @@ def test_a_dataset_of_samples_calibrates_like_its_batches() -> None:
 
     a, b = gradients(m, data, cfg), gradients(m, samples, cfg)
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_taylor_on_per_token_logits_is_a_clear_error() -> None:
+    """Classification takes one label per sample; a language model's per-token output is refused
+    in one line instead of failing inside torch's cross-entropy."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 5)).eval()
+    x = torch.randn(4, 3, 6)
+    calib = [(x, torch.randint(0, 5, (4, 3)))]
+    with pytest.raises(ValueError, match=r"^classification loss needs logits \(N, classes\) and one label per sample"):
+        cuttree.prune(net, (x,), cuttree.Config(ratio=0.5, criterion="taylor", min_samples=2, latency_runs=0), calib)

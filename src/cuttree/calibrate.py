@@ -64,6 +64,12 @@ def task_loss(out: Any, y: torch.Tensor, mode: str, ignore_index: int = 255) -> 
     logits = primary_output(out)
     if mode == "segmentation":
         return F.cross_entropy(logits, y.long(), ignore_index=ignore_index)
+    if logits.dim() != 2 or y.dim() != 1:
+        raise ValueError(
+            f"classification loss needs logits (N, classes) and one label per sample (N,), got logits of shape "
+            f"{tuple(logits.shape)} and labels of shape {tuple(y.shape)} (a language model's per-token output?); "
+            "use a criterion without a loss (l1, l2, activation) or labels of one class per sample"
+        )
     return F.cross_entropy(logits, y.long())
 
 

@@ -23,7 +23,8 @@ channel's positions along the coupled dim):
   layer, e.g. a classifier's hidden Linear, use ``l1``; the plan records which was used);
 - ``taylor``: (Σ w·∂L/∂w over the slices)², the first-order Taylor estimate of the loss change
   (Molchanov et al., 2019), gradients summed over the calibration data;
-- ``activation``: the mean |output| of the channel at its producing layers over the data;
+- ``activation``: the mean |output| of the channel at its producing layers over the data
+  (a group no layer's output holds, such as a fused experts' width, uses ``l1``; the plan records it);
 - ``random``: uniform, seeded by the config's ``seed`` and the group name.
 """
 
@@ -153,6 +154,8 @@ def taylor(group: Group, weights: Arrays, extra: Arrays, seed: int) -> np.ndarra
 @criterion("activation", needs="activations")
 def activation(group: Group, weights: Arrays, extra: Arrays, seed: int) -> np.ndarray:
     ms = [m for m in group.members if f"{m.tensor}@{m.dim}" in extra]
+    if not ms:  # no producer whose output holds these channels (fused experts): by weight, as the plan records
+        return l1(group, weights, extra, seed)
     return _accumulate(group, ms, [extra[f"{m.tensor}@{m.dim}"].astype(np.float64) for m in ms])
 
 
@@ -168,7 +171,8 @@ register_weight_criterion("wanda", needs="input_norms")  # |w|·‖x‖: scored 
 
 
 def used_criterion(name: str, group: Group, extra: Arrays) -> str:
-    """The criterion that really scored ``group`` (``bn_scale`` without a norm layer is ``l1``)."""
-    if name == "bn_scale" and not any(f"{m.tensor}@{m.dim}" in extra for m in group.members):
+    """The criterion that really scored ``group`` (``bn_scale`` without a norm layer, or
+    ``activation`` without a layer whose output holds the channels, is ``l1``)."""
+    if name in ("bn_scale", "activation") and not any(f"{m.tensor}@{m.dim}" in extra for m in group.members):
         return "l1"
     return name
