@@ -13,6 +13,7 @@ Types are looked up along the MRO, so subclasses (torchvision's ``LayerNorm2d``)
 
 from __future__ import annotations
 
+import functools
 import inspect
 import warnings
 from collections.abc import Callable, Mapping
@@ -182,6 +183,7 @@ def _eager_experts(m: nn.Module) -> None:
         m.__class__ = type(f"{type(m).__name__}Eager", (type(m),), {"forward": eager})
 
 
+@functools.cache  # asked for every module call while tracing; a class's layout never changes
 def _hf_experts_layout(t: type) -> str | None:
     """``"gate_up_proj"`` or ``"up_proj"`` for a Hugging Face experts class whose weights hold the
     intermediate width in dim 1 (as its ``use_experts_implementation`` decorator records it), else
