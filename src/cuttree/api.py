@@ -22,7 +22,7 @@ from cuttree._util import as_inputs, model_bytes, model_device, refuse_keras, to
 from cuttree.config import Config
 from cuttree.core.planner import PlanningInputs, estimate, nothing_prunable, resolve, selects
 from cuttree.errors import SurgeryError, warn
-from cuttree.fold import computes_its_weight
+from cuttree.fold import computes_its_weight, fold_computed_weights
 from cuttree.graph.groups import DependencyGraph, build_graph
 from cuttree.graph.trace import named_tensors
 from cuttree.measure import compare, count_params, measure
@@ -32,7 +32,7 @@ from cuttree.results import Measurements as Measurements  # re-exported: old imp
 from cuttree.results import PruneResult
 from cuttree.results import measurements_table as measurements_table  # re-exported: old import path
 from cuttree.rules import rule_for_module
-from cuttree.sparsity import strip
+from cuttree.sparsity import Mask, strip
 from cuttree.surgery import apply_plan
 from cuttree.validate import heads_compute_the_same, keep_all, repair
 
@@ -103,14 +103,10 @@ def _folded(
 ) -> tuple[nn.Module, tuple[str, ...]]:
     """``model`` with its computed-weight layers folded when the config asks (a copy unless
     ``inplace``), and their names; otherwise ``model``, with a warning if it has such layers."""
-    from cuttree.fold import fold_computed_weights
-
     if config.method != "structured":
         return model, ()
     if config.fold_computed_weights:
         return fold_computed_weights(model, example_inputs, inplace)
-    from cuttree.sparsity import Mask
-
     computed = [n for n, m in model.named_modules() if computes_its_weight(m, besides=(Mask,))]
     targets = (config.ratio, config.head_ratio, config.threshold, config.macs_target, config.params_target)
     if computed and (any(targets) or config.latency_target is not None):
@@ -307,7 +303,7 @@ def sparsify(
     overrides = resolve(config.layers, names, "layers")
     work = model if inplace else copy.deepcopy(model)
     layers = sp.prunable_layers(work, ignore, include_output=list(config.layers))
-    if computed := [n for n, m in layers.items() if computes_its_weight(m, besides=(sp.Mask,))]:
+    if computed := [n for n, m in layers.items() if computes_its_weight(m, besides=(Mask,))]:
         warn(
             f"kept {len(computed)} layer(s) dense that compute their weight in forward ({', '.join(computed[:3])}"
             f"{' …' if len(computed) > 3 else ''}; weight standardization or weight norm, say): zeros in their "
