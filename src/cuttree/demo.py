@@ -26,7 +26,7 @@ DEMO = {
     "latency_runs": 20,
     "finetune": {"epochs": 3, "lr": 0.005, "batch_size": 64, "distill": 0.5, "temperature": 4.0, "checkpoint_every": 0},
 }
-PRETRAIN = {"epochs": 6, "lr": 0.01, "batch_size": 64, "checkpoint_every": 0, "distill": 0.0}
+PRETRAIN = {"epochs": 4, "lr": 0.01, "batch_size": 64, "checkpoint_every": 0, "distill": 0.0}
 
 
 def run_demo(args: argparse.Namespace) -> int:
