@@ -494,3 +494,39 @@ def test_deberta_relative_attention_is_measured_and_pruned_with_its_heads_kept_w
     assert r.plan.macs_before == r.before.macs and r.plan.macs_after == r.after.macs < r.before.macs
     assert r.model(ids)[0].shape == (2, 12, 32)
     assert all(p.requires_grad for p in model.parameters())  # the flags are restored
+
+
+def test_taylor_on_a_causal_lm_scores_next_token_prediction_on_the_calibration_text() -> None:
+    """No labels needed: the loss is next-token cross-entropy on the text itself, padding ignored.
+    Oracle: the gradients of that loss written out here (shifted logits, ``ignore_index=-100``)."""
+    transformers = pytest.importorskip("transformers")
+    from cuttree.calibrate import gradients
+
+    torch.manual_seed(0)
+    model = tiny_llama(transformers)
+    ids = torch.randint(0, 100, (4, 10))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0  # right padding on one text
+    data = [{"input_ids": ids[:2], "attention_mask": mask[:2]}, {"input_ids": ids[2:], "attention_mask": mask[2:]}]
+    cfg = cuttree.Config(ratio=0.5, criterion="taylor", min_samples=4, latency_runs=0)
+    got = gradients(model, data, cfg)
+
+    want = {k: torch.zeros_like(p) for k, p in model.named_parameters()}
+    for b in data:
+        model.zero_grad()
+        logits = model(**b).logits[:, :-1]
+        target = b["input_ids"][:, 1:].masked_fill(b["attention_mask"][:, 1:] == 0, -100)
+        nn.functional.cross_entropy(logits.reshape(-1, 100), target.reshape(-1), ignore_index=-100).backward()
+        for k, p in model.named_parameters():
+            want[k] += p.grad
+    assert got.keys() == want.keys()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-7)
+    # labels given in the batch are used as they are
+    labelled = [dict(b, labels=b["input_ids"]) for b in data]
+    assert not torch.allclose(gradients(model, labelled, cfg)["lm_head.weight"], got["lm_head.weight"])
+
+    r = cuttree.prune(model, (ids[:1],), cfg, calib_data=data)
+    assert {g.criterion for g in r.plan} == {"taylor"} and r.after.params < r.before.params
+    with torch.no_grad():
+        assert r.model.generate(ids[:1], max_new_tokens=4, do_sample=False).shape == (1, 14)

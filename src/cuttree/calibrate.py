@@ -1,12 +1,15 @@
 """Statistics that data-driven criteria need, gathered from calibration data.
 
 Calibration data is any iterable of batches: a tensor ``x``, or a pair ``(x, y)`` (``y`` is
-needed by ``taylor``); a map-style ``torch.utils.data.Dataset`` of samples is batched in order. At most ``calib_samples`` samples are used; fewer than ``min_samples``
-is an error, never a silent fallback.
+needed by ``taylor``, except by a causal language model, whose loss is next-token prediction on
+the calibration text itself), or a dict of keyword inputs; a map-style ``torch.utils.data.Dataset``
+of samples is batched in order. At most ``calib_samples`` samples are used; fewer than
+``min_samples`` is an error, never a silent fallback.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -68,20 +71,58 @@ def task_loss(out: Any, y: torch.Tensor, mode: str, ignore_index: int = 255) -> 
         raise ValueError(
             f"classification loss needs logits (N, classes) and one label per sample (N,), got logits of shape "
             f"{tuple(logits.shape)} and labels of shape {tuple(y.shape)} (a language model's per-token output?); "
-            "use a criterion without a loss (l1, l2, activation) or labels of one class per sample"
+            "use a criterion without a loss (l1, l2, activation), labels of one class per sample, or a model that "
+            "computes its own loss from labels= (as Hugging Face models do)"
         )
     return F.cross_entropy(logits, y.long())
 
 
+def takes_labels(model: nn.Module) -> bool:
+    """Whether ``model`` computes its own loss from a ``labels`` keyword, as Hugging Face models do."""
+    try:
+        return "labels" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def is_causal_lm(model: nn.Module) -> bool:
+    """A Hugging Face causal language model (``…ForCausalLM``, ``…LMHeadModel``): its loss on a text
+    is next-token prediction on that text, so calibration text needs no labels of its own."""
+    return takes_labels(model) and any(c.__name__.endswith(("ForCausalLM", "LMHeadModel")) for c in type(model).__mro__)
+
+
+def text_labels(x: Any) -> torch.Tensor:
+    """A causal language model's labels for its own input: the token ids, with padding
+    (``attention_mask == 0``) set to -100, which Hugging Face's losses ignore."""
+    ids = x["input_ids"] if isinstance(x, dict) else x
+    mask = x.get("attention_mask") if isinstance(x, dict) else None
+    return ids if mask is None else ids.masked_fill(mask == 0, -100)
+
+
+def model_loss(model: nn.Module, x: Any, y: torch.Tensor, cfg: Config) -> torch.Tensor:
+    """The loss ``taylor`` differentiates: a model that takes ``labels`` (Hugging Face) computes its
+    own (shifted next-token cross-entropy for a causal LM, its task's loss otherwise); any other
+    model gets the task's cross-entropy on its first output (:func:`task_loss`)."""
+    if takes_labels(model):
+        out = model(**x, labels=y) if isinstance(x, dict) else model(x, labels=y)
+        loss = out.get("loss") if isinstance(out, Mapping) else getattr(out, "loss", None)
+        if loss is not None:
+            return loss  # type: ignore[no-any-return]
+        return task_loss(out, y, cfg.mode, cfg.finetune.ignore_index)
+    return task_loss(forward(model, x), y, cfg.mode, cfg.finetune.ignore_index)
+
+
 def gradients(model: nn.Module, data: Iterable[Any] | None, cfg: Config) -> dict[str, torch.Tensor]:
-    """Summed loss gradients of every parameter over the calibration data (model in eval mode)."""
+    """Summed loss gradients of every parameter over the calibration data (model in eval mode).
+    A causal language model's calibration text needs no labels: its loss is next-token prediction
+    on the text itself (the objective LLM-Pruner scores with)."""
     params = dict(model.named_parameters())
     grads = {k: torch.zeros_like(p) for k, p in params.items()}
+    lm = is_causal_lm(model)
     with eval_mode(model):
-        for x, y in batches(data, cfg, need_labels=True, device=model_device(model)):
+        for x, y in batches(data, cfg, need_labels=not lm, device=model_device(model)):
             model.zero_grad(set_to_none=True)
-            assert y is not None
-            task_loss(forward(model, x), y, cfg.mode, cfg.finetune.ignore_index).backward()
+            model_loss(model, x, text_labels(x) if y is None else y, cfg).backward()
             for k, p in params.items():
                 if p.grad is not None:
                     grads[k] += p.grad
