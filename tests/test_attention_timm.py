@@ -108,3 +108,25 @@ def test_every_width_prunes_with_attributes_that_agree(name: str) -> None:
         assert r.model.eval()(*x).shape == (2, 5)
     r.model.train()
     assert r.model(*x).shape == (2, 5)
+
+
+def test_rope_attention_and_packed_swiglu_prune_exactly() -> None:
+    """timm's ``AttentionRope`` (fused qkv, rotary embeddings) loses whole heads and its
+    ``GluMlp`` (one fc1 whose halves are gate and up, split by ``chunk``) loses gate/up pairs:
+    DeepSeek's ViT, whose RMSNorm keeps the residual stream whole, equals the zeroing oracle."""
+    deepseek = pytest.importorskip("timm.models.deepseek_vit")
+    torch.manual_seed(0)
+    model = deepseek.DeepseekVitClassifier(img_size=56, embed_dim=64, depth=2, num_heads=4, num_classes=10).eval()
+    x = (torch.randn(2, 3, 56, 56),)
+    r = cuttree.prune(model, x, cuttree.Config(ratio=0.3, latency_runs=0))
+    got = {(g.name, g.unit, g.size, len(g.keep)) for g in r.plan.groups}
+    assert got == {
+        (f"encoder.blocks.{i}.{name}", unit, size, keep)
+        for i in (0, 1)
+        for name, unit, size, keep in (("attn.qkv", "heads", 4, 3), ("mlp.fc1", "channels", 176, 128))
+    }
+    attn, mlp = r.model.encoder.blocks[0].attn, r.model.encoder.blocks[0].mlp
+    assert (attn.num_heads, attn.attn_dim, attn.qkv.out_features, attn.proj.in_features) == (3, 48, 144, 48)
+    assert (mlp.fc1.out_features, mlp.fc2.in_features) == (256, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(r.model(*x), zeroed(model, r.plan)(*x), rtol=1e-5, atol=1e-6)

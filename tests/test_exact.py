@@ -221,3 +221,45 @@ def test_a_model_with_nothing_prunable_says_so_and_comes_back_unchanged() -> Non
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing asked, nothing said
         cuttree.prune(model, (x,), cuttree.Config(ratio=0.0, latency_runs=0))
+
+
+class Glu(nn.Module):
+    """A fused gate/up projection split with ``chunk`` (SwiGLU as LLaMA-style MLPs and timm's
+    GluMlp write it); with ``couple=False`` the halves go through separate layers instead."""
+
+    def __init__(self, couple: bool = True) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.fc3, self.couple = nn.Linear(6, 2 * 8), nn.Linear(8, 3), nn.Linear(8, 3), couple
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.fc1(x).chunk(2, dim=-1)
+        if self.couple:
+            return self.fc2(a * nn.functional.silu(b))
+        return torch.cat([self.fc2(a), self.fc3(b)], dim=-1)
+
+
+def test_equal_halves_of_a_chunk_lose_the_same_positions() -> None:
+    """Channel i of the gate and channel i of the up half form one channel: position i and 8 + i
+    of fc1 go together, and the pruned model computes what the dense one does with them zeroed."""
+    from cuttree.validate import zeroed
+
+    torch.manual_seed(0)
+    m, x = Glu().eval(), (torch.randn(4, 6),)
+    [g] = build_graph(m, x).groups
+    assert g.size == 8
+    assert {
+        (mem.tensor, mem.dim, tuple(mem.positions), tuple(mem.channels))
+        for mem in g.members
+        if mem.tensor == "fc1.weight"
+    } == {("fc1.weight", 0, tuple(range(16)), tuple(range(8)) * 2)}
+    r = cuttree.prune(m, x, cuttree.Config(ratio=0.5, latency_runs=0))
+    assert r.model.fc1.out_features == 8 and r.model.fc2.in_features == 4
+    with torch.no_grad():
+        torch.testing.assert_close(r.model(*x), zeroed(m, r.plan)(*x), rtol=0, atol=1e-6)
+
+
+def test_halves_of_a_chunk_that_are_never_coupled_are_kept_whole() -> None:
+    """Pruned apart, the halves could lose different channels and ``chunk`` would then split at
+    the wrong place: the trace pins them when the walk ends."""
+    m, x = Glu(couple=False).eval(), (torch.randn(4, 6),)
+    assert [g.name for g in build_graph(m, x).groups] == []

@@ -185,6 +185,29 @@ def _is_timm_attention(t: type) -> bool:
 named_rule(_is_timm_attention, ModuleRule(heads=True, update=_timm))
 
 
+def _timm_rope(m: nn.Module) -> None:
+    """timm's ``AttentionRope`` (EVA-style ViTs, DeepSeek's ViT): fused qkv, or separate q/k/v
+    projections with fewer key/value heads."""
+    width = int(getattr(m, "head_dim"))  # noqa: B009 - a third-party module's attribute
+    what = type(m).__name__
+    qkv = getattr(m, "qkv", None)
+    if qkv is not None:
+        heads = kv = _heads_of(int(qkv.weight.shape[0]), 3 * width, what)
+    else:
+        heads = _heads_of(int(getattr(m, "q_proj").weight.shape[0]), width, what)  # noqa: B009
+        kv = _heads_of(int(getattr(m, "k_proj").weight.shape[0]), width, what)  # noqa: B009
+    for name, value in dict(
+        num_heads=heads, num_kv_heads=kv, num_kv_groups=heads // kv, attn_dim=heads * width, kv_dim=kv * width
+    ).items():
+        setattr(m, name, value)
+
+
+named_rule(
+    lambda t: t.__module__ == "timm.layers.attention" and t.__name__ == "AttentionRope",
+    ModuleRule(heads=True, update=_timm_rope),
+)
+
+
 def _per_head(m: nn.Module, name: str, dim: int) -> int:
     t = getattr(m, name)
     assert isinstance(t, torch.Tensor)

@@ -37,9 +37,6 @@ class ModuleRule:
     act_dim: int = 1  # the channel dim of the module's output (producers)
     update: Callable[[nn.Module], None] = _no_update
     heads: bool = False  # an attention module: reshapes inside it may split channels into heads (cuttree.attention)
-    # Splits of a channel dim into equal pieces inside the module keep each piece's channels (its
-    # code splits by the current width, as ``chunk`` does: fused mixture-of-experts gate/up)
-    equal_splits: bool = False
     # Before a trace: put the module in the form the tracer must see (its twin class, a cleared
     # cache); cuttree.attention.traceable restores the class afterwards.
     trace_as: Callable[[nn.Module], None] | None = None
@@ -211,7 +208,6 @@ for _layout in ("gate_up_proj", "up_proj"):
             producer=True,
             update=_hf_experts,
             trace_as=_eager_experts,
-            equal_splits=True,
         ),
     )
 

@@ -107,7 +107,15 @@ class DependencyGraph:
 
 
 def components(state: LabelState) -> np.ndarray:
-    """Connected components of the recorded unions: element id → component id."""
+    """Connected components of the recorded unions: element id → component id. Equal pieces of a
+    split that did not end up coupled piece by piece are pinned first (:meth:`LabelState.align`)."""
+    comp = _components(state)
+    if state.pin_misaligned(comp):
+        comp = _components(state)  # pinning only merges components: the other splits stay aligned
+    return comp
+
+
+def _components(state: LabelState) -> np.ndarray:
     n = state.next_id
     if state.union_a:
         a = np.concatenate(state.union_a)

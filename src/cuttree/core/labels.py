@@ -60,6 +60,9 @@ class LabelState:
     unsupported: dict[str, int] = field(default_factory=dict)
     current_op: str = ""
     units: list[tuple[np.ndarray, str]] = field(default_factory=list)  # ids that stand for heads or conv groups
+    # Equal pieces of one split dim (``chunk``): each must lose the same positions as the first,
+    # or all of them are pinned when the walk ends (:meth:`pin_misaligned`).
+    aligned: list[tuple[np.ndarray, ...]] = field(default_factory=list)
 
     def fresh_unit(self, n: int, kind: str) -> np.ndarray:
         """``n`` new ids for pruning units other than channels (``"heads"``, ``"groups"``)."""
@@ -97,6 +100,22 @@ class LabelState:
         if a is not None:
             self.union_a.append(a)
             self.union_b.append(np.full(len(a), int(why), dtype=np.int64))
+
+    def align(self, pieces: tuple[np.ndarray, ...]) -> None:
+        """Equal pieces of a split dim that the code splits by the current width (``chunk``): they
+        may lose channels only if every piece loses the same positions, so that the split still
+        pairs position ``i`` of each piece after surgery. Checked when the walk ends."""
+        self.aligned.append(pieces)
+
+    def pin_misaligned(self, comp: np.ndarray) -> bool:
+        """Pin the pieces of every split whose positions did not end up coupled piece by piece
+        (``comp``: element id → component); whether any were."""
+        bad = [p for p in self.aligned if not all(np.array_equal(comp[q], comp[p[0]]) for q in p[1:])]
+        for pieces in bad:
+            for q in pieces:
+                self.pin(q, Pin.OP)
+        self.aligned = [p for p in self.aligned if not any(p is b for b in bad)]
+        return bool(bad)
 
     def filler(self, n: int) -> np.ndarray:
         """Labels for ``n`` positions of fixed size (e.g. zero channels padded in by the model)."""

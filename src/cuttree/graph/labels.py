@@ -26,8 +26,6 @@ class LabelState(core.LabelState):
     # How many attention modules (module rules with ``heads``) the forward is inside right now:
     # only there may a reshape split a channel dim into (heads, head width).
     in_attention: int = 0
-    # How many modules whose rule has ``equal_splits`` the forward is inside right now.
-    in_equal_splits: int = 0
     # Grouped convs: label the width inside a group (the same positions in every group) instead
     # of whole groups; the second of the two walks that give a grouped conv both units.
     group_width: bool = False

@@ -222,14 +222,15 @@ def select(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: A
 
 
 def _split(st: LabelState, x: torch.Tensor, dim: int, out: Any) -> None:
-    """Splitting a channel dim into pieces is pinned: the piece sizes are written in the code.
+    """Splitting a channel dim into pieces of sizes written in the code is pinned.
 
-    Inside an attention module (whose rule patches its sizes after surgery) a fused projection's
-    split into query, key and value keeps each piece's channels, so that the pieces' reshapes into
-    heads can make the heads the unit; a split the rule does not patch fails the checks after
-    planning and is kept whole there. Inside a module whose rule has ``equal_splits`` a split into
-    equal pieces (``chunk``) keeps them too: the pieces' channels must then go together (a fused
-    gate/up projection whose halves are multiplied), or the trace pins them elsewhere.
+    A split into equal pieces (``chunk``, which splits by the current width) keeps each piece's
+    channels, provided every piece loses the same positions: the trace must couple them piece by
+    piece (a fused gate/up projection whose halves are multiplied), or they are pinned when the
+    walk ends (:meth:`~cuttree.core.labels.LabelState.align`). Inside an attention module (whose
+    rule patches its sizes after surgery) a fused projection's split into query, key and value
+    keeps each piece's channels, so that the pieces' reshapes into heads can make the heads the
+    unit; a split the rule does not patch fails the checks after planning and is kept whole there.
     """
     dim = pos_dim(dim, x.dim())
     lx = list(st.get(x))
@@ -240,13 +241,14 @@ def _split(st: LabelState, x: torch.Tensor, dim: int, out: Any) -> None:
     lab = lx[dim]
     same_rank = all(o.dim() == x.dim() for o in outs)
     equal = same_rank and len({o.shape[dim] for o in outs}) == 1
-    if lab is not None and ((st.in_attention and same_rank) or (st.in_equal_splits and equal)):
-        start = 0
+    if lab is not None and (st.in_attention or equal) and same_rank:
+        start, pieces = 0, []
         for o in outs:
-            lo = list(lx)
-            lo[dim] = lab[start : start + o.shape[dim]]
+            pieces.append(lab[start : start + o.shape[dim]])
             start += o.shape[dim]
-            st.set(o, lo)
+            st.set(o, [*lx[:dim], pieces[-1], *lx[dim + 1 :]])
+        if equal and not st.in_attention:
+            st.align(tuple(pieces))
         return
     st.pin(lx[dim], Pin.OP)
     for o in outs:

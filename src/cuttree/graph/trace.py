@@ -79,12 +79,10 @@ def _attention_scopes(state: LabelState) -> Iterator[None]:
     def enter(m: nn.Module, args: Any) -> None:
         rule = rule_for_module(m)
         state.in_attention += rule.heads
-        state.in_equal_splits += rule.equal_splits
 
     def leave(m: nn.Module, args: Any, out: Any) -> None:
         rule = rule_for_module(m)
         state.in_attention -= rule.heads
-        state.in_equal_splits -= rule.equal_splits
 
     pre = torch.nn.modules.module.register_module_forward_pre_hook(enter)
     post = torch.nn.modules.module.register_module_forward_hook(leave, always_call=True)
