@@ -263,3 +263,30 @@ def test_halves_of_a_chunk_that_are_never_coupled_are_kept_whole() -> None:
     the wrong place: the trace pins them when the walk ends."""
     m, x = Glu(couple=False).eval(), (torch.randn(4, 6),)
     assert [g.name for g in build_graph(m, x).groups] == []
+
+
+def test_a_tiled_channel_dim_loses_every_copy_of_a_channel() -> None:
+    """``repeat`` along channels: the consumer's input positions c and C + c are one channel."""
+    from cuttree.validate import zeroed
+
+    class Tiled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(16, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(torch.relu(self.a(x)).repeat(1, 2, 1, 1))
+
+    torch.manual_seed(0)
+    m, x = Tiled().eval(), (torch.randn(2, 3, 4, 4),)
+    [g] = build_graph(m, x).groups
+    [b_in] = [mem for mem in g.members if mem.tensor == "b.weight"]
+    assert g.size == 8 and (b_in.dim, tuple(b_in.positions), tuple(b_in.channels)) == (
+        1,
+        tuple(range(16)),
+        tuple(range(8)) * 2,
+    )
+    r = cuttree.prune(m, x, cuttree.Config(ratio=0.5, latency_runs=0))
+    assert (r.model.a.out_channels, r.model.b.in_channels) == (4, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(r.model(*x), zeroed(m, r.plan)(*x), rtol=0, atol=1e-6)

@@ -159,6 +159,20 @@ def expand(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: A
     st.set(out, res)
 
 
+@op_rule(aten.repeat)
+def repeat(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+    """Tiling: position ``k·C + c`` of a repeated dim is channel ``c`` again, so removing a channel
+    removes each of its copies and the tiled pruned tensor lines up (repeat counts are not widths)."""
+    x, reps = args[0], list(args[1])
+    lx = st.get(x)
+    res: list[Label] = [None] * out.dim()
+    for i in range(1, x.dim() + 1):
+        lab = lx[-i]
+        if lab is not None:
+            res[-i] = np.tile(lab, reps[-i])
+    st.set(out, res)
+
+
 @op_rule(aten.cat)
 def cat(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
     """Concatenation: the output's channels are the inputs' channels, one block after another."""
