@@ -290,3 +290,31 @@ def test_a_tiled_channel_dim_loses_every_copy_of_a_channel() -> None:
     assert (r.model.a.out_channels, r.model.b.in_channels) == (4, 8)
     with torch.no_grad():
         torch.testing.assert_close(r.model(*x), zeroed(m, r.plan)(*x), rtol=0, atol=1e-6)
+
+
+def test_unfolded_patches_keep_their_channels() -> None:
+    """``F.unfold`` (im2col) puts channel c at c·k² … c·k² + k² − 1: the linear layer reading the
+    patches loses those k² inputs with the channel; ``Tensor.unfold`` over pixels keeps channels."""
+    from cuttree.validate import zeroed
+
+    class Patches(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.fc = nn.Conv2d(3, 8, 1), nn.Linear(8 * 4, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.relu(self.a(x))
+            rows = y.unfold(2, 2, 2).sum(-1)  # (N, 8, 2, 4): windows over the rows
+            return self.fc(nn.functional.unfold(rows, 2, stride=2).transpose(1, 2))
+
+    torch.manual_seed(0)
+    m, x = Patches().eval(), (torch.randn(2, 3, 4, 4),)
+    graph = build_graph(m, x)
+    [g] = graph.groups
+    assert graph.unsupported == {}
+    [fc_in] = [mem for mem in g.members if mem.tensor == "fc.weight"]
+    assert g.size == 8 and tuple(fc_in.channels) == tuple(np.repeat(np.arange(8), 4))
+    r = cuttree.prune(m, x, cuttree.Config(ratio=0.5, latency_runs=0))
+    assert (r.model.a.out_channels, r.model.fc.in_features) == (4, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(r.model(*x), zeroed(m, r.plan)(*x), rtol=0, atol=1e-6)

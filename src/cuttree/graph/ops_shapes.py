@@ -173,6 +173,33 @@ def repeat(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: A
     st.set(out, res)
 
 
+@op_rule(aten.im2col)
+def im2col(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+    """``F.unfold``: ``(N, C, H, W)`` → ``(N, C·kh·kw, L)``, channel ``c`` at ``c·kh·kw … c·kh·kw + kh·kw − 1``."""
+    x, (kh, kw) = args[0], args[1]
+    c = x.dim() - 3  # the channel dim: 0 unbatched, 1 batched
+    lx = st.get(x)
+    res: list[Label] = [None] * out.dim()
+    if c == 1:
+        res[0] = lx[0]
+    lab = lx[c]
+    if lab is not None:
+        res[c] = np.repeat(lab, kh * kw)
+    st.set(out, res)
+
+
+@op_rule(aten.unfold)
+def unfold(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+    """``Tensor.unfold(dim, size, step)``: windows of ``dim`` into a new last dim; the other dims
+    keep their channels, a channel dim cut into windows is pinned (window sizes are in the code)."""
+    x, dim = args[0], pos_dim(args[1], args[0].dim())
+    lx = list(st.get(x))
+    if lx[dim] is not None:
+        st.pin(lx[dim], Pin.OP)
+        lx[dim] = None
+    st.set(out, [*lx, None])
+
+
 @op_rule(aten.cat)
 def cat(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
     """Concatenation: the output's channels are the inputs' channels, one block after another."""
