@@ -530,3 +530,26 @@ def test_taylor_on_a_causal_lm_scores_next_token_prediction_on_the_calibration_t
     assert {g.criterion for g in r.plan} == {"taylor"} and r.after.params < r.before.params
     with torch.no_grad():
         assert r.model.generate(ids[:1], max_new_tokens=4, do_sample=False).shape == (1, 14)
+
+
+def test_attention_whose_head_counts_cannot_be_patched_keeps_its_heads_whole() -> None:
+    """DeepSeek-V4's attention has a head width but its queries come from low-rank ``q_a_proj`` /
+    ``q_b_proj``, names the Hugging Face rule does not know: its heads stay whole, with a warning
+    naming it, and the rest of the model prunes exactly (before, surgery failed on it)."""
+    from cuttree.validate import zeroed
+
+    transformers = pytest.importorskip("transformers")
+    if not hasattr(transformers, "DeepseekV4Config"):
+        pytest.skip("this transformers has no DeepSeek-V4")
+    cfg = transformers.DeepseekV4Config(
+        vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=16, intermediate_size=128, q_lora_rank=64, o_lora_rank=64, max_position_embeddings=64,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    ids = torch.randint(0, 100, (1, 8))
+    with pytest.warns(UserWarning, match=r"kept the attention heads of 2 module\(s\) whole \(DeepseekV4Attention"):
+        r = cuttree.prune(model, (ids,), cuttree.Config(ratio=0.3, latency_runs=0))
+    assert not [g for g in r.plan.groups if g.unit == "heads"] and r.after.params < r.before.params
+    with torch.no_grad():
+        torch.testing.assert_close(r.model(ids).logits, zeroed(model, r.plan)(ids).logits, rtol=1e-5, atol=1e-6)

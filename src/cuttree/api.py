@@ -179,7 +179,8 @@ def _heads_checked(
 
 def _warn_heads_not_found(model: nn.Module, plan: PruningPlan, config: Config, graph: DependencyGraph) -> None:
     """Warn about the attention modules whose heads ``config`` asks to prune but the trace found no
-    heads in (a fused q/k/v projection split by a literal size, say): they are kept whole."""
+    heads in (a fused q/k/v projection split by a literal size, say) or whose head counts cuttree
+    cannot patch (``ModuleRule.patchable``): they are kept whole."""
     targets = (config.threshold, config.macs_target, config.params_target, config.latency_target)
     wanted = config.head_ratio if config.head_ratio is not None else config.ratio or any(t is not None for t in targets)
     if not wanted:
@@ -198,8 +199,8 @@ def _warn_heads_not_found(model: nn.Module, plan: PruningPlan, config: Config, g
         warn(
             f"kept the attention heads of {len(inner)} module(s) whole ({', '.join(kinds)}: {', '.join(inner[:3])}"
             f"{' …' if len(inner) > 3 else ''}): the trace found no split into heads that it could follow in them (a "
-            "fused q/k/v projection split by a fixed size, say); their other channels are pruned as usual; set "
-            "head_ratio: 0 to silence this"
+            "fused q/k/v projection split by a fixed size, say), or their query projection has a name cuttree does "
+            "not know; their other channels are pruned as usual; set head_ratio: 0 to silence this"
         )
 
 

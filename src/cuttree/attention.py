@@ -264,13 +264,23 @@ def hf_projections(m: nn.Module) -> tuple[int | None, nn.Linear | None, nn.Linea
     return (int(width) if width else None), q, k
 
 
+def _hf_patchable(m: nn.Module) -> bool:
+    """A wrapper (``BertAttention``: no head width, no query projection; the self-attention inside
+    it has the head counts), or a module with a head width and a query projection named as
+    :func:`hf_projections` knows them. Others (DeepSeek-V4's low-rank ``q_a_proj``/``q_b_proj``)
+    keep their heads whole."""
+    width, q, _ = hf_projections(m)
+    fused = linear_child(m, ("query_key_value",))
+    return (width is None and q is None) or (width is not None and (q is not None or fused is not None))
+
+
 def _hf(m: nn.Module) -> None:
     width, q, k = hf_projections(m)
     fused = linear_child(m, ("query_key_value",))  # q/k/v of every head in one projection (Persimmon)
     if width is None and q is None:
         return  # a wrapper (BertAttention): the self-attention inside it has the head counts
     proj, share = (q, 1) if q is not None else (fused, 3)  # the query heads' part of the projection
-    if width is None or proj is None:
+    if width is None or proj is None:  # _hf_patchable keeps such modules' heads whole
         raise SurgeryError(f"{type(m).__name__}: no query projection and head width to count heads from")
     heads = _heads_of(proj.out_features // share, width, type(m).__name__)
     for attr in ("num_attention_heads", "num_heads", "n_heads", "n_head"):
@@ -329,7 +339,7 @@ def _is_hf_attention(t: type) -> bool:
     return t.__module__.startswith("transformers.models.") and t.__name__.endswith("Attention")
 
 
-named_rule(_is_hf_attention, ModuleRule(heads=True, update=_hf))
+named_rule(_is_hf_attention, ModuleRule(heads=True, update=_hf, patchable=_hf_patchable))
 
 
 def _torchvision_vit(m: nn.Module) -> None:

@@ -37,6 +37,9 @@ class ModuleRule:
     act_dim: int = 1  # the channel dim of the module's output (producers)
     update: Callable[[nn.Module], None] = _no_update
     heads: bool = False  # an attention module: reshapes inside it may split channels into heads (cuttree.attention)
+    # Whether ``update`` can patch this instance's head counts (its projections have names it
+    # knows); an attention module it cannot patch keeps its heads whole (see :func:`counts_heads`).
+    patchable: Callable[[nn.Module], bool] = lambda m: True
     # Before a trace: put the module in the form the tracer must see (its twin class, a cleared
     # cache); cuttree.attention.traceable restores the class afterwards.
     trace_as: Callable[[nn.Module], None] | None = None
@@ -78,6 +81,13 @@ def rule_for_module(m: nn.Module) -> ModuleRule:
             if test(t):
                 return named
     return _DEFAULT
+
+
+def counts_heads(m: nn.Module) -> bool:
+    """Whether ``m`` is an attention module whose heads cuttree prunes: its rule has ``heads`` and
+    can patch this instance's head counts."""
+    rule = rule_for_module(m)
+    return rule.heads and rule.patchable(m)
 
 
 @module_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d, out_dims={"weight": 0, "bias": 0}, producer=True)

@@ -17,7 +17,7 @@ from torch.utils._pytree import tree_flatten
 from cuttree._util import as_inputs, eval_mode
 from cuttree.errors import SurgeryError, first_line
 from cuttree.plan import PruningPlan
-from cuttree.rules import rule_for_module
+from cuttree.rules import counts_heads, rule_for_module
 
 
 def _owners(model: nn.Module) -> dict[str, list[tuple[nn.Module, str]]]:
@@ -125,7 +125,7 @@ def apply_plan(
     # Attention modules hold no tensors themselves (timm's Attention owns qkv and proj) but count
     # heads: their rules run after their children's.
     for m in model.modules():
-        if id(m) not in touched and rule_for_module(m).heads and any(id(c) in touched for c in m.modules()):
+        if id(m) not in touched and counts_heads(m) and any(id(c) in touched for c in m.modules()):
             touched[id(m)] = m
     attrs = {i: {k: v for k, v in vars(m).items() if not k.startswith("_")} for i, m in touched.items()}
     classes = {i: type(m) for i, m in touched.items()}

@@ -20,7 +20,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from cuttree._util import eval_mode, removing
 from cuttree.attention import supported
 from cuttree.plan import GroupPlan, PruningPlan
-from cuttree.rules import rule_for_module
+from cuttree.rules import counts_heads
 from cuttree.surgery import apply_plan
 
 
@@ -154,7 +154,7 @@ def heads_compute_the_same(model: nn.Module, plan: PruningPlan, example_inputs: 
     if not heads:
         return True
     modules = dict(model.named_modules())
-    attention = [n for n, m in modules.items() if n and (rule_for_module(m).heads or supported(m))]
+    attention = [n for n, m in modules.items() if n and (counts_heads(m) or supported(m))]
     local: dict[str, list[GroupPlan]] = {}
     rest: list[GroupPlan] = []
     for g in heads:

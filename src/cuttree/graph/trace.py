@@ -23,7 +23,7 @@ from cuttree.core.grouping import components
 from cuttree.errors import TraceError
 from cuttree.graph.labels import Label, LabelState, Pin
 from cuttree.graph.ops import rule_for
-from cuttree.rules import rule_for_module
+from cuttree.rules import counts_heads
 
 __all__ = ["TraceResult", "components", "named_tensors", "trace"]
 
@@ -74,15 +74,13 @@ class TraceResult:
 
 @contextlib.contextmanager
 def _attention_scopes(state: LabelState) -> Iterator[None]:
-    """Count, while the forward runs, how many attention modules (rules with ``heads``) it is inside."""
+    """Count, while the forward runs, how many attention modules whose heads prune it is inside."""
 
     def enter(m: nn.Module, args: Any) -> None:
-        rule = rule_for_module(m)
-        state.in_attention += rule.heads
+        state.in_attention += counts_heads(m)
 
     def leave(m: nn.Module, args: Any, out: Any) -> None:
-        rule = rule_for_module(m)
-        state.in_attention -= rule.heads
+        state.in_attention -= counts_heads(m)
 
     pre = torch.nn.modules.module.register_module_forward_pre_hook(enter)
     post = torch.nn.modules.module.register_module_forward_hook(leave, always_call=True)
