@@ -21,9 +21,9 @@ from collections import defaultdict
 from typing import Any
 
 import torch
-from torch import nn
 
 import cuttree
+from _oracle import EXACT, norms_over_channels, verdict
 from cuttree.validate import zeroed
 
 
@@ -51,17 +51,6 @@ def smallest_per_file(only: set[str] | None) -> list[tuple[str, str]]:
         if best is not None:
             picked.append((file, best[1]))
     return picked
-
-
-def norms_over_channels(model: nn.Module, plan: cuttree.PruningPlan) -> list[str]:
-    """Names of the norm layers (other than batch norms) that lose channels: where their
-    statistics span the channels, the zeroing oracle is not exact by design."""
-    losing = {m.tensor.rpartition(".")[0] for g in plan.groups if g.removed.size for m in g.members}
-    return sorted(
-        n
-        for n, m in model.named_modules()
-        if n in losing and "Norm" in type(m).__name__ and not isinstance(m, nn.modules.batchnorm._BatchNorm)
-    )
 
 
 def run(file: str, name: str, ratio: float) -> dict[str, Any]:
@@ -113,16 +102,15 @@ def main() -> None:
             print(f"{file:28s} {name:40s} FAILED {row['error']}", flush=True)
         else:
             p0, p1 = row["params"]
-            exact = "exact" if row["oracle_rel"] < 1e-4 else f"off {row['oracle_rel']:.1e}"
-            norms = f" norms over pruned channels: {len(row['norms_over_pruned'])}" if row["norms_over_pruned"] else ""
+            oracle = verdict(row["oracle_rel"], row["norms_over_pruned"])
             print(
                 f"{file:28s} {name:40s} {'ok' if row['ok'] else 'NOT OK':6s} params {p1 / p0:6.1%} "
-                f"groups {row['pruned_groups']}/{row['groups']} {exact}{norms} {row['seconds']} s",
+                f"groups {row['pruned_groups']}/{row['groups']} {oracle} {row['seconds']} s",
                 flush=True,
             )
         gc.collect()
     ok = sum(bool(r.get("ok")) for r in rows)
-    exact = sum(r.get("oracle_rel", 1.0) < 1e-4 for r in rows)
+    exact = sum(r.get("oracle_rel", 1.0) < EXACT for r in rows)
     print(f"\n{ok}/{len(rows)} pruned and ran; {exact} equal the zeroing oracle (relative max error < 1e-4)")
     if args.json:
         with open(args.json, "w") as f:
