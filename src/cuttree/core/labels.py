@@ -110,11 +110,14 @@ class LabelState:
     def pin_misaligned(self, comp: np.ndarray) -> bool:
         """Pin the pieces of every split whose positions did not end up coupled piece by piece
         (``comp``: element id → component); whether any were."""
-        bad = [p for p in self.aligned if not all(np.array_equal(comp[q], comp[p[0]]) for q in p[1:])]
+        kept: list[tuple[np.ndarray, ...]] = []
+        bad: list[tuple[np.ndarray, ...]] = []
+        for pieces in self.aligned:
+            (kept if all(np.array_equal(comp[q], comp[pieces[0]]) for q in pieces[1:]) else bad).append(pieces)
         for pieces in bad:
             for q in pieces:
                 self.pin(q, Pin.OP)
-        self.aligned = [p for p in self.aligned if not any(p is b for b in bad)]
+        self.aligned = kept
         return bool(bad)
 
     def filler(self, n: int) -> np.ndarray:
