@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import re
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -74,6 +76,70 @@ def test_resume_after_kill_gives_identical_weights(tmp_path: Path) -> None:
 def test_resume_without_checkpoint_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         finetune(tiny(), data(), cfg(), run_dir=tmp_path, resume=True)
+
+
+def test_a_pruned_causal_lm_fine_tunes_on_text_alone_with_distillation_exact() -> None:
+    """Recovery of a pruned language model: the batches are dicts of token ids and attention masks,
+    no labels. Oracle: one SGD step on the loss written out here: 0.5 · next-token cross-entropy
+    (shifted, padding ignored) + 0.5 · T² · KL(dense teacher ‖ student) over the vocabulary,
+    averaged over the tokens that are not padding."""
+    transformers = pytest.importorskip("transformers")
+    from test_attention import tiny_llama
+
+    torch.manual_seed(0)
+    teacher = tiny_llama(transformers)
+    ids = torch.randint(0, 100, (4, 10))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0  # right padding on one text
+    student = cuttree.prune(teacher, (ids[:1],), cuttree.Config(ratio=0.5, latency_runs=0)).model
+    want = copy.deepcopy(student).train()
+    logits = want(input_ids=ids, attention_mask=mask).logits
+    target = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+    ce = F.cross_entropy(logits[:, :-1].reshape(-1, 100), target.reshape(-1), ignore_index=-100)
+    with torch.no_grad():
+        log_t = F.log_softmax(teacher(input_ids=ids, attention_mask=mask).logits / 2.0, -1)
+    kl = (log_t.exp() * (log_t - F.log_softmax(logits / 2.0, -1))).sum(-1)
+    (0.5 * ce + 0.5 * kl[mask == 1].mean() * 4.0).backward()
+    with torch.no_grad():
+        for p in want.parameters():
+            p -= 0.1 * p.grad
+
+    texts = [{"input_ids": ids[i], "attention_mask": mask[i]} for i in range(4)]
+    ft = {"epochs": 1, "batch_size": 4, "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0, "distill": 0.5}
+    s = finetune(student, texts, cfg(**ft, temperature=2.0), teacher=teacher, log=lambda m: None)
+    assert s["total"] == 1
+    for (k, a), b in zip(want.state_dict().items(), student.state_dict().values(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_a_language_model_run_on_text_resumes_after_a_kill_with_identical_weights(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    from test_attention import tiny_llama
+
+    torch.manual_seed(0)
+    teacher = tiny_llama(transformers)
+    texts = [
+        {"input_ids": torch.randint(0, 100, (10,)), "attention_mask": torch.ones(10, dtype=torch.long)} for _ in "abcd"
+    ]
+    c = cfg(batch_size=2, distill=0.5)
+    full, killed = copy.deepcopy(teacher), copy.deepcopy(teacher)
+    finetune(full, texts, c, teacher=teacher, run_dir=tmp_path / "a", log=lambda m: None)
+    assert (
+        finetune(killed, texts, c, teacher=teacher, run_dir=tmp_path / "b", max_steps=1, log=lambda m: None)["step"]
+        == 1
+    )
+    resumed = copy.deepcopy(teacher)
+    s = finetune(resumed, texts, c, teacher=teacher, run_dir=tmp_path / "b", resume=True, log=lambda m: None)
+    assert s["step"] == s["total"] == 4
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    assert not torch.equal(full.lm_head.weight, teacher.lm_head.weight)
+
+
+def test_training_batches_without_labels_are_a_clear_error() -> None:
+    inputs_only = TensorDataset(data().tensors[0])
+    with pytest.raises(ValueError, match=re.escape("no labels; give (x, y) pairs or dicts with 'labels'")):
+        finetune(tiny(), inputs_only, cfg(), log=lambda m: None)
 
 
 def test_bn_recalibration_needs_min_samples() -> None:

@@ -40,26 +40,41 @@ def batches(
 
     def pairs() -> Iterator[tuple[Any, torch.Tensor | None]]:
         for batch in data:
-            x: Any
-            if isinstance(batch, torch.Tensor):
-                x, y = batch, None
-            elif isinstance(batch, list | tuple) and len(batch) >= 1 and isinstance(batch[0], torch.Tensor):
-                x, y = batch[0], batch[1] if len(batch) > 1 else None
-            elif isinstance(batch, Mapping) and batch and all(isinstance(v, torch.Tensor) for v in batch.values()):
-                x = {k: v for k, v in batch.items() if k != "labels"}  # keyword inputs: model(**x)
-                y = batch.get("labels")
-            else:
-                raise TypeError(
-                    f"calibration batch of type {type(batch).__name__}; expected a tensor, an (x, y) pair, or a "
-                    "dict of tensors (keyword inputs such as input_ids and attention_mask; labels under 'labels')"
-                )
+            x, y = split_batch(batch, "calibration")
             if need_labels and y is None:
                 raise ValueError(f"criterion '{cfg.criterion}' needs labels; give calibration batches as (x, y) pairs")
             yield x, y
 
     for x, y in capped(pairs(), cfg.calib_samples, cfg.min_samples):
-        x = {k: v.to(device) for k, v in x.items()} if isinstance(x, dict) else x.to(device)
-        yield x, (y.to(device) if y is not None else None)
+        yield to_device(x, device), (y.to(device) if y is not None else None)
+
+
+def split_batch(batch: Any, what: str) -> tuple[Any, torch.Tensor | None]:
+    """A batch as ``(x, y)``: a tensor (no labels), an ``(x, y)`` pair, or a dict of keyword inputs
+    (``model(**x)``, e.g. ``input_ids`` and ``attention_mask``) whose labels, if any, are under ``labels``.
+
+    >>> x, y = split_batch({"input_ids": torch.ones(2, 3), "labels": torch.zeros(2, 3)}, "training")
+    >>> sorted(x), tuple(y.shape)
+    (['input_ids'], (2, 3))
+    """
+    if isinstance(batch, torch.Tensor):
+        return batch, None
+    if isinstance(batch, list | tuple) and len(batch) >= 1 and isinstance(batch[0], torch.Tensor | Mapping):
+        x = batch[0]
+        if isinstance(x, Mapping):
+            x = dict(x)
+        return x, batch[1] if len(batch) > 1 else None
+    if isinstance(batch, Mapping) and batch and all(isinstance(v, torch.Tensor) for v in batch.values()):
+        return {k: v for k, v in batch.items() if k != "labels"}, batch.get("labels")
+    raise TypeError(
+        f"{what} batch of type {type(batch).__name__}; expected a tensor, an (x, y) pair, or a dict of tensors "
+        "(keyword inputs such as input_ids and attention_mask; labels under 'labels')"
+    )
+
+
+def to_device(x: Any, device: torch.device | None) -> Any:
+    """A batch's inputs (a tensor, or a dict of keyword tensors) on ``device``."""
+    return {k: v.to(device) for k, v in x.items()} if isinstance(x, dict) else x.to(device)
 
 
 def task_loss(out: Any, y: torch.Tensor, mode: str, ignore_index: int = 255) -> torch.Tensor:
@@ -99,17 +114,35 @@ def text_labels(x: Any) -> torch.Tensor:
     return ids if mask is None else ids.masked_fill(mask == 0, -100)
 
 
-def model_loss(model: nn.Module, x: Any, y: torch.Tensor, cfg: Config) -> torch.Tensor:
-    """The loss ``taylor`` differentiates: a model that takes ``labels`` (Hugging Face) computes its
-    own (shifted next-token cross-entropy for a causal LM, its task's loss otherwise); any other
-    model gets the task's cross-entropy on its first output (:func:`task_loss`)."""
+def logits_of(out: Any) -> torch.Tensor:
+    """A model output's logits: a Hugging Face output's ``logits`` (its first value may be the
+    loss), else the first output (:func:`~cuttree._util.primary_output`)."""
+    if isinstance(out, Mapping) and "logits" in out:
+        return out["logits"]  # type: ignore[no-any-return]
+    return primary_output(out)  # type: ignore[no-any-return]
+
+
+def loss_and_logits(
+    model: nn.Module, x: Any, y: torch.Tensor, cfg: Config, call: nn.Module | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training loss and the logits it was computed from. A model that takes ``labels``
+    (Hugging Face) computes its own loss (shifted next-token cross-entropy for a causal LM, its
+    task's loss otherwise); any other model gets the task's cross-entropy on its first output
+    (:func:`task_loss`). ``call`` runs the forward pass in ``model``'s place (a DDP wrapper)."""
+    run = model if call is None else call
     if takes_labels(model):
-        out = model(**x, labels=y) if isinstance(x, dict) else model(x, labels=y)
+        out = run(**x, labels=y) if isinstance(x, dict) else run(x, labels=y)
         loss = out.get("loss") if isinstance(out, Mapping) else getattr(out, "loss", None)
         if loss is not None:
-            return loss  # type: ignore[no-any-return]
-        return task_loss(out, y, cfg.mode, cfg.finetune.ignore_index)
-    return task_loss(forward(model, x), y, cfg.mode, cfg.finetune.ignore_index)
+            return loss, logits_of(out)
+    else:
+        out = forward(run, x)
+    return task_loss(out, y, cfg.mode, cfg.finetune.ignore_index), logits_of(out)
+
+
+def model_loss(model: nn.Module, x: Any, y: torch.Tensor, cfg: Config) -> torch.Tensor:
+    """The loss ``taylor`` differentiates (:func:`loss_and_logits`)."""
+    return loss_and_logits(model, x, y, cfg)[0]
 
 
 def gradients(model: nn.Module, data: Iterable[Any] | None, cfg: Config) -> dict[str, torch.Tensor]:

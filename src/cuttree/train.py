@@ -1,8 +1,12 @@
 """Recover accuracy: fine-tuning with optional distillation, resumable, DDP-aware.
 
+- Data: samples ``(x, y)``, or dicts of keyword inputs (``model(**x)``) with ``labels``. A model
+  that takes ``labels`` (Hugging Face) computes its own loss; a causal language model needs no
+  labels: it learns next-token prediction on its input, padding (``attention_mask == 0``) ignored.
 - Loss: the task loss by ``mode`` (cross-entropy on logits, or per pixel with ``ignore_index``),
   plus, with ``distill`` = α > 0 and a teacher, α·T²·KL(teacher ‖ student) at temperature T, the
-  task term weighted 1 − α.
+  task term weighted 1 − α. A Hugging Face model's classes are its logits' last dim (a causal
+  LM's vocabulary at every token, averaged over the tokens that are not padding).
 - Data order: epoch *e* visits ``randperm(n, seed · 1000 + e)``, split across DDP ranks, so the
   order is a pure function of (seed, epoch) and a resumed run needs no sampler state.
 - Learning rate: a pure function of the step (cosine, step, constant; linear warm-up).
@@ -39,8 +43,17 @@ from torch import nn
 from torch.utils.data import Dataset, default_collate
 
 from cuttree import rng
-from cuttree._util import model_device, primary_output
-from cuttree.calibrate import task_loss
+from cuttree._util import model_device
+from cuttree.batching import forward
+from cuttree.calibrate import (
+    is_causal_lm,
+    logits_of,
+    loss_and_logits,
+    split_batch,
+    takes_labels,
+    text_labels,
+    to_device,
+)
 from cuttree.config import Config, FinetuneConfig
 from cuttree.errors import FileFormatError
 from cuttree.io import atomic_write, checksum, load_state
@@ -104,12 +117,18 @@ def lr_at(step: int, total: int, steps_per_epoch: int, ft: FinetuneConfig) -> fl
     return ft.lr
 
 
-def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T²·KL(softmax(teacher/T) ‖ softmax(student/T)) over the class dim (1), mean over the rest."""
+def distill_loss(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float, dim: int = 1, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """T²·KL(softmax(teacher/T) ‖ softmax(student/T)) over the class dim ``dim``, mean over the rest,
+    or over the positions where ``mask`` (the other dims' shape) is nonzero."""
     t = temperature
-    log_s = F.log_softmax(student / t, dim=1)
-    log_t = F.log_softmax(teacher / t, dim=1)
-    kl = (log_t.exp() * (log_t - log_s)).sum(1)
+    log_s = F.log_softmax(student / t, dim=dim)
+    log_t = F.log_softmax(teacher / t, dim=dim)
+    kl = (log_t.exp() * (log_t - log_s)).sum(dim)
+    if mask is not None:
+        m = mask.to(kl.dtype)
+        return (kl * m).sum() / m.sum().clamp(min=1) * t * t
     return kl.mean() * t * t
 
 
@@ -158,6 +177,15 @@ class Precision:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.scaler is not None and state:
             self.scaler.load_state_dict(state)
+
+
+def _labels(y: torch.Tensor | None) -> torch.Tensor:
+    if y is None:
+        raise ValueError(
+            "a training batch has no labels; give (x, y) pairs or dicts with 'labels' (only a causal language "
+            "model, whose loss is next-token prediction on its input, trains on text alone)"
+        )
+    return y
 
 
 def _deterministic(device: torch.device) -> None:
@@ -291,6 +319,8 @@ def finetune(
         log(f"resumed at step {state['step']}/{total}")
     if teacher is not None:
         teacher.eval()
+    lm = is_causal_lm(model)
+    class_dim = -1 if takes_labels(model) else 1  # Hugging Face logits end in the classes (tokens, vocabulary)
     step = int(state["step"])
     done_here = 0
     running = 0.0
@@ -303,21 +333,22 @@ def finetune(
             epoch, in_epoch = divmod(step, steps_per_epoch)
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))[rank::size]
             idx = perm[in_epoch * ft.batch_size : (in_epoch + 1) * ft.batch_size].tolist()
-            x, y = default_collate([train_data[i] for i in idx])
-            x, y = x.to(device), y.to(device)
+            x, y = split_batch(default_collate([train_data[i] for i in idx]), "training")
+            x = to_device(x, device)
+            y = text_labels(x) if y is None and lm else _labels(y).to(device)
             if on_step is not None:
                 on_step(step)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total, steps_per_epoch, ft)
             net.train()
             with precision.autocast():
-                out = primary_output(net(x))
-                loss = task_loss(out, y, cfg.mode, ft.ignore_index)
+                loss, out = loss_and_logits(model, x, y, cfg, call=net)
                 if teacher is not None and ft.distill > 0:
                     with torch.no_grad():
-                        t_out = primary_output(teacher(x))
+                        t_out = logits_of(forward(teacher, x))
+                    token_mask = x.get("attention_mask") if isinstance(x, dict) and out.dim() == 3 else None
                     loss = (1 - ft.distill) * loss + ft.distill * distill_loss(
-                        out.float(), t_out.float(), ft.temperature
+                        out.float(), t_out.float(), ft.temperature, dim=class_dim, mask=token_mask
                     )
             opt.zero_grad(set_to_none=True)
             precision.step(loss, opt)
