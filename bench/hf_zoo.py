@@ -76,6 +76,7 @@ def run(model_type: str, ratio: float) -> dict[str, Any]:
             ok=tuple(got.shape) == tuple(want.shape),
             params=[r.before.params, r.after.params],
             head_groups=sum(1 for g in r.plan.groups if g.unit == "heads" and g.removed.size),
+            query_head_groups=sum(1 for g in r.plan.groups if g.unit == "query heads" and g.removed.size),
             oracle_rel=float((got - want).abs().max()) / (float(want.std()) or 1.0),
             norms_over_pruned=norms_over_channels(model, r.plan),
             unsupported=r.unsupported_ops,
@@ -116,7 +117,8 @@ def main() -> None:
             ops = f" ops without a rule: {','.join(row['unsupported'])}" if row["unsupported"] else ""
             print(
                 f"{model_type:26s} {'ok' if row['ok'] else 'NOT OK':6s} params {p1 / p0:6.1%} "
-                f"head groups {row['head_groups']} {oracle}{ops} {row['seconds']} s",
+                f"head groups {row['head_groups']} query-head groups {row['query_head_groups']} {oracle}{ops} "
+                f"{row['seconds']} s",
                 flush=True,
             )
         gc.collect()

@@ -15,6 +15,7 @@ from torch import nn
 
 import cuttree
 from cuttree.attention import PrunableMultiheadAttention, supported, swapped
+from cuttree.core.plan import HEAD_UNITS
 
 
 class Tiny(nn.Module):
@@ -191,24 +192,49 @@ def tiny_llama(transformers: Any) -> nn.Module:
     return transformers.LlamaForCausalLM(cfg).eval()  # type: ignore[no-any-return]
 
 
-def test_grouped_query_attention_never_loses_a_kv_head_without_its_query_heads() -> None:
+@pytest.mark.parametrize(("ratio", "kv_kept", "per_kv_kept"), [(0.5, 1, 2), (0.3, 2, 3)])
+def test_grouped_query_attention_loses_kv_heads_with_their_query_heads_and_query_heads_within_every_kv_head(
+    ratio: float, kv_kept: int, per_kv_kept: int
+) -> None:
+    """Two crossing units, as for grouped convs: a key/value head with all its query heads, and the
+    same positions among every kv head's query heads, so each kv head keeps as many query heads
+    (``num_key_value_groups`` patched). At ratio 0.3 the 2 kv heads both stay (floor(0.6) = 0) and
+    each loses one of its 4 query heads. Oracle: the removed query heads' columns of ``o_proj`` zeroed."""
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     model = tiny_llama(transformers)
-    ids = torch.randint(0, 100, (1, 10))
-    r = cuttree.prune(model, (ids,), cuttree.Config(ratio=0.5, latency_runs=0))
+    ids = torch.randint(0, 100, (2, 10))
+    r = cuttree.prune(model, (ids[:1],), cuttree.Config(ratio=ratio, latency_runs=0))
+    oracle, plan = copy.deepcopy(model), {g.name: g for g in r.plan}
     for i, layer in enumerate(r.model.model.layers):
         a, a0 = layer.self_attn, model.model.layers[i].self_attn
-        [g] = [g for g in r.plan if g.name == f"model.layers.{i}.self_attn.q_proj"]
-        assert (g.unit, g.size, len(g.keep)) == ("heads", 2, 1)  # 2 kv heads, each with its 4 query heads
-        kv = g.keep[0]
-        assert a.num_key_value_groups == 4 and a.k_proj.out_features == 8 and a.q_proj.out_features == 32
-        q_rows = torch.arange(kv * 32, kv * 32 + 32)  # query heads 4·kv … 4·kv+3, 8 wide each
-        assert torch.equal(a.q_proj.weight, a0.q_proj.weight[q_rows])
-        assert torch.equal(a.k_proj.weight, a0.k_proj.weight[kv * 8 : kv * 8 + 8])
+        g, w = plan[f"model.layers.{i}.self_attn.q_proj"], plan[f"model.layers.{i}.self_attn.q_proj:query_heads"]
+        assert (g.unit, g.size, len(g.keep), w.unit, w.size, len(w.keep)) == (
+            "heads",
+            2,
+            kv_kept,
+            "query heads",
+            4,
+            per_kv_kept,
+        )
+        heads = [4 * kv + p for kv in g.keep for p in w.keep]  # query head h reads kv head h // 4
+        assert a.num_key_value_groups == per_kv_kept and a.q_proj.out_features == 8 * len(heads)
+        rows = torch.cat([torch.arange(8 * h, 8 * h + 8) for h in heads])
+        assert torch.equal(a.q_proj.weight, a0.q_proj.weight[rows])
+        assert torch.equal(a.o_proj.weight, a0.o_proj.weight[:, rows])
+        assert torch.equal(
+            a.k_proj.weight, a0.k_proj.weight[torch.cat([torch.arange(8 * k, 8 * k + 8) for k in g.keep])]
+        )
+        dead = torch.ones(64, dtype=torch.bool)
+        dead[rows] = False
+        with torch.no_grad():
+            o = oracle.model.layers[i].self_attn.o_proj.weight
+            o[:, dead] = 0.0
+            gone = ~torch.isin(torch.arange(96), torch.as_tensor(plan[f"model.layers.{i}.mlp.gate_proj"].keep))
+            oracle.model.layers[i].mlp.up_proj.weight[gone] = 0.0  # silu(gate) · 0
     with torch.no_grad():
-        assert r.model(ids).logits.shape == (1, 10, 100)
-        assert r.model.generate(ids, max_new_tokens=16, do_sample=False).shape == (1, 26)
+        torch.testing.assert_close(r.model(ids).logits, oracle(ids).logits, rtol=1e-5, atol=1e-6)
+        assert r.model.generate(ids[:1], max_new_tokens=16, min_new_tokens=16, do_sample=False).shape == (1, 26)
 
 
 def test_gpt2_loses_heads_mlp_channels_and_residual_width_and_generates() -> None:
@@ -350,7 +376,7 @@ def test_save_pretrained_loads_without_cuttree_or_refuses_cleanly(tmp_path: obje
         "torch.allclose(m(ids).logits, want, atol=1e-5))\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert done.stdout.split() == ["4", "1", "48", "True"]
+    assert done.stdout.split() == ["2", "1", "48", "True"]  # 1 of 2 kv heads, 2 of its 4 query heads
 
     r, ids = pruned_bert(transformers, layers=1)
     with pytest.raises(
@@ -454,7 +480,7 @@ def test_hugging_face_heads_equal_the_original_with_those_heads_zeroed(arch: str
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # every attention module's heads are found
         r = cuttree.prune(model, (ids,), cuttree.Config(ratio=0.0, head_ratio=0.5, latency_runs=0))
-    heads = [g for g in r.plan if g.unit == "heads"]
+    heads = [g for g in r.plan if g.unit in HEAD_UNITS]  # under grouped-query attention, query heads too
     assert heads and all(len(g.keep) == g.size // 2 for g in heads)
     oracle = copy.deepcopy(model)
     params = dict(oracle.named_parameters(remove_duplicate=False))

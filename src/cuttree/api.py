@@ -20,6 +20,7 @@ from torch import nn
 from cuttree import calibrate
 from cuttree._util import as_inputs, model_bytes, model_device, refuse_keras, to_numpy
 from cuttree.config import Config
+from cuttree.core.plan import HEAD_UNITS
 from cuttree.core.planner import PlanningInputs, estimate, nothing_prunable, resolve, selects
 from cuttree.errors import SurgeryError, warn
 from cuttree.fold import computes_its_weight, fold_computed_weights
@@ -167,8 +168,8 @@ def _heads_checked(
 ) -> PruningPlan:
     """``plan``, with its attention heads kept whole if removing them is not zeroing them."""
     if not heads_compute_the_same(model, plan, example_inputs):
-        names = [g.name for g in plan.groups if g.unit == "heads" and len(g.keep) < g.size]
-        plan = dataclasses.replace(plan, groups=tuple(keep_all(g) if g.unit == "heads" else g for g in plan.groups))
+        names = [g.name for g in plan.groups if g.unit in HEAD_UNITS and len(g.keep) < g.size]
+        plan = dataclasses.replace(plan, groups=tuple(keep_all(g) if g.unit in HEAD_UNITS else g for g in plan.groups))
         warn(
             f"kept the attention heads whole ({', '.join(names[:3])}{' …' if len(names) > 3 else ''}): removing them "
             "does not compute what zeroing them does, so the model's code counts heads somewhere cuttree does not patch; "
@@ -185,7 +186,7 @@ def _warn_heads_not_found(model: nn.Module, plan: PruningPlan, config: Config, g
     wanted = config.head_ratio if config.head_ratio is not None else config.ratio or any(t is not None for t in targets)
     if not wanted:
         return
-    head_tensors = [m.tensor for g in plan.groups if g.unit == "heads" for m in g.members]
+    head_tensors = [m.tensor for g in plan.groups if g.unit in HEAD_UNITS for m in g.members]
     found = []
     for name, module in model.named_modules():
         if not name or not rule_for_module(module).heads or any(selects(p, name) for p in config.ignore):

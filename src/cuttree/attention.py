@@ -293,10 +293,12 @@ def _hf(m: nn.Module) -> None:
         kv = _heads_of(k.out_features, width, type(m).__name__)
         if hasattr(m, "num_key_value_heads"):
             setattr(m, "num_key_value_heads", kv)  # noqa: B010
-        if hasattr(m, "num_key_value_groups") and kv == 1:  # multi-query: any query heads read the one kv head
-            setattr(m, "num_key_value_groups", heads)  # noqa: B010
-        elif hasattr(m, "num_key_value_groups") and heads // kv != getattr(m, "num_key_value_groups"):  # noqa: B009
-            raise SurgeryError(f"{type(m).__name__}: {heads} query heads for {kv} key/value heads breaks its grouping")
+        if hasattr(m, "num_key_value_groups"):  # each kv head keeps as many query heads as the others
+            if heads % kv:
+                raise SurgeryError(
+                    f"{type(m).__name__}: {heads} query heads for {kv} key/value heads breaks its grouping"
+                )
+            setattr(m, "num_key_value_groups", heads // kv)  # noqa: B010
 
 
 def _gpt2(m: nn.Module) -> None:

@@ -19,6 +19,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from cuttree._util import eval_mode, removing
 from cuttree.attention import supported
+from cuttree.core.plan import HEAD_UNITS
 from cuttree.plan import GroupPlan, PruningPlan
 from cuttree.rules import counts_heads
 from cuttree.surgery import apply_plan
@@ -150,7 +151,7 @@ def heads_compute_the_same(model: nn.Module, plan: PruningPlan, example_inputs: 
     (every position they occupy). Groups that reach outside one attention module are checked on
     copies of the whole model. Plans without head groups pass unchanged.
     """
-    heads = [g for g in plan.groups if g.unit == "heads" and len(g.keep) < g.size]
+    heads = [g for g in plan.groups if g.unit in HEAD_UNITS and len(g.keep) < g.size]
     if not heads:
         return True
     modules = dict(model.named_modules())

@@ -41,7 +41,9 @@ class Group:
     members: tuple[Member, ...]
     modules: tuple[str, ...]
     owners: tuple[str, ...] = ()  # layers whose own output channels these are
-    unit: str = "channels"  # "channels", attention "heads", conv "groups" or the "width" inside conv groups
+    # "channels", attention "heads", conv "groups", the "width" inside conv groups, or the
+    # "query heads" of each key/value head under grouped-query attention
+    unit: str = "channels"
 
     def member(self, tensor: str, dim: int) -> Member | None:
         """The member for ``tensor``'s ``dim``, if the group has one."""
@@ -217,22 +219,26 @@ def group_channels(
 
 
 def with_width_groups(graph: DependencyGraph, width: DependencyGraph) -> DependencyGraph:
-    """``graph`` (grouped convs labelled by whole groups) plus the ``"width"`` groups of ``width``,
-    the same walk with grouped convs labelled by the width inside a group.
+    """``graph`` (grouped convs labelled by whole groups, grouped-query attention by key/value
+    heads) plus the ``"width"`` and ``"query heads"`` groups of ``width``, the same walk with
+    grouped convs labelled by the width inside a group and query heads by their position among
+    their kv head's.
 
     The two units cross: a grouped conv's channel goes when its group goes or its position within
-    the group goes, so one tensor dim may belong to a whole-groups group and a width group at once
-    (surgery removes the union). Width groups are named after their producer with ``:width``.
+    the group goes (a query head when its kv head goes or its position goes), so one tensor dim
+    may belong to two groups at once (surgery removes the union). The second walk's groups are
+    named after their producer with ``:width`` or ``:query_heads``.
     """
     if len(width.mac_terms) != len(graph.mac_terms) or any(
         a != b for (a, _), (b, _) in zip(width.mac_terms, graph.mac_terms, strict=True)
     ):
         warn(
             "the model's forward ran different operations on the same inputs, so grouped convolutions keep the "
-            "width inside their groups (they still lose whole groups); make the forward deterministic in eval mode"
+            "width inside their groups and grouped-query attention the query heads of each key/value head (they "
+            "still lose whole groups and whole key/value heads); make the forward deterministic in eval mode"
         )
         return graph
-    extra = [(i, g) for i, g in enumerate(width.groups) if g.unit == "width"]
+    extra = [(i, g) for i, g in enumerate(width.groups) if g.unit in ("width", "query heads")]
     if not extra:
         return graph
     n = len(graph.groups)
@@ -243,7 +249,7 @@ def with_width_groups(graph: DependencyGraph, width: DependencyGraph) -> Depende
     hit = cg >= 0
     idx = new_index[cg[hit] >> 32]
     cg[hit] = np.where(idx >= 0, (idx << 32) + (cg[hit] & 0xFFFFFFFF), -1)
-    named = [dataclasses.replace(g, name=f"{g.name}:width") for _, g in extra]
+    named = [dataclasses.replace(g, name=f"{g.name}:{g.unit.replace(' ', '_')}") for _, g in extra]
     return dataclasses.replace(
         graph,
         groups=[*graph.groups, *named],

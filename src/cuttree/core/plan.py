@@ -71,7 +71,8 @@ class GroupPlan:
     keep: tuple[int, ...]
     members: tuple[PlanMember, ...]
     criterion: str = "l1"
-    #: what one channel is: "channels", attention "heads", conv "groups" or the "width" inside conv groups
+    #: what one channel is: "channels", attention "heads", conv "groups", the "width" inside conv
+    #: groups, or the "query heads" of each key/value head (grouped-query attention)
     unit: str = "channels"
 
     @property
@@ -244,7 +245,8 @@ class PruningPlan:
 
 
 FRAMEWORKS = ("torch", "keras")  #: the frontends (and weight layouts) a plan can be made for
-UNITS = ("channels", "heads", "groups", "width")  #: what one channel of a group can be
+UNITS = ("channels", "heads", "groups", "width", "query heads")  #: what one channel of a group can be
+HEAD_UNITS = ("heads", "query heads")  #: the units that are attention heads (``head_ratio``, the heads check)
 MAX_DIM = 2**31  # no real tensor dim is larger; a larger one is a corrupt or hostile file
 GROUP_KEYS = {"name", "size", "keep", "criterion", "unit", "members"}
 MEMBER_KEYS = {"tensor", "dim", "offset", "repeat", "positions", "channels"}

@@ -20,7 +20,7 @@ from cuttree.core.allocate import Curve, allocate
 from cuttree.core.budget import GroupBudget, _with_ratio, estimate_macs, estimate_params, search, select
 from cuttree.core.grouping import DependencyGraph
 from cuttree.core.importance import CRITERIA, used_criterion
-from cuttree.core.plan import GroupPlan, PlanMember, PruningPlan
+from cuttree.core.plan import HEAD_UNITS, GroupPlan, PlanMember, PruningPlan
 from cuttree.errors import PlanError, did_you_mean
 
 
@@ -267,7 +267,7 @@ def group_budgets(graph: DependencyGraph, cfg: Config, overrides: dict[str, list
     for i in range(len(graph.groups)):
         o = per_group.get(i)
         ratio = o.ratio if o is not None and o.ratio is not None else cfg.ratio
-        heads = graph.groups[i].unit == "heads" and cfg.head_ratio is not None and (o is None or o.ratio is None)
+        heads = graph.groups[i].unit in HEAD_UNITS and cfg.head_ratio is not None and (o is None or o.ratio is None)
         if heads:
             ratio = cfg.head_ratio
         out.append(

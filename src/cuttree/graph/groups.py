@@ -34,7 +34,8 @@ def build_graph(
 
     ``ignore`` holds module names (already resolved from globs) whose own output channels stay.
     A grouped conv gives two units: whole groups, and (with ``group_width``, from a second walk)
-    the same position of the width inside every group.
+    the same position of the width inside every group; grouped-query attention likewise gives
+    key/value heads with all their query heads, and the same query heads of every kv head.
     ``nn.MultiheadAttention`` modules are traced as :class:`~cuttree.attention.PrunableMultiheadAttention`
     (their own forward hides the heads in one fused op); the model is unchanged afterwards.
     """
@@ -60,7 +61,7 @@ def _build(
             pinned_out[name] = list(range(t.dim()))
     res = trace(model, example_inputs, pinned_out)
     graph = _group(model, res, modules, tensors)
-    if not group_width or not any(kind == "groups" for _, kind in res.state.units):
+    if not group_width or not (res.state.grouped_heads or any(kind == "groups" for _, kind in res.state.units)):
         return graph
     wide = trace(model, example_inputs, pinned_out, group_width=True)
     return with_width_groups(graph, _group(model, wide, modules, tensors))

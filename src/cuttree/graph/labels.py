@@ -29,6 +29,9 @@ class LabelState(core.LabelState):
     # Grouped convs: label the width inside a group (the same positions in every group) instead
     # of whole groups; the second of the two walks that give a grouped conv both units.
     group_width: bool = False
+    # Set by the first walk where grouped-query attention ran with several key/value heads: the
+    # second walk then also gives the query heads within each kv head's group.
+    grouped_heads: bool = False
     # The strides a tensor had before an in-place ``as_strided_`` (set by the recorder, read by its rule).
     strides_before: tuple[int, ...] = ()
 

@@ -218,9 +218,16 @@ def _mask(st: LabelState, m: torch.Tensor, logits: tuple[int, ...], lq: tuple[La
 def _unify_grouped(st: LabelState, q: Label, kv: Label) -> None:
     """Query heads against key/value heads: equal counts pair up; under grouped-query attention
     (``enable_gqa``: H query heads share H/G key/value heads) query head ``h`` reads kv head ``h // G``,
-    so a kv head can only go with all the query heads that share it."""
+    so a kv head can only go with all the query heads that share it. The second walk
+    (``group_width``) gives the other unit: the same positions among every kv head's G query heads,
+    so that each kv head keeps as many query heads as the others (``h // G`` stays its kv head)."""
     if q is not None and kv is not None and len(q) != len(kv) and len(q) % len(kv) == 0:
-        st.unify(q, np.repeat(kv, len(q) // len(kv)))
+        per_kv = len(q) // len(kv)
+        if st.group_width:
+            st.unify(q, np.tile(st.fresh_unit(per_kv, "query heads"), len(kv)))
+        else:
+            st.grouped_heads = True
+            st.unify(q, np.repeat(kv, per_kv))
     else:
         st.unify(q, kv)
 
