@@ -193,8 +193,8 @@ def transformer_block(kind: str) -> object:
 def test_attention_loses_whole_heads(kind: str, tmp_path: object) -> None:
     """The pruned model equals the original with the removed channels' producers zeroed and the
     removed heads' rows of the output projection zeroed; the file reloads to the same outputs.
-    Grouped-query attention loses a key/value head with its query heads; multi-query attention
-    loses query heads and keeps its key/value head."""
+    Grouped-query attention loses a key/value head with its query heads, and the same query heads
+    of every key/value head; multi-query attention loses query heads and keeps its key/value head."""
     keras.utils.set_random_seed(0)
     model = transformer_block(kind)
     rng = np.random.default_rng(2)
@@ -206,9 +206,11 @@ def test_attention_loses_whole_heads(kind: str, tmp_path: object) -> None:
         r = ck.prune(model, cuttree.Config(ratio=0.5, latency_runs=0))
     [heads] = [g for g in r.plan if g.unit == "heads"]
     layer = r.model.get_layer("mha")
-    if kind == "gqa":  # 2 key/value heads, each with its 2 query heads
-        assert (heads.size, len(heads.keep), layer.num_query_heads, layer.num_key_value_heads) == (2, 1, 2, 1)
-        gone = [q for g in set(range(2)) - set(heads.keep) for q in (2 * g, 2 * g + 1)]
+    if kind == "gqa":  # 2 key/value heads, each with its 2 query heads: 1 kv head with 1 of its query heads
+        [per_kv] = [g for g in r.plan if g.unit == "query heads"]
+        assert (per_kv.name, per_kv.size, len(per_kv.keep)) == ("mha:query_heads", 2, 1)
+        assert (heads.size, len(heads.keep), layer.num_query_heads, layer.num_key_value_heads) == (2, 1, 1, 1)
+        gone = sorted(set(range(4)) - {2 * g + p for g in heads.keep for p in per_kv.keep})
     elif kind == "mqa":  # query heads go, the one key/value head stays
         assert (heads.size, len(heads.keep), layer.num_query_heads, layer.num_key_value_heads) == (4, 2, 2, 1)
         gone = sorted(set(range(4)) - set(heads.keep))

@@ -19,6 +19,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from cuttree.core.labels import N_SENTINELS, Label, LabelState, Pin
+from cuttree.core.plan import SECOND_WALK_UNITS
 from cuttree.errors import did_you_mean, warn
 
 
@@ -238,7 +239,7 @@ def with_width_groups(graph: DependencyGraph, width: DependencyGraph) -> Depende
             "still lose whole groups and whole key/value heads); make the forward deterministic in eval mode"
         )
         return graph
-    extra = [(i, g) for i, g in enumerate(width.groups) if g.unit in ("width", "query heads")]
+    extra = [(i, g) for i, g in enumerate(width.groups) if g.unit in SECOND_WALK_UNITS]
     if not extra:
         return graph
     n = len(graph.groups)

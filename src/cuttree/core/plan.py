@@ -247,6 +247,7 @@ class PruningPlan:
 FRAMEWORKS = ("torch", "keras")  #: the frontends (and weight layouts) a plan can be made for
 UNITS = ("channels", "heads", "groups", "width", "query heads")  #: what one channel of a group can be
 HEAD_UNITS = ("heads", "query heads")  #: the units that are attention heads (``head_ratio``, the heads check)
+SECOND_WALK_UNITS = ("width", "query heads")  #: the units the trace's second walk labels (``group_width``)
 MAX_DIM = 2**31  # no real tensor dim is larger; a larger one is a corrupt or hostile file
 GROUP_KEYS = {"name", "size", "keep", "criterion", "unit", "members"}
 MEMBER_KEYS = {"tensor", "dim", "offset", "repeat", "positions", "channels"}

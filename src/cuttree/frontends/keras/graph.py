@@ -60,6 +60,9 @@ class Tracer:
     # Grouped convs are labelled by whole groups; in the second walk (``group_width``) by the
     # positions of the width inside every group (see :func:`cuttree.core.grouping.with_width_groups`).
     group_width: bool = False
+    # Set by the first walk where grouped-query attention has several key/value heads: the second
+    # walk then also labels the query heads of every kv head.
+    grouped_heads: bool = False
 
     def w(self, var: Any) -> tuple[Label, ...]:
         """The labels of one of a layer's variables."""
@@ -240,7 +243,8 @@ def build_graph(
     """Trace ``model`` and group its coupled channels with the core.
 
     A grouped conv gives two units, as in the torch frontend: whole groups, and (with
-    ``group_width``, from a second walk) the same positions of the width inside every group.
+    ``group_width``, from a second walk) the same positions of the width inside every group;
+    grouped-query attention gives key/value heads and the same query heads of every kv head.
     """
     t0 = time.perf_counter()
     tr = trace(model, input_shapes, ignore)
@@ -260,7 +264,7 @@ def build_graph(
             "attention on (batch, tokens, channels) inputs, over the tokens, not gated"
         )
     graph = _group(tr, seconds)
-    if group_width and any(kind == "groups" for _, kind in tr.state.units):
+    if group_width and (tr.grouped_heads or any(kind == "groups" for _, kind in tr.state.units)):
         graph = with_width_groups(graph, _group(trace(model, input_shapes, ignore, group_width=True), seconds))
     return graph, tr
 

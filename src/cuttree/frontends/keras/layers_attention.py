@@ -6,7 +6,9 @@ Their kernels keep the heads as a dimension of their own: query, key and value a
 ``(heads, value_dim, out)``. One head is one unit (a fresh ``"heads"`` label unified across the
 four kernels and three biases); the head width stays. In ``GroupedQueryAttention`` each key/value
 head serves ``num_query_heads / num_key_value_heads`` consecutive query heads (``ops.repeat``), so
-the unit is a key/value head with its query heads, and the ratio of the two stays; with one
+there are two units, as in the torch frontend: a key/value head with its query heads, and (in the
+second walk, ``group_width``) the same positions among every key/value head's query heads
+(``"query heads"``), so each kv head keeps as many query heads as the others; with one
 key/value head (multi-query attention) the unit is a query head, and the key/value head stays.
 The query, key and value inputs' channels follow the kernels' first dimension, and without ``output_shape`` the
 output has the query's channels (Keras sizes the output projection from the query), so the
@@ -106,9 +108,13 @@ def attention(tr: Tracer, call: Call) -> list[Labels]:
     if h_kv == 1 < h:  # multi-query: every query head reads the one key/value head, which stays
         query_heads = unit = tr.state.fresh_unit(h, "heads")
         kv_heads = None
+    elif h_kv < h and tr.group_width:  # the same query heads of every key/value head (kv heads: the first walk)
+        kv_heads = tr.state.fresh_unit(h_kv, "heads")
+        query_heads = unit = np.tile(tr.state.fresh_unit(h // h_kv, "query heads"), h_kv)
     else:
         kv_heads = unit = tr.state.fresh_unit(h_kv, "heads")
         query_heads = np.repeat(kv_heads, h // h_kv)  # each key/value head's query heads, consecutive
+        tr.grouped_heads |= h_kv < h
     if call.path in tr.pinned_out:  # ``ignore``: its heads stay as well as its outputs
         tr.state.pin(unit, Pin.IGNORED)
     heads = {"q": query_heads, "k": kv_heads, "v": kv_heads, "o": query_heads}
@@ -130,9 +136,10 @@ def attention(tr: Tracer, call: Call) -> list[Labels]:
     if getattr(layer, "_output_shape", None) is None:  # Keras sizes the output projection from the query
         tr.state.unify(out, q[-1])
     batch = qs[0]
-    add_macs(tr, batch * macs[0], kernel["q"][0], unit)
+    add_macs(tr, batch * macs[0], kernel["q"][0], query_heads)
     add_macs(tr, batch * macs[1], kernel["k"][0], kv_heads)
     add_macs(tr, batch * macs[2], kernel["v"][0], kv_heads)
-    add_macs(tr, batch * macs[3], unit)  # QKᵀ and the weighted sum of V
-    add_macs(tr, batch * macs[4], unit, out)
+    # per query head, in both walks: their MAC factors pair up position by position
+    add_macs(tr, batch * macs[3], query_heads)  # QKᵀ and the weighted sum of V
+    add_macs(tr, batch * macs[4], query_heads, out)
     return [(*q[:-1], out)]

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 
 from cuttree.core.grouping import components
-from cuttree.core.plan import GroupPlan, PruningPlan
+from cuttree.core.plan import SECOND_WALK_UNITS, GroupPlan, PruningPlan
 from cuttree.errors import SurgeryError, first_line
 from cuttree.frontends.keras.graph import Call, Tracer, is_graph_model, trace
 from cuttree.frontends.keras.rules import Shapes, rule_for
@@ -91,9 +91,9 @@ def _new_shapes(
     """Each call's shapes after the plan, from the labels its tensors carry, and each nested
     model's new input shapes. The groups of the width inside grouped convs are read on the walk
     that labelled them (``wide``); a position stays when neither walk removes it."""
-    walks = [(tr, _gone(tr, [g for g in plan.groups if g.unit != "width"]))]
+    walks = [(tr, _gone(tr, [g for g in plan.groups if g.unit not in SECOND_WALK_UNITS]))]
     if wide is not None:
-        walks.append((wide, _gone(wide, [g for g in plan.groups if g.unit == "width"])))
+        walks.append((wide, _gone(wide, [g for g in plan.groups if g.unit in SECOND_WALK_UNITS])))
 
     def new(shape: tuple[int, ...], labs: list[tuple[Any, ...]]) -> tuple[int, ...]:
         out = []
@@ -182,7 +182,8 @@ def apply_plan(model: Any, plan: PruningPlan, input_shapes: Sequence[tuple[int, 
     check_plan(plan, tr)
     new = sliced_weights(tr, plan)
     cfg = model.get_config()
-    wide = trace(model, input_shapes, group_width=True) if any(g.unit == "width" for g in plan.groups) else None
+    second = any(g.unit in SECOND_WALK_UNITS for g in plan.groups)
+    wide = trace(model, input_shapes, group_width=True) if second else None
     _edit(cfg, "", tr, new, _new_shapes(tr, plan, wide))
     try:
         with keras.saving.custom_object_scope(user_classes(tr.layers.values())):
