@@ -177,8 +177,9 @@ def test_hugging_face_bert_and_vit_heads_and_attributes() -> None:
     assert (a.num_attention_heads, a.q_proj.out_features, a.o_proj.in_features) == (2, 16, 16)
 
 
-def tiny_llama(transformers: Any) -> nn.Module:
-    """A random LlamaForCausalLM with grouped-query attention: 8 query heads on 2 key/value heads."""
+def tiny_llama(transformers: Any, attention: str = "sdpa") -> nn.Module:
+    """A random LlamaForCausalLM with grouped-query attention: 8 query heads on 2 key/value heads;
+    ``attention``: Hugging Face's SDPA path (``enable_gqa``) or its eager one (``repeat_kv``)."""
     cfg = transformers.LlamaConfig(
         vocab_size=100,
         hidden_size=64,
@@ -189,20 +190,23 @@ def tiny_llama(transformers: Any) -> nn.Module:
         head_dim=8,
         max_position_embeddings=64,
     )
+    cfg._attn_implementation = attention
     return transformers.LlamaForCausalLM(cfg).eval()  # type: ignore[no-any-return]
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize(("ratio", "kv_kept", "per_kv_kept"), [(0.5, 1, 2), (0.3, 2, 3)])
 def test_grouped_query_attention_loses_kv_heads_with_their_query_heads_and_query_heads_within_every_kv_head(
-    ratio: float, kv_kept: int, per_kv_kept: int
+    ratio: float, kv_kept: int, per_kv_kept: int, attention: str
 ) -> None:
     """Two crossing units, as for grouped convs: a key/value head with all its query heads, and the
     same positions among every kv head's query heads, so each kv head keeps as many query heads
     (``num_key_value_groups`` patched). At ratio 0.3 the 2 kv heads both stay (floor(0.6) = 0) and
-    each loses one of its 4 query heads. Oracle: the removed query heads' columns of ``o_proj`` zeroed."""
+    each loses one of its 4 query heads. Oracle: the removed query heads' columns of ``o_proj`` zeroed.
+    Both of Hugging Face's paths: SDPA's ``enable_gqa`` and the eager ``repeat_kv`` (expand and merge)."""
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    model = tiny_llama(transformers)
+    model = tiny_llama(transformers, attention)
     ids = torch.randint(0, 100, (2, 10))
     r = cuttree.prune(model, (ids[:1],), cuttree.Config(ratio=ratio, latency_runs=0))
     oracle, plan = copy.deepcopy(model), {g.name: g for g in r.plan}
@@ -438,6 +442,8 @@ HF_DECODERS: dict[str, Any] = {  # config class, model class, config arguments (
     "phi": ("PhiConfig", "PhiForCausalLM", {"hidden_size": 32, "intermediate_size": 64}),
     "gemma": ("GemmaConfig", "GemmaForCausalLM", {"hidden_size": 32, "num_key_value_heads": 2, "head_dim": 8, "intermediate_size": 64}),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"hidden_size": 32, "num_key_value_heads": 2, "head_dim": 8, "intermediate_size": 64}),
+    # eager repeat_kv, and a per-head attention sink held by the attention module itself
+    "granite_swa": ("GraniteSWAConfig", "GraniteSWAForCausalLM", {"hidden_size": 32, "num_key_value_heads": 2, "head_dim": 8, "intermediate_size": 64}),
     "gptj": ("GPTJConfig", "GPTJForCausalLM", {"n_embd": 32, "n_layer": 2, "n_head": 4, "rotary_dim": 4}),
     "gpt2": ("GPT2Config", "GPT2LMHeadModel", {"hidden_size": 32, "bos_token_id": 0, "eos_token_id": 0}),
     "albert": ("AlbertConfig", "AlbertModel", {"embedding_size": 16, "hidden_size": 32, "intermediate_size": 64}),

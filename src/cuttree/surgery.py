@@ -122,15 +122,16 @@ def apply_plan(
             setattr(m, a, value)
             touched[id(m)] = m
         del old
-    # Attention modules hold no tensors themselves (timm's Attention owns qkv and proj) but count
-    # heads: their rules run after their children's.
+    # Attention modules count heads from their children's new sizes (timm's Attention owns qkv and
+    # proj), so their rules run after every other, also when they hold a tensor of their own
+    # (per-head attention sinks).
     for m in model.modules():
         if id(m) not in touched and counts_heads(m) and any(id(c) in touched for c in m.modules()):
             touched[id(m)] = m
     attrs = {i: {k: v for k, v in vars(m).items() if not k.startswith("_")} for i, m in touched.items()}
     classes = {i: type(m) for i, m in touched.items()}
     try:
-        for m in touched.values():
+        for m in sorted(touched.values(), key=counts_heads):
             rule_for_module(m).update(m)
             if id(m) in groups_left:  # a grouped conv that lost width inside its groups, not only groups
                 assert isinstance(m, nn.modules.conv._ConvNd)

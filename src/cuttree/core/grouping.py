@@ -231,12 +231,14 @@ def with_width_groups(graph: DependencyGraph, width: DependencyGraph) -> Depende
     named after their producer with ``:width`` or ``:query_heads``.
     """
     if len(width.mac_terms) != len(graph.mac_terms) or any(
-        a != b for (a, _), (b, _) in zip(width.mac_terms, graph.mac_terms, strict=True)
+        a != b or [len(f) for f in fa] != [len(f) for f in fb]
+        for (a, fa), (b, fb) in zip(width.mac_terms, graph.mac_terms, strict=True)
     ):
         warn(
-            "the model's forward ran different operations on the same inputs, so grouped convolutions keep the "
-            "width inside their groups and grouped-query attention the query heads of each key/value head (they "
-            "still lose whole groups and whole key/value heads); make the forward deterministic in eval mode"
+            "the trace's two walks of the model did not line up (its forward ran different operations on the same "
+            "inputs, or counted different sizes), so grouped convolutions keep the width inside their groups and "
+            "grouped-query attention the query heads of each key/value head (they still lose whole groups and whole "
+            "key/value heads); make the forward deterministic in eval mode"
         )
         return graph
     extra = [(i, g) for i, g in enumerate(width.groups) if g.unit in SECOND_WALK_UNITS]

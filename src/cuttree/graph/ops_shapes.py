@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from cuttree.graph.labels import Label, LabelState, Pin
-from cuttree.graph.ops import OpRule, aten, op_rule, out_tensors, pos_dim
+from cuttree.graph.ops import OpRule, aten, op_rule, out_tensors, pos_dim, uniform
 
 
 def _reshape_groups(a: Sequence[int], b: Sequence[int]) -> list[tuple[list[int], list[int]]]:
@@ -63,6 +63,8 @@ def view(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
         shape[gi.index(tracked[0])] = x.shape[tracked[0]]
         merged = np.broadcast_to(lab.reshape(shape), sizes).reshape(-1)
         split = _unmerged(merged, [out.shape[k] for k in gj])
+        if len(gj) == 1 and st.in_attention and _kv_copies(x, gi, tracked[0]):
+            merged = _query_heads(st, lab, int(x.shape[gi[1]]))
         if len(gj) == 1:
             res[gj[0]] = merged
         elif split is not None:
@@ -74,6 +76,24 @@ def view(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
             for d in tracked:
                 st.pin(lx[d], Pin.OP)
     st.set(out, res)
+
+
+def _kv_copies(x: torch.Tensor, gi: list[int], tracked: int) -> bool:
+    """Whether a merge is ``repeat_kv``'s: (batch, key/value heads, copies, tokens, width) with the
+    copies expanded from one merged into query heads, so that query head ``h`` reads kv head
+    ``h // copies`` (grouped-query attention). Not a merge of heads with their width (the last dim),
+    which a bias initialized to zeros would make look like copies."""
+    return len(gi) == 2 and gi[0] == tracked and gi[1] <= x.dim() - 3 and uniform(x, gi[1])
+
+
+def _query_heads(st: LabelState, kv: np.ndarray, copies: int) -> np.ndarray:
+    """The query heads of ``repeat_kv``: in the first walk each kv head's own copies (and the second
+    walk is asked for); in the second (``group_width``) the same positions among every kv head's
+    query heads, as :func:`cuttree.graph.ops_layers._unify_grouped` gives SDPA's ``enable_gqa``."""
+    if st.group_width:
+        return np.tile(st.fresh_unit(copies, "query heads"), len(kv))
+    st.grouped_heads = True
+    return np.repeat(kv, copies)
 
 
 def _unmerged(merged: np.ndarray, sizes: list[int]) -> tuple[int, np.ndarray] | None:
