@@ -149,7 +149,7 @@ class Config(BaseModel):
       ``<layer>:width`` in the plan); grouped-query attention likewise loses key/value heads with
       their query heads *and* the same query heads of every kv head (``<q projection>:query_heads``,
       unit ``query heads``, pruned at ``head_ratio``). ``false`` keeps the width inside groups and
-      the query heads of each kv head (PyTorch only).
+      the query heads of each kv head (both frontends).
     - ``round_to``: kept channel counts are rounded up to a multiple of this. ``auto`` (the
       default) rounds channel groups of at least 64 channels to the channel block of this
       machine's CPU kernels (16 with AVX-512, else 8: :func:`cuttree.core.planner.channel_block`),
