@@ -241,6 +241,19 @@ def test_grouped_query_attention_loses_kv_heads_with_their_query_heads_and_query
         assert r.model.generate(ids[:1], max_new_tokens=16, min_new_tokens=16, do_sample=False).shape == (1, 26)
 
 
+def test_repeat_kv_copies_are_recognized_in_inputs_of_any_length() -> None:
+    """``repeat_kv``'s (batch, kv heads, copies, tokens, width) before its merge: copies expanded
+    from one are recognized also where the tensor is too big to compare whole (over 2²² values);
+    distinct values, or copies in the width (a zero bias's (heads, width)), are not copies."""
+    from cuttree.graph.ops_shapes import _kv_copies
+
+    torch.manual_seed(0)
+    long = torch.randn(1, 2, 1, 8200, 64).expand(1, 2, 4, 8200, 64).contiguous()
+    assert long.numel() > 1 << 22 and _kv_copies(long, [1, 2], 1)
+    assert not _kv_copies(torch.randn(1, 2, 4, 8200, 64), [1, 2], 1)
+    assert not _kv_copies(torch.zeros(1, 5, 4, 8), [2, 3], 2)  # heads and their width, last
+
+
 def test_gpt2_loses_heads_mlp_channels_and_residual_width_and_generates() -> None:
     """GPT-2: one fused ``Conv1D`` for q/k/v split by ``split_size`` (patched with the heads), and
     ``Conv1D`` layers (weights stored ``[in, out]``, outputs shaped with ``self.nf``) for the rest."""

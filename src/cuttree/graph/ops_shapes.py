@@ -82,8 +82,9 @@ def _kv_copies(x: torch.Tensor, gi: list[int], tracked: int) -> bool:
     """Whether a merge is ``repeat_kv``'s: (batch, key/value heads, copies, tokens, width) with the
     copies expanded from one merged into query heads, so that query head ``h`` reads kv head
     ``h // copies`` (grouped-query attention). Not a merge of heads with their width (the last dim),
-    which a bias initialized to zeros would make look like copies."""
-    return len(gi) == 2 and gi[0] == tracked and gi[1] <= x.dim() - 3 and uniform(x, gi[1])
+    which a bias initialized to zeros would make look like copies. Compared on the first token, so
+    that long example inputs are no bigger to check than short ones."""
+    return len(gi) == 2 and gi[0] == tracked and gi[1] <= x.dim() - 3 and uniform(x.narrow(-2, 0, 1), gi[1])
 
 
 def _query_heads(st: LabelState, kv: np.ndarray, copies: int) -> np.ndarray:
