@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
@@ -34,6 +35,16 @@ class LabelState(core.LabelState):
     grouped_heads: bool = False
     # The strides a tensor had before an in-place ``as_strided_`` (set by the recorder, read by its rule).
     strides_before: tuple[int, ...] = ()
+
+    def query_heads(self, kv: np.ndarray, per_kv: int) -> np.ndarray:
+        """The labels of the query heads that grouped-query attention gives ``per_kv`` of to each of the
+        key/value heads ``kv`` (query head ``h`` reads kv head ``h // per_kv``): in the first walk each
+        kv head's own (and the second walk is asked for), in the second (``group_width``) the same
+        positions among every kv head's query heads, a unit of its own."""
+        if self.group_width:
+            return np.tile(self.fresh_unit(per_kv, "query heads"), len(kv))
+        self.grouped_heads = True
+        return np.repeat(kv, per_kv)
 
     def label_tensor(self, t: torch.Tensor) -> tuple[Label, ...]:
         """Give every dimension of size > 1 of ``t`` fresh ids (parameters and buffers)."""

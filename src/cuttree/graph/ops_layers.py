@@ -222,12 +222,7 @@ def _unify_grouped(st: LabelState, q: Label, kv: Label) -> None:
     (``group_width``) gives the other unit: the same positions among every kv head's G query heads,
     so that each kv head keeps as many query heads as the others (``h // G`` stays its kv head)."""
     if q is not None and kv is not None and len(q) != len(kv) and len(q) % len(kv) == 0:
-        per_kv = len(q) // len(kv)
-        if st.group_width:
-            st.unify(q, np.tile(st.fresh_unit(per_kv, "query heads"), len(kv)))
-        else:
-            st.grouped_heads = True
-            st.unify(q, np.repeat(kv, per_kv))
+        st.unify(q, st.query_heads(kv, len(q) // len(kv)))
     else:
         st.unify(q, kv)
 

@@ -64,7 +64,7 @@ def view(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
         merged = np.broadcast_to(lab.reshape(shape), sizes).reshape(-1)
         split = _unmerged(merged, [out.shape[k] for k in gj])
         if len(gj) == 1 and st.in_attention and _kv_copies(x, gi, tracked[0]):
-            merged = _query_heads(st, lab, int(x.shape[gi[1]]))
+            merged = st.query_heads(lab, int(x.shape[gi[1]]))
         if len(gj) == 1:
             res[gj[0]] = merged
         elif split is not None:
@@ -85,16 +85,6 @@ def _kv_copies(x: torch.Tensor, gi: list[int], tracked: int) -> bool:
     which a bias initialized to zeros would make look like copies. Compared on the first token, so
     that long example inputs are no bigger to check than short ones."""
     return len(gi) == 2 and gi[0] == tracked and gi[1] <= x.dim() - 3 and uniform(x.narrow(-2, 0, 1), gi[1])
-
-
-def _query_heads(st: LabelState, kv: np.ndarray, copies: int) -> np.ndarray:
-    """The query heads of ``repeat_kv``: in the first walk each kv head's own copies (and the second
-    walk is asked for); in the second (``group_width``) the same positions among every kv head's
-    query heads, as :func:`cuttree.graph.ops_layers._unify_grouped` gives SDPA's ``enable_gqa``."""
-    if st.group_width:
-        return np.tile(st.fresh_unit(copies, "query heads"), len(kv))
-    st.grouped_heads = True
-    return np.repeat(kv, copies)
 
 
 def _unmerged(merged: np.ndarray, sizes: list[int]) -> tuple[int, np.ndarray] | None:
