@@ -194,6 +194,17 @@ def tiny_llama(transformers: Any, attention: str = "sdpa") -> nn.Module:
     return transformers.LlamaForCausalLM(cfg).eval()  # type: ignore[no-any-return]
 
 
+def tiny_llama_and_texts(transformers: Any) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """:func:`tiny_llama` (seed 0) and four texts of 10 token ids with their attention mask, the
+    second right-padded after 7 tokens."""
+    torch.manual_seed(0)
+    model = tiny_llama(transformers)
+    ids = torch.randint(0, 100, (4, 10))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    return model, ids, mask
+
+
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize(("ratio", "kv_kept", "per_kv_kept"), [(0.5, 1, 2), (0.3, 2, 3)])
 def test_grouped_query_attention_loses_kv_heads_with_their_query_heads_and_query_heads_within_every_kv_head(
@@ -547,11 +558,7 @@ def test_taylor_on_a_causal_lm_scores_next_token_prediction_on_the_calibration_t
     transformers = pytest.importorskip("transformers")
     from cuttree.calibrate import gradients
 
-    torch.manual_seed(0)
-    model = tiny_llama(transformers)
-    ids = torch.randint(0, 100, (4, 10))
-    mask = torch.ones_like(ids)
-    mask[1, 7:] = 0  # right padding on one text
+    model, ids, mask = tiny_llama_and_texts(transformers)
     data = [{"input_ids": ids[:2], "attention_mask": mask[:2]}, {"input_ids": ids[2:], "attention_mask": mask[2:]}]
     cfg = cuttree.Config(ratio=0.5, criterion="taylor", min_samples=4, latency_runs=0)
     got = gradients(model, data, cfg)

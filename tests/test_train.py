@@ -84,13 +84,9 @@ def test_a_pruned_causal_lm_fine_tunes_on_text_alone_with_distillation_exact() -
     (shifted, padding ignored) + 0.5 · T² · KL(dense teacher ‖ student) over the vocabulary,
     averaged over the tokens that are not padding."""
     transformers = pytest.importorskip("transformers")
-    from test_attention import tiny_llama
+    from test_attention import tiny_llama_and_texts
 
-    torch.manual_seed(0)
-    teacher = tiny_llama(transformers)
-    ids = torch.randint(0, 100, (4, 10))
-    mask = torch.ones_like(ids)
-    mask[1, 7:] = 0  # right padding on one text
+    teacher, ids, mask = tiny_llama_and_texts(transformers)
     student = cuttree.prune(teacher, (ids[:1],), cuttree.Config(ratio=0.5, latency_runs=0)).model
     want = copy.deepcopy(student).train()
     logits = want(input_ids=ids, attention_mask=mask).logits
