@@ -59,9 +59,12 @@ def test_threshold_exact() -> None:
     # scores 2, 3, 4, 5: below 0.7 × 5 = 3.5 are channels 0 and 1
     r = cuttree.prune(chain(), X, cuttree.Config(threshold=0.7, latency_runs=0))
     assert r.plan.groups[0].keep == (2, 3)
-    # with ratio as a second condition, at most a quarter goes
+    # beside a ratio, a channel goes if either selects it: the threshold's two, not the ratio's one
     r = cuttree.prune(chain(), X, cuttree.Config(threshold=0.7, ratio=0.25, latency_runs=0))
-    assert r.plan.groups[0].keep == (1, 2, 3)
+    assert r.plan.groups[0].keep == (2, 3)
+    # and the ratio's three where it asks for more
+    r = cuttree.prune(chain(), X, cuttree.Config(threshold=0.7, ratio=0.75, latency_runs=0))
+    assert r.plan.groups[0].keep == (3,)
 
 
 def test_min_channels_and_round_to() -> None:
@@ -71,29 +74,48 @@ def test_min_channels_and_round_to() -> None:
     assert r.plan.groups[0].keep == (1, 2, 3)
 
 
-@pytest.mark.parametrize(("block", "kept"), [(8, 48), (16, 48)])
-def test_round_to_auto_rounds_groups_of_64_channels_or_more_to_the_cpu_block(
-    block: int, kept: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.parametrize(("target", "block"), [("generic", 8), ("avx2", 8), ("cuda", 8), ("avx512", 16)])
+def test_round_to_auto_rounds_groups_of_64_channels_or_more_to_the_targets_block(target: str, block: int) -> None:
     """conv(3→64) → conv(64→32) → conv(32→10): at ratio 0.3 the 64-channel group keeps
     64 − ⌊19.2⌋ = 45 → 48 (a multiple of 8 and of 16), the 32-channel group keeps 32 − ⌊9.6⌋ =
-    23 (too small to round); at ratio 0.2 the block decides: 52 → 56 with 8, → 64 with 16."""
-    from cuttree.core import planner
-
-    monkeypatch.setattr(planner, "channel_block", lambda: block)
+    23 (too small to round); at ratio 0.2 the block decides: 52 → 56 with 8, → 64 with 16. The
+    target is named, so the plan is the same whatever CPU runs this test."""
     torch.manual_seed(0)
     m = nn.Sequential(nn.Conv2d(3, 64, 3), nn.ReLU(), nn.Conv2d(64, 32, 3), nn.ReLU(), nn.Conv2d(32, 10, 1)).eval()
     x = (torch.randn(1, 3, 8, 8),)
-    auto = cuttree.prune(m, x, cuttree.Config(ratio=0.3, latency_runs=0))
-    assert [len(g.keep) for g in auto.plan.groups] == [kept, 23]
+    auto = cuttree.prune(m, x, cuttree.Config(ratio=0.3, target=target, latency_runs=0))
+    assert [len(g.keep) for g in auto.plan.groups] == [48, 23]
+    assert auto.plan.config["target"] == target  # recorded in the plan
     free = cuttree.prune(m, x, cuttree.Config(ratio=0.3, round_to=1, latency_runs=0))
     assert [len(g.keep) for g in free.plan.groups] == [45, 23]
     assert set(free.plan.groups[0].keep) <= set(auto.plan.groups[0].keep)  # the same ranking, 3 more kept
-    light = cuttree.prune(m, x, cuttree.Config(ratio=0.2, latency_runs=0))
+    light = cuttree.prune(m, x, cuttree.Config(ratio=0.2, target=target, latency_runs=0))
     assert [len(g.keep) for g in light.plan.groups] == [{8: 56, 16: 64}[block], 26]
+
+
+def test_default_plan_does_not_read_the_host_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default target is generic: a host with AVX-512 and one without plan alike; only
+    ``target: this-machine`` follows the host."""
+    from cuttree.core import planner
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 64, 3), nn.ReLU(), nn.Conv2d(64, 10, 1)).eval()
+    x = (torch.randn(1, 3, 8, 8),)
+    plans = {}
+    for host in (8, 16):
+        monkeypatch.setattr(planner, "host_channel_block", lambda host=host: host)
+        default, _ = cuttree.make_plan(m, x, cuttree.Config(ratio=0.2))
+        here, _ = cuttree.make_plan(m, x, cuttree.Config(ratio=0.2, target="this-machine"))
+        plans[host] = (len(default.groups[0].keep), len(here.groups[0].keep))
+    assert plans == {8: (56, 56), 16: (56, 64)}
+
+
+def test_round_to_and_target_refuse_bad_values() -> None:
     for bad in (0, 2.5, "eight", True):
         with pytest.raises(ValueError, match=r"config key 'round_to' = .*: must be a whole number ≥ 1 .* or 'auto'"):
             cuttree.Config(ratio=0.3, round_to=bad)
+    with pytest.raises(ValueError, match=r"config key 'target' = 'avx-512'"):
+        cuttree.Config(ratio=0.3, target="avx-512")
 
 
 def test_budget_that_empties_a_layer_is_an_error() -> None:

@@ -40,13 +40,16 @@ def test_original_design_vgg16_nested(tmp_path: object) -> None:
     keras.utils.set_random_seed(0)
     model = original_design()
     x = np.random.default_rng(0).random((2, 32, 32, 3), dtype=np.float32)
+    # the design's config as written: threshold 0.5 alone; on glorot init no channel scores below
+    # half its layer's best, so nothing goes, and the result says so with the weakest score
+    with pytest.warns(UserWarning, match=r"nothing pruned: threshold=0.5 selects no channel, the weakest channel"):
+        r = ck.prune(model, cuttree.Config(**ORIGINAL, latency_runs=0))
+    assert r.after.params == r.before.params and r.table().startswith("nothing pruned: threshold=0.5")
+    # beside a ratio, a channel goes if either selects it: the ratio's 30% go
     r = ck.prune(model, cuttree.Config(**ORIGINAL, ratio=0.3, latency_runs=0))
-    # threshold 0.5 and ratio 0.3 together: a channel goes only if both select it; on glorot
-    # init no channel scores below half its layer's best, so nothing may go.
-    assert r.after.params == r.before.params
-    r = ck.prune(model, cuttree.Config(mode="classification", min_samples=2, ratio=0.3, latency_runs=0))
     conv = r.model.get_layer("vgg16").get_layer("block1_conv1")
     assert conv.filters == 48  # 64 − ⌊0.3 · 64⌋ = 45 kept, rounded up to a multiple of 8 (round_to: auto)
+    assert not r.table().startswith("nothing pruned")
     free = ck.prune(model, cuttree.Config(ratio=0.3, round_to=1, latency_runs=0))
     assert free.model.get_layer("vgg16").get_layer("block1_conv1").filters == 64 - 19
     assert np_out(r.model, x).shape == (2, 10)
@@ -67,8 +70,11 @@ def test_the_shipped_vgg16_recipe_is_the_original_design() -> None:
     cfg = cuttree.Config.from_yaml(Path(__file__).resolve().parents[1] / "recipes" / "keras_vgg16.yaml")
     assert (cfg.mode, cfg.threshold) == (ORIGINAL["mode"], ORIGINAL["threshold"])
     keras.utils.set_random_seed(0)
+    with pytest.warns(UserWarning, match="nothing pruned: threshold=0.5"):  # glorot init: none below half
+        r = ck.prune(original_design(), cfg.model_copy(update={"latency_runs": 0}))
+    assert r.after.params == r.before.params
     r = ck.prune(original_design(), cfg.model_copy(update={"ratio": 0.3, "latency_runs": 0}))
-    assert r.after.params == r.before.params  # glorot init: nothing scores below half its layer's best
+    assert r.after.params < r.before.params
 
 
 def test_ratio_zero_gives_identical_outputs() -> None:
@@ -835,7 +841,8 @@ def test_the_cli_prints_a_warning_on_one_line(tmp_path: object, capsys: pytest.C
     src = tmp_path / "one.keras"  # type: ignore[operator]
     keras.Model(inputs, keras.layers.Dense(3, name="logits")(inputs)).save(src)
     out = tmp_path / "small.keras"  # type: ignore[operator]
-    assert main(["prune", "--model", str(src), "--set", "ratio=0.5", "--set", "latency_runs=0", "--out", str(out)]) == 0
+    args = ["prune", "--model", str(src), "--set", "ratio=0.5", "--set", "latency_runs=0", "--out", str(out)]
+    assert main([*args, "--allow-noop"]) == 0
     said = [line for line in capsys.readouterr().err.splitlines() if "nothing" in line]
     assert said == [
         "cuttree: warning: nothing in this model can be pruned, so it is returned unchanged: every layer's output "

@@ -10,7 +10,6 @@ from torch import nn
 
 import cuttree
 from cuttree import latency_budget
-from cuttree.core import planner
 from cuttree.errors import PlanError
 from cuttree.measure import count_macs
 from cuttree.timing import Timing, interleaved
@@ -111,7 +110,6 @@ def test_the_search_runs_on_rounded_widths_where_they_are_faster_per_mac(
             out.append(lambda ms=ms: ms)
         return out
 
-    monkeypatch.setattr(planner, "channel_block", lambda: 8)  # the clock's block, on any machine
     monkeypatch.setattr(latency_budget, "timers", odd)
     r = cuttree.prune(m, x, cuttree.Config(latency_target={"fraction": 0.6, "batch": 8}, latency_runs=0))
     b = r.plan.budget

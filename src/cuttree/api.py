@@ -21,7 +21,7 @@ from cuttree import calibrate
 from cuttree._util import as_inputs, model_bytes, model_device, refuse_keras, to_numpy
 from cuttree.config import Config
 from cuttree.core.plan import HEAD_UNITS
-from cuttree.core.planner import PlanningInputs, estimate, nothing_prunable, resolve, selects
+from cuttree.core.planner import PlanningInputs, estimate, nothing_prunable, resolve, selects, shortfall_warning
 from cuttree.errors import SurgeryError, warn
 from cuttree.fold import computes_its_weight, fold_computed_weights
 from cuttree.graph.groups import DependencyGraph, build_graph
@@ -95,6 +95,8 @@ def _make_plan(
         plan = _validated(model, _train_checked(model, plan, example_inputs, graph), example_inputs, graph)
         _warn_heads_not_found(model, plan, config, graph)
     if (why := nothing_prunable(graph, config)) is not None:
+        warn(why)
+    elif validate and (why := shortfall_warning(plan)) is not None:
         warn(why)
     return plan, graph
 
@@ -388,6 +390,8 @@ def _plan_and_apply(
         plan = _validated(original, plan, example_inputs, graph)
         work = apply_plan(work, plan, example_inputs, graph.outputs)
     _warn_heads_not_found(original, plan, config, graph)
+    if graph.groups and (why := shortfall_warning(plan)) is not None:
+        warn(why)
     if config.reconstruct:
         from cuttree.reconstruct import reconstruct
 

@@ -21,7 +21,9 @@ import yaml
 from cuttree import __version__, cli_keras, io
 from cuttree.api import measurements_table, module_names, prune
 from cuttree.config import Config, parse_set
+from cuttree.core.planner import refuse_noop
 from cuttree.errors import CuttreeError, exit_code
+from cuttree.files import check_writable
 from cuttree.measure import Measurements
 
 
@@ -63,6 +65,9 @@ def _model(args: argparse.Namespace) -> torch.nn.Module:
     return model
 
 
+NOOP_FIX = "pass --allow-noop to write the unchanged model"
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if args.model is not None:
@@ -74,6 +79,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix != ".cuttree":
         raise ValueError(f"--out '{out}' must end in .cuttree")
+    check_writable(out)
     model = _model(args)
     torch.manual_seed(cfg.seed)
     x = (torch.randn(*args.input_shape),)
@@ -81,6 +87,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     print(r.plan.table(limit=args.rows))
     print()
     print(r.table())
+    if not args.allow_noop:
+        refuse_noop(r.plan, NOOP_FIX)
     extra = {"input_shape": list(args.input_shape)}
     io.save(r, out, arch=args.arch, arch_kwargs=args.arch_kwargs, extra=extra)
     cfg_path = out.with_suffix(".config.yaml")
@@ -184,6 +192,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return cli_keras.cmd_run(args, cfg, _data(args, "train"), _data(args, "test"), sens)
     if args.arch is None or args.input_shape is None:
         raise ValueError("run needs --arch and --input-shape for a torch model, or --model my.keras for a Keras one")
+    check_writable(args.out, folder=True)
     if cfg.finetune.deterministic:
         deterministic_env()
     device = rank_device(args.device)
@@ -203,6 +212,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         sensitivity=sens,
         data_name=args.data,
         progress=not args.quiet,
+        noop_fix=None if args.allow_noop else NOOP_FIX,
     )
     print(report_table(report, metric_name(cfg)))
     from cuttree.report import write_report
@@ -433,6 +443,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"cuttree: error: {message}; see '{self.prog} --help'\n")
 
 
+def _noop_arg(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "--allow-noop",
+        action="store_true",
+        help="write the model even if the config prunes nothing (default: exit 6 with the reason, nothing written)",
+    )
+
+
 def _trust_arg(sp: argparse.ArgumentParser) -> None:
     sp.add_argument(
         "--trust",
@@ -478,6 +496,7 @@ def parser() -> argparse.ArgumentParser:
         ".cuttree files always do",
     )
     sp.add_argument("--rows", type=int, default=40, help="plan rows to print")
+    _noop_arg(sp)
     sp.set_defaults(func=cmd_prune)
 
     sp = sub.add_parser("inspect", help="print a .cuttree (or cuttree-written .keras) file's plan and measurements")
@@ -508,6 +527,7 @@ def parser() -> argparse.ArgumentParser:
         "--sensitivity", default=None, help="a `cuttree sensitivity` file, for --set allocation=sensitivity"
     )
     sp.add_argument("--quiet", action="store_true", help="no per-step log lines")
+    _noop_arg(sp)
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("report", help="write report.html (self-contained) and report.md from a run's report.json")

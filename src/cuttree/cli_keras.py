@@ -17,6 +17,8 @@ import numpy as np
 
 from cuttree.config import Config
 from cuttree.core.plan import PruningPlan
+from cuttree.core.planner import refuse_noop
+from cuttree.files import check_writable
 from cuttree.report import write_json
 from cuttree.results import Measurements, measurements_table
 
@@ -62,12 +64,15 @@ def cmd_prune(args: argparse.Namespace, cfg: Config) -> int:
     out = Path(args.out)
     if out.suffix != ".keras":
         raise ValueError(f"--out '{out}' must end in .keras for a Keras model (--model {args.model})")
+    check_writable(out)
     model = ck.load(args.model)
     example = None if args.input_shape is None else np.zeros(args.input_shape, dtype="float32")
     r = ck.prune(model, cfg, example_inputs=example)
     print(r.plan.table(limit=args.rows))
     print()
     print(r.table())
+    if not args.allow_noop:
+        refuse_noop(r.plan, "pass --allow-noop to write the unchanged model")
     ck.save(r, out, sparse_storage=args.sparse_storage)
     report = write_json(
         out.with_suffix(".report.json"),
@@ -163,6 +168,7 @@ def sensitivity(args: argparse.Namespace, cfg: Config, data: Any, ratios: tuple[
 def cmd_run(args: argparse.Namespace, cfg: Config, train: Any, test: Any, sensitivity: Any = None) -> int:
     """Prune → recalibrate BN → fine-tune with distillation from the original → evaluate → save."""
     ck = keras_api()
+    check_writable(args.out, folder=True)
     original = ck.load(args.model)
     xtr, ytr = arrays(args, "train", train)
     xt, yt = arrays(args, "test", test)
@@ -170,6 +176,8 @@ def cmd_run(args: argparse.Namespace, cfg: Config, train: Any, test: Any, sensit
     dense = ck.evaluate(original, xt, yt, cfg.mode)
     calib = (xtr[: cfg.calib_samples], ytr[: cfg.calib_samples])
     r = ck.prune(original, cfg, example_inputs=example, calib_data=calib, sensitivity=sensitivity)
+    if not args.allow_noop:
+        refuse_noop(r.plan, "pass --allow-noop to fine-tune and write the unchanged model")
     pruned = ck.evaluate(r.model, xt, yt, cfg.mode)
     if cfg.finetune.bn_recalibrate:
         ck.recalibrate_bn(r.model, xtr, seed=cfg.seed)

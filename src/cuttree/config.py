@@ -151,11 +151,14 @@ class Config(BaseModel):
       unit ``query heads``, pruned at ``head_ratio``). ``false`` keeps the width inside groups and
       the query heads of each kv head (both frontends).
     - ``round_to``: kept channel counts are rounded up to a multiple of this. ``auto`` (the
-      default) rounds channel groups of at least 64 channels to the channel block of this
-      machine's CPU kernels (16 with AVX-512, else 8: :func:`cuttree.core.planner.channel_block`),
-      the widths where ONNX Runtime's and oneDNN's blocked convolutions take their fast path, and
-      leaves smaller groups, attention heads and conv groups free. ``1`` leaves every width free;
-      a number gives the same plan on every machine.
+      default) rounds channel groups of at least 64 channels to the channel block of the
+      deployment ``target`` (:func:`cuttree.core.planner.channel_block`), the widths where ONNX
+      Runtime's and oneDNN's blocked convolutions and GPU tensor cores take their fast path, and
+      leaves smaller groups, attention heads and conv groups free. ``1`` leaves every width free.
+    - ``target``: the hardware the pruned model is meant for, which fixes the block of ``round_to:
+      auto``: ``generic`` (the default), ``avx2`` and ``cuda`` round to 8, ``avx512`` to 16. Only
+      ``this-machine`` reads the CPU that plans (16 with AVX-512, else 8), so every other value
+      gives the same plan on every machine; the plan records the target.
     - ``steps``: reach the target in this many prune → fine-tune rounds.
     - ``reconstruct``: after surgery, refit every layer that lost input channels by least squares
       so it reproduces the original's outputs on the calibration data (needs calibration data;
@@ -183,6 +186,7 @@ class Config(BaseModel):
     scope: Literal["local", "global"] = "local"
     min_channels: int = Field(default=1, ge=1)
     round_to: int | Literal["auto"] = "auto"
+    target: Literal["generic", "avx2", "avx512", "cuda", "this-machine"] = "generic"
     ignore: tuple[str, ...] = ()
     layers: dict[str, LayerOverride] = Field(default_factory=dict)
     calib_samples: int = Field(default=256, gt=0)
@@ -256,7 +260,7 @@ class Config(BaseModel):
         """Load a YAML file (a mapping of the keys above), then apply ``overrides``."""
         p = Path(path)
         if not p.is_file():
-            raise ValueError(f"config file '{p}' does not exist; pass the path of a YAML file")
+            raise FileNotFoundError(f"config file '{p}' does not exist; pass the path of a YAML file")
         try:
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:

@@ -47,6 +47,33 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     return path
 
 
+def check_writable(path: str | Path, folder: bool = False) -> Path:
+    """Raise a one-line ``OSError`` now, before any work, if ``path`` (a file, or with ``folder``
+    a run folder) could not be written later: the nearest existing folder on its way must be a
+    writable folder, and the path itself must not be a folder (a file) or a file (a folder).
+
+    >>> import tempfile
+    >>> check_writable(Path(tempfile.mkdtemp()) / "new" / "model.cuttree").name
+    'model.cuttree'
+    >>> check_writable("/proc/version/x.cuttree")
+    Traceback (most recent call last):
+    ...
+    NotADirectoryError: cannot write '/proc/version/x.cuttree': '/proc/version' is a file, not a folder; choose another --out
+    """
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        kind = "a file" if folder else "a folder"
+        raise IsADirectoryError(f"cannot write '{path}': it is {kind}; choose another --out")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(f"cannot write '{path}': '{parent}' is a file, not a folder; choose another --out")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write '{path}': the folder '{parent}' is not writable; choose another --out")
+    return path
+
+
 def _fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)

@@ -20,6 +20,7 @@ from torch import nn
 from cuttree import io
 from cuttree.api import plan_and_apply
 from cuttree.config import Config
+from cuttree.core.planner import refuse_noop
 from cuttree.measure import compare, count_macs, evaluate, measure
 from cuttree.plan import PruningPlan, compose
 from cuttree.results import Measurements, aligned, speed_change
@@ -61,11 +62,14 @@ def run_job(
     sensitivity: Any = None,
     data_name: str = "",
     progress: bool = False,
+    noop_fix: str | None = None,
 ) -> dict[str, Any]:
     """Prune ``model`` to ``cfg``'s target in ``cfg.steps`` rounds with fine-tuning; write the run folder.
 
     With ``allocation: sensitivity``, ``sensitivity`` (a :class:`cuttree.Sensitivity` of
-    this model) decides the per-group ratios; it is written to the run folder.
+    this model) decides the per-group ratios; it is written to the run folder. With ``noop_fix``
+    (the fix to name), a first step that removes nothing ends the run with a :class:`PlanError`
+    before any fine-tuning.
     """
     out = Path(out_dir)
     if cfg.latency_target is not None and cfg.steps > 1:
@@ -96,6 +100,8 @@ def run_job(
         current, step_plan, _ = plan_and_apply(
             current, example_inputs, scfg, calib_data=train_data, sensitivity=sensitivity
         )
+        if i == 0 and noop_fix is not None:
+            refuse_noop(step_plan, noop_fix)
         plan = step_plan if plan is None else compose(plan, step_plan)
         if cfg.finetune.bn_recalibrate and not cfg.reconstruct:
             recalibrate_bn(current, train_data, scfg)

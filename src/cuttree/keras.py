@@ -29,7 +29,7 @@ import numpy as np
 from cuttree.config import Config
 from cuttree.core.grouping import DependencyGraph
 from cuttree.core.plan import PruningPlan
-from cuttree.core.planner import PlanningInputs, nothing_prunable
+from cuttree.core.planner import PlanningInputs, nothing_prunable, shortfall_warning
 from cuttree.core.sensitivity import DEFAULT_RATIOS, Sensitivity
 from cuttree.errors import did_you_mean, warn
 from cuttree.frontends.keras import surgery
@@ -125,9 +125,10 @@ def make_plan(
     """Trace, score and plan; ``model`` is not modified. ``sensitivity`` (from
     :func:`cuttree.keras.sensitivity`) is what ``allocation: sensitivity`` allocates from."""
     inputs = planning_inputs(model, config, example_inputs, calib_data)
-    if (why := nothing_prunable(inputs.graph, config)) is not None:
+    plan = inputs.decide(config, sensitivity)
+    if (why := nothing_prunable(inputs.graph, config) or shortfall_warning(plan)) is not None:
         warn(why)
-    return inputs.decide(config, sensitivity), inputs.graph
+    return plan, inputs.graph
 
 
 def sensitivity(

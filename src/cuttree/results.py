@@ -67,8 +67,13 @@ class PruneResult:
     unsupported_ops: dict[str, int] = field(default_factory=dict)
 
     def table(self) -> str:
-        """Before/after figures as a small text table."""
-        return measurements_table(self.before, self.after)
+        """Before/after figures as a small text table, under a "nothing pruned" line when a
+        structured plan kept every channel."""
+        table = measurements_table(self.before, self.after)
+        if self.plan.config.get("method", "structured") == "structured" and self.plan.removes_nothing:
+            why = self.plan.budget.get("shortfall", "nothing pruned: the plan keeps every channel")
+            return f"{why}\n{table}"
+        return table
 
 
 def measurements_table(before: Measurements, after: Measurements) -> str:

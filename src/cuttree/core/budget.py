@@ -2,8 +2,9 @@
 
 Local scope removes ``ratio`` of every group; global scope ranks channels of all groups
 together (scores divided by their group's best, so layers of different scale compare) and
-removes ``ratio`` of all of them. ``threshold`` (alone, or as a second condition beside a
-ratio) removes what scores below that fraction of the group's best. ``macs_target`` searches
+removes ``ratio`` of all of them. ``threshold`` removes what scores below that fraction of the
+group's best; beside a budget it removes that *too* (a channel goes if either selects it, as
+unstructured sparsity's masks do), so the budget is the least a group loses. ``macs_target`` searches
 the ratio whose plan keeps that fraction of the MACs, estimated from the trace, then widens
 groups one step each toward the next larger plan while the budget holds (the most importance
 per MAC first), so that rounded widths, which make every group step at once, still land close
@@ -46,7 +47,14 @@ def _finish(name: str, size: int, order: np.ndarray, n_rm: int, b: GroupBudget) 
 
 
 def _n_threshold(score: np.ndarray, t: float | None) -> int:
-    return len(score) if t is None else int((score < t * score.max()).sum())
+    """How many channels score below ``t`` × the group's best (never the best itself).
+
+    >>> _n_threshold(np.array([2.0, 3.0, 4.0, 5.0]), 0.7), _n_threshold(np.array([-2.0, -1.0]), 0.5)
+    (2, 1)
+    """
+    if t is None:
+        return 0
+    return min(int((score < t * score.max()).sum()), len(score) - 1)
 
 
 def select(
@@ -58,8 +66,8 @@ def select(
     for i, (s, b) in enumerate(zip(scores, budgets, strict=True)):
         if b.in_global_pool:
             continue
-        r = len(s) if b.ratio is None else math.floor(b.ratio * len(s) + 1e-9)
-        n_rm[i] = min(r, _n_threshold(s, b.threshold))
+        r = 0 if b.ratio is None else math.floor(b.ratio * len(s) + 1e-9)
+        n_rm[i] = max(r, _n_threshold(s, b.threshold))
     pool = [i for i, b in enumerate(budgets) if b.in_global_pool]
     if pool and ratio is not None:
         if ratio >= 1.0:
@@ -69,7 +77,7 @@ def select(
         for i in pool:
             s = scores[i]
             top = s.max()
-            cap = min(len(s) - min(budgets[i].min_channels, len(s)), _n_threshold(s, budgets[i].threshold))
+            cap = len(s) - min(budgets[i].min_channels, len(s))
             ranks = np.empty(len(s), dtype=np.int64)
             ranks[orders[i]] = np.arange(len(s))
             ok = ranks < cap
@@ -82,7 +90,7 @@ def select(
         chosen = np.argsort(all_norm, kind="stable")[:want]
         counts = np.bincount(all_gid[chosen], minlength=len(scores))
         for i in pool:
-            n_rm[i] = int(counts[i])
+            n_rm[i] = max(int(counts[i]), _n_threshold(scores[i], budgets[i].threshold))
     return [_finish(names[i], len(s), orders[i], n_rm[i], budgets[i]) for i, s in enumerate(scores)]
 
 

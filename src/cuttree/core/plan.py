@@ -112,6 +112,15 @@ class PruningPlan:
     def channels_after(self) -> int:
         return sum(len(g.keep) for g in self.groups)
 
+    @property
+    def removes_nothing(self) -> bool:
+        """Whether every group keeps all its channels (so does a plan with no groups).
+
+        >>> PruningPlan(groups=()).removes_nothing, PruningPlan(groups=(GroupPlan("a", 2, (0,), ()),)).removes_nothing
+        (True, False)
+        """
+        return self.channels_after == self.channels_before
+
     def removed_positions(self) -> dict[str, dict[int, np.ndarray]]:
         """For each tensor and dim, the sorted positions that surgery removes."""
         out: dict[str, dict[int, list[np.ndarray]]] = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,7 @@ import numpy as np
 
 from cuttree.config import Config, LayerOverride
 from cuttree.core.allocate import Curve, allocate
-from cuttree.core.budget import GroupBudget, _with_ratio, estimate_macs, estimate_params, search, select
+from cuttree.core.budget import GroupBudget, _n_threshold, _with_ratio, estimate_macs, estimate_params, search, select
 from cuttree.core.grouping import DependencyGraph
 from cuttree.core.importance import CRITERIA, used_criterion
 from cuttree.core.plan import HEAD_UNITS, GroupPlan, PlanMember, PruningPlan
@@ -101,9 +102,105 @@ def decide(
         layout=layout,
     )
     plan = dataclasses.replace(plan, macs_after=estimate(graph, plan))
-    if allocation is not None:
-        plan = dataclasses.replace(plan, budget=allocation)
+    note = dict(allocation or {})
+    if target is None and (short := shortfall(graph, config, budgets, scores, keeps)) is not None:
+        note["shortfall"] = short
+    if note:
+        plan = dataclasses.replace(plan, budget=note)
     return plan
+
+
+def shortfall(
+    graph: DependencyGraph,
+    config: Config,
+    budgets: Sequence[GroupBudget],
+    scores: Sequence[np.ndarray],
+    keeps: Sequence[np.ndarray],
+) -> str | None:
+    """Why a ratio or threshold removed nothing, or less than half the channels it asks for, with
+    the fix; ``None`` when it removed what it asked (or asked nothing: ``ratio: 0``).
+
+    A budget of MACs or parameters is met by a search that fails when it cannot be, so only
+    ``ratio``, ``head_ratio`` and ``threshold`` fall short this way: a threshold below every
+    channel's score, a ratio under one channel of every group, or ``min_channels`` and
+    ``round_to`` giving back what the ratio takes.
+
+    >>> from cuttree.core.budget import GroupBudget
+    >>> from cuttree.core.grouping import Group
+    >>> g = DependencyGraph([Group("conv", 4, (), ())], {}, [], np.zeros(0, dtype=np.int64), {}, [], {}, 0.0, [])
+    >>> b = GroupBudget(None, 0.5, 1, 1, False)
+    >>> print(shortfall(g, Config(threshold=0.5), [b], [np.array([4.0, 5.0, 4.5, 5.0])], [np.arange(4)]))
+    nothing pruned: threshold=0.5 selects no channel, the weakest channel of any group scoring 0.80 of its group's best ('conv'); lower threshold below 0.80 or add a budget such as ratio: 0.3
+    """
+    if config.method != "structured" or not graph.groups:
+        return None
+    sizes = [g.size for g in graph.groups]
+    removed = sum(n - len(k) for n, k in zip(sizes, keeps, strict=True))
+    asked = sum(
+        max(0 if b.ratio is None else math.floor(b.ratio * n + 1e-9), _n_threshold(s, b.threshold))
+        for n, b, s in zip(sizes, budgets, scores, strict=True)
+    )
+    if removed == 0 and asked == 0:
+        if not any(b.ratio for b in budgets) and all(b.threshold is None for b in budgets):
+            return None  # asked for nothing (ratio: 0)
+        causes, fixes = [], []
+        with_threshold = [(s, g.name) for g, b, s in zip(graph.groups, budgets, scores, strict=True) if b.threshold]
+        if with_threshold:
+            weakest, name = min((float(s.min() / s.max()) if s.max() > 0 else 1.0, n) for s, n in with_threshold)
+            t = config.threshold if config.threshold is not None else "per layer"
+            causes.append(
+                f"threshold={t} selects no channel, the weakest channel of any group scoring {weakest:.2f} "
+                f"of its group's best ('{name}')"
+            )
+            fixes.append(f"lower threshold below {weakest:.2f}")
+        if any(b.ratio for b in budgets):
+            n, name = max((n, g.name) for g, n, b in zip(graph.groups, sizes, budgets, strict=True) if b.ratio)
+            causes.append(f"ratio={config.ratio} is under one channel of every group (the largest, '{name}', has {n})")
+            fixes.append(f"raise ratio to at least {math.ceil(1000 / n) / 1000}")
+        elif with_threshold:
+            fixes.append("add a budget such as ratio: 0.3")
+        return f"nothing pruned: {' and '.join(causes)}; {' or '.join(fixes)}"
+    if removed >= asked / 2:
+        return None
+    held = [f"min_channels={config.min_channels}"] if config.min_channels > 1 else []
+    if any(b.round_to > 1 for b in budgets):
+        held.append(
+            f"round_to={config.round_to} (rounding kept counts up to a multiple of {max(b.round_to for b in budgets)})"
+        )
+    what = " and ".join(held) or "the groups' sizes"
+    fix = "lower min_channels or set round_to: 1" if held else "raise the ratio"
+    head = "nothing pruned" if removed == 0 else f"pruned only {removed} of the {asked} channels the budget asks for"
+    return f"{head}: {what} keep them; {fix}"
+
+
+def refuse_noop(plan: PruningPlan, fix: str) -> None:
+    """Raise :class:`PlanError` if a structured plan removes nothing, with its reason and ``fix``
+    (what the caller offers to accept it anyway: the CLI's ``--allow-noop``)."""
+    if plan.config.get("method", "structured") != "structured" or not plan.removes_nothing:
+        return
+    why = shortfall_warning(plan) or "nothing pruned: no channel of this model can be pruned (see the warning above)"
+    raise PlanError(f"{why}; no file written ({fix})")
+
+
+def shortfall_warning(plan: PruningPlan) -> str | None:
+    """The warning a frontend gives for a final plan (after its checks) that removes nothing or
+    less than asked: the planner's reason (``plan.budget["shortfall"]``), or, when the planner's
+    plan did remove channels, that the checks kept them; ``None`` when the plan did what it was
+    asked or was asked nothing."""
+    if (short := plan.budget.get("shortfall")) is not None:
+        return str(short)
+    cfg = plan.config
+    asked = (
+        cfg.get("ratio")
+        or cfg.get("head_ratio")
+        or any(cfg.get(k) is not None for k in ("threshold", "macs_target", "params_target", "latency_target"))
+    )
+    if plan.groups and asked and cfg.get("method", "structured") == "structured" and plan.removes_nothing:
+        return (
+            "nothing pruned: every group that the budget would shrink was kept whole by the checks warned about "
+            "above; follow their advice, or name the layers involved in 'ignore' and prune the rest"
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -275,7 +372,7 @@ def group_budgets(graph: DependencyGraph, cfg: Config, overrides: dict[str, list
                 ratio=ratio,
                 threshold=o.threshold if o is not None and o.threshold is not None else cfg.threshold,
                 min_channels=o.min_channels if o is not None and o.min_channels is not None else cfg.min_channels,
-                round_to=round_to(cfg.round_to, graph.groups[i].unit, graph.groups[i].size),
+                round_to=round_to(cfg.round_to, graph.groups[i].unit, graph.groups[i].size, cfg.target),
                 in_global_pool=cfg.scope == "global"
                 and (o is None or o.ratio is None)
                 and not heads
@@ -286,18 +383,37 @@ def group_budgets(graph: DependencyGraph, cfg: Config, overrides: dict[str, list
 
 
 AUTO_ROUND_MIN = 64  #: the smallest channel group that ``round_to: auto`` rounds
+TARGET_BLOCKS = {"generic": 8, "avx2": 8, "avx512": 16, "cuda": 8}  #: ``target`` → channel block
 
 
-def channel_block() -> int:
-    """The channel count this CPU's vector kernels work in blocks of: 16 with AVX-512, else 8.
+def channel_block(target: str = "generic") -> int:
+    """The channel count the kernels of a deployment ``target`` work in blocks of.
 
     ONNX Runtime's NCHWc convolutions and oneDNN's blocked layouts take a fast path only when a
-    convolution's channel counts are multiples of this block; elsewhere they reorder the data in
-    and out of the blocked layout around it.
+    convolution's channel counts are multiples of the CPU's vector block: 16 floats with AVX-512,
+    8 with AVX2; GPU tensor cores want multiples of 8 in half precision. Elsewhere the kernels
+    reorder the data in and out of the blocked layout around the layer. ``generic`` is 8, a
+    multiple of every block but AVX-512's; ``this-machine`` is the only value that reads the CPU
+    cuttree runs on (:func:`host_channel_block`).
 
-    >>> channel_block() in (8, 16)
+    >>> channel_block("avx512"), channel_block("avx2"), channel_block("generic"), channel_block("cuda")
+    (16, 8, 8, 8)
+    >>> channel_block("this-machine") in (8, 16)
     True
     """
+    if target == "this-machine":
+        return host_channel_block()
+    try:
+        return TARGET_BLOCKS[target]
+    except KeyError:
+        raise ValueError(
+            f"target '{target}' is not known{did_you_mean(target, TARGET_BLOCKS)}; "
+            f"use one of {', '.join(TARGET_BLOCKS)} or this-machine"
+        ) from None
+
+
+def host_channel_block() -> int:
+    """16 when the CPU running this code has AVX-512, else 8 (``target: this-machine``)."""
     try:
         from numpy._core._multiarray_umath import __cpu_features__
     except ImportError:  # pragma: no cover - numpy < 2 or another build
@@ -305,20 +421,20 @@ def channel_block() -> int:
     return 16 if __cpu_features__.get("AVX512F") else 8
 
 
-def round_to(setting: int | str, unit: str, size: int) -> int:
+def round_to(setting: int | str, unit: str, size: int, target: str = "generic") -> int:
     """The multiple a group's kept count is rounded up to.
 
-    ``auto`` rounds channel groups of at least :data:`AUTO_ROUND_MIN` channels to
-    :func:`channel_block` (a step is then at most a quarter of the group), and leaves smaller
-    groups, attention heads and conv groups free: rounding a 16- or 32-channel group to a block
-    would keep it whole, and budgets such as half the MACs of a CIFAR ResNet would be out of reach.
+    ``auto`` rounds channel groups of at least :data:`AUTO_ROUND_MIN` channels to the
+    ``target``'s :func:`channel_block` (a step is then at most a quarter of the group), and leaves
+    smaller groups, attention heads and conv groups free: rounding a 16- or 32-channel group to a
+    block would keep it whole, and budgets such as half the MACs of a CIFAR ResNet would be out of
+    reach.
 
-    >>> b = channel_block()
-    >>> round_to("auto", "channels", 256) == b, round_to("auto", "channels", 32), round_to("auto", "heads", 96)
-    (True, 1, 1)
-    >>> round_to(4, "channels", 32)
-    4
+    >>> round_to("auto", "channels", 256), round_to("auto", "channels", 256, "avx512")
+    (8, 16)
+    >>> round_to("auto", "channels", 32), round_to("auto", "heads", 96), round_to(4, "channels", 32)
+    (1, 1, 4)
     """
     if setting == "auto":
-        return channel_block() if unit == "channels" and size >= AUTO_ROUND_MIN else 1
+        return channel_block(target) if unit == "channels" and size >= AUTO_ROUND_MIN else 1
     return int(setting)

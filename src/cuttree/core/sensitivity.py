@@ -165,7 +165,7 @@ def key_settings(config: Config, ratios: Sequence[float]) -> bytes:
     True
     """
     d = config.to_dict()
-    keys = ("mode", "criterion", "min_channels", "round_to", "ignore", "seed", "calib_samples", "group_width")
+    keys = ("mode", "criterion", "min_channels", "round_to", "target", "ignore", "seed", "calib_samples", "group_width")
     settings = {k: d[k] for k in keys}
     settings["bn"] = config.finetune.bn_recalibrate
     settings["batch_size"] = config.finetune.batch_size
