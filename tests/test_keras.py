@@ -676,7 +676,9 @@ def test_finetune_learns_and_distillation_leaves_the_teacher_alone() -> None:
     cfg = cuttree.Config(ratio=0.0, finetune={"epochs": 8, "batch_size": 32, "lr": 0.1, "distill": 0.3})
     acc0 = ck.evaluate(student, x, y)
     out = ck.finetune(student, cfg, x, y, teacher=teacher, augment=False)
-    assert out["steps"] == 64 and ck.evaluate(student, x, y) > max(acc0, 85.0)
+    assert out["steps"] == 56 and ck.evaluate(student, x, y) > max(acc0, 85.0)  # 26 of 256 held out: 230 train
+    v = out["validation"]
+    assert (v["source"], v["samples"], v["metric"]) == ("held out", 26, "top1") and len(v["history"]) == 9
     assert all(np.array_equal(a, b) for a, b in zip(before, teacher.get_weights(), strict=True))
     assert teacher.trainable
     with pytest.raises(ValueError, match="needs the unpruned model"):
@@ -848,3 +850,67 @@ def test_the_cli_prints_a_warning_on_one_line(tmp_path: object, capsys: pytest.C
         "cuttree: warning: nothing in this model can be pruned, so it is returned unchanged: every layer's output "
         "channels are pinned (logits: a model output); the model has no channels besides its outputs'"
     ]
+
+
+def test_a_file_with_an_unregistered_custom_layer_names_it_and_the_fix(
+    tmp_path: object, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not "corrupt": the CLI names the class and the fix, and with --trust MODULE (which
+    registers it) the model prunes, the custom layer kept whole with the usual warning."""
+    import sys
+    from pathlib import Path
+
+    from cuttree.cli import main
+
+    folder = Path(str(tmp_path))
+    (folder / "mylayers.py").write_text(
+        "import keras\n\n\n@keras.saving.register_keras_serializable(package='mylayers')\n"
+        "class Scale(keras.layers.Layer):\n    def call(self, x):\n        return x * 2.0\n"
+    )
+    monkeypatch.syspath_prepend(str(folder))
+    import mylayers  # type: ignore[import-not-found]
+
+    i = keras.Input((4,))
+    keras.Model(i, keras.layers.Dense(3)(mylayers.Scale()(keras.layers.Dense(8)(i)))).save(folder / "custom.keras")
+    keras.saving.get_custom_objects().pop("mylayers>Scale")
+    monkeypatch.delitem(sys.modules, "mylayers")
+    args = ["prune", "--model", str(folder / "custom.keras"), "--set", "ratio=0.5", "--set", "latency_runs=0"]
+    args += ["--out", str(folder / "small.keras")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "uses the custom class 'Scale', which is not registered" in err and "--trust MODULE" in err
+    assert "corrupt" not in err and not (folder / "small.keras").exists()
+    assert main([*args, "--trust", "mylayers", "--allow-noop"]) == 0
+    assert "Scale" in capsys.readouterr().err  # the layer without a rule: kept whole, with the warning
+    keras.saving.get_custom_objects().pop("mylayers>Scale", None)
+
+
+def test_the_keras_verbs_raise_no_warning_but_cuttrees_own(tmp_path: object) -> None:
+    """A model built with ``inputs=[...]`` (as legacy .h5 files are), pruned, evaluated, recalibrated,
+    fine-tuned, saved and loaded: Keras's note that the input structures differ and numpy's note
+    on the torch backend's ``__array__`` are the user's business no more; cuttree's own remain."""
+    from pathlib import Path
+
+    from cuttree.errors import CuttreeWarning
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    x = keras.layers.BatchNormalization()(keras.layers.Conv2D(16, 3, padding="same")(inp))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(16, 3, padding="same", activation="relu")(x))
+    model = keras.Model([inp], keras.layers.Dense(3, activation="softmax")(x))
+    rng = np.random.default_rng(0)
+    xs, ys = rng.random((64, 8, 8, 3), dtype=np.float32), rng.integers(0, 3, 64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = ck.prune(model, cuttree.Config(ratio=0.5, latency_runs=2))
+        ck.evaluate(r.model, xs, ys)
+        ck.recalibrate_bn(r.model, xs)
+        cfg = cuttree.Config(ratio=0.5, finetune={"epochs": 1, "batch_size": 16, "distill": 0.5})
+        ck.finetune(r.model, cfg, xs, ys, teacher=model, augment=False)
+        path = Path(str(tmp_path)) / "small.keras"
+        ck.save(r, path)
+        ck.load(path)
+    others = [
+        f"{w.category.__name__}: {str(w.message)[:80]}" for w in caught if not issubclass(w.category, CuttreeWarning)
+    ]
+    assert others == []

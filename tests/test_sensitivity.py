@@ -14,6 +14,7 @@ from torch import nn
 import cuttree
 from cuttree import analysis
 from cuttree.analysis import Sensitivity
+from cuttree.batching import Subset
 from cuttree.data import digits
 from cuttree.errors import PlanError
 from cuttree.measure import count_params, evaluate
@@ -47,7 +48,7 @@ def test_each_entry_is_the_group_pruned_alone(trained: tuple[nn.Module, Any], tm
     model, data = trained
     s = cuttree.sensitivity(model, X, CFG, data, ratios=(0.25, 0.5), samples=200, cache_dir=tmp_path, quiet=True)
     assert s.groups == {"0": 8, "4": 16} and s.ratios == (0.25, 0.5) and s.samples == 200 and s.complete
-    subset = analysis._Subset(data, s_indices(data, 200))
+    subset = Subset(data, s_indices(data, 200))
     recalibrated = copy.deepcopy(model)  # the baseline: the unpruned model, BN recalibrated alike
     recalibrate_bn(recalibrated, subset, CFG)
     assert s.baseline == evaluate(recalibrated, subset, batch_size=64)["top1"]

@@ -74,6 +74,16 @@ def test_nm_pattern_exact(pattern: str) -> None:
         assert (kept_min >= dropped_max).all(), name
 
 
+def test_nm_leaves_a_layer_whose_width_is_not_a_multiple_of_m_dense_with_a_warning() -> None:
+    """resnet18's stem takes 3 channels: no run of 4 inputs, so it stays dense; the rest are 2:4."""
+    torchvision = pytest.importorskip("torchvision")
+    m = torchvision.models.resnet18(num_classes=10)
+    with pytest.warns(UserWarning, match=r"kept 1 layer\(s\) dense under nm=2:4: .* not a multiple of 4 \(conv1: 3\)"):
+        r = cuttree.sparsify(m, cuttree.Config(method="unstructured", nm="2:4"))
+    assert bool(r.masks["conv1"].all())
+    assert all(float(mask.float().mean()) == 0.5 for name, mask in r.masks.items() if name != "conv1")
+
+
 def test_schedule_monotone_and_exact_at_end() -> None:
     vals = [polynomial_sparsity(s, 0.1, 0.8, 100, 1100, 50) for s in range(0, 1500, 7)]
     assert all(b >= a for a, b in itertools.pairwise(vals))

@@ -12,6 +12,7 @@ The PyTorch API is here (``cuttree.prune``); the Keras 3 one is :mod:`cuttree.ke
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from cuttree.measure import Measurements, measure
     from cuttree.sparsity import strip
     from cuttree.surgery import apply_plan
+    from cuttree.train import finetune
 
 __version__ = "0.1.0"
 
@@ -58,6 +60,7 @@ _WHERE = {
     "measure": "cuttree.measure",
     "strip": "cuttree.sparsity",
     "apply_plan": "cuttree.surgery",
+    "finetune": "cuttree.train",
 }
 
 __all__ = [
@@ -78,6 +81,7 @@ __all__ = [
     "apply_plan",
     "criterion",
     "export_onnx",
+    "finetune",
     "load",
     "load_weights",
     "make_plan",
@@ -96,6 +100,8 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_WHERE[name]), name)
         globals()[name] = value
         return value
+    if importlib.util.find_spec(f"{__name__}.{name}") is not None:  # a submodule: cuttree.sparsity.gradual(...)
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'cuttree' has no attribute '{name}'")
 
 

@@ -27,6 +27,7 @@ from torch import nn
 
 from cuttree._util import as_inputs, to_numpy
 from cuttree.api import planning_inputs
+from cuttree.batching import Subset
 from cuttree.config import Config
 from cuttree.core.planner import estimate
 from cuttree.core.sensitivity import (
@@ -73,7 +74,7 @@ def sensitivity(
 
     example_inputs = as_inputs(example_inputs)
     ratios = check_ratios(ratios)
-    subset = _Subset(data, subset_indices(len(data), samples, config.min_samples, config.seed))
+    subset = Subset(data, subset_indices(len(data), samples, config.min_samples, config.seed))
     calib: Any = calib_data if calib_data is not None else subset
     key = _key(model, example_inputs, config, subset, ratios)
     cache = cache_root(cache_dir) / "sensitivity" / f"{key}.json"
@@ -115,22 +116,8 @@ def sensitivity(
     return measure_groups(result, plans, pruned_score, lambda p: estimate(graph, p), cache, quiet, log)
 
 
-class _Subset:
-    """``data`` at the indices ``idx`` (a dataset, keeping its ``classes`` if it has them)."""
-
-    def __init__(self, data: Any, idx: np.ndarray) -> None:
-        self.data, self.idx = data, idx
-        self.classes = getattr(data, "classes", None)
-
-    def __len__(self) -> int:
-        return len(self.idx)
-
-    def __getitem__(self, i: int) -> Any:
-        return self.data[int(self.idx[i])]
-
-
 def _key(
-    model: nn.Module, example_inputs: Sequence[Any], config: Config, subset: _Subset, ratios: Sequence[float]
+    model: nn.Module, example_inputs: Sequence[Any], config: Config, subset: Subset, ratios: Sequence[float]
 ) -> str:
     """A digest of everything the result depends on: weights, inputs' shapes, data, settings."""
     h = hashlib.sha256()

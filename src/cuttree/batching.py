@@ -11,7 +11,7 @@ feeds TFMOT the very same batches.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,51 @@ def shuffled_order(n: int, batch_size: int, steps: int, seed: int) -> np.ndarray
     rng = np.random.default_rng(seed)
     per_pass = max(n // batch_size, 1)
     return np.concatenate([rng.permutation(n) for _ in range(math.ceil(steps / per_pass))])
+
+
+def held_out(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The indices that stay for training and those held out to validate on: ``fraction`` of
+    ``n`` (rounded, at least one, never all), the same ones for the same seed; none when
+    ``fraction`` is 0 or ``n`` < 2. Both sorted.
+
+    >>> kept, out = held_out(10, 0.2, seed=0)
+    >>> len(kept), len(out), sorted([*kept, *out]) == list(range(10))
+    (8, 2, True)
+    >>> [len(a) for a in held_out(1, 0.5, seed=0)]
+    [1, 0]
+    """
+    if fraction <= 0 or n < 2:
+        return np.arange(n), np.zeros(0, dtype=np.int64)
+    k = min(max(1, math.floor(fraction * n + 0.5)), n - 1)
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[k:]), np.sort(perm[:k])
+
+
+class Subset:
+    """``data`` at ``indices``, with its ``generator`` (augmentation) and ``classes`` passed
+    through, so that a checkpoint still captures the generator the training samples draw from.
+
+    >>> s = Subset([(0, 0), (1, 1), (2, 0)], [2, 0])
+    >>> len(s), s[0]
+    (2, (2, 0))
+    """
+
+    def __init__(self, data: Any, indices: Sequence[int] | np.ndarray) -> None:
+        self.data, self.indices = data, [int(i) for i in indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.data[self.indices[i]]
+
+    @property
+    def generator(self) -> Any:  # a torch.Generator: what a checkpoint captures (cuttree.rng)
+        return getattr(self.data, "generator", None)
+
+    @property
+    def classes(self) -> list[str] | None:
+        return getattr(self.data, "classes", None)
 
 
 def batch_at(

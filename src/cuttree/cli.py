@@ -8,6 +8,8 @@ file, 5 untraceable model, …); no output file is written unless the whole job 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import json
 import sys
 import warnings
@@ -19,10 +21,10 @@ import torch
 import yaml
 
 from cuttree import __version__, cli_keras, io
-from cuttree.api import measurements_table, module_names, prune
+from cuttree.api import make_plan, measurements_table, module_names, prune
 from cuttree.config import Config, parse_set
 from cuttree.core.planner import refuse_noop
-from cuttree.errors import CuttreeError, exit_code
+from cuttree.errors import CuttreeError, CuttreeWarning, PlanError, exit_code
 from cuttree.files import check_writable
 from cuttree.measure import Measurements
 
@@ -85,12 +87,15 @@ def cmd_prune(args: argparse.Namespace) -> int:
     x = (torch.randn(*args.input_shape),)
     r = prune(model, x, cfg)
     print(r.plan.table(limit=args.rows))
-    print()
-    print(r.table())
     if not args.allow_noop:
-        refuse_noop(r.plan, NOOP_FIX)
+        try:
+            refuse_noop(r.plan, NOOP_FIX)
+        except PlanError:
+            print(f"\n{r.table()}")  # the figures of what was not written
+            raise
     extra = {"input_shape": list(args.input_shape)}
     io.save(r, out, arch=args.arch, arch_kwargs=args.arch_kwargs, extra=extra)
+    r.after = dataclasses.replace(r.after, size_bytes=out.stat().st_size)  # the file written, as reported
     cfg_path = out.with_suffix(".config.yaml")
     io.atomic_write(cfg_path, lambda p: p.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
     report = _write_json(
@@ -103,7 +108,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         after=r.after.to_dict(),
         timings=r.timings,
     )
-    print(f"\nwrote {out}, {cfg_path} and {report}")
+    print(f"\n{r.table()}\n\nwrote {out}, {cfg_path} and {report}")
     return 0
 
 
@@ -131,8 +136,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    from cuttree.graph.groups import build_graph
-
     if args.model is not None:
         if args.arch is not None:
             raise ValueError("give --model (a .keras/.h5 file) or --arch (a torch model), not both")
@@ -140,8 +143,11 @@ def cmd_layers(args: argparse.Namespace) -> int:
     if args.arch is None or args.input_shape is None:
         raise ValueError("layers needs --arch and --input-shape for a torch model, or --model my.keras for a Keras one")
     model = _model(args)
-    graph = build_graph(model, (torch.zeros(*args.input_shape),))
-    print(graph.table())
+    x = (torch.zeros(*args.input_shape),)
+    with warnings.catch_warnings():  # the probe plan's own shortfall is not this command's business
+        warnings.filterwarnings("ignore", message="nothing pruned")
+        plan, graph = make_plan(model, x, Config(ratio=0.5, round_to=1, latency_runs=0))
+    print(graph.table(checked=[g.name for g in plan.groups if g.size > 1 and len(g.keep) == g.size]))
     print(f"modules: {len(module_names(model))}; ops cuttree cannot prune through: {graph.unsupported or 'none'}")
     return 0
 
@@ -161,11 +167,14 @@ def data_args(sp: argparse.ArgumentParser) -> None:
 
 
 def _data(args: argparse.Namespace, split: str, augment: bool = True) -> Any:
-    from cuttree.data import load_dataset
+    from cuttree.data import DATASETS, load_dataset
 
     name, _, path = args.data.partition(":")
     kw: dict[str, Any] = {}
-    if args.limit and name != "digits":
+    if args.limit:
+        loader = DATASETS.get(name)
+        if loader is not None and "limit" not in inspect.signature(loader).parameters:
+            raise ValueError(f"--limit: the {name} loader reads every sample it is given; drop --limit")
         kw["limit"] = args.limit
     if path:
         kw["path"] = path
@@ -189,6 +198,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config(args)
     sens = _sensitivity_file(args, cfg)
     if args.model is not None:
+        if args.resume:
+            raise ValueError("--resume continues torch runs only (Keras fine-tuning keeps no checkpoint); drop it")
         return cli_keras.cmd_run(args, cfg, _data(args, "train"), _data(args, "test"), sens)
     if args.arch is None or args.input_shape is None:
         raise ValueError("run needs --arch and --input-shape for a torch model, or --model my.keras for a Keras one")
@@ -213,6 +224,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         data_name=args.data,
         progress=not args.quiet,
         noop_fix=None if args.allow_noop else NOOP_FIX,
+        resume=args.resume,
     )
     print(report_table(report, metric_name(cfg)))
     from cuttree.report import write_report
@@ -287,7 +299,8 @@ def _torch_sensitivity(args: argparse.Namespace, cfg: Config, data: Any, ratios:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from cuttree.train import deterministic_env, finetune, init_distributed, rank_device
+    from cuttree.train import deterministic_env, finetune, init_distributed, rank_device, weights_digest
+    from cuttree.validation import warn_if_worse
 
     cfg = _config(args, need_target=False)
     if cli_keras.is_keras_file(args.model):
@@ -295,6 +308,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if cfg.finetune.deterministic:
         deterministic_env()
     rank, size = init_distributed(args.device)
+    if rank == 0:
+        check_writable(args.out, folder=True)
     device = rank_device(args.device)
     meta = io.read_metadata(args.model)
     model = io.load(args.model, trusted=args.trust).to(device).train()
@@ -319,12 +334,15 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         max_steps=args.max_steps,
         progress=not args.quiet,
     )
-    digest = sum(float(p.double().sum()) for p in model.parameters())
-    print(f"rank {rank}/{size}: step {state['step']}/{state['total']} weights checksum {digest:.10f}", flush=True)
-    if rank == 0 and state["step"] == state["total"]:
+    if state["step"] < state["total"]:
+        print(f"stopped at step {state['step']}/{state['total']}; continue with --resume")
+        return 0
+    digest = weights_digest(model)
+    if rank == 0:
         io.save(model, out / "model.cuttree", arch=meta["arch"], arch_kwargs=meta.get("arch_kwargs"), plan=meta["plan"])
         m = _evaluate(args, model, test, cfg.mode, cfg.finetune.ignore_index, "after")
         print(f"{_metrics(m)} on {args.data} test ({len(test):,} samples), before fine-tuning {_metrics(before)}")
+        warn_if_worse(before, m, cfg.mode)
         report = _write_json(
             out / "report.json",
             "finetune",
@@ -337,6 +355,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             after={"metric": m},
             steps=state["total"],
             history=state["history"],
+            validation=state["validation"],
+            weights_sha256=digest,
+            processes=size,
         )
         print(f"wrote {out / 'model.cuttree'} and {report}")
     return 0
@@ -457,8 +478,9 @@ def _trust_arg(sp: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="MODULE",
-        help="a module whose architectures a .cuttree file may name (repeatable); torchvision.models and "
-        "cuttree.models are always trusted. A file is never trusted by what it says about itself",
+        help="a module whose architectures a .cuttree file may name (repeatable; torchvision.models and "
+        "cuttree.models are always trusted), or for a Keras file a module to import first, which registers its "
+        "custom layers. A file is never trusted by what it says about itself",
     )
 
 
@@ -486,6 +508,7 @@ def parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("prune", help="prune a model and write a .cuttree file (or a .keras file for a Keras model)")
     model_args(sp, keras_too=True)
+    _trust_arg(sp)
     sp.add_argument("--config", help="YAML config (mode, threshold, min_samples, ratio, …)")
     sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     sp.add_argument("--out", required=True, help="output .cuttree file (.keras for --model)")
@@ -506,6 +529,7 @@ def parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("layers", help="list a model's prunable groups and the layers kept whole")
     model_args(sp, keras_too=True)
+    _trust_arg(sp)
     sp.set_defaults(func=cmd_layers)
 
     sp = sub.add_parser("demo", help="the main job on the embedded default data")
@@ -518,6 +542,7 @@ def parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("run", help="prune, fine-tune (with distillation) and report: the whole job")
     model_args(sp, keras_too=True)
+    _trust_arg(sp)
     data_args(sp)
     sp.add_argument("--config", help="YAML config")
     sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
@@ -527,6 +552,9 @@ def parser() -> argparse.ArgumentParser:
         "--sensitivity", default=None, help="a `cuttree sensitivity` file, for --set allocation=sensitivity"
     )
     sp.add_argument("--quiet", action="store_true", help="no per-step log lines")
+    sp.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run in --out (torch models; same config)"
+    )
     _noop_arg(sp)
     sp.set_defaults(func=cmd_run)
 
@@ -538,6 +566,7 @@ def parser() -> argparse.ArgumentParser:
         "sensitivity", help="the metric after pruning each group alone at several ratios (cached; resumable)"
     )
     model_args(sp, keras_too=True)
+    _trust_arg(sp)
     data_args(sp)
     sp.add_argument("--split", default="train", help="the split to score on (default train: keep test for the end)")
     sp.add_argument("--samples", type=int, default=1000, help="validation samples scored (a fixed random subset)")
@@ -593,9 +622,28 @@ def parser() -> argparse.ArgumentParser:
 def _one_line_warning(
     message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None
 ) -> None:
-    """Print a warning as ``cuttree: warning: …`` on one line: a CLI user has no line of code to look at."""
-    kind = "" if category is UserWarning else f"{category.__name__}: "
-    print(f"cuttree: warning: {kind}{' '.join(str(message).split())}", file=sys.stderr if file is None else file)
+    """Print a warning on one line: cuttree's own as ``cuttree: warning: …`` (a CLI user has no
+    line of code to look at), another library's as ``warning from LIBRARY: …``, so that nobody
+    takes a library's note about its own code for cuttree's advice."""
+    text = " ".join(str(message).split())
+    if issubclass(category, CuttreeWarning):
+        said = f"cuttree: warning: {text}"
+    else:
+        kind = "" if category is UserWarning else f"{category.__name__}: "
+        said = f"warning from {_origin(filename)}: {kind}{text}"
+    print(said, file=sys.stderr if file is None else file)
+
+
+def _origin(filename: str) -> str:
+    """The library a warning was raised in: the folder under site-packages, else the file.
+
+    >>> _origin("/x/lib/python3.11/site-packages/keras/src/models/functional.py"), _origin("/home/me/train.py")
+    ('keras', 'train.py')
+    """
+    parts = Path(filename).parts
+    if "site-packages" in parts and parts.index("site-packages") + 1 < len(parts):
+        return parts[parts.index("site-packages") + 1].removesuffix(".py")
+    return Path(filename).name
 
 
 def main(argv: Sequence[str] | None = None) -> int:

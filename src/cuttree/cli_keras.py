@@ -8,6 +8,8 @@ numpy arrays; ``--normalize`` sets CIFAR-10's scaling (the MLPerf-Tiny ResNet ta
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
 import json
 import os
 from pathlib import Path
@@ -18,9 +20,11 @@ import numpy as np
 from cuttree.config import Config
 from cuttree.core.plan import PruningPlan
 from cuttree.core.planner import refuse_noop
+from cuttree.errors import PlanError
 from cuttree.files import check_writable
 from cuttree.report import write_json
 from cuttree.results import Measurements, measurements_table
+from cuttree.validation import warn_if_worse
 
 
 def keras_api() -> Any:
@@ -34,6 +38,20 @@ def keras_api() -> Any:
             "pip install 'cuttree[keras]' and set KERAS_BACKEND=torch (or install that backend)"
         ) from None
     return ck
+
+
+def load(args: argparse.Namespace, path: str) -> Any:
+    """The Keras model in ``path``, after importing the modules named with ``--trust``: the code
+    that defines and registers the file's custom layers, which a file never brings itself."""
+    ck = keras_api()
+    for module in getattr(args, "trust", None) or []:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ValueError(
+                f"--trust {module}: the module cannot be imported ({e}); check its name and PYTHONPATH"
+            ) from None
+    return ck.load(path)
 
 
 def is_keras_file(path: str | None) -> bool:
@@ -65,15 +83,19 @@ def cmd_prune(args: argparse.Namespace, cfg: Config) -> int:
     if out.suffix != ".keras":
         raise ValueError(f"--out '{out}' must end in .keras for a Keras model (--model {args.model})")
     check_writable(out)
-    model = ck.load(args.model)
+    model = load(args, args.model)
     example = None if args.input_shape is None else np.zeros(args.input_shape, dtype="float32")
     r = ck.prune(model, cfg, example_inputs=example)
     print(r.plan.table(limit=args.rows))
-    print()
-    print(r.table())
     if not args.allow_noop:
-        refuse_noop(r.plan, "pass --allow-noop to write the unchanged model")
+        try:
+            refuse_noop(r.plan, "pass --allow-noop to write the unchanged model")
+        except PlanError:
+            print(f"\n{r.table()}")  # the figures of what was not written
+            raise
     ck.save(r, out, sparse_storage=args.sparse_storage)
+    r.after = dataclasses.replace(r.after, size_bytes=out.stat().st_size)  # the file written, as reported
+    print(f"\n{r.table()}")
     report = write_json(
         out.with_suffix(".report.json"),
         "prune",
@@ -106,7 +128,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
     ck = keras_api()
     from cuttree.frontends.keras.graph import build_graph
 
-    model = ck.load(args.model)
+    model = load(args, args.model)
     example = None if args.input_shape is None else np.zeros(args.input_shape, dtype="float32")
     graph, tr = build_graph(model, ck.input_shapes(model, example))
     print(graph.table())
@@ -117,7 +139,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace, test: Any) -> int:
     ck = keras_api()
-    model = ck.load(args.model)
+    model = load(args, args.model)
     plan_cfg = ck.read_metadata(args.model).get("plan", {}).get("config", {})
     mode = args.mode or plan_cfg.get("mode", "classification")
     x, y = arrays(args, args.split, test)
@@ -135,13 +157,14 @@ def cmd_eval(args: argparse.Namespace, test: Any) -> int:
 
 def cmd_finetune(args: argparse.Namespace, cfg: Config, train: Any, test: Any) -> int:
     ck = keras_api()
-    model = ck.load(args.model)
-    teacher = ck.load(args.teacher) if args.teacher else None
+    model = load(args, args.model)
+    teacher = load(args, args.teacher) if args.teacher else None
     xtr, ytr = arrays(args, "train", train)
     xt, yt = arrays(args, "test", test)
     before = ck.evaluate(model, xt, yt, cfg.mode)
     state = ck.finetune(model, cfg, xtr, ytr, teacher=teacher, verbose=0 if args.quiet else 2)
     after = ck.evaluate(model, xt, yt, cfg.mode)
+    warn_if_worse({_key(cfg.mode): before}, {_key(cfg.mode): after}, cfg.mode)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ck.save(model, out / "model.keras")
@@ -157,7 +180,7 @@ def cmd_finetune(args: argparse.Namespace, cfg: Config, train: Any, test: Any) -
 def sensitivity(args: argparse.Namespace, cfg: Config, data: Any, ratios: tuple[float, ...]) -> Any:
     """``cuttree sensitivity --model my.keras``: the analysis on ``--split`` of ``--data``."""
     ck = keras_api()
-    model = ck.load(args.model)
+    model = load(args, args.model)
     example = None if args.input_shape is None else np.zeros(args.input_shape, dtype="float32")
     return ck.sensitivity(
         model, cfg, arrays(args, args.split, data), ratios=ratios, samples=args.samples, example_inputs=example,
@@ -169,7 +192,7 @@ def cmd_run(args: argparse.Namespace, cfg: Config, train: Any, test: Any, sensit
     """Prune → recalibrate BN → fine-tune with distillation from the original → evaluate → save."""
     ck = keras_api()
     check_writable(args.out, folder=True)
-    original = ck.load(args.model)
+    original = load(args, args.model)
     xtr, ytr = arrays(args, "train", train)
     xt, yt = arrays(args, "test", test)
     example = None if args.input_shape is None else np.zeros(args.input_shape, dtype="float32")
@@ -186,6 +209,7 @@ def cmd_run(args: argparse.Namespace, cfg: Config, train: Any, test: Any, sensit
         r.model, cfg, xtr, ytr, teacher=original if cfg.finetune.distill else None, verbose=0 if args.quiet else 2
     )
     final = ck.evaluate(r.model, xt, yt, cfg.mode)
+    warn_if_worse({_key(cfg.mode): recal}, {_key(cfg.mode): final}, cfg.mode)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ck.save(r, out / "model.keras")
@@ -211,6 +235,7 @@ def cmd_run(args: argparse.Namespace, cfg: Config, train: Any, test: Any, sensit
                 "macs": r.after.macs,
                 "finetune_steps": state["steps"],
                 "final_loss": state["loss"],
+                "validation": state["validation"],
             }
         ],
     )

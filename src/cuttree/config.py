@@ -88,6 +88,9 @@ class LatencyTarget(BaseModel):
         return self
 
 
+DEFAULT_LR = {"sgd": 0.01, "adamw": 0.001}  #: ``finetune.lr`` when the config leaves it out
+
+
 class FinetuneConfig(BaseModel):
     """How to recover accuracy after pruning (``finetune:`` in the YAML).
 
@@ -102,6 +105,8 @@ class FinetuneConfig(BaseModel):
     epochs: float = Field(default=1.0, gt=0.0)
     batch_size: int = Field(default=64, gt=0)
     optimizer: Literal["sgd", "adamw"] = "sgd"
+    #: the peak learning rate; by default the optimizer's (:data:`DEFAULT_LR`: 0.01 for SGD with
+    #: momentum, 0.001 for AdamW), so that switching optimizer never keeps a rate meant for the other
     lr: float = Field(default=0.01, gt=0.0)
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(default=5e-4, ge=0.0)
@@ -119,9 +124,26 @@ class FinetuneConfig(BaseModel):
     def _yaml_off(cls, v: Any) -> Any:
         return "off" if v is False else v  # YAML reads a bare `off` as false
 
+    @model_validator(mode="before")
+    @classmethod
+    def _lr_of_the_optimizer(cls, data: Any) -> Any:
+        """``lr`` left out: the default of the optimizer chosen.
+
+        >>> FinetuneConfig(optimizer="adamw").lr, FinetuneConfig().lr, FinetuneConfig(optimizer="adamw", lr=0.1).lr
+        (0.001, 0.01, 0.1)
+        """
+        if isinstance(data, dict) and "lr" not in data:
+            return {**data, "lr": DEFAULT_LR.get(str(data.get("optimizer", "sgd")), DEFAULT_LR["sgd"])}
+        return data
+
     checkpoint_every: int = Field(default=100, ge=0)
     ignore_index: int = 255
     bn_recalibrate: bool = True
+    #: the share of the training data held out to validate on when no validation data is given
+    #: (0: no validation, the last weights are kept)
+    val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    #: end with the weights that scored best on validation, those from before fine-tuning included
+    keep_best: bool = True
 
 
 class Config(BaseModel):

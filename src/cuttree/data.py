@@ -12,6 +12,8 @@ augment, normalise), so the 50,000 training images take 150 MB rather than 600 M
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import io
 import os
 import warnings
@@ -27,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from cuttree.errors import did_you_mean, warn
+from cuttree.errors import CuttreeWarning, did_you_mean, warn
 from cuttree.io import atomic_write
 
 Split = Literal["train", "test"]
@@ -52,7 +54,7 @@ def register_dataset(name: str) -> Callable[[_Loader], _Loader]:
 
     def deco(fn: _Loader) -> _Loader:
         if name in DATASETS:
-            warnings.warn(f"dataset '{name}' replaced by {fn.__qualname__}", stacklevel=2)
+            warnings.warn(f"dataset '{name}' replaced by {fn.__qualname__}", CuttreeWarning, stacklevel=2)
         DATASETS[name] = fn
         return fn
 
@@ -122,6 +124,14 @@ class ImageTensors(Dataset[tuple[torch.Tensor, int]]):
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    def without_augmentation(self) -> ImageTensors:
+        """The same images, read without random crops and flips (what validation reads)."""
+        if not self.transform.augment:
+            return self
+        plain = copy.copy(self)
+        plain.transform = dataclasses.replace(self.transform, augment=False)
+        return plain
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         t = self.transform
@@ -332,9 +342,17 @@ def stratified_split(y: np.ndarray, seed: int, test_fraction: float) -> tuple[np
 
 
 @register_dataset("digits")
-def digits(split: Split, size: int = 32, channels: int = 3, seed: int = 0, test_fraction: float = 0.25) -> ImageTensors:
+def digits(
+    split: Split,
+    size: int = 32,
+    channels: int = 3,
+    seed: int = 0,
+    test_fraction: float = 0.25,
+    limit: int | None = None,
+) -> ImageTensors:
     """scikit-learn's bundled 8×8 digits (1,797 images, no download), in [0, 1], resized to
-    ``size`` (bilinear) and repeated to ``channels``; split by :func:`stratified_split`."""
+    ``size`` (bilinear) and repeated to ``channels``; split by :func:`stratified_split`;
+    ``limit`` takes a class-balanced subset of the split (the first of each class)."""
     _check_choice("split", split, ["train", "test"])
     if size < 1 or channels < 1:
         raise ValueError(f"size={size} and channels={channels} must be positive")
@@ -346,6 +364,7 @@ def digits(split: Split, size: int = 32, channels: int = 3, seed: int = 0, test_
     y = bunch.target.astype(np.int64)
     train_rows, test_rows = stratified_split(y, seed, test_fraction)
     rows = train_rows if split == "train" else test_rows
+    rows = rows[_balanced(y[rows], limit, f"digits {split}")]
     images = torch.from_numpy(bunch.images[rows].astype(np.uint8))[:, None]  # whole numbers 0..16
     return ImageTensors(images, torch.from_numpy(y[rows]), rows, _DIGIT_CLASSES, ItemTransform(16.0, size, channels))
 

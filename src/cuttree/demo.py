@@ -36,7 +36,7 @@ def run_demo(args: argparse.Namespace) -> int:
     torch.manual_seed(0)
     sets = parse_set(args.set or [])
     cfg = Config(**merge(DEMO, sets))
-    kw = {"limit": args.limit} if args.data != "digits" and args.limit else {}
+    kw = {"limit": args.limit} if args.limit else {}
     train: Any = load_dataset(args.data, "train", **kw)
     test: Any = load_dataset(args.data, "test", **kw)
     out = Path(args.out_dir or default_out_dir(args.data))
@@ -46,11 +46,13 @@ def run_demo(args: argparse.Namespace) -> int:
     )
     model = vgg16_bn_cifar(num_classes=10)
     pre = cfg.model_copy(update={"finetune": cfg.finetune.model_copy(update=PRETRAIN)})
-    print(f"1. training the dense model from scratch: {PRETRAIN['epochs']} epochs")
-    finetune(model, train, pre, log=_quiet(args))
+    print(f"1/2 training the dense model from scratch: {PRETRAIN['epochs']} epochs", flush=True)
+    finetune(model, train, pre, log=_quiet(args), progress=not args.quiet)
     print(
-        f"2. pruning to {cfg.macs_target:.0%} of the MACs ({cfg.criterion}), fine-tuning {cfg.finetune.epochs:g} "
-        f"epochs with distillation (α {cfg.finetune.distill}, T {cfg.finetune.temperature:g})"
+        f"2/2 pruning to {cfg.macs_target:.0%} of the MACs ({cfg.criterion}), recovering with {cfg.finetune.epochs:g} "
+        f"epochs of fine-tuning with distillation (α {cfg.finetune.distill}, T {cfg.finetune.temperature:g}), "
+        "measuring both models",
+        flush=True,
     )
     x = (torch.randn(32, 3, 32, 32),)
     report = run_job(

@@ -37,7 +37,12 @@ class FileFormatError(CuttreeError):
     """A file is not a valid, safe cuttree file."""
 
 
-def warn(message: str, category: type[Warning] = UserWarning) -> None:
+class CuttreeWarning(UserWarning):
+    """A warning of cuttree's own: about the model, the config or the data, with what to do. The
+    command line prints these as ``cuttree: warning: …`` and other libraries' with their origin."""
+
+
+def warn(message: str, category: type[Warning] = CuttreeWarning) -> None:
     """Issue ``message`` at the first caller outside cuttree, so it names the user's line.
 
     A fixed ``stacklevel`` points into cuttree whenever the warning is raised a few calls deep

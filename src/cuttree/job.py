@@ -24,7 +24,8 @@ from cuttree.core.planner import refuse_noop
 from cuttree.measure import compare, count_macs, evaluate, measure
 from cuttree.plan import PruningPlan, compose
 from cuttree.results import Measurements, aligned, speed_change
-from cuttree.train import Log, finetune, recalibrate_bn, world
+from cuttree.train import CHECKPOINT, Log, finetune, recalibrate_bn, world
+from cuttree.validation import warn_if_worse
 
 
 def step_config(cfg: Config, step: int) -> Config:
@@ -63,13 +64,16 @@ def run_job(
     data_name: str = "",
     progress: bool = False,
     noop_fix: str | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Prune ``model`` to ``cfg``'s target in ``cfg.steps`` rounds with fine-tuning; write the run folder.
 
     With ``allocation: sensitivity``, ``sensitivity`` (a :class:`cuttree.Sensitivity` of
     this model) decides the per-group ratios; it is written to the run folder. With ``noop_fix``
     (the fix to name), a first step that removes nothing ends the run with a :class:`PlanError`
-    before any fine-tuning.
+    before any fine-tuning. The resolved ``config.yaml`` is written first; with ``resume`` an
+    interrupted run in ``out_dir`` continues: its config must be this one, every step is pruned
+    again (deterministic) and its fine-tuning resumes from the step's checkpoint.
     """
     out = Path(out_dir)
     if cfg.latency_target is not None and cfg.steps > 1:
@@ -86,10 +90,13 @@ def run_job(
                 "set steps: 1"
             )
     rank, _ = world()
+    if rank == 0:
+        _start(out, cfg, resume)
     key = metric_name(cfg)
     teacher = copy.deepcopy(model).eval()
     t0 = time.perf_counter()
     before = measure(model, example_inputs, 0)  # timed at the end, interleaved with the pruned model
+    log(f"evaluating the dense model on {len(test_data):,} test samples")
     metric_before = evaluate(model, test_data, cfg.mode, ignore_index=cfg.finetune.ignore_index)
     log(f"dense: {key} {metric_before[key]:.2f}  params {before.params:,}  MACs {before.macs:,}")
     history: list[dict[str, Any]] = []
@@ -97,6 +104,7 @@ def run_job(
     current = model
     for i in range(cfg.steps):
         scfg = step_config(cfg, i)
+        log(f"step {i + 1}/{cfg.steps}: pruning ({scfg.criterion}; tracing, scoring, planning, surgery)")
         current, step_plan, _ = plan_and_apply(
             current, example_inputs, scfg, calib_data=train_data, sensitivity=sensitivity
         )
@@ -109,9 +117,16 @@ def run_job(
         log(f"step {i + 1}/{cfg.steps}: pruned, {key} {pruned_metric[key]:.2f} before fine-tuning")
         ft_dir = out / f"step{i + 1}"
         ft_dir.mkdir(parents=True, exist_ok=True)
-        fstate = finetune(current, train_data, scfg, teacher=teacher, run_dir=ft_dir, log=log, progress=progress)
+        again = resume and (ft_dir / CHECKPOINT).is_file()
+        log(
+            f"step {i + 1}/{cfg.steps}: {'resuming' if again else 'recovering:'} fine-tuning {scfg.finetune.epochs:g} epochs"
+        )
+        fstate = finetune(
+            current, train_data, scfg, teacher=teacher, run_dir=ft_dir, resume=again, log=log, progress=progress
+        )
         tuned = evaluate(current, test_data, cfg.mode, ignore_index=cfg.finetune.ignore_index)
         log(f"step {i + 1}/{cfg.steps}: fine-tuned, {key} {tuned[key]:.2f}")
+        warn_if_worse(pruned_metric, tuned, cfg.mode)
         history.append(
             {
                 "step": i + 1,
@@ -122,9 +137,11 @@ def run_job(
                 "metric_after_finetune": tuned,
                 "finetune_steps": fstate["total"],
                 "final_loss": fstate["history"][-1]["loss"] if fstate["history"] else None,
+                "validation": fstate["validation"],
             }
         )
     assert plan is not None
+    log(f"measuring: parameters, MACs, size and latency ({cfg.latency_runs} runs each, dense and pruned interleaved)")
     before, after = compare(teacher, current, example_inputs, cfg.latency_runs)
     metric_after = history[-1]["metric_after_finetune"]
     report: dict[str, Any] = {
@@ -158,9 +175,24 @@ def run_job(
         if sensitivity is not None:
             sensitivity.save(out / "sensitivity.json")
         io.atomic_write(out / "report.json", lambda p: p.write_text(json.dumps(report, indent=1)))
-        io.atomic_write(out / "config.yaml", lambda p: p.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
     report["model"] = current
     return report
+
+
+def _start(out: Path, cfg: Config, resume: bool) -> None:
+    """Write the run's resolved ``config.yaml`` first; a resumed run must have been started with
+    the same config (and must have been started at all)."""
+    saved = out / "config.yaml"
+    if resume:
+        if not saved.is_file():
+            raise FileNotFoundError(f"--resume: '{out}' holds no run (no config.yaml); start without --resume")
+        if yaml.safe_load(saved.read_text()) != cfg.to_dict():
+            raise ValueError(
+                f"--resume: the run in '{out}' was started with another config (its config.yaml); resume with the "
+                "same --config and --set, or start a new run in another --out"
+            )
+        return
+    io.atomic_write(saved, lambda p: p.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
 
 
 def report_table(report: dict[str, Any], key: str) -> str:

@@ -33,7 +33,7 @@ from cuttree.core.planner import PlanningInputs, nothing_prunable, shortfall_war
 from cuttree.core.sensitivity import DEFAULT_RATIOS, Sensitivity
 from cuttree.errors import did_you_mean, warn
 from cuttree.frontends.keras import surgery
-from cuttree.frontends.keras.calibrate import criterion_inputs
+from cuttree.frontends.keras.calibrate import criterion_inputs, model_input, quiet_numpy_copy, to_numpy
 from cuttree.frontends.keras.files import load, plan_of, read_metadata, save
 from cuttree.frontends.keras.graph import build_graph, check_model, macs_of, trace
 from cuttree.frontends.keras.recover import evaluate, finetune, recalibrate_bn
@@ -240,7 +240,7 @@ def _shapes(model: Any, shapes: Any) -> list[tuple[int, ...]]:
 
 def _static(model: Any, shapes: list[tuple[int, ...]]) -> Measurements:
     macs = macs_of(trace(model, shapes))
-    with tempfile.TemporaryDirectory() as d:
+    with tempfile.TemporaryDirectory() as d, quiet_numpy_copy():
         p = Path(d) / "m.keras"
         model.save(p)
         size = p.stat().st_size
@@ -261,7 +261,7 @@ def _timer(model: Any, shapes: list[tuple[int, ...]]) -> Any:
 
     def timed() -> float:
         t = time.perf_counter()
-        keras.ops.convert_to_numpy(keras.tree.flatten(model(arg, training=False))[0])
+        to_numpy(keras.tree.flatten(model(model_input(model, arg), training=False))[0])
         return (time.perf_counter() - t) * 1e3
 
     return timed

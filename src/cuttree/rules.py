@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from cuttree.errors import CuttreeWarning
+
 
 def _no_update(m: nn.Module) -> None:
     """Modules whose forward reads only their tensors' shapes need no attribute update."""
@@ -64,7 +66,9 @@ def module_rule(
     def deco(fn: Callable[[nn.Module], None]) -> Callable[[nn.Module], None]:
         for t in types:
             if t in MODULE_RULES:
-                warnings.warn(f"module rule for {t.__name__} replaced by {fn.__qualname__}", stacklevel=2)
+                warnings.warn(
+                    f"module rule for {t.__name__} replaced by {fn.__qualname__}", CuttreeWarning, stacklevel=2
+                )
             MODULE_RULES[t] = ModuleRule(update=fn, **kwargs)  # type: ignore[arg-type]
         return fn
 

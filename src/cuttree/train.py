@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
-from cuttree import rng
+from cuttree import rng, validation
 from cuttree._util import model_device
 from cuttree.batching import forward
 from cuttree.calibrate import (
@@ -55,8 +55,9 @@ from cuttree.calibrate import (
     to_device,
 )
 from cuttree.config import Config, FinetuneConfig
-from cuttree.errors import FileFormatError
+from cuttree.errors import FileFormatError, warn
 from cuttree.io import atomic_write, checksum, load_state
+from cuttree.measure import state_dict_for_save
 
 Log = Callable[[str], None]
 CHECKPOINT = "checkpoint.safetensors"
@@ -215,7 +216,7 @@ def _save_checkpoint(
 ) -> None:
     from safetensors.torch import save_file
 
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": v for k, v in state_dict_for_save(model).items()}  # a shared module's weight once
     sd = opt.state_dict()
     for idx, st in sd["state"].items():
         for k, v in st.items():
@@ -272,19 +273,35 @@ def finetune(
     max_steps: int | None = None,
     on_step: Callable[[int], None] | None = None,
     progress: bool = False,
+    val_data: Dataset[Any] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``model`` in place on ``train_data`` (pairs ``(x, y)``); returns the history.
 
-    ``max_steps`` stops early (as a kill would) after that many steps of this call;
-    ``on_step(step)`` runs before each step (a gradual sparsity schedule updates masks there).
-    Progress is a ``log`` line every tenth of an epoch; with ``progress`` on a terminal, a live
-    bar (with the running loss and ETA) instead.
+    The model is scored on ``val_data`` (default: ``finetune.val_fraction`` of ``train_data``,
+    held out) before the first step, after every epoch and at the end; with
+    ``finetune.keep_best`` it ends with the weights that scored best, the ones it started with
+    included, and a warning says when fine-tuning did not beat where it started
+    (:mod:`cuttree.validation`). ``max_steps`` stops early (as a kill would) after that many
+    steps of this call; ``on_step(step)`` runs before each step (a gradual sparsity schedule
+    updates masks there, so the scores of different steps are not compared). Progress is a
+    ``log`` line every tenth of an epoch; with ``progress`` on a terminal, a live bar (with the
+    running loss and ETA) instead.
+
+    >>> import torch, cuttree
+    >>> _ = torch.manual_seed(0); net = torch.nn.Linear(4, 2)
+    >>> data = [(x, int(x[0] > 0)) for x in torch.randn(200, 4)]
+    >>> cfg = cuttree.Config(ratio=0.5, finetune={"batch_size": 20, "epochs": 10, "lr": 0.5})
+    >>> v = cuttree.finetune(net, data, cfg, log=lambda m: None)["validation"]
+    >>> v["source"], v["samples"], v["metric"], v["best"] > v["history"][0][1] + 20
+    ('held out', 20, 'top1', True)
     """
     from cuttree.progress import Progress, on_terminal
 
     ft = cfg.finetune
     rank, size = world()
     device = model_device(model)
+    data = validation.split(train_data, val_data, ft.val_fraction, cfg.seed)
+    train_data = data.train
     n = len(train_data)  # type: ignore[arg-type]
     steps_per_epoch = n // (ft.batch_size * size)
     if steps_per_epoch < 1:
@@ -317,15 +334,21 @@ def finetune(
         precision.load_state_dict(state.get("scaler", {}))
         rng.restore(rng_state, device, train_data)
         log(f"resumed at step {state['step']}/{total}")
+    live = progress and rank == 0 and on_terminal()
+    say = (lambda m: None) if live else log  # a live bar shows what these lines would say
+    best = validation.Best(run, state.get("validation"), write=rank == 0)
+    if data.val is not None and not best.history:
+        best.offer(model, 0, *validation.score(model, data.val, cfg))
+        state["validation"] = best.state()  # a run killed before its first epoch ends resumes with it
+        say(f"validation ({data.source}, {len(data.val):,} samples): {best.metric} {best.value:.4g} before fine-tuning")
     if teacher is not None:
         teacher.eval()
     lm = is_causal_lm(model)
-    class_dim = -1 if takes_labels(model) else 1  # Hugging Face logits end in the classes (tokens, vocabulary)
     step = int(state["step"])
     done_here = 0
-    running = 0.0
+    running = float(state.get("running_loss", 0.0))  # the displayed loss continues across a resume
+    val_info = f"  val {best.metric} {best.history[-1][1]:.4g}" if best.history else ""
     t_start = time.perf_counter()
-    live = progress and rank == 0 and on_terminal()
     bar = Progress(total, "fine-tune", terminal=True, quiet=not live)
     with bar:
         bar.advance(step)
@@ -342,14 +365,7 @@ def finetune(
                 g["lr"] = lr_at(step, total, steps_per_epoch, ft)
             net.train()
             with precision.autocast():
-                loss, out = loss_and_logits(model, x, y, cfg, call=net)
-                if teacher is not None and ft.distill > 0:
-                    with torch.no_grad():
-                        t_out = logits_of(forward(teacher, x))
-                    token_mask = x.get("attention_mask") if isinstance(x, dict) and out.dim() == 3 else None
-                    loss = (1 - ft.distill) * loss + ft.distill * distill_loss(
-                        out.float(), t_out.float(), ft.temperature, dim=class_dim, mask=token_mask
-                    )
+                loss = _loss(model, net, teacher, x, y, cfg)
             opt.zero_grad(set_to_none=True)
             precision.step(loss, opt)
             step += 1
@@ -357,7 +373,7 @@ def finetune(
             value = loss.item()
             running = value if step == 1 else 0.9 * running + 0.1 * value
             if live:
-                bar.advance(info=f"loss {running:.4f}")
+                bar.advance(info=f"loss {running:.4f}{val_info}")
             elif step % max(1, steps_per_epoch // 10) == 0 or step == total:
                 eta = (time.perf_counter() - t_start) / done_here * (total - step)
                 log(
@@ -365,6 +381,11 @@ def finetune(
                     f"lr {opt.param_groups[0]['lr']:.5f} eta {int(eta) // 60}:{int(eta) % 60:02d}"
                 )
             state["history"].append({"step": step, "loss": value})
+            if data.val is not None and (step % steps_per_epoch == 0 or step == total):
+                best.offer(model, step, *validation.score(model, data.val, cfg))
+                val_info = f"  val {best.metric} {best.history[-1][1]:.4g}"
+                say(f"step {step}/{total}: validation {best.metric} {best.history[-1][1]:.4g}")
+                state["validation"] = best.state()
             if (
                 run is not None
                 and rank == 0
@@ -372,11 +393,68 @@ def finetune(
                 and (step % ft.checkpoint_every == 0 or step == total)
             ):
                 state["step"] = step
+                state["running_loss"] = running
                 state["scaler"] = precision.state_dict()
                 _save_checkpoint(run, model, opt, state, rng.capture(device, train_data))
     state["step"] = step
     state["total"] = total
+    state["validation"] = {**data.describe(), **best.state(), "kept": "last"}
+    if data.val is not None and step == total:
+        state["validation"]["kept"] = _keep_best(model, best, ft.keep_best and on_step is None, log)
     return state
+
+
+def _loss(
+    model: nn.Module, net: nn.Module, teacher: nn.Module | None, x: Any, y: torch.Tensor, cfg: Config
+) -> torch.Tensor:
+    """One batch's training loss: the task's, blended with distillation from ``teacher`` by
+    ``finetune.distill`` (over the classes; a Hugging Face model's are its logits' last dim, a
+    language model's averaged over the tokens that are not padding). ``net`` runs the forward
+    pass in ``model``'s place (a DDP wrapper)."""
+    ft = cfg.finetune
+    loss, out = loss_and_logits(model, x, y, cfg, call=net)
+    if teacher is None or ft.distill == 0:
+        return loss
+    with torch.no_grad():
+        t_out = logits_of(forward(teacher, x))
+    token_mask = x.get("attention_mask") if isinstance(x, dict) and out.dim() == 3 else None
+    class_dim = -1 if takes_labels(model) else 1  # Hugging Face logits end in the classes (tokens, vocabulary)
+    kd = distill_loss(out.float(), t_out.float(), ft.temperature, dim=class_dim, mask=token_mask)
+    return (1 - ft.distill) * loss + ft.distill * kd
+
+
+def _keep_best(model: nn.Module, best: validation.Best, keep: bool, log: Log) -> str:
+    """End with the best-scoring weights if ``keep`` (returns which were kept: "best" or "last"),
+    and warn when fine-tuning ended no better than it started."""
+    assert best.step is not None and best.metric is not None
+    kept, warning = validation.ending(best.history, best.step, best.higher, keep, best.metric)
+    if kept == "best":
+        best.restore(model)
+        log(f"kept the weights of step {best.step} ({best.metric} {best.value:.4g}), the best on validation")
+    if warning is not None:
+        warn(warning)
+    return kept
+
+
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 of the model's weights (each shared tensor once), the same on every process of a
+    ``torchrun`` run: under DDP the processes' digests are compared, and a mismatch (processes
+    that trained apart) is an error rather than a file that holds one process's weights.
+
+    >>> weights_digest(torch.nn.Linear(2, 2)).startswith("sha256:")
+    True
+    """
+    digest = checksum(state_dict_for_save(model), {})
+    _, size = world()
+    if size > 1:
+        digests: list[Any] = [None] * size
+        torch.distributed.all_gather_object(digests, digest)
+        if len(set(digests)) > 1:
+            raise RuntimeError(
+                f"the {size} processes ended with different weights ({len(set(digests))} digests): DDP did not keep "
+                "them in step; check that every process ran the same command on the same data"
+            )
+    return digest
 
 
 def recalibrate_bn(model: nn.Module, data: Dataset[Any], cfg: Config) -> int:

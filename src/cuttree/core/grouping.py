@@ -11,7 +11,7 @@ channels (a :class:`Role`); everything else is numpy.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,8 +85,10 @@ class DependencyGraph:
         """MACs of the traced forward (conv, matmul and attention; what FLOP counters count)."""
         return sum(m for m, _ in self.mac_terms)
 
-    def table(self) -> str:
-        """The prunable groups (name, size, unit, owners) and the layers kept whole, with why.
+    def table(self, checked: Collection[str] = ()) -> str:
+        """The prunable groups (name, size, unit, owners) and the layers kept whole, with why;
+        ``checked`` names the groups that pruning keeps whole after its checks on the model's code
+        (listed as kept whole, not as prunable).
 
         >>> g = DependencyGraph([Group("conv", 8, (), ("conv",), ("conv",))], {"fc": "output"}, [], np.zeros(0), {}, [], {}, 0.0, [])
         >>> print(g.table())  # doctest: +NORMALIZE_WHITESPACE
@@ -95,10 +97,12 @@ class DependencyGraph:
         kept whole (why):
           fc      output
         """
-        lines = [f"{len(self.groups)} prunable groups ({sum(g.size for g in self.groups)} channels):"]
-        lines += [f"  {g.name:40s} {g.size:6d} {g.unit:8s}  owners: {', '.join(g.owners)}" for g in self.groups]
+        free = [g for g in self.groups if g.name not in checked]
+        lines = [f"{len(free)} prunable groups ({sum(g.size for g in free)} channels):"]
+        lines += [f"  {g.name:40s} {g.size:6d} {g.unit:8s}  owners: {', '.join(g.owners)}" for g in free]
         lines.append("kept whole (why):")
         lines += [f"  {name:40s} {why}" for name, why in self.protected.items()]
+        lines += [f"  {name:40s} a group the checks of prune keep whole (see the warning)" for name in checked]
         return "\n".join(lines)
 
     def group(self, name: str) -> Group:

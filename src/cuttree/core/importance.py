@@ -40,6 +40,7 @@ from typing import Literal
 import numpy as np
 
 from cuttree.core.grouping import Group, Member
+from cuttree.errors import CuttreeWarning
 
 Arrays = Mapping[str, np.ndarray]
 Criterion = Callable[[Group, Arrays, Arrays, int], np.ndarray]
@@ -80,7 +81,7 @@ def criterion(name: str, needs: Needs = "weights", unstructured: bool = False) -
 
     def deco(fn: Criterion) -> Criterion:
         if name in REGISTRY:
-            warnings.warn(f"criterion '{name}' replaced by {fn.__qualname__}", stacklevel=2)
+            warnings.warn(f"criterion '{name}' replaced by {fn.__qualname__}", CuttreeWarning, stacklevel=2)
         REGISTRY[name] = CriterionInfo(name, fn, needs, structured=True, unstructured=unstructured)
         CRITERIA[name] = fn
         return fn
@@ -91,7 +92,7 @@ def criterion(name: str, needs: Needs = "weights", unstructured: bool = False) -
 def register_weight_criterion(name: str, needs: Needs = "weights") -> None:
     """Register a criterion that only scores individual weights (unstructured pruning, e.g. wanda)."""
     if name in REGISTRY:
-        warnings.warn(f"criterion '{name}' replaced", stacklevel=2)
+        warnings.warn(f"criterion '{name}' replaced", CuttreeWarning, stacklevel=2)
     REGISTRY[name] = CriterionInfo(name, None, needs, structured=False, unstructured=True)
 
 

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from cuttree.errors import warn
+
 
 def _lowest(s: np.ndarray, k: int) -> np.ndarray:
     keep = np.ones(s.size, dtype=bool)
@@ -61,22 +63,28 @@ def magnitude_masks(
 
 def nm_masks(score: Mapping[str, np.ndarray], n: int, m: int, in_dims: Mapping[str, int]) -> dict[str, np.ndarray]:
     """N:M keep-masks along each layer's input dim ``in_dims[name]``: in every run of ``m``
-    consecutive weights along it, the ``n`` largest scores stay (the first on ties).
+    consecutive weights along it, the ``n`` largest scores stay (the first on ties). A layer whose
+    input width is not a multiple of ``m`` (an RGB stem's 3 channels) has no such runs: it stays
+    dense, with a warning naming it.
 
     >>> nm_masks({"a": np.array([[4.0, 1.0, 3.0, 2.0]])}, 2, 4, {"a": 1})["a"].tolist()
     [[True, False, True, False]]
     """
-    out = {}
+    out, dense = {}, []
     for name, s in score.items():
         rows = np.moveaxis(s, in_dims[name], -1)
         if rows.shape[-1] % m:
-            raise ValueError(
-                f"layer '{name}': {rows.shape[-1]} input channels is not a multiple of M={m}; "
-                "ignore the layer or use another N:M"
-            )
+            out[name] = np.ones(s.shape, dtype=bool)
+            dense.append(f"{name}: {rows.shape[-1]}")
+            continue
         g = rows.reshape(-1, m)
         top = np.argsort(-g, axis=1, kind="stable")[:, :n]
         keep = np.zeros(g.shape, dtype=bool)
         np.put_along_axis(keep, top, True, axis=1)
         out[name] = np.moveaxis(keep.reshape(rows.shape), -1, in_dims[name])
+    if dense:
+        warn(
+            f"kept {len(dense)} layer(s) dense under nm={n}:{m}: their input width is not a multiple of {m} "
+            f"({', '.join(dense[:3])}{' …' if len(dense) > 3 else ''}); add them to 'ignore' to silence this"
+        )
     return out

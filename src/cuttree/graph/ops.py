@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from cuttree.errors import CuttreeWarning
 from cuttree.graph.labels import Label, LabelState, Pin
 
 aten = torch.ops.aten
@@ -26,7 +27,7 @@ def op_rule(*packets: Any) -> Callable[[OpRule], OpRule]:
     def deco(fn: OpRule) -> OpRule:
         for p in packets:
             if p in OP_RULES and OP_RULES[p] is not fn:
-                warnings.warn(f"op rule for {p} replaced by {fn.__qualname__}", stacklevel=2)
+                warnings.warn(f"op rule for {p} replaced by {fn.__qualname__}", CuttreeWarning, stacklevel=2)
             OP_RULES[p] = fn
         return fn
 

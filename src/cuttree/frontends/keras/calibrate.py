@@ -8,6 +8,8 @@ into batches of 64). ``min_samples`` is checked after reading.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,10 +25,43 @@ from cuttree.frontends.keras.rules import rule_for
 
 
 def to_numpy(x: Any) -> np.ndarray:
-    """The Keras frontend's border: a variable, backend tensor or array as a numpy array."""
+    """The Keras frontend's border: a variable, backend tensor or array as a numpy array. A torch
+    tensor (Keras's torch backend) converts itself: through ``np.array`` numpy 2 would warn that
+    its ``__array__`` takes no ``copy`` keyword."""
     if hasattr(x, "value") and isinstance(x, keras.Variable):
         x = x.value
+    if hasattr(x, "detach") and hasattr(x, "numpy"):
+        try:
+            return np.asarray(x.detach().cpu().numpy())
+        except TypeError:  # bfloat16 has no numpy dtype in torch: Keras knows the way round
+            pass
     return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+@contextlib.contextmanager
+def quiet_numpy_copy() -> Iterator[None]:
+    """Silence numpy 2's note that a torch tensor's ``__array__`` takes no ``copy`` keyword, which
+    Keras's own code (saving, ``set_weights``) raises on the torch backend once per tensor: the
+    user cannot act on it, and cuttree's own conversions avoid it (:func:`to_numpy`)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "__array__ implementation doesn't accept a copy keyword", DeprecationWarning)
+        yield
+
+
+def model_input(model: Any, x: Any) -> Any:
+    """``x`` in the structure ``model`` was built with: one array goes in a list of one for a model
+    built with ``inputs=[...]`` (as legacy ``.h5`` files are), so that Keras does not warn, on
+    every call cuttree makes, that the structures differ.
+
+    >>> i = keras.Input((2,))
+    >>> type(model_input(keras.Model([i], i), np.zeros((1, 2)))).__name__, model_input(keras.Model(i, i), 1)
+    ('list', 1)
+    """
+    try:
+        built = model.input
+    except (AttributeError, ValueError):  # a subclassed or unbuilt model: no structure to match
+        return x
+    return [x] if isinstance(built, list) and len(built) == 1 and not isinstance(x, list | tuple) else x
 
 
 def batches(data: Any, cfg: Config, need_labels: bool, batch_size: int = 64) -> Iterator[tuple[np.ndarray, Any]]:
@@ -131,13 +166,13 @@ def gradients(model: Any, tr: Tracer, cfg: Config, data: Any) -> dict[str, np.nd
             import torch
 
             params = [v.value for v in trainable]
-            loss = loss_fn(torch.as_tensor(y), model(x, training=False))
+            loss = loss_fn(torch.as_tensor(y), model(model_input(model, x), training=False))
             grads = torch.autograd.grad(loss, params, allow_unused=True)
         elif backend == "tensorflow":
             import tensorflow as tf
 
             with tf.GradientTape() as tape:
-                loss = loss_fn(y, model(x, training=False))
+                loss = loss_fn(y, model(model_input(model, x), training=False))
             grads = tape.gradient(loss, [v.value for v in trainable])
         elif backend == "jax":
             import jax
@@ -146,7 +181,7 @@ def gradients(model: Any, tr: Tracer, cfg: Config, data: Any) -> dict[str, np.nd
             ntv = [v.value for v in model.non_trainable_variables]
 
             def f(tv: list[Any], ntv: list[Any] = ntv, x: Any = x, y: Any = y) -> Any:
-                out, _ = model.stateless_call(tv, ntv, x, training=False)
+                out, _ = model.stateless_call(tv, ntv, model_input(model, x), training=False)
                 return loss_fn(y, out)
 
             grads = jax.grad(f)(tv)

@@ -16,6 +16,7 @@ import io
 import json
 import math
 import os
+import re
 import tempfile
 import zipfile
 from collections.abc import Iterable
@@ -30,6 +31,7 @@ import cuttree
 from cuttree.core.plan import PruningPlan
 from cuttree.errors import FileFormatError, first_line
 from cuttree.files import SPARSE_MIN_SIZE, SPARSE_MIN_ZEROS, atomic_write, inflate, pack_sparse, unpack_mask
+from cuttree.frontends.keras.calibrate import quiet_numpy_copy, to_numpy
 from cuttree.resources import check_memory
 from cuttree.results import PruneResult
 
@@ -57,7 +59,8 @@ def save(result: Any, path: str | os.PathLike[str], *, sparse_storage: bool = Fa
     def write(tmp: Path) -> None:
         keras_tmp = tmp.with_name(tmp.name + ".keras")  # Keras insists on the suffix
         try:
-            model.save(keras_tmp)
+            with quiet_numpy_copy():
+                model.save(keras_tmp)
             with zipfile.ZipFile(keras_tmp) as src:
                 members = {name: src.read(name) for name in src.namelist()}
         finally:
@@ -78,7 +81,7 @@ def save(result: Any, path: str | os.PathLike[str], *, sparse_storage: bool = Fa
 
 
 def _zero_fraction(model: Any) -> float:
-    arrays = [np.asarray(keras.ops.convert_to_numpy(v.value)) for v in model.weights]
+    arrays = [to_numpy(v) for v in model.weights]
     total = sum(a.size for a in arrays)
     return sum(int((a == 0).sum()) for a in arrays) / max(total, 1)
 
@@ -231,6 +234,12 @@ def _load_keras(file: Path, source: Path) -> Any:
             ) from None
         raise FileFormatError(f"'{source}' could not be loaded as a Keras model ({first_line(e)})") from None
     except Exception as e:  # a damaged file: Keras, zipfile and h5py raise many types (OSError, KeyError, EOFError…)
+        if custom := re.search(r"Could not locate class '([^']+)'", str(e)):
+            raise ValueError(
+                f"'{source}' uses the custom class '{custom.group(1)}', which is not registered in this process: "
+                "cuttree never imports code a file names; import the module that defines it first (in Python before "
+                "loading; on the command line with --trust MODULE)"
+            ) from None
         raise FileFormatError(
             f"'{source}' is corrupt or not a Keras model ({type(e).__name__}: {first_line(e)[:100]})"
         ) from None

@@ -17,10 +17,12 @@ from typing import Any
 import keras
 import numpy as np
 
-from cuttree.batching import batch_at, shuffled_order
+from cuttree.batching import batch_at, held_out, shuffled_order
 from cuttree.config import Config
-from cuttree.frontends.keras.calibrate import to_numpy
+from cuttree.errors import warn
+from cuttree.frontends.keras.calibrate import model_input, quiet_numpy_copy, to_numpy
 from cuttree.frontends.keras.surgery import leaf_layers
+from cuttree.validation import ending
 
 
 def outputs_probabilities(model: Any) -> bool:
@@ -48,7 +50,7 @@ def evaluate(
     correct = 0
     conf: np.ndarray | None = None
     for i in range(0, len(x), batch_size):
-        pred = to_numpy(model(x[i : i + batch_size].astype("float32"), training=False))
+        pred = to_numpy(model(model_input(model, x[i : i + batch_size].astype("float32")), training=False))
         target = np.asarray(y[i : i + batch_size])
         if mode == "classification":
             correct += int((pred.argmax(-1) == target).sum())
@@ -76,14 +78,14 @@ def recalibrate_bn(model: Any, x: np.ndarray, batches: int = 20, batch_size: int
     rng = np.random.default_rng(seed)
     saved = [b.momentum for b in bns]
     for b in bns:
-        b.moving_mean.assign(np.zeros(b.moving_mean.shape, dtype="float32"))
-        b.moving_variance.assign(np.ones(b.moving_variance.shape, dtype="float32"))
+        b.moving_mean.assign(keras.ops.zeros(b.moving_mean.shape))
+        b.moving_variance.assign(keras.ops.ones(b.moving_variance.shape))
     try:
         for k in range(batches):
             for b in bns:
                 b.momentum = k / (k + 1)
             idx = rng.choice(len(x), size=min(batch_size, len(x)), replace=False)
-            model(x[idx].astype("float32"), training=True)
+            model(model_input(model, x[idx].astype("float32")), training=True)
     finally:
         for b, m in zip(bns, saved, strict=True):
             b.momentum = m
@@ -118,7 +120,7 @@ class _Distill(keras.Model):
         self.ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
     def call(self, x: Any, training: bool = False) -> Any:
-        return self.student(x, training=training)
+        return self.student(model_input(self.student, x), training=training)
 
     def compute_loss(
         self, x: Any = None, y: Any = None, y_pred: Any = None, sample_weight: Any = None, training: bool = True
@@ -127,7 +129,7 @@ class _Distill(keras.Model):
         loss = self.ce(y, s)
         if self.teacher is None or self.alpha == 0:
             return loss
-        t = _logits(self.teacher(x, training=False), self.t_probs)
+        t = _logits(self.teacher(model_input(self.teacher, x), training=False), self.t_probs)
         p_t = keras.ops.softmax(t / self.t)
         log_p_s = keras.ops.log_softmax(s / self.t)
         kd = keras.ops.mean(keras.ops.sum(p_t * (keras.ops.log(keras.ops.clip(p_t, 1e-9, 1.0)) - log_p_s), axis=-1))
@@ -152,6 +154,31 @@ def _schedule(cfg: Config, steps: int, steps_per_epoch: int) -> Any:
     return ft.lr
 
 
+class _KeepBest(keras.callbacks.Callback):
+    """Scores the student on the validation arrays before the first step, every ``every`` steps
+    and at the last, and keeps the weights of the best score (:mod:`cuttree.validation`)."""
+
+    def __init__(self, student: Any, x: np.ndarray, y: np.ndarray, mode: str, every: int, steps: int) -> None:
+        super().__init__()
+        self.student, self.x, self.y, self.mode, self.every, self.steps = student, x, y, mode, every, steps
+        self.history: list[list[float]] = []
+        self.best_step, self.best_value, self.best_weights = 0, -np.inf, None
+
+    def offer(self, step: int) -> None:
+        value = evaluate(self.student, self.x, self.y, self.mode)
+        self.history.append([step, value])
+        if value > self.best_value:
+            self.best_step, self.best_value, self.best_weights = step, value, self.student.get_weights()
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        self.offer(0)
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        step = batch + 1
+        if step % self.every == 0 or step == self.steps:
+            self.offer(step)
+
+
 def finetune(
     model: Any,
     cfg: Config,
@@ -161,11 +188,24 @@ def finetune(
     augment: bool = True,
     callbacks: list[Any] | None = None,
     verbose: int = 0,
+    val: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Fine-tune ``model`` in place on ``(x, y)`` with ``cfg.finetune``; returns steps and the last loss."""
+    """Fine-tune ``model`` in place on ``(x, y)`` with ``cfg.finetune``; returns the steps, the
+    last loss and the validation record.
+
+    The model is scored on ``val`` (default: ``finetune.val_fraction`` of ``(x, y)``, held out)
+    before the first step, after every epoch and at the end; with ``finetune.keep_best`` it ends
+    with the weights that scored best, those it started with included, and warns when fine-tuning
+    did not beat where it started, as the torch frontend does (:mod:`cuttree.validation`).
+    """
     ft = cfg.finetune
     if ft.distill > 0 and teacher is None:
         raise ValueError(f"finetune.distill={ft.distill} needs the unpruned model: pass teacher= or set distill: 0")
+    source = "given" if val is not None else "none"
+    if val is None and ft.val_fraction > 0:
+        train_idx, val_idx = held_out(len(x), ft.val_fraction, cfg.seed)
+        if len(val_idx):
+            val, x, y, source = (x[val_idx], y[val_idx]), x[train_idx], y[train_idx], "held out"
     steps_per_epoch = max(len(x) // ft.batch_size, 1)
     steps = max(round(ft.epochs * steps_per_epoch), 1)
     lr = _schedule(cfg, steps, steps_per_epoch)
@@ -182,12 +222,29 @@ def finetune(
         if isinstance(cb, GradualPruning) and cb.target is None:
             cb.target = model  # mask the student, never the teacher inside the wrapper
     data = Batches(x, y, ft.batch_size, steps, cfg.seed, augment)
+    schedule = [cb for cb in callbacks or [] if isinstance(cb, GradualPruning)]
+    best = _KeepBest(model, *val, cfg.mode, steps_per_epoch, steps) if val is not None else None
     frozen = teacher.trainable if teacher is not None else None
     if teacher is not None:
         teacher.trainable = False  # the wrapper tracks it: without this the optimizer would train it too
     try:
-        hist = wrapper.fit(data, epochs=1, verbose=verbose, callbacks=callbacks or [])
+        with quiet_numpy_copy():  # Keras's own conversions inside fit, on the torch backend
+            hist = wrapper.fit(
+                data, epochs=1, verbose=verbose, callbacks=[*(callbacks or []), *([best] if best else [])]
+            )
     finally:
         if teacher is not None:
             teacher.trainable = bool(frozen)
-    return {"steps": steps, "loss": float(hist.history["loss"][-1])}
+    record: dict[str, Any] = {"source": source, "samples": len(val[0]) if val is not None else 0, "kept": "last"}
+    if best is not None:
+        metric = "miou" if cfg.mode == "segmentation" else "top1"
+        # a sparsity schedule changes the model between scores, so they are not compared
+        kept, warning = ending(best.history, best.best_step, True, ft.keep_best and not schedule, metric)
+        if kept == "best":
+            with quiet_numpy_copy():
+                model.set_weights(best.best_weights)
+        if warning is not None:
+            warn(warning)
+        record.update(metric=metric, higher=True, best_step=best.best_step, best=best.best_value, kept=kept)
+        record["history"] = best.history
+    return {"steps": steps, "loss": float(hist.history["loss"][-1]), "validation": record}

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from cuttree.core.labels import Label
+from cuttree.errors import CuttreeWarning
 from cuttree.frontends.keras.graph import Call, Tracer
 
 Labels = tuple[Label, ...]
@@ -69,7 +70,7 @@ def layer_rule(*names: str, **kwargs: Any) -> Callable[[Propagate], Propagate]:
     def deco(fn: Propagate) -> Propagate:
         for n in names:
             if n in LAYER_RULES:
-                warnings.warn(f"layer rule for {n} replaced by {fn.__qualname__}", stacklevel=2)
+                warnings.warn(f"layer rule for {n} replaced by {fn.__qualname__}", CuttreeWarning, stacklevel=2)
             LAYER_RULES[n] = LayerRule(propagate=fn, **kwargs)
         return fn
 

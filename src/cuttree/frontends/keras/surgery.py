@@ -17,6 +17,7 @@ import numpy as np
 from cuttree.core.grouping import components
 from cuttree.core.plan import SECOND_WALK_UNITS, GroupPlan, PruningPlan
 from cuttree.errors import SurgeryError, first_line
+from cuttree.frontends.keras.calibrate import model_input, to_numpy
 from cuttree.frontends.keras.graph import Call, Tracer, is_graph_model, trace
 from cuttree.frontends.keras.rules import Shapes, rule_for
 
@@ -130,7 +131,7 @@ def sliced_weights(tr: Tracer, plan: PruningPlan) -> dict[str, list[np.ndarray]]
     for path, layer in tr.layers.items():
         arrays = []
         for name, v in zip(tr.layer_weights[path], getattr(layer, "weights", []), strict=True):
-            a = keras.ops.convert_to_numpy(v.value)
+            a = to_numpy(v)
             for d, pos in sorted(removed.get(name, {}).items()):
                 a = np.delete(a, pos, axis=d)
             arrays.append(a)
@@ -193,7 +194,7 @@ def apply_plan(model: Any, plan: PruningPlan, input_shapes: Sequence[tuple[int, 
             if arrays:
                 layers[path].set_weights(arrays)
         xs = [np.zeros(s, dtype="float32") for s in input_shapes]
-        outs = keras.tree.flatten(rebuilt(xs if len(xs) > 1 else xs[0], training=False))
+        outs = keras.tree.flatten(rebuilt(model_input(rebuilt, xs if len(xs) > 1 else xs[0]), training=False))
     except Exception as e:  # any failure of the rebuild: report, keep the cause, the original is untouched
         first = first_line(e)
         raise SurgeryError(

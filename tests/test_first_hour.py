@@ -1,5 +1,7 @@
-"""A prune that removes nothing, or less than asked, says so; the CLI refuses to write it; every
-shipped config prunes what its comments say; plans do not depend on the planning machine."""
+"""A user's first hour, as the README leads it: a prune that removes nothing, or less than asked,
+says so and the CLI refuses to write it; every shipped config prunes what its comments say; the
+command line checks its paths first, reports the sizes of the files it writes, scores the samples
+it was asked to, and lists as prunable only what prune then prunes."""
 
 from __future__ import annotations
 
@@ -142,3 +144,64 @@ def test_every_shipped_config_is_tested() -> None:
     assert shipped == set(SHIPPED) | keras_ones
     for name in shipped:
         assert isinstance(yaml.safe_load((ROOT / name).read_text()), dict)
+
+
+class LiteralView(nn.Module):
+    """``b``'s channels meet a literal 8 in the model's code: the trace cannot see it, surgery would
+    break it, so prune keeps ``b`` whole; ``a`` prunes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.fc = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 1), nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.b(torch.relu(self.a(x)))
+        return self.fc(y.reshape(y.shape[0], 8, -1).mean(-1))
+
+
+def test_layers_lists_what_prune_keeps_whole_as_kept_whole(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["layers", "--arch", f"{__name__}:LiteralView", "--input-shape", "1,3,4,4"]) == 0
+    out = capsys.readouterr().out
+    prunable, _, whole = out.partition("kept whole (why):")
+    assert "1 prunable groups (8 channels):" in prunable and "  a " in prunable and "  b " not in prunable
+    assert "a group the checks of prune keep whole" in whole and "  b " in whole
+    r = cuttree.prune(LiteralView(), (torch.randn(1, 3, 4, 4),), cuttree.Config(ratio=0.5, latency_runs=0))
+    assert [len(g.keep) for g in r.plan.groups] == [4, 8]  # what layers said
+
+
+def test_a_sparse_save_reports_the_size_of_the_file_it_wrote(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    pytest.importorskip("torchvision")
+    args = _prune_args(tmp_path, "ratio=0.9", "method=unstructured", "threshold=null")
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "r.report.json").read_text())
+    written = (tmp_path / "r.cuttree").stat().st_size
+    assert report["after"]["size_bytes"] == written < report["before"]["size_bytes"] / 4
+    assert f"{written / 1e6:.2f} MB" in out
+
+
+def test_eval_scores_the_samples_it_is_limited_to(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("sklearn", reason="the digits data ships with scikit-learn")
+    from cuttree.models import vgg16_bn_cifar
+
+    r = cuttree.prune(vgg16_bn_cifar(), (torch.randn(1, 3, 32, 32),), cuttree.Config(ratio=0.75, latency_runs=0))
+    path = cuttree.save(r, tmp_path / "m.cuttree", arch="cuttree.models:vgg16_bn_cifar")
+    assert main(["eval", str(path), "--data", "digits", "--limit", "100", "--quiet"]) == 0
+    assert "on digits test (100 samples)" in capsys.readouterr().out
+    assert main(["eval", str(path), "--data", f"imagefolder:{tmp_path}", "--limit", "100", "--quiet"]) == 2
+    assert "--limit: the imagefolder loader reads every sample it is given" in capsys.readouterr().err
+
+
+def test_the_sample_config_meets_a_macs_budget_beside_its_threshold() -> None:
+    """The README's sensitivity-budget command failed with exit 6 while the threshold vetoed every
+    channel; beside a budget it now removes what it selects too, and the budget is met."""
+    from cuttree.models import resnet20
+
+    cfg = cuttree.Config.from_yaml(ROOT / "cut.yaml", {"ratio": None, "macs_target": 0.5, "latency_runs": 0})
+    torch.manual_seed(0)
+    plan, _ = cuttree.make_plan(resnet20(), (torch.randn(1, 3, 32, 32),), cfg)
+    assert 0.45 < plan.macs_after / plan.macs_before <= 0.5
