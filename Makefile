@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.cuttree-installed
 ARGS ?=
 
-.PHONY: chromium setup test test-slow test-keras-tf test-keras-jax demo lint bench-zoo bench-speed bench-recovery bench-keras clean
+.PHONY: chromium setup test wheel-check test-slow test-keras-tf test-keras-jax demo lint bench-zoo bench-speed bench-recovery bench-keras clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,6 +29,24 @@ test: $(STAMP) chromium
 	$(BIN)/python -m ruff format --check src tests bench
 	$(BIN)/python -m mypy src/cuttree bench
 	$(BIN)/python -m pytest -q
+	$(MAKE) --no-print-directory wheel-check
+
+# The package as users install it: a wheel (not the editable checkout) in a clean environment,
+# then the version and a tiny prune from the installed files, outside the checkout. Catches a
+# module or data file the wheel leaves out. The dependencies (torch alone is GBs) are lent from
+# .venv by a path file, which adds its folder but never runs the editable install's hook there.
+WHEEL_ENV := build/wheel-env
+wheel-check: $(STAMP)
+	rm -rf build dist $(WHEEL_ENV)
+	$(BIN)/python -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir dist .
+	$(PY) -m venv $(WHEEL_ENV)
+	$(BIN)/python -c "import site; print(site.getsitepackages()[0])" > \
+	  "$$($(WHEEL_ENV)/bin/python -c 'import site; print(site.getsitepackages()[0])')/cuttree-deps.pth"
+	$(WHEEL_ENV)/bin/python -m pip install --quiet --no-deps dist/cuttree-*.whl
+	cd $(WHEEL_ENV) && bin/cuttree --version && bin/python -c \
+	  "import cuttree, pathlib; p = pathlib.Path(cuttree.__file__).resolve(); assert 'wheel-env' in str(p), p; print('installed at', p.parent)"
+	cd $(WHEEL_ENV) && bin/cuttree prune --arch cuttree.models:resnet20 --input-shape 1,3,32,32 \
+	  --set ratio=0.5 --set latency_runs=0 --out r20.cuttree --rows 3 && bin/cuttree inspect r20.cuttree --rows 3
 
 # the reliability suite at full size: ≥ 10,000 generated bad inputs (the fast suite runs half)
 test-slow: $(STAMP)
@@ -67,4 +85,4 @@ bench-recovery: $(STAMP)
 	$(BIN)/python bench/recovery.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) build dist *.egg-info src/*.egg-info
