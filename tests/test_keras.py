@@ -685,6 +685,29 @@ def test_finetune_learns_and_distillation_leaves_the_teacher_alone() -> None:
         ck.finetune(student, cfg, x, y)
 
 
+def test_a_fine_tuning_that_hurts_warns_and_keeps_the_weights_it_started_with() -> None:
+    """lr 10 wrecks a trained model: Keras fine-tuning warns and ends with the weights it started
+    with (finetune.keep_best), as the torch frontend does; without keep_best it says it kept worse."""
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")
+    inp = keras.Input((8,))
+    model = keras.Model(inp, keras.layers.Dense(2)(keras.layers.Dense(16, activation="relu")(inp)))
+    ck.finetune(
+        model, cuttree.Config(ratio=0.0, finetune={"epochs": 8, "batch_size": 32, "lr": 0.1}), x, y, augment=False
+    )
+    trained = [w.copy() for w in model.get_weights()]
+    broken = cuttree.Config(ratio=0.0, finetune={"epochs": 2, "batch_size": 32, "lr": 10.0, "momentum": 0.9})
+    with pytest.warns(UserWarning, match=r"fine-tuning did not improve the model \(validation top1 .*kept the weights"):
+        out = ck.finetune(model, broken, x, y, augment=False)
+    assert out["validation"]["kept"] == "best" and out["validation"]["best_step"] == 0
+    assert all(np.array_equal(a, b) for a, b in zip(trained, model.get_weights(), strict=True))
+    keep_last = broken.model_copy(update={"finetune": broken.finetune.model_copy(update={"keep_best": False})})
+    with pytest.warns(UserWarning, match=r"made the model worse .* kept the last weights"):
+        ck.finetune(model, keep_last, x, y, augment=False)
+
+
 def test_torch_only_keys_are_refused_not_ignored() -> None:
     with pytest.raises(ValueError, match="'reconstruct' = True is not available for Keras"):
         ck.prune(branchy(), cuttree.Config(ratio=0.5, reconstruct=True))

@@ -200,7 +200,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.model is not None:
         if args.resume:
             raise ValueError("--resume continues torch runs only (Keras fine-tuning keeps no checkpoint); drop it")
-        return cli_keras.cmd_run(args, cfg, _data(args, "train"), _data(args, "test"), sens)
+        # Keras fine-tuning crops and flips each batch itself (cuttree.batching): unaugmented arrays
+        return cli_keras.cmd_run(args, cfg, _data(args, "train", augment=False), _data(args, "test"), sens)
     if args.arch is None or args.input_shape is None:
         raise ValueError("run needs --arch and --input-shape for a torch model, or --model my.keras for a Keras one")
     check_writable(args.out, folder=True)
@@ -304,7 +305,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     cfg = _config(args, need_target=False)
     if cli_keras.is_keras_file(args.model):
-        return cli_keras.cmd_finetune(args, cfg, _data(args, "train"), _data(args, "test"))
+        return cli_keras.cmd_finetune(args, cfg, _data(args, "train", augment=False), _data(args, "test"))
     if cfg.finetune.deterministic:
         deterministic_env()
     rank, size = init_distributed(args.device)

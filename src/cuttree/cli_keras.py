@@ -192,11 +192,14 @@ def cmd_run(args: argparse.Namespace, cfg: Config, train: Any, test: Any, sensit
     """Prune → recalibrate BN → fine-tune with distillation from the original → evaluate → save."""
     ck = keras_api()
     check_writable(args.out, folder=True)
+    log = (lambda m: None) if args.quiet else (lambda m: print(m, flush=True))
     original = load(args, args.model)
     xtr, ytr = arrays(args, "train", train)
     xt, yt = arrays(args, "test", test)
     example = None if args.input_shape is None else np.zeros(args.input_shape, dtype="float32")
+    log(f"evaluating the dense model on {len(xt):,} test samples")
     dense = ck.evaluate(original, xt, yt, cfg.mode)
+    log(f"dense: {_metric(cfg.mode)} {dense:.2f}; pruning ({cfg.criterion})")
     calib = (xtr[: cfg.calib_samples], ytr[: cfg.calib_samples])
     r = ck.prune(original, cfg, example_inputs=example, calib_data=calib, sensitivity=sensitivity)
     if not args.allow_noop:
@@ -205,10 +208,15 @@ def cmd_run(args: argparse.Namespace, cfg: Config, train: Any, test: Any, sensit
     if cfg.finetune.bn_recalibrate:
         ck.recalibrate_bn(r.model, xtr, seed=cfg.seed)
     recal = ck.evaluate(r.model, xt, yt, cfg.mode)
+    log(
+        f"pruned: {_metric(cfg.mode)} {pruned:.2f}, {recal:.2f} with batch norm recalibrated; recovering: "
+        f"fine-tuning {cfg.finetune.epochs:g} epochs on {len(xtr):,} samples"
+    )
     state = ck.finetune(
         r.model, cfg, xtr, ytr, teacher=original if cfg.finetune.distill else None, verbose=0 if args.quiet else 2
     )
     final = ck.evaluate(r.model, xt, yt, cfg.mode)
+    log(f"fine-tuned: {_metric(cfg.mode)} {final:.2f}; measuring and writing the run folder")
     warn_if_worse({_key(cfg.mode): recal}, {_key(cfg.mode): final}, cfg.mode)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
