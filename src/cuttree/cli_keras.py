@@ -210,7 +210,8 @@ def cmd_run(args: argparse.Namespace, cfg: Config, train: Any, test: Any, sensit
     recal = ck.evaluate(r.model, xt, yt, cfg.mode)
     log(
         f"pruned: {_metric(cfg.mode)} {pruned:.2f}, {recal:.2f} with batch norm recalibrated; recovering: "
-        f"fine-tuning {cfg.finetune.epochs:g} epochs on {len(xtr):,} samples"
+        f"fine-tuning {cfg.finetune.epochs:g} epochs ({cfg.finetune.val_fraction:.0%} of the {len(xtr):,} training "
+        "samples held out to validate on)"
     )
     state = ck.finetune(
         r.model, cfg, xtr, ytr, teacher=original if cfg.finetune.distill else None, verbose=0 if args.quiet else 2
