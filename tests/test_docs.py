@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -215,3 +216,57 @@ def test_runnable_block_runs(block: Block, tmp_path: Path) -> None:
         pytest.fail(f"{block.name}: still running after {TIMEOUT_S} s; runnable examples must take seconds")
     tail = (out.stdout[-3000:] + "\n" + out.stderr[-3000:]).strip()
     assert out.returncode == 0, f"{block.name} ({block.lang}) exited {out.returncode}:\n{block.code}\n---\n{tail}"
+
+
+def commands() -> list[tuple[str, list[str]]]:
+    """Every ``cuttree`` command line in the shell blocks of the README and the docs (runnable or
+    not): ``(where, argv)``, continuation lines joined, comments and environment assignments
+    dropped, ``torchrun … -m cuttree.cli`` read as ``cuttree``. Lines with a placeholder (``...``,
+    ``…``, ``[--flag]``) are sketches, not commands, and are left out."""
+    found = []
+    for page in PAGES:
+        for block in parse(page)[1]:
+            if block.lang not in SHELL:
+                continue
+            for n, line in enumerate(block.code.replace("\\\n", " ").splitlines()):
+                if "..." in line or "…" in line or re.search(r"\[--", line):
+                    continue
+                try:
+                    argv = shlex.split(line, comments=True)
+                except ValueError:
+                    continue
+                while argv and re.match(r"^[A-Z_]+=", argv[0]):
+                    argv = argv[1:]
+                if argv[:1] == ["torchrun"] and "cuttree.cli" in argv:
+                    argv = ["cuttree", *argv[argv.index("cuttree.cli") + 1 :]]
+                if argv[:1] == ["cuttree"]:
+                    found.append((f"{block.name}+{n}", argv[1:]))
+    return found
+
+
+COMMANDS = commands()
+
+
+@pytest.mark.parametrize(("where", "argv"), COMMANDS, ids=[w for w, _ in COMMANDS])
+def test_every_documented_command_is_valid_as_written(where: str, argv: list[str]) -> None:
+    """Each command's flags parse, the configs it names load with its --set overrides, and the
+    files it reads from the repository or the shared data exist (the commands that take
+    seconds also run, as runnable blocks)."""
+    from cuttree.cli import parser
+    from cuttree.config import Config, parse_set
+    from cuttree.data import data_root
+
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit:
+        pytest.fail(f"{where}: `cuttree {' '.join(argv)}` does not parse")
+    config = getattr(args, "config", None)
+    if config:
+        assert (ROOT / config).is_file(), f"{where}: --config {config} is not in the repository"
+        Config.from_yaml(ROOT / config, parse_set(getattr(args, "set", None) or []))
+    for flag in ("weights", "model"):
+        path = getattr(args, flag, None)
+        if path and path.startswith("../shared/data/"):
+            if not data_root().is_dir():
+                pytest.skip(f"the shared data folder is absent ({data_root()})")
+            assert (data_root() / path.removeprefix("../shared/data/")).is_file(), f"{where}: {path} does not exist"

@@ -30,11 +30,10 @@ def to_numpy(x: Any) -> np.ndarray:
     its ``__array__`` takes no ``copy`` keyword."""
     if hasattr(x, "value") and isinstance(x, keras.Variable):
         x = x.value
-    if hasattr(x, "detach") and hasattr(x, "numpy"):
-        try:
-            return np.asarray(x.detach().cpu().numpy())
-        except TypeError:  # bfloat16 has no numpy dtype in torch: Keras knows the way round
-            pass
+    if type(x).__module__.startswith("torch"):  # torch is loaded already: this is its backend
+        from cuttree._util import to_numpy as torch_to_numpy
+
+        return torch_to_numpy(x)
     return np.asarray(keras.ops.convert_to_numpy(x))
 
 
