@@ -21,12 +21,13 @@ from torch.utils.data import TensorDataset
 
 import cuttree
 from cuttree import rng
+from cuttree.checkpoints import read_checkpoint
 from cuttree.config import FinetuneConfig
 from cuttree.importance import CRITERIA
 from cuttree.job import run_job
 from cuttree.measure import latency_ms
 from cuttree.models import resnet20
-from cuttree.train import Precision, finetune, read_checkpoint
+from cuttree.train import Precision, finetune
 from standin_device import DEVICE, Backend
 from test_train import tiny
 

@@ -21,7 +21,8 @@ from cuttree import calibrate
 from cuttree._util import as_inputs, model_bytes, model_device, refuse_keras, to_numpy
 from cuttree.config import Config
 from cuttree.core.plan import HEAD_UNITS
-from cuttree.core.planner import PlanningInputs, estimate, nothing_prunable, resolve, selects, shortfall_warning
+from cuttree.core.planner import PlanningInputs, estimate, nothing_prunable, resolve, selects
+from cuttree.core.shortfall import shortfall_warning
 from cuttree.errors import SurgeryError, warn
 from cuttree.fold import computes_its_weight, fold_computed_weights
 from cuttree.graph.groups import DependencyGraph, build_graph

@@ -23,7 +23,7 @@ import yaml
 from cuttree import __version__, cli_keras, io
 from cuttree.api import make_plan, measurements_table, module_names, prune
 from cuttree.config import Config, parse_set
-from cuttree.core.planner import refuse_noop
+from cuttree.core.shortfall import refuse_noop
 from cuttree.errors import CuttreeError, CuttreeWarning, PlanError, exit_code
 from cuttree.files import check_writable
 from cuttree.measure import Measurements

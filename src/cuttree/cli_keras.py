@@ -19,7 +19,7 @@ import numpy as np
 
 from cuttree.config import Config
 from cuttree.core.plan import PruningPlan
-from cuttree.core.planner import refuse_noop
+from cuttree.core.shortfall import refuse_noop
 from cuttree.errors import PlanError
 from cuttree.files import check_writable
 from cuttree.report import write_json

@@ -19,12 +19,13 @@ from torch import nn
 
 from cuttree import io
 from cuttree.api import plan_and_apply
+from cuttree.checkpoints import CHECKPOINT
 from cuttree.config import Config
-from cuttree.core.planner import refuse_noop
+from cuttree.core.shortfall import refuse_noop
 from cuttree.measure import compare, count_macs, evaluate, measure
 from cuttree.plan import PruningPlan, compose
 from cuttree.results import Measurements, aligned, speed_change
-from cuttree.train import CHECKPOINT, Log, finetune, recalibrate_bn, world
+from cuttree.train import Log, finetune, recalibrate_bn, world
 from cuttree.validation import warn_if_worse
 
 

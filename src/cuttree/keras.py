@@ -29,8 +29,9 @@ import numpy as np
 from cuttree.config import Config
 from cuttree.core.grouping import DependencyGraph
 from cuttree.core.plan import PruningPlan
-from cuttree.core.planner import PlanningInputs, nothing_prunable, shortfall_warning
+from cuttree.core.planner import PlanningInputs, nothing_prunable
 from cuttree.core.sensitivity import DEFAULT_RATIOS, Sensitivity
+from cuttree.core.shortfall import shortfall_warning
 from cuttree.errors import did_you_mean, warn
 from cuttree.frontends.keras import surgery
 from cuttree.frontends.keras.calibrate import criterion_inputs, model_input, quiet_numpy_copy, to_numpy

@@ -28,7 +28,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -54,13 +53,13 @@ from cuttree.calibrate import (
     text_labels,
     to_device,
 )
+from cuttree.checkpoints import CHECKPOINT, load_checkpoint, save_checkpoint
 from cuttree.config import Config, FinetuneConfig
-from cuttree.errors import FileFormatError, warn
-from cuttree.io import atomic_write, checksum, load_state
+from cuttree.errors import warn
+from cuttree.io import checksum
 from cuttree.measure import state_dict_for_save
 
 Log = Callable[[str], None]
-CHECKPOINT = "checkpoint.safetensors"
 
 
 def world() -> tuple[int, int]:
@@ -207,61 +206,6 @@ def _optimizer(model: nn.Module, ft: FinetuneConfig) -> torch.optim.Optimizer:
     )
 
 
-def _save_checkpoint(
-    run_dir: Path,
-    model: nn.Module,
-    opt: torch.optim.Optimizer,
-    state: dict[str, Any],
-    rng_state: dict[str, torch.Tensor],
-) -> None:
-    from safetensors.torch import save_file
-
-    tensors = {f"model.{k}": v for k, v in state_dict_for_save(model).items()}  # a shared module's weight once
-    sd = opt.state_dict()
-    for idx, st in sd["state"].items():
-        for k, v in st.items():
-            if isinstance(v, torch.Tensor):
-                tensors[f"opt.{idx}.{k}"] = v.detach().cpu().contiguous()
-    tensors.update(rng_state)
-    meta = {"state": json.dumps({**state, "param_groups": sd["param_groups"]})}
-    meta["checksum"] = checksum(tensors, meta)
-    atomic_write(run_dir / CHECKPOINT, lambda p: save_file(tensors, str(p), metadata=meta))
-
-
-def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The JSON state and the tensors of a checkpoint, refused unless intact (its checksum)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = f.metadata() or {}
-        tensors = load_file(str(path))
-    except Exception as e:  # a damaged header or body raises several types
-        raise FileFormatError(f"checkpoint '{path}' is corrupt ({type(e).__name__}); start without --resume") from None
-    if "state" not in raw or raw.get("checksum") != checksum(tensors, raw):
-        raise FileFormatError(
-            f"checkpoint '{path}' is corrupt or not a cuttree checkpoint (its checksum does not match); "
-            "start without --resume"
-        )
-    return json.loads(raw["state"]), tensors
-
-
-def _load_checkpoint(
-    run_dir: Path, model: nn.Module, opt: torch.optim.Optimizer
-) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Model and optimizer restored from ``run_dir``; returns the JSON state and the RNG tensors."""
-    meta, tensors = read_checkpoint(run_dir / CHECKPOINT)
-    load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, str(run_dir))
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for k, v in tensors.items():
-        if k.startswith("opt."):
-            _, idx, name = k.split(".", 2)
-            state.setdefault(int(idx), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    return meta, {k: v for k, v in tensors.items() if k.startswith("rng.")}
-
-
 def finetune(
     model: nn.Module,
     train_data: Dataset[Any],
@@ -324,7 +268,7 @@ def finetune(
     if resume:
         if run is None or not (run / CHECKPOINT).is_file():
             raise FileNotFoundError(f"--resume: no checkpoint in '{run}'; start without --resume")
-        state, rng_state = _load_checkpoint(run, model, opt)
+        state, rng_state = load_checkpoint(run, model, opt)
         if state.get("data_order", order) != order:
             raise ValueError(
                 f"--resume: the checkpoint's data order is {state['data_order']}, this run's {order}; "
@@ -395,7 +339,7 @@ def finetune(
                 state["step"] = step
                 state["running_loss"] = running
                 state["scaler"] = precision.state_dict()
-                _save_checkpoint(run, model, opt, state, rng.capture(device, train_data))
+                save_checkpoint(run, model, opt, state, rng.capture(device, train_data))
     state["step"] = step
     state["total"] = total
     state["validation"] = {**data.describe(), **best.state(), "kept": "last"}

@@ -24,8 +24,8 @@ import torch
 from safetensors.torch import load_file
 
 import cuttree
+from cuttree.checkpoints import read_checkpoint
 from cuttree.models import resnet20
-from cuttree.train import read_checkpoint
 
 KILLS = 12 if int(os.environ.get("CUTTREE_FUZZ", "1")) < 2 else 120
 CTX = multiprocessing.get_context("forkserver")
