@@ -205,3 +205,29 @@ def test_the_sample_config_meets_a_macs_budget_beside_its_threshold() -> None:
     torch.manual_seed(0)
     plan, _ = cuttree.make_plan(resnet20(), (torch.randn(1, 3, 32, 32),), cfg)
     assert 0.45 < plan.macs_after / plan.macs_before <= 0.5
+
+
+def test_the_segmentation_recipes_enet_fine_tunes_with_checkpoints_and_resumes(tmp_path: Path) -> None:
+    """The ENet registers one PReLU under several names; its checkpoints once failed to save
+    ("Some tensors share memory"). Killed after 2 steps and resumed, it ends as the whole run."""
+    from torch.utils.data import TensorDataset
+
+    from cuttree.models import enet
+    from cuttree.train import finetune
+
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.rand(10, 3, 32, 48, generator=g) * 255, torch.randint(0, 12, (10, 32, 48), generator=g))
+    cfg = cuttree.Config.from_yaml(ROOT / "recipes/segmentation.yaml", {"finetune": {"batch_size": 4, "epochs": 2}})
+    cfg = cfg.model_copy(update={"finetune": cfg.finetune.model_copy(update={"distill": 0.0, "checkpoint_every": 1})})
+
+    def fresh() -> nn.Module:
+        torch.manual_seed(0)
+        return enet()
+
+    whole = fresh()
+    finetune(whole, data, cfg, run_dir=tmp_path / "a", log=lambda m: None)
+    finetune(fresh(), data, cfg, run_dir=tmp_path / "b", max_steps=2, log=lambda m: None)
+    resumed = fresh()
+    finetune(resumed, data, cfg, run_dir=tmp_path / "b", resume=True, log=lambda m: None)
+    for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
