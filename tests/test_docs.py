@@ -270,3 +270,48 @@ def test_every_documented_command_is_valid_as_written(where: str, argv: list[str
             if not data_root().is_dir():
                 pytest.skip(f"the shared data folder is absent ({data_root()})")
             assert (data_root() / path.removeprefix("../shared/data/")).is_file(), f"{where}: {path} does not exist"
+
+
+SHORT = ["--limit", "300", "--set", "finetune.epochs=0.1", "--set", "latency_runs=1", "--quiet"]
+
+
+def _shortened(argv: list[str]) -> list[str]:
+    """A long documented job cut to seconds: 300 samples a split (CamVid's: 40), a tenth of an
+    epoch, one timed run, the CPU where no GPU is (a sensitivity analysis scores 32 samples)."""
+    import torch
+
+    out = list(argv)
+    if "--device" in out and not torch.cuda.is_available():
+        out[out.index("--device") + 1] = "cpu"
+    if "--samples" in out:
+        out[out.index("--samples") + 1] = "32"
+    if "camvid" in out:  # 360×480 class maps: 40 images (BN recalibration needs the recipe's 32)
+        return [*out, "--limit", "40", *SHORT[2:]]
+    return out + (SHORT if out[0] == "run" else ["--limit", "300", "--quiet"])
+
+
+def test_the_long_documented_jobs_run_as_written_when_shortened(tmp_path: Path) -> None:
+    """Every documented `cuttree run` and `cuttree sensitivity` on the shared data, in the order
+    the pages give them (a run that reads a sensitivity file comes after the command that writes
+    it), shortened by appended options only; a command on a file the reader makes (my.keras) is
+    the reader's."""
+    from cuttree.data import data_root
+
+    if not data_root().is_dir():
+        pytest.skip(f"the shared data folder is absent ({data_root()})")
+    cwd = _workdir(tmp_path)
+    seen: set[tuple[str, ...]] = set()
+    env = {**os.environ, "KERAS_BACKEND": "torch"}  # the user's cache: the decoded images are shared
+    cuttree = Path(sys.executable).parent / "cuttree"
+    ran = 0
+    for where, argv in COMMANDS:
+        if argv[0] not in ("run", "sensitivity") or "my.keras" in argv or tuple(argv) in seen:
+            continue
+        seen.add(tuple(argv))
+        args = [a.replace("../shared/data", str(data_root())) for a in _shortened(argv)]
+        done = subprocess.run(
+            [str(cuttree), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S, check=False
+        )
+        assert done.returncode == 0, f"{where}: cuttree {' '.join(args)}\n{done.stderr[-2000:]}"
+        ran += 1
+    assert ran >= 5
