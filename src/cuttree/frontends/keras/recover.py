@@ -158,14 +158,14 @@ class _KeepBest(keras.callbacks.Callback):
     """Scores the student on the validation arrays before the first step, every ``every`` steps
     and at the last, and keeps the weights of the best score (:mod:`cuttree.validation`)."""
 
-    def __init__(self, student: Any, x: np.ndarray, y: np.ndarray, mode: str, every: int, steps: int) -> None:
+    def __init__(self, student: Any, x: np.ndarray, y: np.ndarray, cfg: Config, every: int, steps: int) -> None:
         super().__init__()
-        self.student, self.x, self.y, self.mode, self.every, self.steps = student, x, y, mode, every, steps
+        self.student, self.x, self.y, self.cfg, self.every, self.steps = student, x, y, cfg, every, steps
         self.history: list[list[float]] = []
         self.best_step, self.best_value, self.best_weights = 0, -np.inf, None
 
     def offer(self, step: int) -> None:
-        value = evaluate(self.student, self.x, self.y, self.mode)
+        value = evaluate(self.student, self.x, self.y, self.cfg.mode, ignore_index=self.cfg.finetune.ignore_index)
         self.history.append([step, value])
         if value > self.best_value:
             self.best_step, self.best_value, self.best_weights = step, value, self.student.get_weights()
@@ -223,7 +223,7 @@ def finetune(
             cb.target = model  # mask the student, never the teacher inside the wrapper
     data = Batches(x, y, ft.batch_size, steps, cfg.seed, augment)
     schedule = [cb for cb in callbacks or [] if isinstance(cb, GradualPruning)]
-    best = _KeepBest(model, *val, cfg.mode, steps_per_epoch, steps) if val is not None else None
+    best = _KeepBest(model, *val, cfg, steps_per_epoch, steps) if val is not None else None
     frozen = teacher.trainable if teacher is not None else None
     if teacher is not None:
         teacher.trainable = False  # the wrapper tracks it: without this the optimizer would train it too
