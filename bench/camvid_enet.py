@@ -21,10 +21,10 @@ import time
 import torch
 
 import cuttree
-from cuttree.data import CAMVID_CLASSES, camvid, data_root
-from cuttree.measure import count_macs, evaluate, latency_ms
+from cuttree.datasets.images import CAMVID_CLASSES, camvid, data_root
+from cuttree.frontends.torch.measure import count_macs, evaluate, latency_ms
 from cuttree.models import enet
-from cuttree.train import finetune, recalibrate_bn
+from cuttree.recover.train import finetune, recalibrate_bn
 
 
 def main() -> None:

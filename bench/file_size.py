@@ -20,9 +20,9 @@ import torch.nn.utils.prune as tprune
 from safetensors.torch import save
 
 import cuttree
-from cuttree.measure import state_dict_for_save
+from cuttree.frontends.torch.sparsity import prunable_layers
+from cuttree.frontends.torch.util import state_dict_for_save
 from cuttree.models import vgg16_bn_cifar
-from cuttree.sparsity import prunable_layers
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ a ViT on a BiT backbone (whose stem pads for "same" output at every call), and H
 For each model: how many layers compute their weight, what the default config prunes (those
 layers' input channels stay whole), what it prunes with the layers folded, and the largest
 difference between the pruned model and the folded original with the removed channels zeroed
-(the oracle, :func:`cuttree.validate.zeroed`; 0 up to float rounding means the pruning is exact), for the default plan too.
+(the oracle, :func:`cuttree.frontends.torch.validate.zeroed`; 0 up to float rounding means the pruning is exact), for the default plan too.
 
     python bench/fold_zoo.py
 """
@@ -20,8 +20,8 @@ from torch import nn
 from torch.utils._pytree import tree_flatten
 
 import cuttree
-from cuttree.fold import computes_its_weight, fold_computed_weights
-from cuttree.validate import zeroed
+from cuttree.frontends.torch.fold import computes_its_weight, fold_computed_weights
+from cuttree.frontends.torch.validate import zeroed
 
 RATIO = 0.3
 TIMM = ["resnetv2_50x1_bit", "nf_resnet26", "nf_regnet_b0", "vit_small_r26_s32_224"]

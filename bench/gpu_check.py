@@ -153,8 +153,8 @@ def check_latency(data_dir: str, out: Path, device: str) -> str:
     import torch
 
     import cuttree
-    from cuttree.io import load_weights
-    from cuttree.measure import count_macs, latency_ms
+    from cuttree.files.cuttree_file import load_weights
+    from cuttree.frontends.torch.measure import count_macs, latency_ms
     from cuttree.models import resnet56
 
     dev = torch.device(device)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 import cuttree
-from cuttree.measure import count_macs
+from cuttree.frontends.torch.measure import count_macs
 
 RATIO = 0.3
 MODELS = ["torchvision:resnext50_32x4d", "torchvision:regnet_y_400mf", "timm:resnext50_32x4d"]

@@ -26,7 +26,7 @@ import torch
 
 import cuttree
 from _oracle import EXACT, norms_over_channels, verdict
-from cuttree.validate import zeroed
+from cuttree.frontends.torch.validate import zeroed
 
 TINY = {
     "hidden_size": 64, "n_embd": 64, "d_model": 64, "num_hidden_layers": 2, "n_layer": 2, "num_layers": 2,

@@ -41,7 +41,7 @@ import numpy as np
 
 import cuttree
 import cuttree.keras as ck
-from cuttree.data import cifar10_arrays, data_root
+from cuttree.datasets.images import cifar10_arrays, data_root
 
 BATCH = 128
 
@@ -131,7 +131,7 @@ def main() -> None:
     xtr, ytr = cifar10_arrays("train")
     teacher = ck.load(weights)
     stated = f"{args.epochs} epochs × 50,000 images" if args.epochs else f"{args.budget_s:.0f} s per model"
-    print(f"backend {ck.keras.backend.backend()}; budget: {stated}, batch {BATCH}, lr {args.lr}")
+    print(f"backend {keras.backend.backend()}; budget: {stated}, batch {BATCH}, lr {args.lr}")
     print(f"pretrained, as shipped: {ck.evaluate(teacher, xt, yt):.2f}% top-1 on the test set\n")
     rows = []
     for name in [args.only] if args.only else ["dense", "pruned"]:

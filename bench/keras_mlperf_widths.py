@@ -34,7 +34,7 @@ import numpy as np
 
 import cuttree
 import cuttree.keras as ck
-from cuttree.data import cifar10_arrays, data_root
+from cuttree.datasets.images import cifar10_arrays, data_root
 
 GROUPS = ("conv2d", "conv2d_1", "conv2d_3", "conv2d_4", "conv2d_6", "conv2d_7")
 SIZES = (16, 16, 32, 32, 64, 64)

@@ -35,8 +35,8 @@ BATCH, LR, FREQ = 128, 0.005, 50
 
 
 def batches(x: np.ndarray, y: np.ndarray, steps: int, seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The seeded order and augmentation cuttree.keras.finetune uses (cuttree.batching), as a generator."""
-    from cuttree.batching import batch_at, shuffled_order
+    """The seeded order and augmentation cuttree.keras.finetune uses (cuttree.recover.batching), as a generator."""
+    from cuttree.recover.batching import batch_at, shuffled_order
 
     order = shuffled_order(len(x), BATCH, steps, seed)
     for i in range(steps):
@@ -148,7 +148,7 @@ def main() -> None:
         fn = tfmot_worker if args.worker == "tfmot" else cuttree_worker
         print("RESULT " + json.dumps(fn(args.epochs, args.sparsity, args.arrays, args.weights)))
         return
-    from cuttree.data import cifar10_arrays, data_root
+    from cuttree.datasets.images import cifar10_arrays, data_root
 
     tmp = tempfile.TemporaryDirectory()
     arrays = str(Path(tmp.name) / "cifar10.npz")

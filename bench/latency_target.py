@@ -23,9 +23,9 @@ import torch
 
 import cuttree
 from _build import build
+from cuttree.core.timing import interleaved
 from cuttree.deploy import keep_freed_memory
-from cuttree.latency_budget import timers
-from cuttree.timing import interleaved
+from cuttree.frontends.torch.latency_budget import timers
 
 
 def main() -> None:

@@ -30,8 +30,8 @@ import time
 import torch
 
 import cuttree
-from cuttree.measure import count_macs
-from cuttree.text import TextFinetune, finetune, load_minilm, spearman, stsb, tokenize
+from cuttree.datasets.text import TextFinetune, finetune, load_minilm, spearman, stsb, tokenize
+from cuttree.frontends.torch.measure import count_macs
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ import torch
 
 import cuttree
 from _build import build
-from cuttree.export import export_onnx
+from cuttree.files.onnx import export_onnx
 
 
 def main() -> None:

@@ -24,11 +24,11 @@ import torch
 
 import cuttree
 from _build import build
+from cuttree.core.timing import interleaved
 from cuttree.deploy import keep_freed_memory
-from cuttree.export import export_onnx
-from cuttree.latency_budget import session_timer, timers
-from cuttree.measure import count_macs
-from cuttree.timing import interleaved
+from cuttree.files.onnx import export_onnx
+from cuttree.frontends.torch.latency_budget import session_timer, timers
+from cuttree.frontends.torch.measure import count_macs
 
 
 def main() -> None:

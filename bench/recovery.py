@@ -31,10 +31,10 @@ from typing import Any
 import torch
 
 import cuttree
-from cuttree.data import cifar10
-from cuttree.measure import count_macs, evaluate, latency_ms
+from cuttree.datasets.images import cifar10
+from cuttree.frontends.torch.measure import count_macs, evaluate, latency_ms
 from cuttree.models import resnet20, resnet56
-from cuttree.train import finetune, recalibrate_bn
+from cuttree.recover.train import finetune, recalibrate_bn
 
 BUILD = {"resnet20": resnet20, "resnet56": resnet56}
 
@@ -168,7 +168,7 @@ def main() -> None:
 
 
 def _weights(name: str):  # type: ignore[no-untyped-def]
-    from cuttree.data import data_root
+    from cuttree.datasets.images import data_root
 
     return data_root() / "weights" / f"cifar10_{name}.safetensors"
 

@@ -27,10 +27,10 @@ from typing import Any
 import torch
 
 import cuttree
-from cuttree.data import cifar10, data_root
-from cuttree.measure import count_macs, count_params, evaluate
+from cuttree.datasets.images import cifar10, data_root
+from cuttree.frontends.torch.measure import count_macs, count_params, evaluate
 from cuttree.models import resnet56
-from cuttree.train import finetune, recalibrate_bn
+from cuttree.recover.train import finetune, recalibrate_bn
 
 
 def main() -> None:

@@ -25,11 +25,11 @@ import torch
 import torch.nn.utils.prune as tprune
 
 import cuttree
-from cuttree.data import cifar10, data_root
-from cuttree.measure import evaluate
+from cuttree.datasets.images import cifar10, data_root
+from cuttree.frontends.torch.measure import evaluate
+from cuttree.frontends.torch.sparsity import gradual, prunable_layers, sparsity
 from cuttree.models import resnet56
-from cuttree.sparsity import gradual, prunable_layers, sparsity
-from cuttree.train import finetune
+from cuttree.recover.train import finetune
 
 
 def main() -> None:

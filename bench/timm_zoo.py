@@ -4,7 +4,7 @@ zeroing oracle.
 For each file under ``timm.models`` the registered model with the fewest parameters (counted on
 the meta device) is built with random weights at its own input size, pruned in classification
 mode, and run beside a copy of the dense model in which every channel the plan removes is zeroed
-(:func:`cuttree.validate.zeroed`). Where removing a channel is exact, the two agree to float
+(:func:`cuttree.frontends.torch.validate.zeroed`). Where removing a channel is exact, the two agree to float
 rounding; a model whose norms reduce over a pruned channel stream (LayerNorm, one-group GroupNorm)
 differs by design, and the row says which norms do. Prints one row per model and the counts.
 
@@ -24,7 +24,7 @@ import torch
 
 import cuttree
 from _oracle import EXACT, norms_over_channels, verdict
-from cuttree.validate import zeroed
+from cuttree.frontends.torch.validate import zeroed
 
 
 def smallest_per_file(only: set[str] | None) -> list[tuple[str, str]]:

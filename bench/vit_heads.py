@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 import cuttree
-from cuttree.measure import count_macs
+from cuttree.frontends.torch.measure import count_macs
 
 RATIO = 0.5
 

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import cuttree
-from cuttree.attention import PrunableMultiheadAttention, supported, swapped
 from cuttree.core.plan import HEAD_UNITS
+from cuttree.frontends.torch.attention import PrunableMultiheadAttention, supported, swapped
 
 
 class Tiny(nn.Module):
@@ -114,7 +114,7 @@ def test_prune_nothing_is_bit_identical_and_keeps_the_stock_class(batch_first: b
 
 
 def test_residual_heads_and_mlp_together_macs_match_the_flop_counter() -> None:
-    from cuttree.measure import count_macs
+    from cuttree.frontends.torch.measure import count_macs
 
     torch.manual_seed(0)
     model, x = Tiny(e=32, heads=4), torch.randn(2, 9, 6)
@@ -256,7 +256,7 @@ def test_repeat_kv_copies_are_recognized_in_inputs_of_any_length() -> None:
     """``repeat_kv``'s (batch, kv heads, copies, tokens, width) before its merge: copies expanded
     from one are recognized also where the tensor is too big to compare whole (over 2²² values);
     distinct values, or copies in the width (a zero bias's (heads, width)), are not copies."""
-    from cuttree.graph.ops_shapes import _kv_copies
+    from cuttree.frontends.torch.ops.shapes import _kv_copies
 
     torch.manual_seed(0)
     long = torch.randn(1, 2, 1, 8200, 64).expand(1, 2, 4, 8200, 64).contiguous()
@@ -320,7 +320,7 @@ def test_mixture_of_experts_lose_the_same_intermediate_channels_in_every_expert(
     width], run by torch._grouped_mm by default): traced through their own loop, the width is one
     group, its gate and up halves coupled by their product; exact against zeroing."""
     transformers = pytest.importorskip("transformers")
-    from cuttree.validate import zeroed
+    from cuttree.frontends.torch.validate import zeroed
 
     torch.manual_seed(0)
     sizes = {"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4}
@@ -385,7 +385,7 @@ def test_save_pretrained_loads_without_cuttree_or_refuses_cleanly(tmp_path: obje
     import sys
 
     transformers = pytest.importorskip("transformers")
-    from cuttree.hf import save_pretrained
+    from cuttree.files.huggingface import save_pretrained
 
     torch.manual_seed(0)
     ids = torch.randint(0, 100, (1, 10))
@@ -556,7 +556,7 @@ def test_taylor_on_a_causal_lm_scores_next_token_prediction_on_the_calibration_t
     """No labels needed: the loss is next-token cross-entropy on the text itself, padding ignored.
     Oracle: the gradients of that loss written out here (shifted logits, ``ignore_index=-100``)."""
     transformers = pytest.importorskip("transformers")
-    from cuttree.calibrate import gradients
+    from cuttree.frontends.torch.calibrate import gradients
 
     model, ids, mask = tiny_llama_and_texts(transformers)
     data = [{"input_ids": ids[:2], "attention_mask": mask[:2]}, {"input_ids": ids[2:], "attention_mask": mask[2:]}]
@@ -588,7 +588,7 @@ def test_attention_whose_head_counts_cannot_be_patched_keeps_its_heads_whole() -
     """DeepSeek-V4's attention has a head width but its queries come from low-rank ``q_a_proj`` /
     ``q_b_proj``, names the Hugging Face rule does not know: its heads stay whole, with a warning
     naming it, and the rest of the model prunes exactly (before, surgery failed on it)."""
-    from cuttree.validate import zeroed
+    from cuttree.frontends.torch.validate import zeroed
 
     transformers = pytest.importorskip("transformers")
     if not hasattr(transformers, "DeepseekV4Config"):

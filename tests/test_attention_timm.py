@@ -17,8 +17,8 @@ from timm.models.swin_transformer import SwinTransformer, WindowAttention
 from torch import nn
 
 import cuttree
-from cuttree.attention_timm import PrunableEvaAttention, swapped
-from cuttree.validate import zeroed
+from cuttree.frontends.torch.plugins.timm import PrunableEvaAttention, swapped
+from cuttree.frontends.torch.validate import zeroed
 
 
 def tiny_swin() -> nn.Module:

@@ -12,7 +12,7 @@ from torch import nn
 from torchvision.models import maxvit, swin_transformer
 
 import cuttree
-from cuttree.attention_vision import (
+from cuttree.frontends.torch.plugins.torchvision import (
     PrunableRelativePositionalMultiHeadAttention,
     PrunableShiftedWindowAttention,
     PrunableShiftedWindowAttentionV2,

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from cuttree import data
-from cuttree.data import IMAGENET_MEAN, IMAGENET_STD, ImageTensors
+from cuttree.datasets import images as data
+from cuttree.datasets.images import IMAGENET_MEAN, IMAGENET_STD, ImageTensors
 
 DIGITS_PER_CLASS = [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]  # sklearn's load_digits
 DIGITS_TEST_PER_CLASS = [45, 46, 44, 46, 45, 46, 45, 45, 44, 45]  # round-half-up of 0.25 × the above
@@ -91,7 +91,7 @@ def test_data_root_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.chdir(tmp_path / "repo")
     assert data.data_root() == tmp_path / "shared" / "data"
     monkeypatch.chdir(tmp_path)  # tmp_path.parent has no shared/data: fall back to beside the source tree
-    repo = Path(data.__file__).resolve().parents[2]  # <repo>/src/cuttree/data.py
+    repo = Path(data.__file__).resolve().parents[3]  # <repo>/src/cuttree/datasets/images.py
     assert data.data_root() == repo.parent / "shared" / "data"
 
 

@@ -7,6 +7,7 @@ refuse ``.numpy()`` and refuse to be mixed with CPU tensors, as CUDA's do.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import random
 import re
 from pathlib import Path
@@ -20,14 +21,14 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import cuttree
-from cuttree import rng
-from cuttree.checkpoints import read_checkpoint
 from cuttree.config import FinetuneConfig
-from cuttree.importance import CRITERIA
-from cuttree.job import run_job
-from cuttree.measure import latency_ms
+from cuttree.core.importance import REGISTRY, scorer
+from cuttree.frontends.torch.measure import latency_ms
 from cuttree.models import resnet20
-from cuttree.train import Precision, finetune
+from cuttree.recover import rng
+from cuttree.recover.checkpoints import read_checkpoint
+from cuttree.recover.job import run_job
+from cuttree.recover.train import Precision, finetune
 from standin_device import DEVICE, Backend
 from test_train import tiny
 
@@ -54,13 +55,13 @@ STRUCTURED = ["activation", "bn_scale", "l1", "l2", "random", "taylor"]
 
 
 def test_every_criterion_is_registered_and_tested_here() -> None:
-    assert sorted(CRITERIA) == STRUCTURED
+    assert sorted(n for n, c in REGISTRY.items() if c.structured) == STRUCTURED
 
 
 @pytest.mark.parametrize("name", STRUCTURED)
 def test_criteria_are_handed_numpy_arrays_only(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[str] = []
-    real = CRITERIA[name]
+    real = scorer(name)
 
     def checked(group: Any, weights: Any, extra: Any, seed: int) -> np.ndarray:
         for k, v in [*weights.items(), *extra.items()]:
@@ -69,7 +70,7 @@ def test_criteria_are_handed_numpy_arrays_only(name: str, monkeypatch: pytest.Mo
         seen.append(group.name)
         return real(group, weights, extra, seed)
 
-    monkeypatch.setitem(CRITERIA, name, checked)
+    monkeypatch.setitem(REGISTRY, name, dataclasses.replace(REGISTRY[name], fn=checked))
     _, graph = cuttree.make_plan(resnet20().to(DEVICE), tuple(x.to(DEVICE) for x in X), cfg(name), calib(DEVICE))
     assert len(seen) == len(graph.groups) > 0
 
@@ -81,7 +82,10 @@ def test_numpy_conversion_happens_in_one_helper() -> None:
         for i, line in enumerate(p.read_text().splitlines(), 1)
         if ".numpy()" in line
     ]
-    assert hits == ["src/cuttree/_util.py:" + str(_line_of("src/cuttree/_util.py", "return x.cpu().numpy()"))]
+    assert hits == [
+        "src/cuttree/frontends/torch/util.py:"
+        + str(_line_of("src/cuttree/frontends/torch/util.py", "return x.cpu().numpy()"))
+    ]
 
 
 def _line_of(path: str, text: str) -> int:
@@ -263,7 +267,7 @@ def test_the_readme_gpu_recipe_is_the_command_gpu_check_runs() -> None:
 def test_finetune_takes_a_recipe_whatever_its_target() -> None:
     import argparse
 
-    from cuttree.cli import _config
+    from cuttree.cli.main import _config
 
     args = argparse.Namespace(set=["finetune.epochs=2"], config=str(ROOT / "recipes" / "resnet56_gpu.yaml"))
     c = _config(args, need_target=False)

@@ -252,9 +252,9 @@ def test_every_documented_command_is_valid_as_written(where: str, argv: list[str
     """Each command's flags parse, the configs it names load with its --set overrides, and the
     files it reads from the repository or the shared data exist (the commands that take
     seconds also run, as runnable blocks)."""
-    from cuttree.cli import parser
+    from cuttree.cli.main import parser
     from cuttree.config import Config, parse_set
-    from cuttree.data import data_root
+    from cuttree.datasets.images import data_root
 
     try:
         args = parser().parse_args(argv)
@@ -295,7 +295,7 @@ def test_the_long_documented_jobs_run_as_written_when_shortened(tmp_path: Path) 
     the pages give them (a run that reads a sensitivity file comes after the command that writes
     it), shortened by appended options only; a command on a file the reader makes (my.keras) is
     the reader's."""
-    from cuttree.data import data_root
+    from cuttree.datasets.images import data_root
 
     if not data_root().is_dir():
         pytest.skip(f"the shared data folder is absent ({data_root()})")

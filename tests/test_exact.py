@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 import cuttree
-from cuttree._util import to_numpy
-from cuttree.graph.groups import build_graph
-from cuttree.importance import CRITERIA
+from cuttree.core.importance import scorer
+from cuttree.frontends.torch.groups import build_graph
+from cuttree.frontends.torch.util import to_numpy
 
 
 def chain() -> nn.Sequential:
@@ -46,7 +46,7 @@ def test_chain_group_members_exact() -> None:
 def test_l1_scores_and_kept_channels_exact() -> None:
     m = chain()
     g = build_graph(m, X)
-    scores = CRITERIA["l1"](g.groups[0], {k: to_numpy(p) for k, p in m.named_parameters()}, {}, 0)
+    scores = scorer("l1")(g.groups[0], {k: to_numpy(p) for k, p in m.named_parameters()}, {}, 0)
     # conv weight |w| sums (c+1) plus BN γ = 1 and β = 0; the zeroed consumer adds nothing
     np.testing.assert_allclose(scores, [1 + 1, 2 + 1, 3 + 1, 4 + 1])
     r = cuttree.prune(m, X, cuttree.Config(ratio=0.5, latency_runs=0))
@@ -263,7 +263,7 @@ class Glu(nn.Module):
 def test_equal_halves_of_a_chunk_lose_the_same_positions() -> None:
     """Channel i of the gate and channel i of the up half form one channel: position i and 8 + i
     of fc1 go together, and the pruned model computes what the dense one does with them zeroed."""
-    from cuttree.validate import zeroed
+    from cuttree.frontends.torch.validate import zeroed
 
     torch.manual_seed(0)
     m, x = Glu().eval(), (torch.randn(4, 6),)
@@ -289,7 +289,7 @@ def test_halves_of_a_chunk_that_are_never_coupled_are_kept_whole() -> None:
 
 def test_a_tiled_channel_dim_loses_every_copy_of_a_channel() -> None:
     """``repeat`` along channels: the consumer's input positions c and C + c are one channel."""
-    from cuttree.validate import zeroed
+    from cuttree.frontends.torch.validate import zeroed
 
     class Tiled(nn.Module):
         def __init__(self) -> None:
@@ -317,7 +317,7 @@ def test_a_tiled_channel_dim_loses_every_copy_of_a_channel() -> None:
 def test_unfolded_patches_keep_their_channels() -> None:
     """``F.unfold`` (im2col) puts channel c at c·k² … c·k² + k² − 1: the linear layer reading the
     patches loses those k² inputs with the channel; ``Tensor.unfold`` over pixels keeps channels."""
-    from cuttree.validate import zeroed
+    from cuttree.frontends.torch.validate import zeroed
 
     class Patches(nn.Module):
         def __init__(self) -> None:

@@ -15,7 +15,7 @@ from cuttree.errors import CuttreeError
 from topologies import TOPOLOGIES
 
 pytest.importorskip("onnxruntime")
-from cuttree.export import export_onnx
+from cuttree.files.onnx import export_onnx
 
 
 @pytest.mark.parametrize("name", sorted(TOPOLOGIES))
@@ -78,7 +78,7 @@ def test_bad_arguments_are_one_line_errors(tmp_path: Path) -> None:
 
 
 def test_cli_export_reads_the_input_shape_from_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from cuttree.cli import main
+    from cuttree.cli.main import main
 
     out = tmp_path / "r.cuttree"
     assert main(["prune", "--arch", "cuttree.models:resnet20", "--input-shape", "1,3,32,32", "--set", "ratio=0.5",

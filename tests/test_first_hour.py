@@ -13,7 +13,7 @@ import yaml
 from torch import nn
 
 import cuttree
-from cuttree.cli import main
+from cuttree.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 ORIGINAL = {"mode": "classification", "threshold": 0.5, "min_samples": 2}
@@ -121,8 +121,8 @@ SHIPPED = {
 
 @pytest.mark.parametrize("name", list(SHIPPED))
 def test_every_shipped_torch_config_prunes_what_its_comments_say(name: str) -> None:
-    from cuttree.io import build_model
-    from cuttree.job import step_config
+    from cuttree.files.cuttree_file import build_model
+    from cuttree.recover.job import step_config
 
     arch, kwargs, shape, kind, target = SHIPPED[name]
     if arch.startswith("torchvision"):
@@ -213,7 +213,7 @@ def test_the_segmentation_recipes_enet_fine_tunes_with_checkpoints_and_resumes(t
     from torch.utils.data import TensorDataset
 
     from cuttree.models import enet
-    from cuttree.train import finetune
+    from cuttree.recover.train import finetune
 
     g = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.rand(10, 3, 32, 48, generator=g) * 255, torch.randint(0, 12, (10, 32, 48), generator=g))

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 import cuttree
-from cuttree import io
-from cuttree.fold import fold_computed_weights
+from cuttree.files import cuttree_file as io
+from cuttree.frontends.torch.fold import fold_computed_weights
 from test_topologies import masked_original, outputs
 
 

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 import cuttree
-from cuttree.cli import main
+from cuttree.cli.main import main
 from cuttree.models import resnet20
 
 UMASK = os.umask(0o022)
@@ -199,7 +199,7 @@ def test_version_and_one_line_argument_errors(capsys: pytest.CaptureFixture[str]
 
 
 def test_data_help_lists_every_loader(capsys: pytest.CaptureFixture[str]) -> None:
-    from cuttree.data import DATASETS
+    from cuttree.datasets.images import DATASETS
 
     with pytest.raises(SystemExit):
         main(["eval", "--help"])
@@ -222,7 +222,7 @@ def test_eval_names_the_split_and_writes_its_report(tmp_path: Path, capsys: pyte
 
 
 def test_eval_on_data_the_model_cannot_take_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from cuttree.data import data_root
+    from cuttree.datasets.images import data_root
 
     if not (data_root() / "mnist").is_dir():
         pytest.skip(f"MNIST is not in the shared data folder {data_root()} (set CUTTREE_DATA)")

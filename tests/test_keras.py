@@ -16,7 +16,8 @@ keras = pytest.importorskip("keras")
 
 import cuttree  # noqa: E402
 import cuttree.keras as ck  # noqa: E402
-from cuttree.frontends.keras.graph import macs_of, trace  # noqa: E402
+from cuttree.frontends.keras.graph import trace  # noqa: E402
+from cuttree.frontends.keras.tracer import macs_of  # noqa: E402
 
 TORCH_BACKEND = keras.backend.backend() == "torch"
 ORIGINAL = {"mode": "classification", "threshold": 0.5, "min_samples": 2}
@@ -505,7 +506,7 @@ def test_gradual_pruning_callback_reaches_the_final_sparsity() -> None:
 
 
 def test_cli_prunes_and_inspects_a_keras_file(tmp_path: object, capsys: pytest.CaptureFixture[str]) -> None:
-    from cuttree.cli import main
+    from cuttree.cli.main import main
 
     src = tmp_path / "my.keras"  # type: ignore[operator]
     branchy().save(src)
@@ -542,7 +543,7 @@ def test_cli_prunes_and_inspects_a_keras_file(tmp_path: object, capsys: pytest.C
 
 
 def test_cli_run_finetune_eval_on_a_keras_file(tmp_path: object, capsys: pytest.CaptureFixture[str]) -> None:
-    from cuttree.cli import main
+    from cuttree.cli.main import main
 
     keras.utils.set_random_seed(0)
     inp = keras.Input((32, 32, 3))
@@ -794,7 +795,7 @@ def test_sparse_storage_round_trips_exactly_and_plain_keras_refuses_it(tmp_path:
     ck.load(plain)  # the default file stays one Keras reads by itself
     keras.saving.load_model(plain, compile=False)
 
-    from cuttree.cli import main
+    from cuttree.cli.main import main
 
     src, out = tmp_path / "dense.keras", tmp_path / "cli.keras"  # type: ignore[operator]
     small_dense_net().save(src)
@@ -860,7 +861,7 @@ def test_torch_only_settings_are_refused_for_keras_models() -> None:
 
 
 def test_the_cli_prints_a_warning_on_one_line(tmp_path: object, capsys: pytest.CaptureFixture[str]) -> None:
-    from cuttree.cli import main
+    from cuttree.cli.main import main
 
     inputs = keras.Input((6,))
     src = tmp_path / "one.keras"  # type: ignore[operator]
@@ -883,7 +884,7 @@ def test_a_file_with_an_unregistered_custom_layer_names_it_and_the_fix(
     import sys
     from pathlib import Path
 
-    from cuttree.cli import main
+    from cuttree.cli.main import main
 
     folder = Path(str(tmp_path))
     (folder / "mylayers.py").write_text(

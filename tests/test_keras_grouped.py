@@ -126,7 +126,7 @@ def test_resnext_block_ratio_zero_identical_and_pruned_round_trip(tmp_path: Path
 
 
 def test_cli_layers_lists_a_keras_files_groups_and_units(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from cuttree.cli import main
+    from cuttree.cli.main import main
 
     keras.utils.set_random_seed(0)
     path = tmp_path / "block.keras"

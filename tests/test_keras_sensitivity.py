@@ -17,6 +17,7 @@ import cuttree  # noqa: E402
 import cuttree.keras as ck  # noqa: E402
 from cuttree.errors import PlanError  # noqa: E402
 from cuttree.frontends.keras import sensitivity as keras_sensitivity  # noqa: E402
+from cuttree.frontends.keras import surgery as keras_surgery  # noqa: E402
 
 CFG = cuttree.Config(ratio=0.5, min_samples=16, latency_runs=0, round_to=1, finetune={"batch_size": 32})
 
@@ -85,23 +86,23 @@ def test_a_repeat_is_instant_and_an_interrupted_run_resumes(
 ) -> None:
     model, x, y = trained
     full = ck.sensitivity(model, CFG, (x, y), ratios=(0.25, 0.5), samples=100, cache_dir=tmp_path / "a", quiet=True)
-    real = keras_sensitivity.surgery.apply_plan
+    real = keras_surgery.apply_plan
     calls: list[int] = []
 
-    def dies_on_the_fourth(*a: Any) -> Any:  # the baseline's rebuild, then three entries
+    def dies_on_the_third(*a: Any) -> Any:  # each entry rebuilds the model (the baseline is a copy)
         calls.append(1)
-        if len(calls) == 4:
+        if len(calls) == 3:
             raise KeyboardInterrupt
         return real(*a)
 
-    monkeypatch.setattr(keras_sensitivity.surgery, "apply_plan", dies_on_the_fourth)
+    monkeypatch.setattr(keras_surgery, "apply_plan", dies_on_the_third)
     with pytest.raises(KeyboardInterrupt):
         ck.sensitivity(model, CFG, (x, y), ratios=(0.25, 0.5), samples=100, cache_dir=tmp_path / "b", quiet=True)
     (cache,) = (tmp_path / "b" / "sensitivity").glob("*.json")
     partial = json.loads(cache.read_text())
     assert sum(len(v) for v in partial["results"].values()) == 2  # two entries saved before the kill
     calls.clear()
-    monkeypatch.setattr(keras_sensitivity.surgery, "apply_plan", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(keras_surgery, "apply_plan", lambda *a: calls.append(1) or real(*a))
     resumed = ck.sensitivity(model, CFG, (x, y), ratios=(0.25, 0.5), samples=100, cache_dir=tmp_path / "b", quiet=True)
     assert len(calls) == 2 and resumed.results == full.results and resumed.baseline == full.baseline
     calls.clear()
@@ -155,7 +156,7 @@ def test_bad_arguments_are_one_line_errors(trained: tuple[Any, np.ndarray, np.nd
 
 
 def test_cli_sensitivity_then_run_with_the_allocation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from cuttree.cli import main
+    from cuttree.cli.main import main
 
     keras.utils.set_random_seed(0)
     inp = keras.Input((32, 32, 3))

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 import cuttree
-from cuttree import latency_budget
+from cuttree.core.timing import Timing, interleaved
 from cuttree.errors import PlanError
-from cuttree.measure import count_macs
-from cuttree.timing import Timing, interleaved
+from cuttree.frontends.torch import latency_budget
+from cuttree.frontends.torch.measure import count_macs
 
 
 def fake_timers(ms_per_mmac: float, overhead: float) -> Callable[..., list[Callable[[], float]]]:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import cuttree
-from cuttree.reconstruct import reconstruct
+from cuttree.recover.reconstruct import reconstruct
 
 
 def redundant() -> nn.Sequential:

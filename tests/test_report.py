@@ -15,10 +15,10 @@ import torch
 from torch.utils.data import Subset
 
 import cuttree
-from cuttree.data import digits
-from cuttree.job import run_job
+from cuttree.datasets.images import digits
 from cuttree.models import resnet20
-from cuttree.report import summary_rows, write_report
+from cuttree.recover.job import run_job
+from cuttree.reports.report import summary_rows, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("CUTTREE_TEST_ARTIFACTS", REPO / "build" / "test-artifacts"))

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import cuttree
-from cuttree.measure import evaluate
+from cuttree.frontends.torch.measure import evaluate
 
 
 class TinyUNet(nn.Module):
@@ -75,7 +75,7 @@ def test_miou_exact() -> None:
 def test_enet_matches_checkpoint_and_prunes(data_dir) -> None:  # type: ignore[no-untyped-def]
     from safetensors.torch import load_file
 
-    from cuttree.data import camvid
+    from cuttree.datasets.images import camvid
     from cuttree.models import enet
 
     m = enet()
@@ -93,7 +93,7 @@ def test_enet_matches_checkpoint_and_prunes(data_dir) -> None:  # type: ignore[n
 
 
 def test_cli_eval_segmentation_per_class(data_dir, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
-    from cuttree.cli import main
+    from cuttree.cli.main import main
     from cuttree.models import enet
 
     m = enet()

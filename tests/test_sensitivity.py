@@ -12,13 +12,14 @@ import torch
 from torch import nn
 
 import cuttree
-from cuttree import analysis
-from cuttree.analysis import Sensitivity
-from cuttree.batching import Subset
-from cuttree.data import digits
+from cuttree.core.sensitivity import Sensitivity
+from cuttree.datasets.images import digits
 from cuttree.errors import PlanError
-from cuttree.measure import count_params, evaluate
-from cuttree.train import finetune, recalibrate_bn
+from cuttree.frontends.torch import frontend as torch_frontend
+from cuttree.frontends.torch import sensitivity as analysis
+from cuttree.frontends.torch.measure import count_params, evaluate
+from cuttree.recover.batching import Subset
+from cuttree.recover.train import finetune, recalibrate_bn
 from topologies import TOPOLOGIES
 
 
@@ -75,7 +76,7 @@ def test_a_repeat_is_instant_and_an_interrupted_run_resumes(
         model, X, CFG, data, ratios=(0.25, 0.5), samples=100, cache_dir=tmp_path / "a", quiet=True
     )
     calls: list[str] = []
-    real = analysis.apply_plan
+    real = torch_frontend.apply_plan
 
     def dies_on_the_third(model: Any, plan: Any, *a: Any) -> Any:
         calls.append(next(g.name for g in plan if len(g.keep) < g.size))
@@ -83,7 +84,7 @@ def test_a_repeat_is_instant_and_an_interrupted_run_resumes(
             raise KeyboardInterrupt  # the process is stopped while the third entry is measured
         return real(model, plan, *a)
 
-    monkeypatch.setattr(analysis, "apply_plan", dies_on_the_third)
+    monkeypatch.setattr(torch_frontend, "apply_plan", dies_on_the_third)
     with pytest.raises(KeyboardInterrupt):
         cuttree.sensitivity(model, X, CFG, data, ratios=(0.25, 0.5), samples=100, cache_dir=tmp_path / "b", quiet=True)
     (cache,) = (tmp_path / "b" / "sensitivity").iterdir()
@@ -153,7 +154,7 @@ def test_sensitivity_allocation_needs_its_inputs(trained: tuple[nn.Module, Any])
 @pytest.mark.parametrize("name", ["residual", "concat", "depthwise_grouped", "flatten_linear", "attention"])
 def test_estimated_parameters_are_the_real_count(name: str) -> None:
     from cuttree.core.budget import estimate_params
-    from cuttree.graph.groups import build_graph
+    from cuttree.frontends.torch.groups import build_graph
 
     model, x = TOPOLOGIES[name]()
     r = cuttree.prune(model, x, cuttree.Config(ratio=0.5, latency_runs=0))
@@ -186,7 +187,7 @@ def test_plans_from_older_files_have_an_empty_budget() -> None:
 def test_cli_sensitivity_then_run_with_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
-    from cuttree.cli import main
+    from cuttree.cli.main import main
 
     model = ["--arch", "cuttree.models:resnet20", "--input-shape", "1,3,32,32", "--data", "digits"]
     sens = tmp_path / "r20.sens.json"

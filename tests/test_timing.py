@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 import cuttree
-from cuttree.measure import compare
-from cuttree.results import Measurements, measurements_table, speed_change
-from cuttree.timing import Timing, interleaved, verdict
+from cuttree.core.results import Measurements, measurements_table, speed_change
+from cuttree.core.timing import Timing, interleaved, verdict
+from cuttree.frontends.torch.measure import compare
 
 
 class Logged(nn.Module):

@@ -10,8 +10,8 @@ from torch import nn
 from torch.utils._pytree import tree_flatten
 
 import cuttree
-from cuttree.measure import count_macs
-from cuttree.rules import rule_for_module
+from cuttree.frontends.torch.measure import count_macs
+from cuttree.frontends.torch.rules import rule_for_module
 from topologies import TOPOLOGIES
 
 # Norms over the channel dim itself (GroupNorm with one group, the LayerNorm on the attention

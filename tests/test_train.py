@@ -19,8 +19,8 @@ from torch.utils.data import TensorDataset
 
 import cuttree
 from cuttree.config import FinetuneConfig
-from cuttree.plan import compose
-from cuttree.train import distill_loss, finetune, lr_at, recalibrate_bn
+from cuttree.core.plan import compose
+from cuttree.recover.train import distill_loss, finetune, lr_at, recalibrate_bn
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -305,8 +305,8 @@ def test_cli_layers_lists_groups(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("extra", [{"criterion": "taylor"}, {"criterion": "activation"}, {"reconstruct": True}])
 def test_run_job_feeds_its_training_data_to_calibration(tmp_path: Path, extra: dict[str, object]) -> None:
-    from cuttree.job import run_job
     from cuttree.models import resnet20
+    from cuttree.recover.job import run_job
 
     g = torch.Generator().manual_seed(5)
     ds = TensorDataset(torch.randn(48, 3, 32, 32, generator=g), torch.randint(0, 10, (48,), generator=g))
@@ -331,9 +331,9 @@ def test_an_interrupted_run_resumes_and_ends_as_an_uninterrupted_one(
     """Two steps; the second's fine-tuning is interrupted after 2 of its steps. ``resume`` prunes
     each step again, resumes each fine-tuning from its checkpoint and ends with the same model;
     another config cannot resume it."""
-    from cuttree import job
-    from cuttree.job import run_job
     from cuttree.models import resnet20
+    from cuttree.recover import job
+    from cuttree.recover.job import run_job
 
     g = torch.Generator().manual_seed(5)
     ds = TensorDataset(torch.randn(64, 3, 32, 32, generator=g), torch.randint(0, 10, (64,), generator=g))
@@ -375,9 +375,9 @@ def test_a_live_bar_on_a_terminal_replaces_the_step_lines(monkeypatch: pytest.Mo
 
     from rich.console import Console
 
-    from cuttree import progress
     from cuttree.models import resnet20
-    from cuttree.train import finetune
+    from cuttree.recover.train import finetune
+    from cuttree.reports import progress
 
     g = torch.Generator().manual_seed(1)
     ds = TensorDataset(torch.randn(64, 3, 32, 32, generator=g), torch.randint(0, 10, (64,), generator=g))

@@ -15,26 +15,30 @@ import importlib
 import importlib.util
 from typing import TYPE_CHECKING, Any
 
+from cuttree import _aliases
+
 if TYPE_CHECKING:
-    from cuttree.analysis import sensitivity
-    from cuttree.api import PruneResult, SparsifyResult, make_plan, prune, sparsify
+    from cuttree.api import PruneResult, SparsifyResult, make_plan, prune, sensitivity, sparsify
     from cuttree.config import Config, LayerOverride
     from cuttree.core.importance import criterion
     from cuttree.core.plan import GroupPlan, PruningPlan
+    from cuttree.core.results import Measurements
     from cuttree.core.sensitivity import Sensitivity
     from cuttree.errors import CuttreeError, FileFormatError, PlanError, ResourceError, SurgeryError, TraceError
-    from cuttree.export import export_onnx
-    from cuttree.io import load, load_weights, read_metadata, save
-    from cuttree.measure import Measurements, measure
-    from cuttree.sparsity import strip
-    from cuttree.surgery import apply_plan
-    from cuttree.train import finetune
+    from cuttree.files.cuttree_file import load, load_weights, read_metadata, save
+    from cuttree.files.onnx import export_onnx
+    from cuttree.frontends.torch.measure import measure
+    from cuttree.frontends.torch.sparsity import strip
+    from cuttree.frontends.torch.surgery import apply_plan
+    from cuttree.recover.train import finetune
 
 __version__ = "0.1.0"
 
+_aliases.install()  # old import paths keep working, with a DeprecationWarning
+
 _WHERE = {
     "Sensitivity": "cuttree.core.sensitivity",
-    "sensitivity": "cuttree.analysis",
+    "sensitivity": "cuttree.api",
     "PruneResult": "cuttree.api",
     "SparsifyResult": "cuttree.api",
     "make_plan": "cuttree.api",
@@ -51,16 +55,16 @@ _WHERE = {
     "PlanError": "cuttree.errors",
     "SurgeryError": "cuttree.errors",
     "TraceError": "cuttree.errors",
-    "export_onnx": "cuttree.export",
-    "load": "cuttree.io",
-    "load_weights": "cuttree.io",
-    "read_metadata": "cuttree.io",
-    "save": "cuttree.io",
-    "Measurements": "cuttree.measure",
-    "measure": "cuttree.measure",
-    "strip": "cuttree.sparsity",
-    "apply_plan": "cuttree.surgery",
-    "finetune": "cuttree.train",
+    "export_onnx": "cuttree.files.onnx",
+    "load": "cuttree.files.cuttree_file",
+    "load_weights": "cuttree.files.cuttree_file",
+    "read_metadata": "cuttree.files.cuttree_file",
+    "save": "cuttree.files.cuttree_file",
+    "Measurements": "cuttree.core.results",
+    "measure": "cuttree.frontends.torch.measure",
+    "strip": "cuttree.frontends.torch.sparsity",
+    "apply_plan": "cuttree.frontends.torch.surgery",
+    "finetune": "cuttree.recover.train",
 }
 
 __all__ = [
@@ -100,7 +104,9 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_WHERE[name]), name)
         globals()[name] = value
         return value
-    if importlib.util.find_spec(f"{__name__}.{name}") is not None:  # a submodule: cuttree.sparsity.gradual(...)
+    if (
+        importlib.util.find_spec(f"{__name__}.{name}") is not None
+    ):  # a submodule: cuttree.frontends.torch.sparsity.gradual(...)
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'cuttree' has no attribute '{name}'")
 

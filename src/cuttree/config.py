@@ -187,7 +187,7 @@ class Config(BaseModel):
       BN recalibration is then skipped, since it would undo the fit).
     - ``fold_computed_weights``: replace every Conv/Linear that computes its weight in ``forward``
       (weight standardization as in BiT, weight norm) with a plain one holding that weight before
-      tracing (:mod:`cuttree.fold`): exact, and their channels can then be pruned; fine-tuning
+      tracing (:mod:`cuttree.frontends.torch.fold`): exact, and their channels can then be pruned; fine-tuning
       then trains plain layers. Off by default, such layers' channels are kept whole (PyTorch only).
     - ``finetune``: the recovery settings (:class:`FinetuneConfig`).
     """

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from cuttree.config import Config, merge, parse_set
-from cuttree.job import metric_name, report_table, run_job
-from cuttree.train import finetune
+from cuttree.recover.job import metric_name, report_table, run_job
+from cuttree.recover.train import finetune
 
 DEMO = {
     "mode": "classification",
@@ -30,7 +30,7 @@ PRETRAIN = {"epochs": 4, "lr": 0.01, "batch_size": 64, "checkpoint_every": 0, "d
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from cuttree.data import load_dataset
+    from cuttree.datasets.images import load_dataset
     from cuttree.models import vgg16_bn_cifar
 
     torch.manual_seed(0)
@@ -67,7 +67,7 @@ def run_demo(args: argparse.Namespace) -> int:
         data_name=args.data,
         progress=not args.quiet,
     )
-    from cuttree.report import write_report
+    from cuttree.reports.report import write_report
 
     html_path, md_path = write_report(out)
     print()

@@ -23,8 +23,8 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torch.utils._pytree import tree_flatten
 
-from cuttree._util import eval_mode, model_device, removing
 from cuttree.errors import CuttreeError
+from cuttree.frontends.torch.util import eval_mode, model_device, removing
 
 
 def _pairs(model: nn.Module, example_inputs: Sequence[Any]) -> list[tuple[str, str]]:
@@ -250,7 +250,7 @@ def median_ms(fn: Any, runs: int, device: torch.device | None = None) -> float:
     """Median milliseconds of ``fn()`` on ``device`` (the CPU by default), waited for each time."""
     import statistics
 
-    from cuttree.measure import time_ms
+    from cuttree.frontends.torch.measure import time_ms
 
     with torch.inference_mode():
         return statistics.median(time_ms(fn, device or torch.device("cpu"), runs, warmup=2))

@@ -15,34 +15,23 @@ subclassed model without a layer graph is refused with a one-line error.
 
 from __future__ import annotations
 
-import fnmatch
-import os
-import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import keras
-import numpy as np
-
 from cuttree.config import Config
+from cuttree.core import flow
 from cuttree.core.grouping import DependencyGraph
 from cuttree.core.plan import PruningPlan
-from cuttree.core.planner import PlanningInputs, nothing_prunable
+from cuttree.core.planner import PlanningInputs
+from cuttree.core.results import Measurements, PruneResult, SparsifyResult
 from cuttree.core.sensitivity import DEFAULT_RATIOS, Sensitivity
-from cuttree.core.shortfall import shortfall_warning
-from cuttree.errors import did_you_mean, warn
+from cuttree.frontends.keras import measure as _measure
 from cuttree.frontends.keras import surgery
-from cuttree.frontends.keras.calibrate import criterion_inputs, model_input, quiet_numpy_copy, to_numpy
 from cuttree.frontends.keras.files import load, plan_of, read_metadata, save
-from cuttree.frontends.keras.graph import build_graph, check_model, macs_of, trace
+from cuttree.frontends.keras.frontend import FRONTEND, input_shapes, layer_names
 from cuttree.frontends.keras.recover import evaluate, finetune, recalibrate_bn
-from cuttree.frontends.keras.sensitivity import analyse as _sensitivity
-from cuttree.frontends.keras.sparsity import GradualPruning, SparsifyResult, strip
-from cuttree.frontends.keras.sparsity import sparsify as _sparsify
-from cuttree.results import Measurements, PruneResult
-from cuttree.timing import interleaved
+from cuttree.frontends.keras.sparsity import GradualPruning, strip
 
 __all__ = [
     "GradualPruning",
@@ -50,11 +39,13 @@ __all__ = [
     "compare",
     "evaluate",
     "finetune",
+    "input_shapes",
     "layer_names",
     "load",
     "make_plan",
     "measure",
     "plan_of",
+    "planning_inputs",
     "prune",
     "read_metadata",
     "recalibrate_bn",
@@ -65,71 +56,23 @@ __all__ = [
 ]
 
 
-def input_shapes(model: Any, example_inputs: Any = None) -> list[tuple[int, ...]]:
-    """Shapes (batch included) of ``example_inputs``, or of the model's own inputs with batch 1."""
-    check_model(model)
-    if example_inputs is None:
-        shapes = [(1, *x.shape[1:]) for x in model.inputs]
-        for s in shapes:
-            if any(d is None for d in s):
-                raise ValueError(
-                    f"the model's input shape {s} has unknown sizes; pass example_inputs=np.zeros((1, H, W, C)) "
-                    "with the size to prune for"
-                )
-        return [tuple(int(d) for d in s) for s in shapes]  # type: ignore[arg-type]
-    items = list(example_inputs) if isinstance(example_inputs, list | tuple) else [example_inputs]
-    if len(items) != len(model.inputs):
-        raise ValueError(
-            f"example_inputs has {len(items)} arrays, the model takes {len(model.inputs)} inputs; pass one array per input"
-        )
-    return [tuple(int(d) for d in np.shape(x)) for x in items]
-
-
-def layer_names(model: Any) -> list[str]:
-    """Paths of the layers that hold weights (what ``ignore`` and ``layers`` can name)."""
-    return [p for p, layer in surgery.leaf_layers(model).items() if getattr(layer, "weights", None)]
-
-
-def _resolve(patterns: Sequence[str], names: list[str], key: str) -> dict[str, list[str]]:
-    """Layer paths or globs; a bare layer name matches inside nested models too."""
-    leaf = {n: n.rsplit("/", 1)[-1] for n in names}
-    out: dict[str, list[str]] = {}
-    for p in patterns:
-        hits = [
-            n for n in names if fnmatch.fnmatchcase(n, p) or fnmatch.fnmatchcase(leaf[n], p) or n.startswith(p + "/")
-        ]
-        if not hits:
-            raise ValueError(
-                f"{key}: unknown layer '{p}'{did_you_mean(p, [*names, *leaf.values()])}; use a Keras layer name, "
-                "a path such as vgg16/block1_conv1, or a glob (list them with cuttree.keras.layer_names)"
-            )
-        out[p] = hits
-    return out
-
-
 def planning_inputs(model: Any, config: Config, example_inputs: Any = None, calib_data: Any = None) -> PlanningInputs:
     """Trace ``model`` and compute what ``config.criterion`` reads, once: what several plans of one
     model share (the sensitivity analysis plans once per ratio)."""
-    _check_config(config)
-    shapes = input_shapes(model, example_inputs)
-    names = layer_names(model)
-    ignore = sorted({n for hits in _resolve(config.ignore, names, "ignore").values() for n in hits})
-    overrides = _resolve(list(config.layers), names, "layers")
-    graph, tr = build_graph(model, shapes, ignore, config.group_width)
-    extra, weights = criterion_inputs(model, tr, graph, config, calib_data)
-    return PlanningInputs(graph, overrides, weights, extra, int(model.count_params()), "keras", "keras")
+    FRONTEND.check(model, config)
+    return FRONTEND.planning_inputs(model, input_shapes(model, example_inputs), config, calib_data)
 
 
 def make_plan(
-    model: Any, config: Config, example_inputs: Any = None, calib_data: Any = None, sensitivity: Any = None
+    model: Any,
+    config: Config,
+    example_inputs: Any = None,
+    calib_data: Any = None,
+    sensitivity: Sensitivity | None = None,
 ) -> tuple[PruningPlan, DependencyGraph]:
     """Trace, score and plan; ``model`` is not modified. ``sensitivity`` (from
     :func:`cuttree.keras.sensitivity`) is what ``allocation: sensitivity`` allocates from."""
-    inputs = planning_inputs(model, config, example_inputs, calib_data)
-    plan = inputs.decide(config, sensitivity)
-    if (why := nothing_prunable(inputs.graph, config) or shortfall_warning(plan)) is not None:
-        warn(why)
-    return plan, inputs.graph
+    return flow.make_plan(FRONTEND, model, config, example_inputs, calib_data, sensitivity)
 
 
 def sensitivity(
@@ -153,14 +96,9 @@ def sensitivity(
     :func:`prune` or :func:`make_plan` as ``sensitivity=`` with ``allocation: sensitivity``. Use a
     validation split, not the test split the final figure is reported on.
     """
-    _check_config(config)
-    check_model(model)
-    shapes = input_shapes(model, example_inputs)
-
-    def traced(cfg: Config) -> PlanningInputs:  # a data-driven criterion reads the calibration data
-        return planning_inputs(model, cfg, example_inputs, calib_data if calib_data is not None else data)
-
-    return _sensitivity(model, config, data, shapes, traced, ratios, samples, calib_data, cache_dir, quiet, log)
+    return flow.sensitivity(
+        FRONTEND, model, config, data, example_inputs, ratios, samples, calib_data, cache_dir, quiet, log
+    )
 
 
 def apply_plan(model: Any, plan: PruningPlan, example_inputs: Any = None) -> Any:
@@ -169,100 +107,30 @@ def apply_plan(model: Any, plan: PruningPlan, example_inputs: Any = None) -> Any
 
 
 def prune(
-    model: Any, config: Config, example_inputs: Any = None, calib_data: Any = None, sensitivity: Any = None
+    model: Any,
+    config: Config,
+    example_inputs: Any = None,
+    calib_data: Any = None,
+    sensitivity: Sensitivity | None = None,
 ) -> PruneResult:
     """Structurally prune a Keras model: returns a new model, the plan and before/after figures
     (``sensitivity``: for ``allocation: sensitivity``, see :func:`make_plan`)."""
-    _check_config(config)
-    shapes = input_shapes(model, example_inputs)
-    t0 = time.perf_counter()
-    if config.method == "unstructured":
-        work = strip(sparsify(model, config, calib_data).model)
-        plan = PruningPlan(groups=(), config=config.to_dict(), framework="keras", layout="keras")
-        unsupported: dict[str, int] = {}
-    else:
-        plan, graph = make_plan(model, config, example_inputs, calib_data, sensitivity)
-        work = surgery.apply_plan(model, plan, shapes)
-        unsupported = dict(graph.unsupported)
-    t1 = time.perf_counter()
-    before, after = compare(model, work, shapes, config.latency_runs)
-    return PruneResult(work, plan, before, after, timings={"engine_s": t1 - t0}, unsupported_ops=unsupported)
+    return flow.prune(FRONTEND, model, config, example_inputs, calib_data, sensitivity=sensitivity)
 
 
 def sparsify(model: Any, config: Config, calib_data: Any = None, sparsity_now: float | None = None) -> SparsifyResult:
     """A copy of ``model`` with its kernels masked by magnitude (or N:M); see :class:`GradualPruning`
     for the schedule during ``model.fit``."""
-    _check_config(config)
-    check_model(model)
-    return _sparsify(model, config, calib_data, sparsity_now)
-
-
-def _check_config(config: Any) -> None:
-    if not isinstance(config, Config):
-        raise TypeError(f"config must be a cuttree.Config, got {type(config).__name__}; build one with Config(...)")
-    for key, bad in (
-        ("reconstruct", config.reconstruct),
-        ("steps", config.steps > 1),
-        ("fold_computed_weights", config.fold_computed_weights),
-    ):
-        if bad:
-            raise ValueError(
-                f"config key '{key}' = {getattr(config, key)!r} is not available for Keras models yet (torch only); "
-                f"remove it from the config"
-            )
+    return flow.sparsify(FRONTEND, model, config, calib_data, sparsity_now=sparsity_now)
 
 
 def measure(model: Any, shapes: Any = None, latency_runs: int = 10) -> Measurements:
     """Parameters, MACs (from the Keras graph), ``.keras`` file size and latency (ms: the median
     and interquartile range of ``latency_runs`` calls, the model timed alone)."""
-    shapes = _shapes(model, shapes)
-    m = _static(model, shapes)
-    if not latency_runs:
-        return m
-    return m.with_timing(interleaved([_timer(model, shapes)], latency_runs)[0], "alone")
+    return _measure.measure(model, input_shapes(model, shapes), latency_runs)
 
 
 def compare(before: Any, after: Any, shapes: Any = None, latency_runs: int = 10) -> tuple[Measurements, Measurements]:
     """Figures for two models on the same input shapes, their latencies timed interleaved in one
-    loop after the same warm-up (:mod:`cuttree.timing`)."""
-    shapes = _shapes(before, shapes)
-    ma, mb = _static(before, shapes), _static(after, shapes)
-    if not latency_runs:
-        return ma, mb
-    ta, tb = interleaved([_timer(before, shapes), _timer(after, shapes)], latency_runs)
-    return ma.with_timing(ta, "interleaved"), mb.with_timing(tb, "interleaved")
-
-
-def _shapes(model: Any, shapes: Any) -> list[tuple[int, ...]]:
-    if shapes is None or not (isinstance(shapes, list) and all(isinstance(s, tuple) for s in shapes)):
-        return input_shapes(model, shapes)
-    return shapes
-
-
-def _static(model: Any, shapes: list[tuple[int, ...]]) -> Measurements:
-    macs = macs_of(trace(model, shapes))
-    with tempfile.TemporaryDirectory() as d, quiet_numpy_copy():
-        p = Path(d) / "m.keras"
-        model.save(p)
-        size = p.stat().st_size
-    return Measurements(
-        params=int(model.count_params()),
-        macs=int(macs),
-        size_bytes=int(size),
-        latency_ms=None,
-        batch_size=int(shapes[0][0]),
-        threads=int(os.cpu_count() or 1),
-    )
-
-
-def _timer(model: Any, shapes: list[tuple[int, ...]]) -> Any:
-    """A call that runs ``model`` once on zeros, its output read back, and returns milliseconds."""
-    xs = [np.zeros(s, dtype="float32") for s in shapes]
-    arg = xs if len(xs) > 1 else xs[0]
-
-    def timed() -> float:
-        t = time.perf_counter()
-        to_numpy(keras.tree.flatten(model(model_input(model, arg), training=False))[0])
-        return (time.perf_counter() - t) * 1e3
-
-    return timed
+    loop after the same warm-up (:mod:`cuttree.core.timing`)."""
+    return _measure.compare(before, after, input_shapes(before, shapes), latency_runs)

@@ -16,8 +16,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import cuttree
-from cuttree.io import read_metadata
-from cuttree.train import finetune
+from cuttree.files.cuttree_file import read_metadata
+from cuttree.recover.train import finetune
 
 ARCH = "cuttree.models:resnet20"
 

@@ -130,7 +130,7 @@ def out_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @settings(max_examples=300 * SCALE, deadline=None, suppress_health_check=list(HealthCheck))
 @given(argv=command_lines())
 def test_generated_command_lines_exit_0_or_a_known_code_with_one_line(argv: list[str], out_dir: Path) -> None:
-    from cuttree.cli import main
+    from cuttree.cli.main import main
     from cuttree.errors import EXIT_CODES
 
     argv = [a.replace("OUT", str(out_dir)) for a in argv]

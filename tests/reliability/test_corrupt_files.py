@@ -89,7 +89,7 @@ def test_a_hostile_sparse_header_cannot_make_cuttree_allocate_its_claim(tmp_path
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from cuttree.io import checksum
+    from cuttree.files.cuttree_file import checksum
 
     path = _files(tmp_path)[1][0]  # the sparse-compressed file
     with safe_open(str(path), framework="pt") as f:

@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 
 import cuttree
 from cuttree.errors import FileFormatError
-from cuttree.io import checksum, load_weights
+from cuttree.files.cuttree_file import checksum, load_weights
 from cuttree.models import resnet20
 
 SCALE = int(os.environ.get("CUTTREE_FUZZ", "1"))
@@ -141,7 +141,7 @@ def _escapes(tmp: Path, sentinel: Path) -> list[tuple[str, dict[str, Any]]]:
 
 
 def test_architecture_paths_that_escape_or_download_are_refused(tmp_path: Path) -> None:
-    from cuttree.cli import main
+    from cuttree.cli.main import main
 
     sentinel = tmp_path / "PWNED"
     _, meta, tensors = _real_file(tmp_path)

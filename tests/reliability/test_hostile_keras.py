@@ -51,7 +51,7 @@ def _lambda_models() -> list[Any]:
 
 
 def test_lambda_layers_are_refused_without_running_their_code(tmp_path: Path) -> None:
-    from cuttree.cli import main
+    from cuttree.cli.main import main
 
     for i, model in enumerate(_lambda_models()):
         path = tmp_path / f"lambda{i}.keras"

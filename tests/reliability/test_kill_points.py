@@ -24,14 +24,14 @@ import torch
 from safetensors.torch import load_file
 
 import cuttree
-from cuttree.checkpoints import read_checkpoint
 from cuttree.models import resnet20
+from cuttree.recover.checkpoints import read_checkpoint
 
 KILLS = 12 if int(os.environ.get("CUTTREE_FUZZ", "1")) < 2 else 120
 CTX = multiprocessing.get_context("forkserver")
 # What the jobs import, loaded once in the forkserver (``killers`` itself is not on its path, and
 # is light); torch.optim imports torch._dynamo on first use, 2 s a life if it were not preloaded.
-CTX.set_forkserver_preload(["torch", "torch._dynamo", "safetensors.torch", "cuttree.train", "cuttree.models"])
+CTX.set_forkserver_preload(["torch", "torch._dynamo", "safetensors.torch", "cuttree.recover.train", "cuttree.models"])
 
 
 def _life(target: Callable[..., None], args: tuple[Any, ...], kill_after: float | None) -> int | None:
@@ -89,7 +89,12 @@ def test_a_save_killed_at_random_moments_leaves_a_complete_file(
         temps = [p for p in target.parent.iterdir() if p.name.endswith(".tmp")]
         assert len(temps) <= 1  # each writer removes the one its killed predecessor left
         mid_write += _its_temp(target.parent, pid)
-    cuttree.save(cuttree.load(files[1]), target, arch=killers.ARCH, plan=cuttree.io.read_metadata(files[1])["plan"])
+    cuttree.save(
+        cuttree.load(files[1]),
+        target,
+        arch=killers.ARCH,
+        plan=cuttree.files.cuttree_file.read_metadata(files[1])["plan"],
+    )
     assert [p.name for p in target.parent.iterdir()] == ["m.cuttree"]  # the stale temp files are gone
     with capsys.disabled():
         print(

@@ -12,13 +12,13 @@ from pathlib import Path
 import torch
 
 import cuttree
-from cuttree.files import atomic_write, remove_stale_temps
+from cuttree.files.atomic import atomic_write, remove_stale_temps
 from cuttree.models import resnet20
 
 WRITER = """
 import sys, time
 from pathlib import Path
-from cuttree.files import atomic_write
+from cuttree.files.atomic import atomic_write
 
 def slow(tmp):
     with open(tmp, "wb") as f:

@@ -30,7 +30,7 @@ from random_nets import random_net
 from torch import nn
 
 import cuttree
-from cuttree.plan import PruningPlan
+from cuttree.core.plan import PruningPlan
 
 SCALE = int(os.environ.get("CUTTREE_FUZZ", "1"))
 NETS = 60 if SCALE < 2 else 700

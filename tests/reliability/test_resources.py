@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import cuttree
-from cuttree import resources
+from cuttree.core import resources
 from cuttree.models import resnet20
 
 

@@ -7,7 +7,7 @@ maps the state-dict names of the group members' parameters to their current valu
 holds statistics collected beforehand by the frontend: gradients by tensor name for
 ``taylor``; per-position vectors keyed ``"name@dim"`` for ``activation`` (mean |output|) and
 ``bn_scale`` (the norm layers' γ). The frontend converts both once, at its border
-(:func:`cuttree._util.to_numpy` for torch).
+(:func:`cuttree.frontends.torch.util.to_numpy` for torch).
 
 Criteria live in one registry, :data:`REGISTRY`, that :class:`cuttree.Config` validates
 against: a criterion registered with :func:`criterion` is usable by name in a config. Its
@@ -31,7 +31,6 @@ channel's positions along the coupled dim):
 from __future__ import annotations
 
 import math
-import warnings
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from typing import Literal
 import numpy as np
 
 from cuttree.core.grouping import Group, Member
-from cuttree.errors import CuttreeWarning
+from cuttree.core.registry import Registry
 
 Arrays = Mapping[str, np.ndarray]
 Criterion = Callable[[Group, Arrays, Arrays, int], np.ndarray]
@@ -64,36 +63,36 @@ class CriterionInfo:
         return self.needs in ("gradients", "activations", "input_norms")
 
 
-REGISTRY: dict[str, CriterionInfo] = {}
-CRITERIA: dict[str, Criterion] = {}  # the channel scorers by name (structured pruning)
+REGISTRY: Registry[str, CriterionInfo] = Registry("criterion")
 
 
 def criterion(name: str, needs: Needs = "weights", unstructured: bool = False) -> Callable[[Criterion], Criterion]:
     """Register a channel-importance criterion under ``name`` (warns when it replaces one).
+
+    What the frontend collects for it follows ``needs`` (never its name): ``"gradients"`` gives
+    ``extra`` the loss gradients by tensor name, ``"activations"`` the mean |output| per channel.
 
     >>> @criterion("ones_for_doc")
     ... def ones(group, weights, extra, seed):
     ...     return np.ones(group.size)
     >>> REGISTRY["ones_for_doc"].data_driven
     False
-    >>> _ = REGISTRY.pop("ones_for_doc"), CRITERIA.pop("ones_for_doc")
+    >>> _ = REGISTRY.pop("ones_for_doc")
     """
-
-    def deco(fn: Criterion) -> Criterion:
-        if name in REGISTRY:
-            warnings.warn(f"criterion '{name}' replaced by {fn.__qualname__}", CuttreeWarning, stacklevel=2)
-        REGISTRY[name] = CriterionInfo(name, fn, needs, structured=True, unstructured=unstructured)
-        CRITERIA[name] = fn
-        return fn
-
-    return deco
+    return REGISTRY.decorator(name, make=lambda fn: CriterionInfo(name, fn, needs, unstructured=unstructured))
 
 
 def register_weight_criterion(name: str, needs: Needs = "weights") -> None:
     """Register a criterion that only scores individual weights (unstructured pruning, e.g. wanda)."""
-    if name in REGISTRY:
-        warnings.warn(f"criterion '{name}' replaced", CuttreeWarning, stacklevel=2)
-    REGISTRY[name] = CriterionInfo(name, None, needs, structured=False, unstructured=True)
+    REGISTRY.register(name, CriterionInfo(name, None, needs, structured=False, unstructured=True))
+
+
+def scorer(name: str) -> Criterion:
+    """The channel scorer of a structured criterion."""
+    fn = REGISTRY.lookup(name).fn
+    if fn is None:
+        raise ValueError(f"criterion '{name}' scores single weights only; use it with method: unstructured")
+    return fn
 
 
 def per_position(x: np.ndarray, dim: int, fn: str) -> np.ndarray:

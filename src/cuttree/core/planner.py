@@ -19,7 +19,7 @@ from cuttree.config import Config, LayerOverride
 from cuttree.core.allocate import Curve, allocate
 from cuttree.core.budget import GroupBudget, _with_ratio, estimate_macs, estimate_params, search, select
 from cuttree.core.grouping import DependencyGraph
-from cuttree.core.importance import CRITERIA, used_criterion
+from cuttree.core.importance import scorer, used_criterion
 from cuttree.core.plan import HEAD_UNITS, GroupPlan, PlanMember, PruningPlan
 from cuttree.core.shortfall import shortfall
 from cuttree.errors import PlanError, did_you_mean
@@ -72,7 +72,7 @@ def decide(
             "use cuttree.prune (or cuttree prune / run), or set macs_target"
         )
     budgets = group_budgets(graph, config, overrides)
-    score_fn = CRITERIA[config.criterion]
+    score_fn = scorer(config.criterion)
     scores = [score_fn(g, weights, extra, config.seed) for g in graph.groups]
     names = [g.name for g in graph.groups]
     cost, full, what, target = _cost(graph, config, weights, params_total)

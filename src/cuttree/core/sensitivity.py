@@ -33,8 +33,8 @@ import numpy as np
 from cuttree.config import Config
 from cuttree.core.allocate import Curve
 from cuttree.core.plan import GroupPlan, PruningPlan
-from cuttree.files import atomic_write
-from cuttree.progress import Progress
+from cuttree.files.atomic import atomic_write
+from cuttree.reports.progress import Progress
 
 FORMAT = "cuttree-sensitivity-1"
 DEFAULT_RATIOS = (0.25, 0.5, 0.75)

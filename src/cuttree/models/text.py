@@ -7,7 +7,7 @@ loads the file's weights; ``pretrained=True`` loads the package's weights instea
 
 from __future__ import annotations
 
-from cuttree.text import SentenceEncoder, load_minilm, minilm_path
+from cuttree.datasets.text import SentenceEncoder, load_minilm, minilm_path
 
 
 def minilm(pretrained: bool = False) -> SentenceEncoder:

@@ -16,12 +16,13 @@ from typing import Any
 import keras
 import numpy as np
 
-from cuttree.batching import capped
 from cuttree.config import Config
 from cuttree.core.grouping import DependencyGraph
 from cuttree.core.importance import REGISTRY
-from cuttree.frontends.keras.graph import Tracer, run_recording
+from cuttree.frontends.keras.graph import run_recording
 from cuttree.frontends.keras.rules import rule_for
+from cuttree.frontends.keras.tracer import Tracer
+from cuttree.recover.batching import capped
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -30,10 +31,11 @@ def to_numpy(x: Any) -> np.ndarray:
     its ``__array__`` takes no ``copy`` keyword."""
     if hasattr(x, "value") and isinstance(x, keras.Variable):
         x = x.value
-    if type(x).__module__.startswith("torch"):  # torch is loaded already: this is its backend
-        from cuttree._util import to_numpy as torch_to_numpy
-
-        return torch_to_numpy(x)
+    if type(x).__module__.startswith("torch"):  # the torch backend's tensor, read through DLPack
+        x = x.detach()
+        if str(x.dtype) in ("torch.float16", "torch.bfloat16"):
+            x = x.float()  # numpy has no bfloat16, as in the torch frontend
+        return np.from_dlpack(x.cpu())
     return np.asarray(keras.ops.convert_to_numpy(x))
 
 

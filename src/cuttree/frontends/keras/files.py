@@ -3,7 +3,7 @@
 Two storages. The default is a plain ``.keras`` file that any Keras loads by itself; cuttree only
 compresses the zip (Keras stores it uncompressed) and adds ``cuttree.json``. With
 ``sparse_storage=True`` each mostly-zero weight array is stored as a bit mask and its non-zero
-values (the codec of :mod:`cuttree.files`, the same as the torch ``.cuttree`` format), and the
+values (the codec of :mod:`cuttree.files.atomic`, the same as the torch ``.cuttree`` format), and the
 rest of Keras's weights file is renamed ``cuttree.weights.h5``: such a file is about a third
 smaller for a 90% sparse model, and only :func:`load` reads it. Keras alone refuses it loudly
 ("Expected a model.weights.h5 ..."), never loading zeros in place of the missing weights.
@@ -29,11 +29,12 @@ import numpy as np
 
 import cuttree
 from cuttree.core.plan import PruningPlan
+from cuttree.core.resources import check_memory
+from cuttree.core.results import PruneResult
 from cuttree.errors import FileFormatError, first_line
-from cuttree.files import SPARSE_MIN_SIZE, SPARSE_MIN_ZEROS, atomic_write, inflate, pack_sparse, unpack_mask
+from cuttree.files.atomic import atomic_write
+from cuttree.files.sparse import SPARSE_MIN_SIZE, SPARSE_MIN_ZEROS, inflate, pack_sparse, unpack_mask
 from cuttree.frontends.keras.calibrate import quiet_numpy_copy, to_numpy
-from cuttree.resources import check_memory
-from cuttree.results import PruneResult
 
 META = "cuttree.json"  # the plan and measurements, stored inside the .keras zip beside Keras's own files
 WEIGHTS = "model.weights.h5"  # Keras's name for its weights file inside the zip

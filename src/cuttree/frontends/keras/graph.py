@@ -13,61 +13,18 @@ Names: a layer's *path* is its name, prefixed by the names of the models it is n
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import keras
 
 from cuttree.core.grouping import DependencyGraph, Role, group_channels, with_width_groups
-from cuttree.core.labels import Label, LabelState, MacTerm, Pin
+from cuttree.core.labels import Label, Pin
 from cuttree.errors import TraceError, warn
-
-
-@dataclass
-class Call:
-    """One layer call of the walk: its inputs' and outputs' shapes and labels."""
-
-    layer: Any
-    path: str
-    in_shapes: list[tuple[int, ...]]
-    in_labels: list[tuple[Label, ...]]
-    out_shapes: list[tuple[int, ...]] = field(default_factory=list)
-    out_labels: list[tuple[Label, ...]] = field(default_factory=list)
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Tracer:
-    """The walk's state: labels of every weight, every call, and what could not be traced."""
-
-    state: LabelState = field(default_factory=LabelState)
-    weights: dict[str, tuple[Label, ...]] = field(default_factory=dict)
-    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    roles: dict[str, Role] = field(default_factory=dict)
-    var_name: dict[int, str] = field(default_factory=dict)  # id(variable) -> weight name
-    layers: dict[str, Any] = field(default_factory=dict)  # path -> layer (every traced leaf layer)
-    layer_weights: dict[str, list[str]] = field(default_factory=dict)  # path -> names, in layer.weights order
-    calls: list[Call] = field(default_factory=list)
-    unknown: dict[str, str] = field(default_factory=dict)  # path -> class name of layers without a rule
-    whole: dict[str, str] = field(default_factory=dict)  # path -> class name of layers their rule keeps whole
-    pinned_out: set[str] = field(default_factory=set)  # paths whose own outputs stay (``ignore``)
-    output_shapes: list[tuple[int, ...]] = field(default_factory=list)
-    nested_inputs: dict[str, list[tuple[tuple[int, ...], tuple[Label, ...]]]] = field(default_factory=dict)
-    # Grouped convs are labelled by whole groups; in the second walk (``group_width``) by the
-    # positions of the width inside every group (see :func:`cuttree.core.grouping.with_width_groups`).
-    group_width: bool = False
-    # Set by the first walk where grouped-query attention has several key/value heads: the second
-    # walk then also labels the query heads of every kv head.
-    grouped_heads: bool = False
-
-    def w(self, var: Any) -> tuple[Label, ...]:
-        """The labels of one of a layer's variables."""
-        return self.weights[self.var_name[id(var)]]
-
+from cuttree.frontends.keras.rules import rule_for
+from cuttree.frontends.keras.tracer import Call, Tracer, pin_through
 
 _AUTO = re.compile(r"variable(_\d+)?")
 
@@ -129,8 +86,6 @@ def trace(
 ) -> Tracer:
     """Walk ``model`` on inputs of ``input_shapes`` (batch included) and label every channel;
     ``group_width`` labels grouped convs by the width inside their groups, not by whole groups."""
-    from cuttree.frontends.keras.rules import rule_for
-
     check_model(model)
     tr = Tracer(pinned_out=set(ignore), group_width=group_width)
     graph = _graph(model)
@@ -176,7 +131,7 @@ def _walk(
             rule = rule_for(op)
             if rule.propagate is None:
                 tr.unknown.setdefault(path, type(op).__name__)
-            out_labels = (rule.propagate or _pin_through)(tr, call)
+            out_labels = (rule.propagate or pin_through)(tr, call)
             if path in tr.pinned_out:
                 for lab in out_labels:
                     for x in lab:
@@ -198,8 +153,6 @@ def _spec_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def _register(tr: Tracer, layer: Any, path: str) -> None:
     """Label ``layer``'s weights the first time it is called (a shared layer keeps one set)."""
-    from cuttree.frontends.keras.rules import rule_for
-
     if path in tr.layers:
         return
     tr.layers[path] = layer
@@ -224,17 +177,6 @@ def _attr(obj: Any, dotted: str) -> Any:
     for part in dotted.split("."):
         obj = getattr(obj, part, None)
     return obj
-
-
-def _pin_through(tr: Tracer, call: Call) -> list[tuple[Label, ...]]:
-    """A layer without a rule: whatever it touches keeps its size; its outputs are fixed."""
-    for lab in call.in_labels:
-        for x in lab:
-            tr.state.pin(x, Pin.OP)
-    for name in tr.layer_weights.get(call.path, []):
-        for x in tr.weights[name]:
-            tr.state.pin(x, Pin.OP)
-    return [(None,) * len(s) for s in call.out_shapes]
 
 
 def build_graph(
@@ -273,21 +215,6 @@ def _group(tr: Tracer, seconds: float) -> DependencyGraph:
     return group_channels(
         tr.state, tr.weights, tr.roles, shapes=dict(tr.shapes), outputs=tr.output_shapes, trace_seconds=seconds
     )
-
-
-def macs_of(tr: Tracer) -> int:
-    """MACs of the walked forward (batch as given), from the rules' MAC terms."""
-    return sum(t.macs for t in tr.state.mac_terms)
-
-
-def add_macs(tr: Tracer, macs: int, *factors: Label) -> None:
-    """Record ``macs`` multiply-accumulates that scale with the kept fraction of each factor."""
-    if macs:
-        tr.state.mac_terms.append(MacTerm(int(macs), [f for f in factors if f is not None]))
-
-
-def prod(xs: Sequence[int]) -> int:
-    return math.prod(int(x) for x in xs)
 
 
 def run_recording(model: Any, inputs: Sequence[Any], paths: set[str]) -> tuple[list[Any], dict[str, Any]]:

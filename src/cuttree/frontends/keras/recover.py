@@ -17,12 +17,12 @@ from typing import Any
 import keras
 import numpy as np
 
-from cuttree.batching import batch_at, held_out, shuffled_order
 from cuttree.config import Config
+from cuttree.core.keep_best import ending
 from cuttree.errors import warn
 from cuttree.frontends.keras.calibrate import model_input, quiet_numpy_copy, to_numpy
 from cuttree.frontends.keras.surgery import leaf_layers
-from cuttree.validation import ending
+from cuttree.recover.batching import batch_at, held_out, shuffled_order
 
 
 def outputs_probabilities(model: Any) -> bool:
@@ -94,7 +94,7 @@ def recalibrate_bn(model: Any, x: np.ndarray, batches: int = 20, batch_size: int
 
 class Batches(keras.utils.PyDataset):
     """``steps`` seeded, shuffled batches (reshuffled each pass), optionally augmented
-    (:mod:`cuttree.batching`)."""
+    (:mod:`cuttree.recover.batching`)."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, steps: int, seed: int, augment: bool) -> None:
         super().__init__()
@@ -156,7 +156,7 @@ def _schedule(cfg: Config, steps: int, steps_per_epoch: int) -> Any:
 
 class _KeepBest(keras.callbacks.Callback):
     """Scores the student on the validation arrays before the first step, every ``every`` steps
-    and at the last, and keeps the weights of the best score (:mod:`cuttree.validation`)."""
+    and at the last, and keeps the weights of the best score (:mod:`cuttree.recover.validation`)."""
 
     def __init__(self, student: Any, x: np.ndarray, y: np.ndarray, cfg: Config, every: int, steps: int) -> None:
         super().__init__()
@@ -196,7 +196,7 @@ def finetune(
     The model is scored on ``val`` (default: ``finetune.val_fraction`` of ``(x, y)``, held out)
     before the first step, after every epoch and at the end; with ``finetune.keep_best`` it ends
     with the weights that scored best, those it started with included, and warns when fine-tuning
-    did not beat where it started, as the torch frontend does (:mod:`cuttree.validation`).
+    did not beat where it started, as the torch frontend does (:mod:`cuttree.recover.validation`).
     """
     ft = cfg.finetune
     if ft.distill > 0 and teacher is None:

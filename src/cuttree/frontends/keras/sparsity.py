@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import keras
@@ -20,19 +19,12 @@ import numpy as np
 
 from cuttree.config import Config
 from cuttree.core import masks as core_masks
+from cuttree.core.importance import REGISTRY
+from cuttree.core.results import SparsifyResult
 from cuttree.core.schedule import due, polynomial_sparsity
 from cuttree.frontends.keras.calibrate import to_numpy
 from cuttree.frontends.keras.rules import rule_for
 from cuttree.frontends.keras.surgery import leaf_layers, user_classes
-
-
-@dataclass
-class SparsifyResult:
-    """A copy of the model with masked kernels, the masks by layer path, the sparsity reached."""
-
-    model: Any
-    masks: dict[str, np.ndarray]
-    sparsity: float
 
 
 def kernel_of(layer: Any) -> Any:
@@ -66,7 +58,7 @@ def prunable_layers(model: Any, ignore: Sequence[str] = (), include_output: Sequ
 
 def compute_masks(layers: dict[str, Any], config: Config, sparsity_now: float | None = None) -> dict[str, np.ndarray]:
     """Keep-masks by |w| (layer-wise or global, ratio or threshold, or N:M)."""
-    if config.criterion not in ("l1", "l2"):
+    if REGISTRY.lookup(config.criterion).needs != "weights":  # what it declares, never its name
         raise ValueError(
             f"criterion '{config.criterion}' is not available for Keras unstructured pruning yet; use l1 or l2"
         )

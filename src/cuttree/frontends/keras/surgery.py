@@ -18,8 +18,9 @@ from cuttree.core.grouping import components
 from cuttree.core.plan import SECOND_WALK_UNITS, GroupPlan, PruningPlan
 from cuttree.errors import SurgeryError, first_line
 from cuttree.frontends.keras.calibrate import model_input, to_numpy
-from cuttree.frontends.keras.graph import Call, Tracer, is_graph_model, trace
+from cuttree.frontends.keras.graph import is_graph_model, trace
 from cuttree.frontends.keras.rules import Shapes, rule_for
+from cuttree.frontends.keras.tracer import Call, Tracer
 
 
 def check_plan(plan: PruningPlan, tr: Tracer) -> None:

@@ -1,0 +1,187 @@
+"""Refit the layers that lost input channels so they reproduce the original model's outputs.
+
+After surgery, a conv or linear layer whose *input* channels were removed computes something
+else than before. Its remaining weights can be refitted in closed form (ridge least squares,
+as in He et al. 2017 and ThiNet): on calibration data, the inputs the *pruned* model feeds the
+layer are regressed onto the outputs the *original* layer gave (its kept output channels).
+Layers are refitted one at a time in the order the forward pass uses them, so each fit also
+absorbs the error of the layers before it. The normal equations are summed batch by batch, so
+batches need not share a shape: text batches of keyword inputs (``model(**batch)``) of any
+length work, and where a batch has an ``attention_mask`` its padding tokens are left out of the
+fit. Grouped convs and convs with non-zero padding modes or string padding are left as they are.
+
+>>> import torch, cuttree
+>>> from torch import nn
+>>> torch.manual_seed(0) and None
+>>> net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1)).eval()
+>>> r = cuttree.prune(net, (torch.randn(1, 3, 8, 8),), cuttree.Config(ratio=0.5, latency_runs=0))
+>>> data = [torch.randn(16, 3, 8, 8)]
+>>> x = torch.randn(4, 3, 8, 8)
+>>> before = (r.model(x) - net(x)).pow(2).mean().item()
+>>> reconstruct(net, r.model, r.plan, data, cuttree.Config(ratio=0.5, min_samples=8))
+['2']
+>>> (r.model(x) - net(x)).pow(2).mean().item() < before
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cuttree.config import Config
+from cuttree.core.plan import PruningPlan
+from cuttree.frontends.torch.calibrate import batches
+from cuttree.frontends.torch.util import eval_mode, model_device, removing
+from cuttree.recover.batching import forward
+
+
+class _Stop(Exception):
+    """Raised by a hook once it has what it needs; ends the forward pass early."""
+
+
+def _refittable(name: str, mod: nn.Module, original: dict[str, nn.Module], gone: dict[str, dict[int, Any]]) -> bool:
+    orig = original.get(name)
+    if type(orig) is not type(mod) or 1 not in gone.get(f"{name}.weight", {}):
+        return False
+    if isinstance(mod, nn.Linear):
+        return True
+    return (
+        isinstance(mod, nn.Conv1d | nn.Conv2d)
+        and mod.groups == 1
+        and mod.padding_mode == "zeros"
+        and not isinstance(mod.padding, str)
+    )
+
+
+def _capture(model: nn.Module, layer: nn.Module, x: Any, want_input: bool) -> torch.Tensor:
+    got: list[torch.Tensor] = []
+
+    def hook(m: nn.Module, i: tuple[torch.Tensor, ...], o: torch.Tensor) -> None:
+        got.append(i[0] if want_input else o)
+        raise _Stop
+
+    h = layer.register_forward_hook(hook)
+    try:
+        forward(model, x)
+    except _Stop:
+        pass
+    finally:
+        h.remove()
+    if not got:
+        raise RuntimeError("the layer was not used by the forward pass")
+    return got[0]
+
+
+def _real_tokens(mod: nn.Module, x: Any, rows: int) -> torch.Tensor | None:
+    """For a Linear fed ``(B, T, C)`` by a model called with an ``attention_mask`` ``(B, T)``: which
+    of its ``rows`` are real tokens (padding is not fitted); else None (every row counts)."""
+    mask = x.get("attention_mask") if isinstance(x, dict) else None
+    if not isinstance(mod, nn.Linear) or mask is None or mask.numel() != rows:
+        return None
+    return mask.reshape(-1) != 0
+
+
+def _rows(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The layer's input as a matrix whose rows times the flattened weight give the outputs."""
+    if isinstance(mod, nn.Linear):
+        return x.reshape(-1, x.shape[-1])
+    assert isinstance(mod, nn.Conv1d | nn.Conv2d)
+    if isinstance(mod, nn.Conv1d):
+        x = x.unsqueeze(2)
+        k, d, s = (1, mod.kernel_size[0]), (1, mod.dilation[0]), (1, mod.stride[0])
+        p: tuple[int, ...] = (0, int(mod.padding[0]))
+    else:
+        k, d, s = mod.kernel_size, mod.dilation, mod.stride  # type: ignore[assignment]
+        p = tuple(int(v) for v in mod.padding)
+    cols = F.unfold(x, k, dilation=d, padding=p, stride=s)  # (N, C·kh·kw, L)
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+
+def _targets(mod: nn.Module, y: torch.Tensor, keep: np.ndarray) -> torch.Tensor:
+    if isinstance(mod, nn.Linear):
+        return y.reshape(-1, y.shape[-1])[:, keep]
+    return y[:, keep].movedim(1, -1).reshape(-1, len(keep))
+
+
+def reconstruct(
+    original: nn.Module,
+    pruned: nn.Module,
+    plan: PruningPlan,
+    calib_data: Iterable[Any] | None,
+    cfg: Config,
+    max_rows: int = 32768,
+    ridge: float = 1e-3,
+) -> list[str]:
+    """Refit, in place, every conv/linear of ``pruned`` that lost input channels; returns their names.
+
+    ``calib_data`` is calibration data as for the data-driven criteria (at most
+    ``cfg.calib_samples`` samples, at least ``cfg.min_samples``): tensors, ``(x, y)`` pairs or
+    dicts of keyword inputs. At most ``max_rows`` rows (output positions, real tokens) are sampled
+    per layer, an equal share from each batch; ``ridge`` scales the regulariser relative to the
+    mean diagonal of the normal matrix. A refit is kept only if it lowers the layer's error.
+    """
+    device = model_device(pruned)
+    parts = [b for b, _ in batches(calib_data, cfg, need_labels=False, device=device)]
+    gone = plan.removed_positions()
+    orig_mods = dict(original.named_modules())
+    order: list[str] = []
+    hooks = [
+        m.register_forward_pre_hook(lambda mm, i, n=n: order.append(n) if n not in order else None)
+        for n, m in pruned.named_modules()
+        if _refittable(n, m, orig_mods, gone)
+    ]
+    with removing(hooks), eval_mode(pruned), torch.no_grad():
+        forward(pruned, parts[0])
+    g = torch.Generator().manual_seed(cfg.seed)
+    done = []
+    with eval_mode(pruned), eval_mode(original), torch.no_grad():
+        for name in order:
+            mod = pruned.get_submodule(name)
+            orig = orig_mods[name]
+            out_gone = gone.get(f"{name}.weight", {}).get(0, np.zeros(0, dtype=np.int64))
+            w: torch.Tensor = mod.weight  # type: ignore[assignment]
+            orig_w: torch.Tensor = orig.weight  # type: ignore[assignment]
+            keep = np.setdiff1d(np.arange(orig_w.shape[0]), out_gone)
+            bias = getattr(mod, "bias", None)
+            # the normal equations, summed over the batches: (AᵀA) W = AᵀY, with |Y|² for the errors
+            gram = aty = None
+            yy = torch.zeros((), dtype=torch.float64)
+            for b in parts:
+                rows = _rows(mod, _capture(pruned, mod, b, want_input=True)).double()
+                y = _targets(mod, _capture(original, orig, b, want_input=False), keep).double()
+                real = _real_tokens(mod, b, len(rows))
+                if real is not None:
+                    rows, y = rows[real], y[real]
+                if len(rows) > max_rows // len(parts):
+                    pick = torch.randperm(len(rows), generator=g)[: max_rows // len(parts)].to(rows.device)
+                    rows, y = rows[pick], y[pick]
+                if bias is not None:
+                    rows = torch.cat([rows, torch.ones(len(rows), 1, dtype=rows.dtype, device=rows.device)], 1)
+                gram = rows.T @ rows if gram is None else gram + rows.T @ rows
+                aty = rows.T @ y if aty is None else aty + rows.T @ y
+                yy = yy + y.pow(2).sum().cpu()
+            assert gram is not None and aty is not None
+            lam = ridge * gram.diagonal().mean().clamp_min(1e-12)
+            sol = torch.linalg.solve(gram + lam * torch.eye(len(gram), dtype=gram.dtype, device=gram.device), aty)
+            cur = w.detach().reshape(w.shape[0], -1).double().T
+            if bias is not None:
+                cur = torch.cat([cur, bias.detach().double()[None]], 0)
+            if _sq_error(gram, aty, yy, sol) >= _sq_error(gram, aty, yy, cur):
+                continue
+            n_w = cur.shape[0] - (bias is not None)
+            w.copy_(sol[:n_w].T.reshape(w.shape).to(w.dtype))
+            if bias is not None:
+                bias.copy_(sol[n_w].to(bias.dtype))
+            done.append(name)
+    return done
+
+
+def _sq_error(gram: torch.Tensor, aty: torch.Tensor, yy: torch.Tensor, sol: torch.Tensor) -> float:
+    """|A·sol − Y|² from the normal equations: solᵀ(AᵀA)sol − 2·solᵀ(AᵀY) + |Y|²."""
+    return float(((sol * (gram @ sol)).sum() - 2 * (sol * aty).sum()).cpu() + yy)
