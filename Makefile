@@ -55,12 +55,12 @@ test-slow: $(STAMP)
 # the Keras tests again on the TensorFlow backend (tensorflow-cpu from PyPI, not in CI)
 test-keras-tf: $(STAMP)
 	$(BIN)/python -m pip install --quiet tensorflow-cpu
-	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q tests/test_keras.py tests/test_keras_grouped.py tests/test_keras_sensitivity.py src/cuttree/keras.py
+	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q tests/keras/test_keras.py tests/keras/test_keras_grouped.py tests/keras/test_keras_sensitivity.py src/cuttree/keras.py
 
 # and on JAX (jax from PyPI, not in CI)
 test-keras-jax: $(STAMP)
 	$(BIN)/python -m pip install --quiet jax
-	KERAS_BACKEND=jax $(BIN)/python -m pytest -q tests/test_keras.py tests/test_keras_grouped.py tests/test_keras_sensitivity.py src/cuttree/keras.py
+	KERAS_BACKEND=jax $(BIN)/python -m pytest -q tests/keras/test_keras.py tests/keras/test_keras_grouped.py tests/keras/test_keras_sensitivity.py src/cuttree/keras.py
 
 bench-keras: $(STAMP)
 	KERAS_BACKEND=torch $(BIN)/python bench/keras_zoo.py $(ARGS)

@@ -21,7 +21,8 @@ import time
 import torch
 
 import cuttree
-from cuttree.datasets.images import CAMVID_CLASSES, camvid, data_root
+from cuttree.datasets.images import data_root
+from cuttree.datasets.segmentation import CAMVID_CLASSES, camvid
 from cuttree.frontends.torch.measure import count_macs, evaluate, latency_ms
 from cuttree.models import enet
 from cuttree.recover.train import finetune, recalibrate_bn

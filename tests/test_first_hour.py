@@ -8,12 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
-from torch import nn
 
 import cuttree
+import torch
 from cuttree.cli.main import main
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 ORIGINAL = {"mode": "classification", "threshold": 0.5, "min_samples": 2}
@@ -140,7 +140,7 @@ def test_every_shipped_torch_config_prunes_what_its_comments_say(name: str) -> N
 
 def test_every_shipped_config_is_tested() -> None:
     shipped = {str(p.relative_to(ROOT)) for p in [ROOT / "cut.yaml", *ROOT.glob("recipes/*.yaml")]}
-    keras_ones = {"recipes/keras_vgg16.yaml"}  # tests/test_keras.py: the original design's VGG16
+    keras_ones = {"recipes/keras_vgg16.yaml"}  # tests/keras/test_keras.py: the original design's VGG16
     assert shipped == set(SHIPPED) | keras_ones
     for name in shipped:
         assert isinstance(yaml.safe_load((ROOT / name).read_text()), dict)

@@ -28,8 +28,8 @@ MOVED: dict[str, str] = {
     "cuttree._util": "cuttree.frontends.torch.util",
     "cuttree.analysis": "cuttree.frontends.torch.sensitivity",
     "cuttree.attention": "cuttree.frontends.torch.attention",
-    "cuttree.attention_timm": "cuttree.frontends.torch.plugins.timm",
-    "cuttree.attention_vision": "cuttree.frontends.torch.plugins.torchvision",
+    "cuttree.attention_timm": "cuttree.frontends.torch.plugins.timm_eva",
+    "cuttree.attention_vision": "cuttree.frontends.torch.plugins.torchvision_swin",
     "cuttree.batching": "cuttree.recover.batching",
     "cuttree.budget": "cuttree.core.budget",
     "cuttree.calibrate": "cuttree.frontends.torch.calibrate",
@@ -83,6 +83,14 @@ MOVED_NAMES: dict[tuple[str, str], str] = {
     },
     **{("cuttree.validation", n): "cuttree.core.keep_best" for n in ("ending", "warn_if_worse")},
     ("cuttree.analysis", "sensitivity"): "cuttree.api",
+    **{
+        ("cuttree.attention", n): "cuttree.frontends.torch.plugins.transformers"
+        for n in ("hf_projections", "linear_child")
+    },
+    **{
+        ("cuttree.data", n): "cuttree.datasets.segmentation"
+        for n in ("CAMVID_CLASSES", "CAMVID_VOID", "SegmentationPairs", "camvid", "segmentation_folder")
+    },
     **{
         ("cuttree.analysis", n): "cuttree.core.sensitivity"
         for n in ("DEFAULT_RATIOS", "FORMAT", "Sensitivity", "cache_root")

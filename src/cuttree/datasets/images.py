@@ -149,7 +149,7 @@ def _crop_flip(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tens
     return x.flip(-1) if torch.randint(0, 2, (1,), generator=generator).item() else x
 
 
-def _check_choice(arg: str, value: str, choices: Sequence[str]) -> None:
+def check_choice(arg: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"{arg}='{value}' is not one of {', '.join(choices)}{did_you_mean(value, choices)}")
 
@@ -250,8 +250,8 @@ def cifar10(
     ``augment``: random crop with padding 4 and horizontal flip (for training). ``cache``: the
     folder for decoded pixels (default :func:`cache_dir`), keyed by the file's size and mtime.
     """
-    _check_choice("split", split, ["train", "test"])
-    _check_choice("normalize", normalize, list(_NORMALIZE))
+    check_choice("split", split, ["train", "test"])
+    check_choice("normalize", normalize, list(_NORMALIZE))
     path = _data_file(root, "cifar10", f"cifar10_{split}_jpeg.npz", "CIFAR-10")
     decoded = _decode_jpeg_npz(path, Path(cache) if cache is not None else cache_dir())
     return _rgb_dataset(decoded, f"CIFAR-10 {split}", limit, normalize, augment, generator)
@@ -262,7 +262,7 @@ def cifar10_arrays(
 ) -> tuple[np.ndarray, np.ndarray]:
     """CIFAR-10 as numpy ``(x (N, 32, 32, 3) uint8, y (N,) int64)``, channels last, for Keras models;
     ``limit`` is the same class-balanced subset as :func:`cifar10`'s."""
-    _check_choice("split", split, ["train", "test"])
+    check_choice("split", split, ["train", "test"])
     path = _data_file(root, "cifar10", f"cifar10_{split}_jpeg.npz", "CIFAR-10")
     x, y, _ = _decode_jpeg_npz(path, Path(cache) if cache is not None else cache_dir())
     rows = _balanced(y, limit, f"CIFAR-10 {split}")
@@ -281,8 +281,8 @@ def torchvision_cifar10(
 ) -> ImageTensors:
     """The original CIFAR-10 through ``torchvision.datasets.CIFAR10`` (downloads into ``root``
     when ``download``); the same options and items as :func:`cifar10`."""
-    _check_choice("split", split, ["train", "test"])
-    _check_choice("normalize", normalize, list(_NORMALIZE))
+    check_choice("split", split, ["train", "test"])
+    check_choice("normalize", normalize, list(_NORMALIZE))
     folder = Path(root) / "cifar-10-batches-py"
     if not download and not folder.is_dir():
         raise FileNotFoundError(
@@ -304,7 +304,7 @@ def mnist(
 ) -> ImageTensors:
     """MNIST from ``<root>/mnist/mnist_{split}.npz``, in [0, 1], resized to ``size`` (bilinear) and
     repeated to ``channels``; ``limit`` takes a class-balanced subset (first of each class)."""
-    _check_choice("split", split, ["train", "test"])
+    check_choice("split", split, ["train", "test"])
     if size < 1 or channels < 1:
         raise ValueError(f"size={size} and channels={channels} must be positive")
     path = _data_file(root, "mnist", f"mnist_{split}.npz", "MNIST")
@@ -346,7 +346,7 @@ def digits(
     """scikit-learn's bundled 8×8 digits (1,797 images, no download), in [0, 1], resized to
     ``size`` (bilinear) and repeated to ``channels``; split by :func:`stratified_split`;
     ``limit`` takes a class-balanced subset of the split (the first of each class)."""
-    _check_choice("split", split, ["train", "test"])
+    check_choice("split", split, ["train", "test"])
     if size < 1 or channels < 1:
         raise ValueError(f"size={size} and channels={channels} must be positive")
     try:
@@ -379,96 +379,3 @@ def image_folder(path: str | Path, size: int = 32, split: str | None = None) -> 
     return datasets.ImageFolder(
         str(folder), transform=transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor()])
     )
-
-
-CAMVID_CLASSES = (
-    "Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist",
-)  # fmt: skip
-CAMVID_VOID = 11
-
-
-class SegmentationPairs(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """Images (uint8 N×3×H×W) and label maps (uint8 N×H×W); items are float 0–255 images (or
-    normalised when ``mean``/``std`` are given) and int64 label maps."""
-
-    def __init__(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        classes: Sequence[str],
-        flip: bool = False,
-        mean: tuple[float, ...] | None = None,
-        std: tuple[float, ...] | None = None,
-    ) -> None:
-        self.images, self.labels, self.classes, self.flip = images, labels, list(classes), flip
-        self._mean = None if mean is None else torch.tensor(mean).view(-1, 1, 1)
-        self._std = None if std is None else torch.tensor(std).view(-1, 1, 1)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.images[i].float(), self.labels[i].long()
-        if self.flip and torch.rand(()) < 0.5:
-            x, y = x.flip(-1), y.flip(-1)
-        if self._mean is not None and self._std is not None:
-            x = (x - self._mean) / self._std
-        return x, y
-
-
-def _pairs_from_folders(
-    img_dir: Path, lab_dir: Path, size: tuple[int, int] | None, limit: int | None, what: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    from PIL import Image
-
-    for d in (img_dir, lab_dir):
-        if not d.is_dir():
-            raise FileNotFoundError(
-                f"{what} folder '{d}' does not exist; set CUTTREE_DATA to the shared data folder or pass root="
-            )
-    stems = sorted(p.stem for p in img_dir.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))[:limit]
-    labels = {p.stem: p for p in lab_dir.iterdir() if p.suffix.lower() == ".png"}
-    missing = [s for s in stems if s not in labels]
-    if missing:
-        raise FileNotFoundError(
-            f"{what}: no label map for image '{missing[0]}' in '{lab_dir}'; pair every image with a PNG mask"
-        )
-    xs, ys = [], []
-    for s in stems:
-        img: Image.Image = Image.open(next(img_dir.glob(f"{s}.*"))).convert("RGB")
-        lab: Image.Image = Image.open(labels[s])
-        if size is not None:
-            img = img.resize((size[1], size[0]), Image.Resampling.NEAREST)
-            lab = lab.resize((size[1], size[0]), Image.Resampling.NEAREST)
-        xs.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1))
-        ys.append(torch.from_numpy(np.asarray(lab).copy()))
-    return torch.stack(xs), torch.stack(ys)
-
-
-@register_dataset("camvid")
-def camvid(
-    split: str,
-    root: str | Path | None = None,
-    size: tuple[int, int] | None = None,
-    limit: int | None = None,
-    flip: bool = False,
-) -> SegmentationPairs:
-    """CamVid (367 train / 101 val / 233 test, 360×480): float 0–255 images (what the ENet
-    checkpoint expects) and label maps with 11 = void (``finetune.ignore_index: 11``).
-    ``size`` (H, W) resizes both with nearest neighbour; ``flip`` mirrors pairs at random."""
-    _check_choice("split", split, ("train", "val", "test"))
-    base = Path(root) if root is not None else data_root() / "camvid"
-    x, y = _pairs_from_folders(base / split, base / f"{split}annot", size, limit, "CamVid")
-    return SegmentationPairs(x, y, CAMVID_CLASSES, flip=flip)
-
-
-@register_dataset("segfolder")
-def segmentation_folder(
-    split: str, path: str | Path, size: tuple[int, int] | None = None, limit: int | None = None
-) -> SegmentationPairs:
-    """A user's image/mask folder pair: ``PATH/<split>/`` images and ``PATH/<split>annot/`` PNG masks
-    (one class index per pixel, same file stem)."""
-    base = Path(path)
-    x, y = _pairs_from_folders(base / split, base / f"{split}annot", size, limit, "segmentation data")
-    n = int(y.max()) + 1 if y.numel() else 0
-    return SegmentationPairs(x, y, [str(i) for i in range(n)])

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from cuttree.errors import FileFormatError
-from cuttree.frontends.torch.attention import hf_projections, linear_child
+from cuttree.frontends.torch.plugins.transformers import hf_projections, linear_child
 
 
 def _uniform(values: list[int], what: str) -> int | None:

@@ -8,5 +8,7 @@ replace some of those modules for tracing are in :mod:`cuttree.frontends.torch.p
 Nothing here imports keras.
 """
 
-# Registers the attention rules into cuttree.frontends.torch.rules (which never imports them back).
+# Register the module rules of attention and of the third-party families into
+# cuttree.frontends.torch.rules (which never imports them back).
 from cuttree.frontends.torch import attention  # noqa: F401
+from cuttree.frontends.torch.plugins import timm, torchvision, transformers  # noqa: F401

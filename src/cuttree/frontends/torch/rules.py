@@ -13,8 +13,6 @@ Types are looked up along the MRO, so subclasses (torchvision's ``LayerNorm2d``)
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -155,69 +153,3 @@ def _prelu(m: nn.Module) -> None:
 def _embedding(m: nn.Module) -> None:
     assert isinstance(m, nn.Embedding)
     m.embedding_dim = m.weight.shape[1]
-
-
-def _hf_conv1d(m: nn.Module) -> None:
-    """GPT-2's ``Conv1D``: a linear layer with its weight stored transposed (``[in, out]``) whose
-    forward shapes its output with ``self.nf``."""
-    nx, nf = getattr(m, "weight").shape  # noqa: B009
-    setattr(m, "nx", int(nx))  # noqa: B010
-    setattr(m, "nf", int(nf))  # noqa: B010
-
-
-named_rule(
-    "transformers.Conv1D",
-    lambda t: t.__module__ == "transformers.pytorch_utils" and t.__name__ == "Conv1D",
-    ModuleRule(out_dims={"weight": 1, "bias": 0}, producer=True, act_dim=-1, update=_hf_conv1d),
-)
-
-
-def _hf_experts(m: nn.Module) -> None:
-    """Hugging Face's fused mixture-of-experts weights (Mixtral, Qwen-MoE, …: ``gate_up_proj``
-    ``[experts, 2 × intermediate, hidden]``, ``down_proj`` ``[experts, hidden, intermediate]``;
-    other layouts too): the same intermediate positions go from every expert, since one tensor
-    dim holds them all. Only the attribute that names the width needs updating."""
-    down = getattr(m, "down_proj", None)
-    if isinstance(down, nn.Parameter) and hasattr(m, "intermediate_dim"):
-        setattr(m, "intermediate_dim", int(down.shape[-1]))  # noqa: B010
-
-
-def _eager_experts(m: nn.Module) -> None:
-    """Trace the experts' own loop of linear layers, not the fused kernel (``torch._grouped_mm``)
-    their dispatching forward picks by default: same weights, ops the tracer follows."""
-    eager = getattr(type(m).forward, "__wrapped__", None)
-    if eager is not None:
-        m.__class__ = type(f"{type(m).__name__}Eager", (type(m),), {"forward": eager})
-
-
-@functools.cache  # asked for every module call while tracing; a class's layout never changes
-def _hf_experts_layout(t: type) -> str | None:
-    """``"gate_up_proj"`` or ``"up_proj"`` for a Hugging Face experts class whose weights hold the
-    intermediate width in dim 1 (as its ``use_experts_implementation`` decorator records it), else
-    ``None``: transposed layouts are not pruned."""
-    if not (t.__module__.startswith("transformers.") and t.__name__.endswith("Experts")):
-        return None
-    try:
-        flags = inspect.getclosurevars(t.__init__).nonlocals  # type: ignore[misc]
-    except (TypeError, ValueError):
-        return None
-    if flags.get("is_transposed") is not False or "has_gate" not in flags:
-        return None
-    return "gate_up_proj" if flags["has_gate"] else "up_proj"
-
-
-def _experts_with(layout: str) -> Callable[[type], bool]:
-    return lambda t: _hf_experts_layout(t) == layout
-
-
-for _layout in ("gate_up_proj", "up_proj"):
-    named_rule(
-        f"transformers.*Experts ({_layout})",
-        _experts_with(_layout),
-        ModuleRule(
-            out_dims={_layout: 1, f"{_layout}_bias": 1},
-            producer=True,
-            update=_hf_experts,
-            trace_as=_eager_experts,
-        ),
-    )

@@ -1,87 +1,119 @@
-"""timm's EVA attention written so that heads can go.
+"""timm's attention blocks: the module rules that count and patch their heads.
 
-timm's ``EvaAttention`` (EVA-02, and the models built from it) merges its heads back with the
-block's *input* width (``reshape(B, N, C)``), so a stock module could only lose heads together
-with as many embedding channels. :class:`PrunableEvaAttention` is its twin: the same parameters
-and computation (tested against the stock forward, rotary embeddings included) with the output
-width ``heads × head width``. Heads are removed whole, so the rotary embedding, which rotates
-positions inside a head, is untouched. cuttree traces the stock module as its twin
-(:func:`cuttree.frontends.torch.attention.traceable`) and swaps a pruned module to it after surgery.
-
-This module imports timm; :mod:`cuttree.frontends.torch.attention` loads it only for models that hold an
-``EvaAttention``.
+Classes are recognised by module and name, so timm is never imported here; EVA's attention runs
+as a twin (:mod:`cuttree.frontends.torch.plugins.timm_eva`, which imports timm) only when a model
+holds one.
 """
 
 from __future__ import annotations
 
-import sys
+from types import ModuleType
 
 import torch
-import torch.nn.functional as F
-from timm.models.eva import EvaAttention
 from torch import nn
 
-
-class PrunableEvaAttention(EvaAttention):
-    """timm's ``EvaAttention`` whose heads × head width may differ from its input width."""
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        rope: torch.Tensor | None = None,
-        attn_mask: torch.Tensor | None = None,
-        is_causal: bool = False,
-    ) -> torch.Tensor:
-        eva = sys.modules[EvaAttention.__module__]  # timm's own helpers, as its forward uses them
-        b, n, _ = x.shape
-        gate = self.gate(x).sigmoid() if self.gate is not None else None
-        if self.qkv is not None:
-            if self.q_bias is None:
-                qkv = self.qkv(x)
-            else:
-                bias = torch.cat((self.q_bias, self.k_bias, self.v_bias))  # type: ignore[arg-type]
-                qkv = self.qkv(x) + bias if self.qkv_bias_separate else F.linear(x, self.qkv.weight, bias)
-            q, k, v = qkv.reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        else:
-            q, k, v = (
-                p(x).reshape(b, n, self.num_heads, -1).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj)
-            )
-        q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:
-            npt, half = self.num_prefix_tokens, getattr(self, "rotate_half", False)
-            q = torch.cat([q[:, :, :npt], eva.apply_rot_embed_cat(q[:, :, npt:], rope, half=half)], dim=2).type_as(v)
-            k = torch.cat([k[:, :, :npt], eva.apply_rot_embed_cat(k[:, :, npt:], rope, half=half)], dim=2).type_as(v)
-        if self.fused_attn:
-            dropout = self.attn_drop.p if self.training else 0.0
-            x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout, is_causal=is_causal)
-        else:
-            attn = (q * self.scale) @ k.transpose(-2, -1)
-            attn = eva.maybe_add_mask(attn, eva.resolve_self_attn_mask(n, attn, attn_mask, is_causal=is_causal))
-            x = self.attn_drop(attn.softmax(dim=-1)) @ v
-        x = self.norm(x.transpose(1, 2).reshape(b, n, -1))
-        if gate is not None:
-            x = x * gate
-        return self.proj_drop(self.proj(x))  # type: ignore[no-any-return]
+from cuttree.errors import SurgeryError
+from cuttree.frontends.torch.attention import heads_of
+from cuttree.frontends.torch.rules import ModuleRule, named_rule
 
 
-def swapped(m: nn.Module) -> nn.Module:
-    """``m`` turned into :class:`PrunableEvaAttention` in place (same tensors); twins unchanged."""
-    if type(m) is EvaAttention:
-        m.__class__ = PrunableEvaAttention
-    return m
+def _timm(m: nn.Module) -> None:
+    qkv = getattr(m, "qkv", None)
+    if qkv is None or not hasattr(m, "head_dim"):
+        raise SurgeryError(f"{type(m).__name__}: no fused qkv projection to count heads from")
+    width = int(getattr(m, "head_dim"))  # noqa: B009 - a third-party module's attribute
+    heads = heads_of(int(qkv.weight.shape[0]), 3 * width, type(m).__name__)
+    setattr(m, "num_heads", heads)  # noqa: B010
+    if hasattr(m, "attn_dim"):
+        setattr(m, "attn_dim", heads * width)  # noqa: B010
 
 
-def update(m: nn.Module) -> None:
-    """After surgery: the twin's class, and the head count from the query projection."""
-    from cuttree.errors import SurgeryError
-
-    assert isinstance(m, EvaAttention)
-    width = int(m.head_dim)
-    out = int(m.qkv.weight.shape[0]) // 3 if m.qkv is not None else int(m.q_proj.weight.shape[0])  # type: ignore[union-attr]
-    if out % width:
-        raise SurgeryError(f"EvaAttention: {out} projection channels are not whole heads of width {width}")
-    m.num_heads = out // width
-    swapped(m)
+def _is_timm_attention(t: type) -> bool:
+    return t.__module__ == "timm.layers.attention" and t.__name__ == "Attention"
 
 
-__all__ = ["PrunableEvaAttention", "swapped", "update"]
+named_rule("timm.Attention", _is_timm_attention, ModuleRule(heads=True, update=_timm))
+
+
+def _timm_rope(m: nn.Module) -> None:
+    """timm's ``AttentionRope`` (EVA-style ViTs, DeepSeek's ViT): fused qkv, or separate q/k/v
+    projections with fewer key/value heads."""
+    width = int(getattr(m, "head_dim"))  # noqa: B009 - a third-party module's attribute
+    what = type(m).__name__
+    qkv = getattr(m, "qkv", None)
+    if qkv is not None:
+        heads = kv = heads_of(int(qkv.weight.shape[0]), 3 * width, what)
+    else:
+        heads = heads_of(int(getattr(m, "q_proj").weight.shape[0]), width, what)  # noqa: B009
+        kv = heads_of(int(getattr(m, "k_proj").weight.shape[0]), width, what)  # noqa: B009
+    for name, value in dict(
+        num_heads=heads, num_kv_heads=kv, num_kv_groups=heads // kv, attn_dim=heads * width, kv_dim=kv * width
+    ).items():
+        setattr(m, name, value)
+
+
+named_rule(
+    "timm.AttentionRope",
+    lambda t: t.__module__ == "timm.layers.attention" and t.__name__ == "AttentionRope",
+    ModuleRule(heads=True, update=_timm_rope),
+)
+
+
+def _per_head(m: nn.Module, name: str, dim: int) -> int:
+    t = getattr(m, name)
+    assert isinstance(t, torch.Tensor)
+    return int(t.shape[dim])
+
+
+def _timm_window(m: nn.Module) -> None:
+    """timm's Swin ``WindowAttention``: heads counted by its relative-position table (width from ``-1``)."""
+    heads = _per_head(m, "relative_position_bias_table", 1)
+    qkv = getattr(m, "qkv")  # noqa: B009 - a third-party module's attribute
+    if qkv.weight.shape[0] % (3 * heads):
+        raise SurgeryError(f"WindowAttention: {qkv.weight.shape[0]} qkv channels are not 3 × {heads} heads")
+    setattr(m, "num_heads", heads)  # noqa: B010
+
+
+named_rule(
+    "timm.WindowAttention",
+    lambda t: t.__module__ == "timm.models.swin_transformer" and t.__name__ == "WindowAttention",
+    ModuleRule(heads=True, update=_timm_window),
+)
+
+
+def _timm_levit(m: nn.Module) -> None:
+    """timm's LeViT ``Attention`` and ``AttentionDownsample``: heads counted by their attention biases."""
+    heads = _per_head(m, "attention_biases", 0)
+    key, val = int(getattr(m, "key_dim")), int(getattr(m, "val_dim"))  # noqa: B009 - head widths, never pruned
+    setattr(m, "num_heads", heads)  # noqa: B010
+    setattr(m, "key_attn_dim", key * heads)  # noqa: B010
+    setattr(m, "val_attn_dim", val * heads)  # noqa: B010
+    setattr(m, "attention_bias_cache", {})  # noqa: B010 - it holds the biases of the old head count
+
+
+def _levit_traced(m: nn.Module) -> None:
+    setattr(m, "attention_bias_cache", {})  # noqa: B010 - a bias cached before the trace is untracked
+
+
+named_rule(
+    "timm.levit.Attention",
+    lambda t: t.__module__ == "timm.models.levit" and t.__name__ in ("Attention", "AttentionDownsample"),
+    ModuleRule(heads=True, update=_timm_levit, trace_as=_levit_traced),
+)
+
+
+def _is_timm_eva(t: type) -> bool:
+    return t.__module__ == "timm.models.eva" and t.__name__ == "EvaAttention"
+
+
+def _eva() -> ModuleType:
+    from cuttree.frontends.torch.plugins import timm_eva as attention_timm
+
+    return attention_timm
+
+
+named_rule(
+    "timm.EvaAttention",
+    _is_timm_eva,
+    ModuleRule(heads=True, update=lambda m: _eva().update(m), trace_as=lambda m: _eva().swapped(m)),
+)
