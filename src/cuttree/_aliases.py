@@ -83,6 +83,11 @@ MOVED_NAMES: dict[tuple[str, str], str] = {
     },
     **{("cuttree.validation", n): "cuttree.core.keep_best" for n in ("ending", "warn_if_worse")},
     ("cuttree.analysis", "sensitivity"): "cuttree.api",
+    **{("cuttree.core.planner", n): "cuttree.core.names" for n in ("resolve", "selects")},
+    **{
+        ("cuttree.train", n): "cuttree.recover.devices"
+        for n in ("deterministic_env", "init_distributed", "rank_device")
+    },
     **{
         ("cuttree.attention", n): "cuttree.frontends.torch.plugins.transformers"
         for n in ("hf_projections", "linear_child")
@@ -131,9 +136,10 @@ class _StandIn(types.ModuleType):
         self.__path__: list[str] = []  # so the moved submodules of an old package (cuttree.graph.ops) import
 
     def __getattr__(self, name: str) -> Any:
-        if (self.__name__, name) in MOVED_NAMES:  # a name that left the module when it moved
+        new = importlib.import_module(MOVED[self.__name__])
+        if not hasattr(new, name) and (self.__name__, name) in MOVED_NAMES:  # it left when the module moved
             return old_name(self.__name__, name)
-        return getattr(importlib.import_module(MOVED[self.__name__]), name)
+        return getattr(new, name)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return getattr(self, self.__name__.rpartition(".")[2])(*args, **kwargs)

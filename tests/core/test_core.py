@@ -30,6 +30,8 @@ def test_core_imports_with_torch_and_keras_blocked() -> None:
         "import cuttree, cuttree.config, cuttree.errors\n"
         "import cuttree.core.labels, cuttree.core.grouping, cuttree.core.importance, cuttree.core.budget\n"
         "import cuttree.core.plan, cuttree.core.masks, cuttree.core.schedule, cuttree.core.sensitivity\n"
+        "import importlib, pkgutil, cuttree.core\n"
+        "for m in pkgutil.iter_modules(cuttree.core.__path__): importlib.import_module('cuttree.core.' + m.name)\n"
         "c = cuttree.Config(mode='classification', threshold=0.5, min_samples=2, ratio=0.3)\n"
         "assert c.criterion == 'l1'\n"
         "print('ok')\n"

@@ -27,8 +27,9 @@ from cuttree.frontends.torch.measure import latency_ms
 from cuttree.models import resnet20
 from cuttree.recover import rng
 from cuttree.recover.checkpoints import read_checkpoint
+from cuttree.recover.devices import Precision
 from cuttree.recover.job import run_job
-from cuttree.recover.train import Precision, finetune
+from cuttree.recover.train import finetune
 from standin_device import DEVICE, Backend
 from torch import nn
 

@@ -7,9 +7,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import cuttree.cli.keras as cli_keras
+import torch
 from cuttree.cli.common import (
     config_from,
     data_args,
@@ -24,7 +23,8 @@ from cuttree.files.atomic import check_writable
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from cuttree.core.keep_best import warn_if_worse
-    from cuttree.recover.train import deterministic_env, finetune, init_distributed, rank_device, weights_digest
+    from cuttree.recover.devices import deterministic_env, init_distributed, rank_device
+    from cuttree.recover.train import finetune, weights_digest
 
     cfg = config_from(args, need_target=False)
     if args.frontend == "keras":
@@ -88,7 +88,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from cuttree.recover.train import rank_device
+    from cuttree.recover.devices import rank_device
 
     if args.frontend == "keras":
         return cli_keras.cmd_eval(args, dataset(args, args.split))

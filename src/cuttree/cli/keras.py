@@ -21,6 +21,7 @@ from cuttree.config import Config
 from cuttree.core.keep_best import warn_if_worse
 from cuttree.core.plan import PruningPlan
 from cuttree.core.results import Measurements, measurements_table
+from cuttree.core.sensitivity import Sensitivity
 from cuttree.core.shortfall import refuse_noop
 from cuttree.errors import PlanError
 from cuttree.files.atomic import check_writable
@@ -183,7 +184,7 @@ def cmd_finetune(args: argparse.Namespace, cfg: Config, train: Any, test: Any) -
     return 0
 
 
-def sensitivity(args: argparse.Namespace, cfg: Config, data: Any, ratios: tuple[float, ...]) -> Any:
+def sensitivity(args: argparse.Namespace, cfg: Config, data: Any, ratios: tuple[float, ...]) -> Sensitivity:
     """``cuttree sensitivity --model my.keras``: the analysis on ``--split`` of ``--data``."""
     ck = keras_api()
     model = load(args, args.model)
@@ -194,7 +195,9 @@ def sensitivity(args: argparse.Namespace, cfg: Config, data: Any, ratios: tuple[
     )  # fmt: skip
 
 
-def cmd_run(args: argparse.Namespace, cfg: Config, train: Any, test: Any, sensitivity: Any = None) -> int:
+def cmd_run(
+    args: argparse.Namespace, cfg: Config, train: Any, test: Any, sensitivity: Sensitivity | None = None
+) -> int:
     """Prune → recalibrate BN → fine-tune with distillation from the original → evaluate → save."""
     ck = keras_api()
     check_writable(args.out, folder=True)

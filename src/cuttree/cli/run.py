@@ -7,9 +7,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import cuttree.cli.keras as cli_keras
+import torch
 from cuttree.cli.common import (
     NOOP_FIX,
     config_from,
@@ -22,12 +21,13 @@ from cuttree.cli.common import (
     trust_arg,
 )
 from cuttree.config import Config
+from cuttree.core.sensitivity import Sensitivity
 from cuttree.files.atomic import check_writable
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from cuttree.recover.devices import deterministic_env, rank_device
     from cuttree.recover.job import metric_name, report_table, run_job
-    from cuttree.recover.train import deterministic_env, rank_device
 
     cfg = config_from(args)
     sens = _sensitivity_file(args, cfg)
@@ -69,12 +69,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sensitivity_file(args: argparse.Namespace, cfg: Config) -> Any:
+def _sensitivity_file(args: argparse.Namespace, cfg: Config) -> Sensitivity | None:
     """The ``--sensitivity`` file that ``allocation: sensitivity`` needs, loaded (else ``None``)."""
     if cfg.allocation != "sensitivity":
         return None
-    from cuttree.core.sensitivity import Sensitivity
-
     if not args.sensitivity:
         raise ValueError(
             "allocation: sensitivity needs --sensitivity FILE: make it with `cuttree sensitivity` on the same "
@@ -117,7 +115,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     return 0
 
 
-def _torch_sensitivity(args: argparse.Namespace, cfg: Config, data: Any, ratios: tuple[float, ...]) -> Any:
+def _torch_sensitivity(args: argparse.Namespace, cfg: Config, data: Any, ratios: tuple[float, ...]) -> Sensitivity:
     from cuttree.api import sensitivity
 
     model = torch_model(args).eval()

@@ -19,18 +19,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from cuttree.core.labels import N_SENTINELS, Label, LabelState, Pin
-from cuttree.core.plan import SECOND_WALK_UNITS
+from cuttree.core.plan import SECOND_WALK_UNITS, Member
 from cuttree.errors import did_you_mean, warn
-
-
-@dataclass(frozen=True)
-class Member:
-    """One tensor dim of a group: ``positions[i]`` belongs to channel ``channels[i]``."""
-
-    tensor: str
-    dim: int
-    positions: np.ndarray
-    channels: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -134,22 +124,11 @@ def _components(state: LabelState) -> np.ndarray:
     return comp.astype(np.int64)
 
 
-def group_channels(
-    state: LabelState,
-    tensors: Mapping[str, tuple[Label, ...]],
-    roles: Mapping[str, Role],
-    shapes: dict[str, tuple[int, ...]],
-    outputs: Sequence[tuple[int, ...]],
-    trace_seconds: float = 0.0,
-    unreached: Sequence[str] = (),
-) -> DependencyGraph:
-    """Group the channels of a finished walk: ``tensors`` maps each tensor name to its labels."""
-    comp = components(state)
-    ncomp = int(comp.max()) + 1 if len(comp) else 0
-    pinned = np.zeros(ncomp, dtype=bool)
-    pinned[comp[:N_SENTINELS]] = True
-
-    # Every (tensor, dim, position) whose channel is free, as flat arrays.
+def _free_positions(
+    tensors: Mapping[str, tuple[Label, ...]], comp: np.ndarray, pinned: np.ndarray
+) -> tuple[list[tuple[str, int]], list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Every (tensor, dim, position) whose channel is free, as flat arrays: the (tensor, dim)
+    keys, and per key the channels (components), the key's index and the positions."""
     keys: list[tuple[str, int]] = []
     cs, ks, ps = [], [], []
     for name, labs in tensors.items():
@@ -165,6 +144,40 @@ def group_channels(
             ks.append(np.full(len(pos), len(keys), dtype=np.int64))
             ps.append(pos)
             keys.append((name, d))
+    return keys, cs, ks, ps
+
+
+def _signature_groups(C: np.ndarray, K: np.ndarray, ncomp: int, nkeys: int) -> np.ndarray:
+    """Component → group id (-1 where unused): a channel's signature is the set of tensor dims it
+    touches, hashed (with fixed random keys) so that channels with one signature share a group."""
+    rng = np.random.default_rng(0)
+    key_hash = rng.integers(1, 2**62, size=nkeys, dtype=np.int64).astype(np.uint64)
+    pair = np.unique(C * nkeys + K)
+    sig = np.zeros(ncomp, dtype=np.uint64)
+    np.add.at(sig, pair // nkeys, key_hash[pair % nkeys])
+    used = np.unique(C)
+    _, gid_of_used = np.unique(sig[used], return_inverse=True)
+    comp_gid = np.full(ncomp, -1, dtype=np.int64)
+    comp_gid[used] = gid_of_used
+    return comp_gid
+
+
+def group_channels(
+    state: LabelState,
+    tensors: Mapping[str, tuple[Label, ...]],
+    roles: Mapping[str, Role],
+    shapes: dict[str, tuple[int, ...]],
+    outputs: Sequence[tuple[int, ...]],
+    trace_seconds: float = 0.0,
+    unreached: Sequence[str] = (),
+) -> DependencyGraph:
+    """Group the channels of a finished walk: ``tensors`` maps each tensor name to its labels."""
+    comp = components(state)
+    ncomp = int(comp.max()) + 1 if len(comp) else 0
+    pinned = np.zeros(ncomp, dtype=bool)
+    pinned[comp[:N_SENTINELS]] = True
+
+    keys, cs, ks, ps = _free_positions(tensors, comp, pinned)
     base = dict(
         protected=_protected(tensors, comp, roles),
         mac_terms=[(t.macs, [comp[f] for f in t.factors]) for t in state.mac_terms],
@@ -178,17 +191,7 @@ def group_channels(
         return DependencyGraph(groups=[], comp_group=np.full(ncomp, -1, dtype=np.int64), **base)  # type: ignore[arg-type]
     C, K, P = np.concatenate(cs), np.concatenate(ks), np.concatenate(ps)
 
-    # A channel's signature is the set of tensor dims it touches; hash it to group channels.
-    rng = np.random.default_rng(0)
-    key_hash = rng.integers(1, 2**62, size=len(keys), dtype=np.int64).astype(np.uint64)
-    pair = np.unique(C * len(keys) + K)
-    sig = np.zeros(ncomp, dtype=np.uint64)
-    np.add.at(sig, pair // len(keys), key_hash[pair % len(keys)])
-    used = np.unique(C)
-    _, gid_of_used = np.unique(sig[used], return_inverse=True)
-    comp_gid = np.full(ncomp, -1, dtype=np.int64)
-    comp_gid[used] = gid_of_used
-
+    comp_gid = _signature_groups(C, K, ncomp, len(keys))
     unit_of = {int(c): kind for ids, kind in state.units for c in np.unique(comp[ids])}
     G = comp_gid[C]
     order = np.lexsort((P, K, G))

@@ -20,8 +20,9 @@ PLAN_VERSION = 1
 
 
 @dataclass(frozen=True, eq=False)
-class PlanMember:
-    """``positions[i]`` of ``tensor``'s ``dim`` belongs to the group's channel ``channels[i]``."""
+class Member:
+    """One tensor dim of a group: ``positions[i]`` of ``tensor``'s ``dim`` belongs to the group's
+    channel ``channels[i]``. The same type in the dependency graph and in a saved plan."""
 
     tensor: str
     dim: int
@@ -46,7 +47,7 @@ class PlanMember:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], size: int) -> PlanMember:
+    def from_dict(cls, d: dict[str, Any], size: int) -> Member:
         tensor, dim = _get(d, "tensor", str), _get(d, "dim", int)
         if "offset" in d:
             off, rep = _get(d, "offset", int), _get(d, "repeat", int)
@@ -62,6 +63,9 @@ class PlanMember:
         return cls(tensor, dim, pos, ch)
 
 
+PlanMember = Member  #: the name a plan's members had when the graph had a type of its own
+
+
 @dataclass(frozen=True, eq=False)
 class GroupPlan:
     """One coupled group: its ``size`` channels, the ones it ``keep``s, where they live."""
@@ -69,7 +73,7 @@ class GroupPlan:
     name: str
     size: int
     keep: tuple[int, ...]
-    members: tuple[PlanMember, ...]
+    members: tuple[Member, ...]
     criterion: str = "l1"
     #: what one channel is: "channels", attention "heads", conv "groups", the "width" inside conv
     #: groups, or the "query heads" of each key/value head (grouped-query attention)
@@ -220,7 +224,7 @@ class PruningPlan:
                     )
                 _known_keys(m, MEMBER_KEYS, f"plan member '{m.get('tensor')}'")
                 _check_member(m, size, shapes)
-                members.append(PlanMember.from_dict(m, size))
+                members.append(Member.from_dict(m, size))
             dims = [(m.tensor, m.dim) for m in members]
             if len(set(dims)) != len(dims):
                 raise FileFormatError(f"plan group '{g.get('name')}' lists a tensor dim twice; the file is corrupt")

@@ -8,10 +8,9 @@ the frontend and its weight layout.
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,33 +19,12 @@ from cuttree.core.allocate import Curve, allocate
 from cuttree.core.budget import GroupBudget, _with_ratio, estimate_macs, estimate_params, search, select
 from cuttree.core.grouping import DependencyGraph
 from cuttree.core.importance import scorer, used_criterion
-from cuttree.core.plan import HEAD_UNITS, GroupPlan, PlanMember, PruningPlan
+from cuttree.core.plan import HEAD_UNITS, GroupPlan, PruningPlan
 from cuttree.core.shortfall import shortfall
 from cuttree.errors import PlanError, did_you_mean
 
-
-def selects(pattern: str, name: str, sep: str = ".") -> bool:
-    """Whether a dotted name or glob of a config (``ignore``, ``layers``) selects module ``name``:
-    the module itself, a glob match, or a module inside it.
-
-    >>> selects("layer1", "layer1.0.conv1"), selects("layer*.conv1", "layer2.conv1"), selects("layer1", "layer10")
-    (True, True, False)
-    """
-    return fnmatch.fnmatchcase(name, pattern) or name.startswith(pattern + sep)
-
-
-def resolve(patterns: Iterable[str], names: Sequence[str], key: str, sep: str = ".") -> dict[str, list[str]]:
-    """Each dotted name or glob → the module names it matches; no match is an error."""
-    out: dict[str, list[str]] = {}
-    for p in patterns:
-        hits = [n for n in names if selects(p, n, sep)]
-        if not hits:
-            raise ValueError(
-                f"{key}: unknown layer '{p}'{did_you_mean(p, names)}; use a dotted module name or glob "
-                "(list them with `cuttree layers`)"
-            )
-        out[p] = hits
-    return out
+if TYPE_CHECKING:
+    from cuttree.core.sensitivity import Sensitivity
 
 
 def decide(
@@ -89,7 +67,7 @@ def decide(
                 g.name,
                 g.size,
                 tuple(int(k) for k in keep),
-                tuple(PlanMember(m.tensor, m.dim, m.positions, m.channels) for m in g.members),
+                g.members,
                 used_criterion(config.criterion, g, extra),
                 g.unit,
             )
@@ -125,7 +103,7 @@ class PlanningInputs:
     framework: str
     layout: str
 
-    def decide(self, config: Config, sensitivity: Any = None) -> PruningPlan:
+    def decide(self, config: Config, sensitivity: Sensitivity | None = None) -> PruningPlan:
         """The plan for ``config`` (its ``layers`` and criterion as traced); ``sensitivity`` (a
         :class:`cuttree.core.sensitivity.Sensitivity`) is what ``allocation: sensitivity`` needs."""
         curves = sensitivity.curves() if sensitivity is not None else None
@@ -345,3 +323,9 @@ def round_to(setting: int | str, unit: str, size: int, target: str = "generic") 
     if setting == "auto":
         return channel_block(target) if unit == "channels" and size >= AUTO_ROUND_MIN else 1
     return int(setting)
+
+
+def __getattr__(name: str) -> Any:  # names this module held before cuttree.core.names
+    from cuttree import _aliases
+
+    return _aliases.old_name(__name__, name)

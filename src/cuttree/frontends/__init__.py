@@ -1,6 +1,5 @@
-"""Frontends: the framework-specific rooms (reading a model, changing it, running it).
-
-The PyTorch frontend still lives at its historical paths (:mod:`cuttree.graph`,
-:mod:`cuttree.frontends.torch.rules`, :mod:`cuttree.frontends.torch.surgery`, …); the Keras 3 frontend is
-:mod:`cuttree.frontends.keras`, used through :mod:`cuttree.keras`.
+"""Frontends: the framework-specific rooms, one per framework (reading a model, changing it,
+running it): :mod:`cuttree.frontends.torch` and :mod:`cuttree.frontends.keras`. Each implements
+the :class:`cuttree.core.frontend.Frontend` protocol in its ``frontend`` module; neither imports
+the other's framework.
 """

@@ -15,18 +15,20 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from torch import nn
 
 from cuttree.api import plan_and_apply
 from cuttree.config import Config
 from cuttree.core.keep_best import warn_if_worse
 from cuttree.core.plan import PruningPlan, compose
 from cuttree.core.results import Measurements, aligned, metric_name, speed_change
+from cuttree.core.sensitivity import Sensitivity
 from cuttree.core.shortfall import refuse_noop
 from cuttree.files import cuttree_file as io
 from cuttree.frontends.torch.measure import compare, count_macs, evaluate, measure
 from cuttree.recover.checkpoints import CHECKPOINT
-from cuttree.recover.train import Log, finetune, recalibrate_bn, world
+from cuttree.recover.devices import world
+from cuttree.recover.train import Log, finetune, recalibrate_bn
+from torch import nn
 
 
 def step_config(cfg: Config, step: int) -> Config:
@@ -57,7 +59,7 @@ def run_job(
     arch: str,
     arch_kwargs: dict[str, Any] | None = None,
     log: Log = print,
-    sensitivity: Any = None,
+    sensitivity: Sensitivity | None = None,
     data_name: str = "",
     progress: bool = False,
     noop_fix: str | None = None,
@@ -73,19 +75,7 @@ def run_job(
     again (deterministic) and its fine-tuning resumes from the step's checkpoint.
     """
     out = Path(out_dir)
-    if cfg.latency_target is not None and cfg.steps > 1:
-        raise ValueError(f"latency_target with steps={cfg.steps}: a measured budget is met in one step; set steps: 1")
-    if cfg.allocation == "sensitivity":
-        if sensitivity is None:
-            raise ValueError(
-                "allocation: sensitivity needs a sensitivity analysis of the model: pass --sensitivity FILE "
-                "(from `cuttree sensitivity`), or set allocation: uniform"
-            )
-        if cfg.steps > 1:
-            raise ValueError(
-                f"allocation: sensitivity with steps={cfg.steps}: the analysis describes the unpruned model only; "
-                "set steps: 1"
-            )
+    _check_job(cfg, sensitivity)
     rank, _ = world()
     if rank == 0:
         _start(out, cfg, resume)
@@ -100,43 +90,23 @@ def run_job(
     plan: PruningPlan | None = None
     current = model
     for i in range(cfg.steps):
-        scfg = step_config(cfg, i)
-        log(f"step {i + 1}/{cfg.steps}: pruning ({scfg.criterion}; tracing, scoring, planning, surgery)")
-        current, step_plan, _ = plan_and_apply(
-            current, example_inputs, scfg, calib_data=train_data, sensitivity=sensitivity
+        current, step_plan, row = _step(
+            i,
+            current,
+            example_inputs,
+            cfg,
+            train_data,
+            test_data,
+            teacher,
+            out,
+            log,
+            sensitivity,
+            progress,
+            resume,
+            noop_fix,
         )
-        if i == 0 and noop_fix is not None:
-            refuse_noop(step_plan, noop_fix)
         plan = step_plan if plan is None else compose(plan, step_plan)
-        if cfg.finetune.bn_recalibrate and not cfg.reconstruct:
-            recalibrate_bn(current, train_data, scfg)
-        pruned_metric = evaluate(current, test_data, cfg.mode, ignore_index=cfg.finetune.ignore_index)
-        log(f"step {i + 1}/{cfg.steps}: pruned, {key} {pruned_metric[key]:.2f} before fine-tuning")
-        ft_dir = out / f"step{i + 1}"
-        ft_dir.mkdir(parents=True, exist_ok=True)
-        again = resume and (ft_dir / CHECKPOINT).is_file()
-        log(
-            f"step {i + 1}/{cfg.steps}: {'resuming' if again else 'recovering:'} fine-tuning {scfg.finetune.epochs:g} epochs"
-        )
-        fstate = finetune(
-            current, train_data, scfg, teacher=teacher, run_dir=ft_dir, resume=again, log=log, progress=progress
-        )
-        tuned = evaluate(current, test_data, cfg.mode, ignore_index=cfg.finetune.ignore_index)
-        log(f"step {i + 1}/{cfg.steps}: fine-tuned, {key} {tuned[key]:.2f}")
-        warn_if_worse(pruned_metric, tuned, cfg.mode)
-        history.append(
-            {
-                "step": i + 1,
-                "config": scfg.to_dict(),
-                "plan_channels": [step_plan.channels_before, step_plan.channels_after],
-                "macs": count_macs(current, example_inputs),
-                "metric_after_pruning": pruned_metric,
-                "metric_after_finetune": tuned,
-                "finetune_steps": fstate["total"],
-                "final_loss": fstate["history"][-1]["loss"] if fstate["history"] else None,
-                "validation": fstate["validation"],
-            }
-        )
+        history.append(row)
     assert plan is not None
     log(f"measuring: parameters, MACs, size and latency ({cfg.latency_runs} runs each, dense and pruned interleaved)")
     before, after = compare(teacher, current, example_inputs, cfg.latency_runs)
@@ -157,23 +127,110 @@ def run_job(
         "seconds": time.perf_counter() - t0,
     }
     if rank == 0:
-        io.save(
-            current,
-            out / "model.cuttree",
-            arch=arch,
-            arch_kwargs=arch_kwargs,
-            plan=plan,
-            extra={
-                "metric_before": metric_before,
-                "metric_after": metric_after,
-                "input_shape": [1, *example_inputs[0].shape[1:]] if hasattr(example_inputs[0], "shape") else None,
-            },
-        )
-        if sensitivity is not None:
-            sensitivity.save(out / "sensitivity.json")
-        io.atomic_write(out / "report.json", lambda p: p.write_text(json.dumps(report, indent=1)))
+        _write_run(out, current, plan, report, arch, arch_kwargs, example_inputs, sensitivity)
     report["model"] = current
     return report
+
+
+def _check_job(cfg: Config, sensitivity: Sensitivity | None) -> None:
+    """Refuse the settings a multi-step job cannot honour, before anything is written."""
+    if cfg.latency_target is not None and cfg.steps > 1:
+        raise ValueError(f"latency_target with steps={cfg.steps}: a measured budget is met in one step; set steps: 1")
+    if cfg.allocation == "sensitivity":
+        if sensitivity is None:
+            raise ValueError(
+                "allocation: sensitivity needs a sensitivity analysis of the model: pass --sensitivity FILE "
+                "(from `cuttree sensitivity`), or set allocation: uniform"
+            )
+        if cfg.steps > 1:
+            raise ValueError(
+                f"allocation: sensitivity with steps={cfg.steps}: the analysis describes the unpruned model only; "
+                "set steps: 1"
+            )
+
+
+def _step(
+    i: int,
+    current: nn.Module,
+    example_inputs: Sequence[Any],
+    cfg: Config,
+    train_data: Any,
+    test_data: Any,
+    teacher: nn.Module,
+    out: Path,
+    log: Log,
+    sensitivity: Sensitivity | None,
+    progress: bool,
+    resume: bool,
+    noop_fix: str | None,
+) -> tuple[nn.Module, PruningPlan, dict[str, Any]]:
+    """Step ``i`` of the job: prune, recalibrate, fine-tune (resumed where a checkpoint is), and
+    the step's record for the report."""
+    key = metric_name(cfg)
+    scfg = step_config(cfg, i)
+    log(f"step {i + 1}/{cfg.steps}: pruning ({scfg.criterion}; tracing, scoring, planning, surgery)")
+    current, step_plan, _ = plan_and_apply(
+        current, example_inputs, scfg, calib_data=train_data, sensitivity=sensitivity
+    )
+    if i == 0 and noop_fix is not None:
+        refuse_noop(step_plan, noop_fix)
+    if cfg.finetune.bn_recalibrate and not cfg.reconstruct:
+        recalibrate_bn(current, train_data, scfg)
+    pruned_metric = evaluate(current, test_data, cfg.mode, ignore_index=cfg.finetune.ignore_index)
+    log(f"step {i + 1}/{cfg.steps}: pruned, {key} {pruned_metric[key]:.2f} before fine-tuning")
+    ft_dir = out / f"step{i + 1}"
+    ft_dir.mkdir(parents=True, exist_ok=True)
+    again = resume and (ft_dir / CHECKPOINT).is_file()
+    log(
+        f"step {i + 1}/{cfg.steps}: {'resuming' if again else 'recovering:'} fine-tuning {scfg.finetune.epochs:g} epochs"
+    )
+    fstate = finetune(
+        current, train_data, scfg, teacher=teacher, run_dir=ft_dir, resume=again, log=log, progress=progress
+    )
+    tuned = evaluate(current, test_data, cfg.mode, ignore_index=cfg.finetune.ignore_index)
+    log(f"step {i + 1}/{cfg.steps}: fine-tuned, {key} {tuned[key]:.2f}")
+    warn_if_worse(pruned_metric, tuned, cfg.mode)
+    row: dict[str, Any] = {
+        "step": i + 1,
+        "config": scfg.to_dict(),
+        "plan_channels": [step_plan.channels_before, step_plan.channels_after],
+        "macs": count_macs(current, example_inputs),
+        "metric_after_pruning": pruned_metric,
+        "metric_after_finetune": tuned,
+        "finetune_steps": fstate["total"],
+        "final_loss": fstate["history"][-1]["loss"] if fstate["history"] else None,
+        "validation": fstate["validation"],
+    }
+    return current, step_plan, row
+
+
+def _write_run(
+    out: Path,
+    current: nn.Module,
+    plan: PruningPlan,
+    report: dict[str, Any],
+    arch: str,
+    arch_kwargs: dict[str, Any] | None,
+    example_inputs: Sequence[Any],
+    sensitivity: Sensitivity | None,
+) -> None:
+    """The run folder's files: the model, the analysis it was allocated from, the report."""
+    metric_before, metric_after = report["before"]["metric"], report["after"]["metric"]
+    io.save(
+        current,
+        out / "model.cuttree",
+        arch=arch,
+        arch_kwargs=arch_kwargs,
+        plan=plan,
+        extra={
+            "metric_before": metric_before,
+            "metric_after": metric_after,
+            "input_shape": [1, *example_inputs[0].shape[1:]] if hasattr(example_inputs[0], "shape") else None,
+        },
+    )
+    if sensitivity is not None:
+        sensitivity.save(out / "sensitivity.json")
+    io.atomic_write(out / "report.json", lambda p: p.write_text(json.dumps(report, indent=1)))
 
 
 def _start(out: Path, cfg: Config, resume: bool) -> None:

@@ -29,18 +29,15 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.utils.data import Dataset, default_collate
 
+import torch
 from cuttree.config import Config, FinetuneConfig
 from cuttree.core.keep_best import ending
 from cuttree.errors import warn
@@ -58,47 +55,10 @@ from cuttree.frontends.torch.util import model_device, state_dict_for_save
 from cuttree.recover import rng, validation
 from cuttree.recover.batching import forward
 from cuttree.recover.checkpoints import CHECKPOINT, load_checkpoint, save_checkpoint
+from cuttree.recover.devices import Precision, deterministic, world
+from torch import nn
 
 Log = Callable[[str], None]
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size) of this process; (0, 1) outside ``torchrun``."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def init_distributed(device: str | torch.device = "cpu") -> tuple[int, int]:
-    """Join the ``torchrun`` process group if this process was started by one: nccl when the
-    model runs on CUDA, gloo otherwise."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if torch.device(device).type == "cuda" else "gloo")
-    return world()
-
-
-def rank_device(requested: str) -> torch.device:
-    """The device this process trains on: ``cuda`` under ``torchrun`` means ``cuda:LOCAL_RANK``.
-
-    >>> rank_device("cpu")
-    device(type='cpu')
-    """
-    try:
-        device = torch.device(requested)
-    except RuntimeError:
-        raise ValueError(f"--device '{requested}' is not a device; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {requested}: this machine has no CUDA GPU; use --device cpu")
-        torch.cuda.set_device(device)
-    return device
-
-
-def deterministic_env() -> None:
-    """What ``finetune.deterministic`` needs before CUDA starts (cuBLAS reads it once)."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
 def lr_at(step: int, total: int, steps_per_epoch: int, ft: FinetuneConfig) -> float:
@@ -132,53 +92,6 @@ def distill_loss(
     return kl.mean() * t * t
 
 
-class Precision:
-    """How one run computes: the autocast dtype (``None``: full precision) and, with float16,
-    the gradient scaler that float16 cannot train without (made here, so never missing).
-
-    >>> p = Precision("fp16", torch.device("cpu"))
-    >>> p.dtype, p.scaler is not None
-    (torch.float16, True)
-    >>> Precision("auto", torch.device("cpu")).dtype is None  # CPU autocast is rarely faster
-    True
-    """
-
-    def __init__(self, amp: str, device: torch.device) -> None:
-        kind = amp
-        bf16_ok = device.type != "cuda" or torch.cuda.is_bf16_supported()
-        if kind == "auto":
-            kind = ("bf16" if bf16_ok else "fp16") if device.type == "cuda" else "off"
-        if kind == "bf16" and not bf16_ok:
-            raise ValueError(f"finetune.amp=bf16: {device} does not support bfloat16; set finetune.amp=fp16 or auto")
-        if kind not in ("off", "bf16", "fp16"):
-            raise ValueError(f"finetune.amp={amp!r}: must be auto, off, bf16 or fp16")
-        self.device_type = device.type
-        self.dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[kind]
-        self.scaler = torch.amp.GradScaler(device.type) if kind == "fp16" else None
-
-    def autocast(self) -> Any:
-        if self.dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device_type, dtype=self.dtype)
-
-    def step(self, loss: torch.Tensor, opt: torch.optim.Optimizer) -> None:
-        """Backward and optimizer step; with float16 through the scaler (skips a step on inf/NaN)."""
-        if self.scaler is None:
-            loss.backward()
-            opt.step()
-            return
-        self.scaler.scale(loss).backward()
-        self.scaler.step(opt)
-        self.scaler.update()
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.scaler.state_dict() if self.scaler is not None else {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self.scaler is not None and state:
-            self.scaler.load_state_dict(state)
-
-
 def _labels(y: torch.Tensor | None) -> torch.Tensor:
     if y is None:
         raise ValueError(
@@ -186,15 +99,6 @@ def _labels(y: torch.Tensor | None) -> torch.Tensor:
             "model, whose loss is next-token prediction on its input, trains on text alone)"
         )
     return y
-
-
-def _deterministic(device: torch.device) -> None:
-    """Reproducible kernels (what a bit-exact resume on a GPU needs); process-wide, as asked for."""
-    if device.type == "cuda":
-        deterministic_env()
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def _optimizer(model: nn.Module, ft: FinetuneConfig) -> torch.optim.Optimizer:
@@ -247,36 +151,17 @@ def finetune(
     data = validation.split(train_data, val_data, ft.val_fraction, cfg.seed)
     train_data = data.train
     n = len(train_data)  # type: ignore[arg-type]
-    steps_per_epoch = n // (ft.batch_size * size)
-    if steps_per_epoch < 1:
-        raise ValueError(
-            f"training data has {n} samples, fewer than one batch of {ft.batch_size} per process; "
-            "lower finetune.batch_size or pass more data"
-        )
-    total = max(1, math.ceil(ft.epochs * steps_per_epoch))
+    steps_per_epoch, total = _steps(n, ft, size)
     run = Path(run_dir) if run_dir is not None else None
     if ft.deterministic:
-        _deterministic(device)
-    net: nn.Module = model
-    if size > 1:
-        ids = [device.index] if device.type == "cuda" else None
-        net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        deterministic(device)
+    net = _distributed(model, device) if size > 1 else model
     opt = _optimizer(model, ft)
     precision = Precision(ft.amp, device)
     order = {"seed": cfg.seed, "samples": n, "batch_size": ft.batch_size, "processes": size}
     state: dict[str, Any] = {"step": 0, "history": [], "data_order": order}
     if resume:
-        if run is None or not (run / CHECKPOINT).is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint in '{run}'; start without --resume")
-        state, rng_state = load_checkpoint(run, model, opt)
-        if state.get("data_order", order) != order:
-            raise ValueError(
-                f"--resume: the checkpoint's data order is {state['data_order']}, this run's {order}; "
-                "resume with the same seed, data, batch size and number of processes"
-            )
-        state["data_order"] = order
-        precision.load_state_dict(state.get("scaler", {}))
-        rng.restore(rng_state, device, train_data)
+        state = _resumed(run, model, opt, order, precision, train_data)
         log(f"resumed at step {state['step']}/{total}")
     live = progress and rank == 0 and on_terminal()
     say = (lambda m: None) if live else log  # a live bar shows what these lines would say
@@ -297,45 +182,28 @@ def finetune(
     with bar:
         bar.advance(step)
         while step < total and (max_steps is None or done_here < max_steps):
-            epoch, in_epoch = divmod(step, steps_per_epoch)
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))[rank::size]
-            idx = perm[in_epoch * ft.batch_size : (in_epoch + 1) * ft.batch_size].tolist()
-            x, y = split_batch(default_collate([train_data[i] for i in idx]), "training")
-            x = to_device(x, device)
-            y = text_labels(x) if y is None and lm else _labels(y).to(device)
+            x, y = _batch(train_data, step, steps_per_epoch, cfg, device, lm)
             if on_step is not None:
                 on_step(step)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total, steps_per_epoch, ft)
-            net.train()
-            with precision.autocast():
-                loss = _loss(model, net, teacher, x, y, cfg)
-            opt.zero_grad(set_to_none=True)
-            precision.step(loss, opt)
+            value = _train_step(model, net, teacher, opt, precision, x, y, cfg)
             step += 1
             done_here += 1
-            value = loss.item()
             running = value if step == 1 else 0.9 * running + 0.1 * value
             if live:
                 bar.advance(info=f"loss {running:.4f}{val_info}")
             elif step % max(1, steps_per_epoch // 10) == 0 or step == total:
                 eta = (time.perf_counter() - t_start) / done_here * (total - step)
-                log(
-                    f"step {step}/{total} epoch {step / steps_per_epoch:.2f} loss {running:.4f} "
-                    f"lr {opt.param_groups[0]['lr']:.5f} eta {int(eta) // 60}:{int(eta) % 60:02d}"
-                )
+                log(_step_line(step, total, steps_per_epoch, running, opt.param_groups[0]["lr"], eta))
             state["history"].append({"step": step, "loss": value})
             if data.val is not None and (step % steps_per_epoch == 0 or step == total):
                 best.offer(model, step, *validation.score(model, data.val, cfg))
                 val_info = f"  val {best.metric} {best.history[-1][1]:.4g}"
                 say(f"step {step}/{total}: validation {best.metric} {best.history[-1][1]:.4g}")
                 state["validation"] = best.state()
-            if (
-                run is not None
-                and rank == 0
-                and ft.checkpoint_every
-                and (step % ft.checkpoint_every == 0 or step == total)
-            ):
+            due = ft.checkpoint_every and (step % ft.checkpoint_every == 0 or step == total)
+            if run is not None and rank == 0 and due:
                 state["step"] = step
                 state["running_loss"] = running
                 state["scaler"] = precision.state_dict()
@@ -346,6 +214,87 @@ def finetune(
     if data.val is not None and step == total:
         state["validation"]["kept"] = _keep_best(model, best, ft.keep_best and on_step is None, log)
     return state
+
+
+def _steps(n: int, ft: FinetuneConfig, processes: int) -> tuple[int, int]:
+    """Steps per epoch and in all, for ``n`` training samples shared by ``processes``."""
+    steps_per_epoch = n // (ft.batch_size * processes)
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"training data has {n} samples, fewer than one batch of {ft.batch_size} per process; "
+            "lower finetune.batch_size or pass more data"
+        )
+    return steps_per_epoch, max(1, math.ceil(ft.epochs * steps_per_epoch))
+
+
+def _distributed(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` wrapped for DDP (one GPU per process, or the CPU)."""
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _train_step(
+    model: nn.Module,
+    net: nn.Module,
+    teacher: nn.Module | None,
+    opt: torch.optim.Optimizer,
+    precision: Precision,
+    x: Any,
+    y: torch.Tensor,
+    cfg: Config,
+) -> float:
+    """One optimizer step on the batch ``(x, y)``; its loss."""
+    net.train()
+    with precision.autocast():
+        loss = _loss(model, net, teacher, x, y, cfg)
+    opt.zero_grad(set_to_none=True)
+    precision.step(loss, opt)
+    return float(loss.item())
+
+
+def _resumed(
+    run: Path | None,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    order: dict[str, Any],
+    precision: Precision,
+    train_data: Dataset[Any],
+) -> dict[str, Any]:
+    """The state of the run in ``run`` (model, optimizer, scaler and RNGs restored), which must
+    have drawn its data in this run's ``order``."""
+    if run is None or not (run / CHECKPOINT).is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint in '{run}'; start without --resume")
+    state, rng_state = load_checkpoint(run, model, opt)
+    if state.get("data_order", order) != order:
+        raise ValueError(
+            f"--resume: the checkpoint's data order is {state['data_order']}, this run's {order}; "
+            "resume with the same seed, data, batch size and number of processes"
+        )
+    state["data_order"] = order
+    precision.load_state_dict(state.get("scaler", {}))
+    rng.restore(rng_state, model_device(model), train_data)
+    return state
+
+
+def _batch(
+    train_data: Dataset[Any], step: int, steps_per_epoch: int, cfg: Config, device: torch.device, lm: bool
+) -> tuple[Any, torch.Tensor]:
+    """The batch of ``step`` for this process: epoch *e* visits ``randperm(n, seed · 1000 + e)``,
+    split across the ranks, so the order is a pure function of (seed, step)."""
+    rank, size = world()
+    n, bs = len(train_data), cfg.finetune.batch_size  # type: ignore[arg-type]
+    epoch, in_epoch = divmod(step, steps_per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))[rank::size]
+    idx = perm[in_epoch * bs : (in_epoch + 1) * bs].tolist()
+    x, y = split_batch(default_collate([train_data[i] for i in idx]), "training")
+    x = to_device(x, device)
+    return x, text_labels(x) if y is None and lm else _labels(y).to(device)
+
+
+def _step_line(step: int, total: int, steps_per_epoch: int, loss: float, lr: float, eta: float) -> str:
+    return (
+        f"step {step}/{total} epoch {step / steps_per_epoch:.2f} loss {loss:.4f} "
+        f"lr {lr:.5f} eta {int(eta) // 60}:{int(eta) % 60:02d}"
+    )
 
 
 def _loss(

@@ -12,12 +12,15 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cuttree.files.atomic import atomic_write
 
+if TYPE_CHECKING:
+    from cuttree.config import Config
 
-def write_json(path: str | Path, command: str, framework: str, config: Any = None, **fields: Any) -> Path:
+
+def write_json(path: str | Path, command: str, framework: str, config: Config | None = None, **fields: Any) -> Path:
     """Write a command's report atomically; ``config`` is a :class:`cuttree.Config` or ``None``.
 
     >>> import tempfile, json

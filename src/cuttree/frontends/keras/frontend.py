@@ -12,7 +12,6 @@ is never touched (``inplace`` has no effect here).
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,11 +20,12 @@ import numpy as np
 from cuttree.config import Config
 from cuttree.core.frontend import ScoredSubset
 from cuttree.core.grouping import DependencyGraph
+from cuttree.core.names import KERAS_FIX
+from cuttree.core.names import resolve as names_resolve
 from cuttree.core.plan import PruningPlan
 from cuttree.core.planner import PlanningInputs
 from cuttree.core.results import Measurements, SparsifyResult
 from cuttree.core.sensitivity import Sensitivity
-from cuttree.errors import did_you_mean
 from cuttree.frontends.keras import measure, sparsity, surgery
 from cuttree.frontends.keras.calibrate import criterion_inputs
 from cuttree.frontends.keras.graph import build_graph, check_model
@@ -81,19 +81,7 @@ def layer_names(model: Any) -> list[str]:
 
 def resolve(patterns: Sequence[str], names: list[str], key: str) -> dict[str, list[str]]:
     """Layer paths or globs; a bare layer name matches inside nested models too."""
-    leaf = {n: n.rsplit("/", 1)[-1] for n in names}
-    out: dict[str, list[str]] = {}
-    for p in patterns:
-        hits = [
-            n for n in names if fnmatch.fnmatchcase(n, p) or fnmatch.fnmatchcase(leaf[n], p) or n.startswith(p + "/")
-        ]
-        if not hits:
-            raise ValueError(
-                f"{key}: unknown layer '{p}'{did_you_mean(p, [*names, *leaf.values()])}; use a Keras layer name, "
-                "a path such as vgg16/block1_conv1, or a glob (list them with cuttree.keras.layer_names)"
-            )
-        out[p] = hits
-    return out
+    return names_resolve(patterns, names, key, sep="/", leaf=True, fix=KERAS_FIX)
 
 
 class KerasFrontend:

@@ -10,16 +10,16 @@ batch), and :func:`strip` makes the final zeros permanent and drops the masks.
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Sequence
 from typing import Any
 
-import keras
 import numpy as np
 
+import keras
 from cuttree.config import Config
 from cuttree.core import masks as core_masks
 from cuttree.core.importance import REGISTRY
+from cuttree.core.names import selected, selects
 from cuttree.core.results import SparsifyResult
 from cuttree.core.schedule import due, polynomial_sparsity
 from cuttree.frontends.keras.calibrate import to_numpy
@@ -45,15 +45,10 @@ def prunable_layers(model: Any, ignore: Sequence[str] = (), include_output: Sequ
     }
     if layers:
         last = list(layers)[-1]
-        if not any(
-            fnmatch.fnmatchcase(last, p) or fnmatch.fnmatchcase(last.rsplit("/", 1)[-1], p) for p in include_output
-        ):
+        if not selected(include_output, last, sep="/", leaf=True):
             layers.pop(last)
 
-    def ignored(p: str) -> bool:
-        return any(fnmatch.fnmatchcase(p, g) or fnmatch.fnmatchcase(p.rsplit("/", 1)[-1], g) for g in ignore)
-
-    return {p: layer for p, layer in layers.items() if not ignored(p)}
+    return {p: layer for p, layer in layers.items() if not selected(ignore, p, sep="/", leaf=True)}
 
 
 def compute_masks(layers: dict[str, Any], config: Config, sparsity_now: float | None = None) -> dict[str, np.ndarray]:
@@ -71,7 +66,7 @@ def compute_masks(layers: dict[str, Any], config: Config, sparsity_now: float | 
         for pat, o in config.layers.items()
         if o.ratio is not None
         for p in layers
-        if fnmatch.fnmatchcase(p, pat) or fnmatch.fnmatchcase(p.rsplit("/", 1)[-1], pat)
+        if selects(pat, p, sep="/", leaf=True)
     }
     ratio = sparsity_now if sparsity_now is not None else config.ratio
     return core_masks.magnitude_masks(

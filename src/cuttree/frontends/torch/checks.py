@@ -12,15 +12,15 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from torch import nn
-
 from cuttree.config import Config
 from cuttree.core.grouping import DependencyGraph
+from cuttree.core.names import selects
 from cuttree.core.plan import HEAD_UNITS, PruningPlan
-from cuttree.core.planner import estimate, selects
+from cuttree.core.planner import estimate
 from cuttree.errors import warn
 from cuttree.frontends.torch.rules import rule_for_module
 from cuttree.frontends.torch.validate import heads_compute_the_same, keep_all, repair
+from torch import nn
 
 
 def train_checked(

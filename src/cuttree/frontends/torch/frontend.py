@@ -17,14 +17,14 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
+import torch
 from cuttree.config import Config
 from cuttree.core.frontend import ScoredSubset
 from cuttree.core.importance import REGISTRY
+from cuttree.core.names import resolve
 from cuttree.core.plan import PruningPlan
-from cuttree.core.planner import PlanningInputs, resolve
+from cuttree.core.planner import PlanningInputs
 from cuttree.core.resources import check_memory
 from cuttree.core.results import Measurements, SparsifyResult
 from cuttree.core.sensitivity import Sensitivity
@@ -37,6 +37,7 @@ from cuttree.frontends.torch.sparsity import Mask, masked, strip
 from cuttree.frontends.torch.surgery import apply_plan
 from cuttree.frontends.torch.trace import module_names, named_tensors
 from cuttree.frontends.torch.util import as_inputs, model_bytes, model_device, refuse_keras, to_numpy
+from torch import nn
 
 Inputs = Sequence[Any]
 

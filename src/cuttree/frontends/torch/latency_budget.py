@@ -25,14 +25,14 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
-from torch import nn
-
 from cuttree.config import Config
 from cuttree.core.plan import PruningPlan
+from cuttree.core.sensitivity import Sensitivity
 from cuttree.core.timing import Timing, interleaved
 from cuttree.errors import PlanError
 from cuttree.frontends.torch.groups import DependencyGraph
 from cuttree.frontends.torch.util import eval_mode, to_numpy
+from torch import nn
 
 ROUNDS = 7
 
@@ -79,15 +79,19 @@ def session_timer(onnx: bytes | str, inputs: Sequence[torch.Tensor]) -> Callable
     return timer(lambda: session.run(None, feed), torch.device("cpu"))
 
 
+Result = tuple[nn.Module, PruningPlan, DependencyGraph]
+Engine = Callable[[nn.Module, Sequence[Any], Config, Any, Any], Result]
+
+
 def meet_latency(
     model: nn.Module,
     example_inputs: Sequence[Any],
     config: Config,
     calib_data: Iterable[Any] | None,
-    sensitivity: Any,
-    apply: Callable[[nn.Module, Sequence[Any], Config, Any, Any], tuple[nn.Module, PruningPlan, DependencyGraph]],
+    sensitivity: Sensitivity | None,
+    apply: Engine,
     log: Callable[[str], object] = lambda m: None,
-) -> tuple[nn.Module, PruningPlan, DependencyGraph]:
+) -> Result:
     """The pruned model, its plan and graph, whose measured latency meets ``config.latency_target``.
 
     ``apply(model, inputs, cfg, calib, sensitivity)`` is the engine (plan + surgery) for a config
@@ -102,58 +106,89 @@ def meet_latency(
             raise PlanError(
                 "latency_target.runtime: onnxruntime needs onnxruntime: pip install 'cuttree[onnx]'"
             ) from None
-    first = example_inputs[0]
-    if not isinstance(first, torch.Tensor) or any(not isinstance(x, torch.Tensor) for x in example_inputs):
+    if any(not isinstance(x, torch.Tensor) for x in (example_inputs[0], *example_inputs)):
         raise PlanError("latency_target needs example inputs that are tensors with a batch dimension")
-    inputs = [
-        torch.randn(target.batch, *x.shape[1:], generator=torch.Generator().manual_seed(0)) for x in example_inputs
-    ]
-    runs = max(config.latency_runs, 5)
-    base = config.model_copy(update={"latency_target": None})
-    tol = target.tolerance
+    search = _Search(model, example_inputs, config, calib_data, sensitivity, apply, log)
+    frac = search.goal()  # first guess: latency proportional to MACs
+    done = search.first(frac) if config.round_to == "auto" else search.trial(frac)
+    while not done and len(search.tried) < ROUNDS:
+        under = [(f, r) for f, r, _ in search.tried if r <= search.goal()]
+        over = [(f, r) for f, r, _ in search.tried if r > search.goal()]
+        lo = max(under) if under else None
+        hi = min(over) if over else (1.0, 1.0)
+        frac = _next(lo, hi, search.goal() * (1 - search.tol / 4), frac)  # aim inside the window, not at its edge
+        done = search.trial(frac)
+    return search.best()
 
-    def candidate(frac: float, round_to: int | None = None) -> tuple[nn.Module, PruningPlan, DependencyGraph]:
-        upd: dict[str, Any] = {"macs_target": min(frac, 1.0)}
-        if round_to is not None:
-            upd["round_to"] = round_to
-        return apply(model, example_inputs, base.model_copy(update=upd), calib_data, sensitivity)
 
-    dense_timer = timers([model], inputs, target.runtime)[0]  # one session for the dense model, reused
-    dense_t = interleaved([dense_timer], runs, warmup=2)[0].median_ms
-    what = f"{target.ms:g} ms" if target.ms is not None else f"{target.fraction:g} × the dense latency"
-    log(f"latency target {what} at batch {target.batch} ({target.runtime}); dense {dense_t:.2f} ms")
-    if target.ms is not None and dense_t <= target.ms:
-        raise PlanError(
-            f"latency_target {target.ms:g} ms is already met: the dense model takes {dense_t:.2f} ms at batch "
-            f"{target.batch} ({target.runtime}) on this machine; set a lower ms or use macs_target"
-        )
-    # Everything is judged as a fraction of the dense latency timed in the same loop: a machine
-    # whose speed drifts between loops slows both models alike. A budget in milliseconds becomes
-    # a fraction of the dense latency as measured so far (the median over every loop).
-    dense_loops = [dense_t]
+class _Search:
+    """The state of one search for a MACs fraction whose measured latency meets the budget.
 
-    def goal() -> float:
-        if target.fraction is not None:
-            return target.fraction
-        assert target.ms is not None
-        return target.ms / statistics.median(dense_loops)
+    Everything is judged as a fraction of the dense latency timed in the same loop: a machine
+    whose speed drifts between loops slows both models alike. A budget in milliseconds becomes a
+    fraction of the dense latency as measured so far (the median over every loop).
+    """
 
-    frac = goal()  # first guess: latency proportional to MACs
-    history: list[dict[str, Any]] = []
-    Result = tuple[nn.Module, PruningPlan, DependencyGraph]
-    # (MACs fraction, latency fraction, result); a result far over the budget is not kept (memory)
-    tried: list[tuple[float, float, Result | None]] = []
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: Sequence[Any],
+        config: Config,
+        calib_data: Iterable[Any] | None,
+        sensitivity: Sensitivity | None,
+        apply: Engine,
+        log: Callable[[str], object],
+    ) -> None:
+        target = config.latency_target
+        assert target is not None
+        self.target, self.model, self.example_inputs, self.log = target, model, example_inputs, log
+        self.calib_data, self.sensitivity, self.apply = calib_data, sensitivity, apply
+        self.inputs = [
+            torch.randn(target.batch, *x.shape[1:], generator=torch.Generator().manual_seed(0)) for x in example_inputs
+        ]
+        self.runs = max(config.latency_runs, 5)
+        self.base = config.model_copy(update={"latency_target": None})
+        self.tol = target.tolerance
+        self.dense_timer = timers([model], self.inputs, target.runtime)[0]  # one session for the dense model, reused
+        dense_t = interleaved([self.dense_timer], self.runs, warmup=2)[0].median_ms
+        self.what = f"{target.ms:g} ms" if target.ms is not None else f"{target.fraction:g} × the dense latency"
+        log(f"latency target {self.what} at batch {target.batch} ({target.runtime}); dense {dense_t:.2f} ms")
+        if target.ms is not None and dense_t <= target.ms:
+            raise PlanError(
+                f"latency_target {target.ms:g} ms is already met: the dense model takes {dense_t:.2f} ms at batch "
+                f"{target.batch} ({target.runtime}) on this machine; set a lower ms or use macs_target"
+            )
+        self.dense_loops = [dense_t]
+        self.history: list[dict[str, Any]] = []
+        # (MACs fraction, latency fraction, result); a result far over the budget is not kept (memory)
+        self.tried: list[tuple[float, float, Result | None]] = []
+        self.round_to: int | None = None  # None: the config's own (auto)
+        self.rounding: dict[str, Any] | None = None
+
+    def goal(self) -> float:
+        if self.target.fraction is not None:
+            return self.target.fraction
+        assert self.target.ms is not None
+        return self.target.ms / statistics.median(self.dense_loops)
 
     # The search stops in the upper half of the tolerance window and aims at its middle: a loop's
     # figure moves by a few percent from the next, and a candidate accepted at the window's
     # bottom re-measures below it (VGG-16-BN in ONNX Runtime: accepted at −4.2%, timed −5.3%).
-    def inside(ratio: float) -> bool:
-        return goal() * (1 - tol / 2) <= ratio <= goal()
+    def inside(self, ratio: float) -> bool:
+        return self.goal() * (1 - self.tol / 2) <= ratio <= self.goal()
 
-    def judge(frac: float, result: Result, cand_timer: Callable[[], float], d: Timing, c: Timing) -> bool:
+    def candidate(self, frac: float, round_to: int | None = None) -> Result:
+        upd: dict[str, Any] = {"macs_target": min(frac, 1.0)}
+        if round_to is not None:
+            upd["round_to"] = round_to
+        return self.apply(
+            self.model, self.example_inputs, self.base.model_copy(update=upd), self.calib_data, self.sensitivity
+        )
+
+    def judge(self, frac: float, result: Result, cand_timer: Callable[[], float], d: Timing, c: Timing) -> bool:
         """Record one timed candidate; a candidate inside the window is timed once more (one
         loop's figure moves by a few percent from the next) and judged on both loops' mean."""
-        dense_loops.append(d.median_ms)
+        self.dense_loops.append(d.median_ms)
         ratio = c.median_ms / d.median_ms
         row = {
             "macs_fraction": round(frac, 4),
@@ -161,40 +196,38 @@ def meet_latency(
             "dense_ms": round(d.median_ms, 3),
             "latency_fraction": round(ratio, 4),
         }
-        log(f"  MACs {frac:.3f} of dense: {c.median_ms:.2f} ms, {ratio:.3f} of the dense {d.median_ms:.2f} ms")
-        if inside(ratio):
-            d, c = interleaved([dense_timer, cand_timer], runs, warmup=1)
-            dense_loops.append(d.median_ms)
+        self.log(f"  MACs {frac:.3f} of dense: {c.median_ms:.2f} ms, {ratio:.3f} of the dense {d.median_ms:.2f} ms")
+        if self.inside(ratio):
+            d, c = interleaved([self.dense_timer, cand_timer], self.runs, warmup=1)
+            self.dense_loops.append(d.median_ms)
             ratio = (ratio + c.median_ms / d.median_ms) / 2
             row["confirmed_fraction"] = round(ratio, 4)
-            log(f"    again: {c.median_ms / d.median_ms:.3f} of the dense latency; {ratio:.3f} on both loops")
-        tried.append((frac, ratio, result if ratio <= goal() * (1 + tol) else None))
-        history.append(row)
-        return inside(ratio)
+            self.log(f"    again: {c.median_ms / d.median_ms:.3f} of the dense latency; {ratio:.3f} on both loops")
+        self.tried.append((frac, ratio, result if ratio <= self.goal() * (1 + self.tol) else None))
+        self.history.append(row)
+        return self.inside(ratio)
 
-    # Widths rounded to a multiple of 8 can run much faster for the same MACs (ONNX Runtime's and
-    # oneDNN's kernels pick their paths by channel count). With ``round_to: auto`` the first
-    # guess is pruned both ways, rounded (auto) and free (1), and timed in one loop: the whole
-    # search then runs on whichever costs less time per MAC kept.
-    round_to: int | None = None  # None: the config's own (auto)
-    rounding: dict[str, Any] | None = None
-
-    def trial(frac: float) -> bool:
+    def trial(self, frac: float) -> bool:
         """Prune for ``frac`` of the MACs (widths as the search decided), time it, judge it."""
-        result = candidate(frac, round_to)
-        cand_timer = timers([result[0]], inputs, target.runtime)[0]
-        return judge(frac, result, cand_timer, *interleaved([dense_timer, cand_timer], runs, warmup=2))
+        result = self.candidate(frac, self.round_to)
+        cand_timer = timers([result[0]], self.inputs, self.target.runtime)[0]
+        d, c = interleaved([self.dense_timer, cand_timer], self.runs, warmup=2)
+        return self.judge(frac, result, cand_timer, d, c)
 
-    if config.round_to == "auto":
-        rounded, plain = candidate(frac), candidate(frac, round_to=1)
-        t8, t1 = timers([rounded[0], plain[0]], inputs, target.runtime)
-        d, c8, c1 = interleaved([dense_timer, t8, t1], runs, warmup=2)
+    def first(self, frac: float) -> bool:
+        """The first guess with ``round_to: auto``. Widths rounded to a multiple of 8 can run much
+        faster for the same MACs (ONNX Runtime's and oneDNN's kernels pick their paths by channel
+        count), so the guess is pruned both ways, rounded (auto) and free (1), and timed in one
+        loop: the whole search then runs on whichever costs less time per MAC kept."""
+        rounded, plain = self.candidate(frac), self.candidate(frac, round_to=1)
+        t8, t1 = timers([rounded[0], plain[0]], self.inputs, self.target.runtime)
+        d, c8, c1 = interleaved([self.dense_timer, t8, t1], self.runs, warmup=2)
         f8, f1 = c8.median_ms / d.median_ms, c1.median_ms / d.median_ms
         # rounding buys speed when it costs clearly less time per MAC kept (MACs are what
         # accuracy follows) and its steps are fine enough to search
         per_mac = (f8 / rounded[1].macs_after) / (f1 / plain[1].macs_after)
         fine = rounded[1].macs_after >= 0.9 * plain[1].macs_after
-        rounding = {
+        self.rounding = {
             "round_to": "auto",
             "macs_fraction": round(frac, 4),
             "latency_fraction": round(f8, 4),
@@ -202,50 +235,44 @@ def meet_latency(
             "time_per_mac": round(per_mac, 4),
             "kept": per_mac < 0.97 and fine,
         }
-        log(
+        self.log(
             f"  widths rounded (auto) at MACs {frac:.3f}: {f8:.3f} of the dense latency, free {f1:.3f} "
             f"({per_mac:.2f}× the time per MAC)"
         )
-        if rounding["kept"]:
-            done = judge(frac, rounded, t8, d, c8)
-        else:
-            round_to = 1
-            done = judge(frac, plain, t1, d, c1)
-    else:
-        done = trial(frac)
-    while not done and len(tried) < ROUNDS:
-        under = [(f, r) for f, r, _ in tried if r <= goal()]
-        over = [(f, r) for f, r, _ in tried if r > goal()]
-        lo = max(under) if under else None
-        hi = min(over) if over else (1.0, 1.0)
-        frac = _next(lo, hi, goal() * (1 - tol / 4), frac)  # aim inside the window, not at its edge
-        done = trial(frac)
-    fits = [(f, r, res) for f, r, res in tried if r <= goal() and res is not None]
-    if not fits:
-        last = history[-1]
-        raise PlanError(
-            f"latency_target {what} was not reached in {ROUNDS} rounds (last: {last['measured_ms']:.2f} ms, "
-            f"{last['latency_fraction']:.3f} of the dense latency, at {last['macs_fraction']:.3f} of the MACs); "
-            "set a higher budget, or prune with macs_target"
-        )
-    frac, ratio, (work, plan, graph) = max(fits, key=lambda t: t[0])
-    dense_ref = statistics.median(dense_loops)
-    budget = {
-        "latency_target_ms": target.ms if target.ms is not None else round(goal() * dense_ref, 3),
-        "latency_target_fraction": round(goal(), 4),
-        "batch": target.batch,
-        "runtime": target.runtime,
-        "tolerance": tol,
-        "dense_ms": round(dense_ref, 3),
-        "measured_ms": round(ratio * dense_ref, 3),
-        "latency_fraction": round(ratio, 4),
-        "margin": round((goal() - ratio) / goal(), 4),
-        "macs_fraction": round(frac, 4),
-        "rounds": history,
-        **({"rounding": rounding} if rounding else {}),
-        **({k: v for k, v in plan.budget.items() if k not in ("target",)} if plan.budget else {}),
-    }
-    return work, dataclasses.replace(plan, budget=budget), graph
+        if self.rounding["kept"]:
+            return self.judge(frac, rounded, t8, d, c8)
+        self.round_to = 1
+        return self.judge(frac, plain, t1, d, c1)
+
+    def best(self) -> Result:
+        """The candidate with the most MACs that meets the budget, its plan recording the search."""
+        fits = [(f, r, res) for f, r, res in self.tried if r <= self.goal() and res is not None]
+        if not fits:
+            last = self.history[-1]
+            raise PlanError(
+                f"latency_target {self.what} was not reached in {ROUNDS} rounds (last: {last['measured_ms']:.2f} ms, "
+                f"{last['latency_fraction']:.3f} of the dense latency, at {last['macs_fraction']:.3f} of the MACs); "
+                "set a higher budget, or prune with macs_target"
+            )
+        frac, ratio, (work, plan, graph) = max(fits, key=lambda t: t[0])
+        dense_ref = statistics.median(self.dense_loops)
+        goal, target = self.goal(), self.target
+        budget = {
+            "latency_target_ms": target.ms if target.ms is not None else round(goal * dense_ref, 3),
+            "latency_target_fraction": round(goal, 4),
+            "batch": target.batch,
+            "runtime": target.runtime,
+            "tolerance": self.tol,
+            "dense_ms": round(dense_ref, 3),
+            "measured_ms": round(ratio * dense_ref, 3),
+            "latency_fraction": round(ratio, 4),
+            "margin": round((goal - ratio) / goal, 4),
+            "macs_fraction": round(frac, 4),
+            "rounds": self.history,
+            **({"rounding": self.rounding} if self.rounding else {}),
+            **({k: v for k, v in plan.budget.items() if k not in ("target",)} if plan.budget else {}),
+        }
+        return work, dataclasses.replace(plan, budget=budget), graph
 
 
 def _next(lo: tuple[float, float] | None, hi: tuple[float, float], goal: float, frac: float) -> float:

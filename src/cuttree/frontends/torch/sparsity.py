@@ -19,19 +19,17 @@ dense unless named in ``layers`` (its few weights carry the class logits).
 from __future__ import annotations
 
 import copy
-import fnmatch
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 from torch.nn.utils import parametrize
 
+import torch
 from cuttree.config import Config
 from cuttree.core import masks as core_masks
 from cuttree.core.importance import REGISTRY
-from cuttree.core.planner import resolve, selects
+from cuttree.core.names import resolve, selected
 from cuttree.core.results import SparsifyResult
 from cuttree.core.schedule import due, polynomial_sparsity
 from cuttree.errors import warn
@@ -41,6 +39,7 @@ from cuttree.frontends.torch.rules import rule_for_module
 from cuttree.frontends.torch.trace import module_names
 from cuttree.frontends.torch.util import model_device, removing, to_numpy
 from cuttree.recover.batching import forward
+from torch import nn
 
 __all__ = [
     "Mask",
@@ -81,9 +80,9 @@ def prunable_layers(
     }
     if layers:
         last = list(layers)[-1]
-        if not any(fnmatch.fnmatchcase(last, p) for p in include_output):
+        if not selected(include_output, last):
             layers.pop(last)
-    return {n: m for n, m in layers.items() if not any(selects(p, n) for p in ignore)}
+    return {n: m for n, m in layers.items() if not selected(ignore, n)}
 
 
 def _weight(m: nn.Module) -> torch.Tensor:
@@ -230,7 +229,7 @@ def masked(
     return SparsifyResult(work, masks, sparsity(work, layers))
 
 
-def gradual(model: nn.Module, cfg: Any, calib_data: Iterable[Any] | None = None) -> Any:
+def gradual(model: nn.Module, cfg: Config, calib_data: Iterable[Any] | None = None) -> Callable[[int], None]:
     """An ``on_step`` callback for :func:`cuttree.recover.train.finetune`: at every ``frequency``-th step
     of ``cfg.schedule`` it re-masks ``model`` (already sparsified) at the scheduled sparsity."""
     sch = cfg.schedule

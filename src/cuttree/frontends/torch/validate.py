@@ -13,15 +13,15 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
 
+import torch
 from cuttree.core.plan import HEAD_UNITS, GroupPlan, PruningPlan
 from cuttree.frontends.torch.attention import supported
 from cuttree.frontends.torch.rules import counts_heads
 from cuttree.frontends.torch.surgery import apply_plan
 from cuttree.frontends.torch.util import eval_mode, removing
+from torch import nn
 
 
 def _meta_copy(model: nn.Module) -> nn.Module:
@@ -222,9 +222,9 @@ def zeroed(module: nn.Module, plan: PruningPlan) -> nn.Module:
     heads must compute (their values are zero, so their outputs are), the oracle of the tests.
 
     >>> import numpy as np
-    >>> from cuttree.core.plan import GroupPlan, PlanMember
+    >>> from cuttree.core.plan import GroupPlan, Member
     >>> lin = torch.nn.Linear(2, 3)
-    >>> rows = PlanMember("weight", 0, np.arange(3), np.arange(3))
+    >>> rows = Member("weight", 0, np.arange(3), np.arange(3))
     >>> w = zeroed(lin, PruningPlan(groups=(GroupPlan("l", 3, (0, 2), (rows,)),))).weight
     >>> [float(r.abs().sum()) == 0.0 for r in w]
     [False, True, False]
