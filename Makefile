@@ -25,8 +25,8 @@ chromium:
 	  echo "note: chromium not installed; the browser test of the HTML report will be skipped"
 
 test: $(STAMP) chromium
-	$(BIN)/python -m ruff check src tests bench
-	$(BIN)/python -m ruff format --check src tests bench
+	$(BIN)/python -m ruff check --no-cache src tests bench
+	$(BIN)/python -m ruff format --no-cache --check src tests bench
 	$(BIN)/python -m mypy src/cuttree bench
 	$(BIN)/python -m pytest -q
 	$(MAKE) --no-print-directory wheel-check
@@ -69,8 +69,8 @@ demo: $(STAMP)
 	$(BIN)/cuttree demo $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/python -m ruff check src tests bench
-	$(BIN)/python -m ruff format --check src tests bench
+	$(BIN)/python -m ruff check --no-cache src tests bench
+	$(BIN)/python -m ruff format --no-cache --check src tests bench
 
 bench-zoo: $(STAMP)
 	$(BIN)/python bench/zoo.py $(ARGS)

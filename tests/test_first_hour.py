@@ -8,12 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from torch import nn
 
 import cuttree
-import torch
 from cuttree.cli.main import main
-from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 ORIGINAL = {"mode": "classification", "threshold": 0.5, "min_samples": 2}

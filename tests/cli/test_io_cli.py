@@ -9,10 +9,10 @@ import stat
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import save_file
 
 import cuttree
-import torch
 from cuttree.cli.main import main
 from cuttree.models import resnet20
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from test_exact import X, chain
+from torch import nn
 
 import cuttree
-import torch
 from cuttree.core.importance import REGISTRY, scorer
 from cuttree.frontends.torch.groups import build_graph
 from cuttree.frontends.torch.util import to_numpy
-from torch import nn
 
 
 def weights(m: nn.Module) -> dict[str, np.ndarray]:

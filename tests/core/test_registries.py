@@ -7,8 +7,9 @@ import inspect
 import warnings
 
 import pytest
-
 import torch
+from torch import nn
+
 from cuttree.core.frontend import FRONTENDS
 from cuttree.core.importance import REGISTRY
 from cuttree.core.registry import Registry
@@ -16,7 +17,6 @@ from cuttree.datasets.images import DATASETS
 from cuttree.errors import CuttreeWarning
 from cuttree.frontends.torch.ops import OP_RULES
 from cuttree.frontends.torch.rules import MODULE_RULES, NAMED_RULES, ModuleRule, rule_for_module
-from torch import nn
 
 keras = pytest.importorskip("keras")
 from cuttree.frontends.keras.rules import LAYER_RULES, LayerRule  # noqa: E402

@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 
 import pytest
+import torch
+from torch import nn
 
 import cuttree
-import torch
 from cuttree.core.results import Measurements, measurements_table, speed_change
 from cuttree.core.timing import Timing, interleaved, verdict
 from cuttree.frontends.torch.measure import compare
-from torch import nn
 
 
 class Logged(nn.Module):

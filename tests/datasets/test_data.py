@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 import torch
+
 from cuttree.datasets import images as data
 from cuttree.datasets.images import IMAGENET_MEAN, IMAGENET_STD, ImageTensors
 

@@ -7,12 +7,12 @@ import copy
 import math
 
 import pytest
+import torch
+from torch import nn
 
 import cuttree
-import torch
 from cuttree.datasets.images import data_root
 from cuttree.datasets.text import SentenceEncoder, TextFinetune, finetune, spearman, stsb
-from torch import nn
 
 transformers = pytest.importorskip("transformers")
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
+import torch
 import torchvision
+from torch import nn
 
 import cuttree
-import torch
 from cuttree.deploy import SparseLinear, choose_sparse_kernels, fold_batchnorm, for_inference
 from cuttree.models import resnet20
-from torch import nn
 
 
 def test_fold_batchnorm_same_outputs() -> None:

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 from torch.utils._pytree import tree_flatten
 
 import cuttree
-import torch
 from cuttree.errors import CuttreeError
 from topologies import TOPOLOGIES
-from torch import nn
 
 pytest.importorskip("onnxruntime")
 from cuttree.files.onnx import export_onnx

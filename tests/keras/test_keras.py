@@ -265,9 +265,8 @@ def test_plan_macs_match_the_pruned_graph() -> None:
 @pytest.mark.skipif(not TORCH_BACKEND, reason="torch's flop counter needs the torch backend")
 @pytest.mark.parametrize("builder", ["branchy", "norms", "conv1d3d"])
 def test_macs_equal_torch_flop_counter(builder: str) -> None:
-    from torch.utils.flop_counter import FlopCounterMode
-
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
     model = {"branchy": branchy, "norms": norms, "conv1d3d": conv1d3d}[builder]()
     shape = (1, *model.inputs[0].shape[1:])
@@ -627,9 +626,8 @@ def test_keras_applications_prune_at_ratio_03(name: str) -> None:
     assert r.after.params < r.before.params and r.after.macs < r.before.macs
     assert r.plan.macs_after == r.after.macs
     if TORCH_BACKEND:
-        from torch.utils.flop_counter import FlopCounterMode
-
         import torch
+        from torch.utils.flop_counter import FlopCounterMode
 
         with torch.no_grad(), FlopCounterMode(display=False) as c:
             r.model(x, training=False)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import copy
 
 import pytest
+import torch
+from torch import nn
 
 import cuttree
-import torch
 from cuttree.recover.reconstruct import reconstruct
-from torch import nn
 
 
 def redundant() -> nn.Sequential:

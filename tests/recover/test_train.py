@@ -12,15 +12,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import TensorDataset
 
 import cuttree
-import torch
 from cuttree.config import FinetuneConfig
 from cuttree.core.plan import compose
 from cuttree.recover.train import distill_loss, finetune, lr_at, recalibrate_bn
-from torch import nn
 
 ROOT = Path(__file__).resolve().parents[2]
 

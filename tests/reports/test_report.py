@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from torch.utils.data import Subset
 
 import cuttree
-import torch
 from cuttree.datasets.images import digits
 from cuttree.models import resnet20
 from cuttree.recover.job import run_job

@@ -9,13 +9,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 import torch.nn.functional as F
+from torch import nn
 
 import cuttree
-import torch
 from cuttree.core.plan import HEAD_UNITS
 from cuttree.frontends.torch.attention import PrunableMultiheadAttention, supported, swapped
-from torch import nn
 
 
 class Tiny(nn.Module):

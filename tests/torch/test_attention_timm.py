@@ -9,16 +9,16 @@ import warnings
 from collections.abc import Callable
 
 import pytest
+import torch
 from timm.models.eva import Eva, EvaAttention
 from timm.models.levit import Attention as LevitAttention
 from timm.models.levit import AttentionDownsample, Levit
 from timm.models.swin_transformer import SwinTransformer, WindowAttention
+from torch import nn
 
 import cuttree
-import torch
 from cuttree.frontends.torch.plugins.timm_eva import PrunableEvaAttention, swapped
 from cuttree.frontends.torch.validate import zeroed
-from torch import nn
 
 
 def tiny_swin() -> nn.Module:

@@ -7,17 +7,17 @@ import copy
 import warnings
 
 import pytest
+import torch
+from torch import nn
 from torchvision.models import maxvit, swin_transformer
 
 import cuttree
-import torch
 from cuttree.frontends.torch.plugins.torchvision_swin import (
     PrunableRelativePositionalMultiHeadAttention,
     PrunableShiftedWindowAttention,
     PrunableShiftedWindowAttentionV2,
     swapped,
 )
-from torch import nn
 
 
 @pytest.mark.parametrize("v2", [False, True])

@@ -15,12 +15,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file
 from test_train import tiny
+from torch import nn
 from torch.utils.data import TensorDataset
 
 import cuttree
-import torch
 from cuttree.config import FinetuneConfig
 from cuttree.core.importance import REGISTRY, scorer
 from cuttree.frontends.torch.measure import latency_ms
@@ -31,7 +32,6 @@ from cuttree.recover.devices import Precision
 from cuttree.recover.job import run_job
 from cuttree.recover.train import finetune
 from standin_device import DEVICE, Backend
-from torch import nn
 
 ROOT = Path(__file__).resolve().parents[2]
 X = (torch.randn(2, 3, 32, 32),)

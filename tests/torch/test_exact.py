@@ -6,13 +6,13 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
 import cuttree
-import torch
 from cuttree.core.importance import scorer
 from cuttree.frontends.torch.groups import build_graph
 from cuttree.frontends.torch.util import to_numpy
-from torch import nn
 
 
 def chain() -> nn.Sequential:

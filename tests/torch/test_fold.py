@@ -7,13 +7,13 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 from test_topologies import masked_original, outputs
+from torch import nn
 
 import cuttree
-import torch
 from cuttree.files import cuttree_file as io
 from cuttree.frontends.torch.fold import fold_computed_weights
-from torch import nn
 
 
 class StdConv(nn.Conv2d):

@@ -7,10 +7,10 @@ from __future__ import annotations
 import copy
 
 import pytest
-
-import cuttree
 import torch
 from torch import nn
+
+import cuttree
 
 
 def tiny() -> nn.Sequential:

@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import pytest
+import torch
+from torch import nn
 
 import cuttree
-import torch
 from cuttree.core.timing import Timing, interleaved
 from cuttree.errors import PlanError
 from cuttree.frontends.torch import latency_budget
 from cuttree.frontends.torch.measure import count_macs
-from torch import nn
 
 
 def fake_timers(ms_per_mmac: float, overhead: float) -> Callable[..., list[Callable[[], float]]]:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import torch
+from torch import nn
 
 import cuttree
-import torch
 from cuttree.frontends.torch.measure import evaluate
-from torch import nn
 
 
 class TinyUNet(nn.Module):

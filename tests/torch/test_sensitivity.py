@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+from torch import nn
 
 import cuttree
-import torch
 from cuttree.core.sensitivity import Sensitivity
 from cuttree.datasets.images import digits
 from cuttree.errors import PlanError
@@ -20,7 +21,6 @@ from cuttree.frontends.torch.measure import count_params, evaluate
 from cuttree.recover.batching import Subset
 from cuttree.recover.train import finetune, recalibrate_bn
 from topologies import TOPOLOGIES
-from torch import nn
 
 
 def small_cnn() -> nn.Module:

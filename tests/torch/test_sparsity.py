@@ -8,13 +8,13 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import torch.nn.utils.prune as tprune
 from safetensors import safe_open
+from torch import nn
 
 import cuttree
-import torch
 from cuttree.frontends.torch.sparsity import magnitude_masks, polynomial_sparsity, prunable_layers, scores, strip
-from torch import nn
 
 
 def net() -> nn.Module:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import copy
 
 import pytest
+import torch
+from torch import nn
 from torch.utils._pytree import tree_flatten
 
 import cuttree
-import torch
 from cuttree.frontends.torch.measure import count_macs
 from cuttree.frontends.torch.rules import rule_for_module
 from topologies import TOPOLOGIES
-from torch import nn
 
 # Norms over the channel dim itself (GroupNorm with one group, the LayerNorm on the attention
 # model's residual stream) change when channels go, so zero-masking the original is not an

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
 import torchvision
 
 import cuttree
-import torch
 
 SAMPLE = [
     "resnet18",

@@ -7,8 +7,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import cuttree.cli.keras as cli_keras
 import torch
+
+import cuttree.cli.keras as cli_keras
 from cuttree.cli.common import (
     config_from,
     data_args,

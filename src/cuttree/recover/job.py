@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from torch import nn
 
 from cuttree.api import plan_and_apply
 from cuttree.config import Config
@@ -28,7 +29,6 @@ from cuttree.frontends.torch.measure import compare, count_macs, evaluate, measu
 from cuttree.recover.checkpoints import CHECKPOINT
 from cuttree.recover.devices import world
 from cuttree.recover.train import Log, finetune, recalibrate_bn
-from torch import nn
 
 
 def step_config(cfg: Config, step: int) -> Config:

@@ -34,10 +34,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import Dataset, default_collate
 
-import torch
 from cuttree.config import Config, FinetuneConfig
 from cuttree.core.keep_best import ending
 from cuttree.errors import warn
@@ -56,7 +57,6 @@ from cuttree.recover import rng, validation
 from cuttree.recover.batching import forward
 from cuttree.recover.checkpoints import CHECKPOINT, load_checkpoint, save_checkpoint
 from cuttree.recover.devices import Precision, deterministic, world
-from torch import nn
 
 Log = Callable[[str], None]
 

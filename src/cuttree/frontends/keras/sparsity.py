@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import keras
 import numpy as np
 
-import keras
 from cuttree.config import Config
 from cuttree.core import masks as core_masks
 from cuttree.core.importance import REGISTRY

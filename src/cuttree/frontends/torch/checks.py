@@ -12,6 +12,8 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+from torch import nn
+
 from cuttree.config import Config
 from cuttree.core.grouping import DependencyGraph
 from cuttree.core.names import selects
@@ -20,7 +22,6 @@ from cuttree.core.planner import estimate
 from cuttree.errors import warn
 from cuttree.frontends.torch.rules import rule_for_module
 from cuttree.frontends.torch.validate import heads_compute_the_same, keep_all, repair
-from torch import nn
 
 
 def train_checked(

@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
-
 import torch
+from torch import nn
+
 from cuttree.config import Config
 from cuttree.core.frontend import ScoredSubset
 from cuttree.core.importance import REGISTRY
@@ -37,7 +38,6 @@ from cuttree.frontends.torch.sparsity import Mask, masked, strip
 from cuttree.frontends.torch.surgery import apply_plan
 from cuttree.frontends.torch.trace import module_names, named_tensors
 from cuttree.frontends.torch.util import as_inputs, model_bytes, model_device, refuse_keras, to_numpy
-from torch import nn
 
 Inputs = Sequence[Any]
 

@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
+from torch import nn
+
 from cuttree.config import Config
 from cuttree.core.plan import PruningPlan
 from cuttree.core.sensitivity import Sensitivity
@@ -32,7 +34,6 @@ from cuttree.core.timing import Timing, interleaved
 from cuttree.errors import PlanError
 from cuttree.frontends.torch.groups import DependencyGraph
 from cuttree.frontends.torch.util import eval_mode, to_numpy
-from torch import nn
 
 ROUNDS = 7
 

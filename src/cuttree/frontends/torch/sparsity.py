@@ -23,9 +23,10 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 from torch.nn.utils import parametrize
 
-import torch
 from cuttree.config import Config
 from cuttree.core import masks as core_masks
 from cuttree.core.importance import REGISTRY
@@ -39,7 +40,6 @@ from cuttree.frontends.torch.rules import rule_for_module
 from cuttree.frontends.torch.trace import module_names
 from cuttree.frontends.torch.util import model_device, removing, to_numpy
 from cuttree.recover.batching import forward
-from torch import nn
 
 __all__ = [
     "Mask",

@@ -13,15 +13,15 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
 
-import torch
 from cuttree.core.plan import HEAD_UNITS, GroupPlan, PruningPlan
 from cuttree.frontends.torch.attention import supported
 from cuttree.frontends.torch.rules import counts_heads
 from cuttree.frontends.torch.surgery import apply_plan
 from cuttree.frontends.torch.util import eval_mode, removing
-from torch import nn
 
 
 def _meta_copy(model: nn.Module) -> nn.Module:
