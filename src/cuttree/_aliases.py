@@ -88,6 +88,7 @@ MOVED_NAMES: dict[tuple[str, str], str] = {
         ("cuttree.train", n): "cuttree.recover.devices"
         for n in ("deterministic_env", "init_distributed", "rank_device")
     },
+    **{("cuttree.train", n): "cuttree.recover.loop" for n in ("distill_loss", "lr_at")},
     **{
         ("cuttree.attention", n): "cuttree.frontends.torch.plugins.transformers"
         for n in ("hf_projections", "linear_child")

@@ -8,6 +8,7 @@ parameter count, the same outputs on the same input.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -128,3 +129,38 @@ def test_a_user_criterion_gets_what_it_needs_on_both_frontends(twins: dict[str, 
         np.testing.assert_allclose(t / np.abs(t).sum(), k / np.abs(k).sum(), rtol=1e-3, atol=1e-7)
     finally:
         REGISTRY.pop("gradient_mass")
+
+
+@pytest.mark.filterwarnings("ignore:fine-tuning did not improve")  # 12 samples, one epoch: not the point here
+def test_the_job_runs_the_same_scenario_on_both_frontends(twins: dict[str, Any], tmp_path: Any) -> None:
+    """``run_job`` written once: prune, recalibrate, fine-tune, measure and save on each frontend,
+    from the same decisions to reports of the same shape."""
+    from cuttree.frontends.keras.recover import Arrays
+    from cuttree.recover.job import run_job
+
+    ft = {"epochs": 1, "batch_size": 4, "lr": 0.01, "distill": 0.5, "val_fraction": 0.25}
+    cfg = cuttree.Config(ratio=0.5, criterion="taylor", min_samples=8, calib_samples=16, latency_runs=0, finetune=ft)
+    data = {
+        "torch": torch.utils.data.TensorDataset(torch.from_numpy(X), torch.from_numpy(Y)),
+        "keras": Arrays(X.transpose(0, 2, 3, 1), Y),
+    }
+    origin: dict[str, dict[str, Any]] = {"torch": {"arch": "test_flow:torch_net"}, "keras": {"source": "twin.keras"}}
+    reports = {}
+    for name, (model, inputs, _, _) in twins.items():
+        out = tmp_path / name
+        reports[name] = run_job(model, inputs, cfg, data[name], data[name], out, log=lambda m: None, **origin[name])
+        saved = json.loads((out / "report.json").read_text())
+        assert saved["framework"] == name and saved["origin"] == {
+            **origin[name],
+            **({"arch_kwargs": None} if name == "torch" else {}),
+        }
+        assert (out / saved["model"]).is_file() and (out / "config.yaml").is_file()
+    rt, rk = reports["torch"], reports["keras"]
+    assert list(rt["plan"].values()) == list(rk["plan"].values()) == [[8, 4, "channels"], [6, 3, "channels"]]
+    for side in ("before", "after"):
+        assert (rt[side]["params"], rt[side]["macs"]) == (rk[side]["params"], rk[side]["macs"])
+    assert rt["before"]["metric"]["top1"] == rk["before"]["metric"]["top1"]  # one network, the same 16 samples
+    (ht,), (hk,) = rt["history"], rk["history"]
+    assert ht.keys() == hk.keys() and "metric_before_bn_recalibration" not in ht  # no batch norm to recalibrate
+    assert ht["metric_after_pruning"]["top1"] == hk["metric_after_pruning"]["top1"]
+    assert ht["finetune_steps"] == hk["finetune_steps"] == 3  # 12 of 16 samples trained on, batches of 4

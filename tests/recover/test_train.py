@@ -20,7 +20,8 @@ from torch.utils.data import TensorDataset
 import cuttree
 from cuttree.config import FinetuneConfig
 from cuttree.core.plan import compose
-from cuttree.recover.train import distill_loss, finetune, lr_at, recalibrate_bn
+from cuttree.recover.loop import distill_loss, lr_at
+from cuttree.recover.train import finetune, recalibrate_bn
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -332,7 +333,7 @@ def test_an_interrupted_run_resumes_and_ends_as_an_uninterrupted_one(
     each step again, resumes each fine-tuning from its checkpoint and ends with the same model;
     another config cannot resume it."""
     from cuttree.models import resnet20
-    from cuttree.recover import job
+    from cuttree.recover import train
     from cuttree.recover.job import run_job
 
     g = torch.Generator().manual_seed(5)
@@ -347,7 +348,7 @@ def test_an_interrupted_run_resumes_and_ends_as_an_uninterrupted_one(
         return run_job(resnet20(), x, c, ds, ds, out, arch, log=lambda m: None, **kw)  # type: ignore[arg-type]
 
     whole = run(tmp_path / "whole")
-    real = job.finetune
+    real = train.finetune  # what the torch frontend's fine-tuning calls
 
     def killed(*args: object, **kw: object) -> dict[str, object]:
         if Path(str(kw["run_dir"])).name == "step2":
@@ -355,11 +356,11 @@ def test_an_interrupted_run_resumes_and_ends_as_an_uninterrupted_one(
             raise KeyboardInterrupt
         return real(*args, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(job, "finetune", killed)
+    monkeypatch.setattr(train, "finetune", killed)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "cut")
     assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == ["config.yaml", "step1", "step2"]
-    monkeypatch.setattr(job, "finetune", real)
+    monkeypatch.setattr(train, "finetune", real)
     with pytest.raises(ValueError, match="was started with another config"):
         run_job(resnet20(), x, c.model_copy(update={"seed": 1}), ds, ds, tmp_path / "cut", arch, resume=True)
     resumed = run(tmp_path / "cut", resume=True)

@@ -197,72 +197,28 @@ def sensitivity(args: argparse.Namespace, cfg: Config, data: Any, ratios: tuple[
 
 def cmd_run(
     args: argparse.Namespace, cfg: Config, train: Any, test: Any, sensitivity: Sensitivity | None = None
-) -> int:
-    """Prune → recalibrate BN → fine-tune with distillation from the original → evaluate → save."""
-    ck = keras_api()
+) -> dict[str, Any]:
+    """The run job (:func:`cuttree.recover.job.run_job`) on a Keras file: the loaders' datasets
+    as channels-last arrays, the model's own input size unless ``--input-shape`` says another."""
+    from cuttree.frontends.keras.recover import Arrays
+    from cuttree.recover.job import run_job
+
+    keras_api()
     check_writable(args.out, folder=True)
     log = (lambda m: None) if args.quiet else (lambda m: print(m, flush=True))
     original = load(args, args.model)
-    xtr, ytr = arrays(args, "train", train)
-    xt, yt = arrays(args, "test", test)
     example = None if args.input_shape is None else np.zeros(args.input_shape, dtype="float32")
-    log(f"evaluating the dense model on {len(xt):,} test samples")
-    dense = ck.evaluate(original, xt, yt, cfg.mode)
-    log(f"dense: {_metric(cfg.mode)} {dense:.2f}; pruning ({cfg.criterion})")
-    calib = (xtr[: cfg.calib_samples], ytr[: cfg.calib_samples])
-    r = ck.prune(original, cfg, example_inputs=example, calib_data=calib, sensitivity=sensitivity)
-    if not args.allow_noop:
-        refuse_noop(r.plan, "pass --allow-noop to fine-tune and write the unchanged model")
-    pruned = ck.evaluate(r.model, xt, yt, cfg.mode)
-    if cfg.finetune.bn_recalibrate:
-        ck.recalibrate_bn(r.model, xtr, seed=cfg.seed)
-    recal = ck.evaluate(r.model, xt, yt, cfg.mode)
-    log(
-        f"pruned: {_metric(cfg.mode)} {pruned:.2f}, {recal:.2f} with batch norm recalibrated; recovering: "
-        f"fine-tuning {cfg.finetune.epochs:g} epochs ({cfg.finetune.val_fraction:.0%} of the {len(xtr):,} training "
-        "samples held out to validate on)"
-    )
-    state = ck.finetune(
-        r.model, cfg, xtr, ytr, teacher=original if cfg.finetune.distill else None, verbose=0 if args.quiet else 2
-    )
-    final = ck.evaluate(r.model, xt, yt, cfg.mode)
-    log(f"fine-tuned: {_metric(cfg.mode)} {final:.2f}; measuring and writing the run folder")
-    warn_if_worse({_key(cfg.mode): recal}, {_key(cfg.mode): final}, cfg.mode)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    ck.save(r, out / "model.keras")
-    key = _key(cfg.mode)
-    write_json(
-        out / "report.json",
-        "run",
-        "keras",
+    return run_job(
+        original,
+        example,
         cfg,
-        model="model.keras",
+        Arrays(*arrays(args, "train", train)),
+        Arrays(*arrays(args, "test", test)),
+        args.out,
+        log=log,
+        sensitivity=sensitivity,
+        data_name=args.data,
+        progress=not args.quiet,
+        noop_fix=None if args.allow_noop else "pass --allow-noop to fine-tune and write the unchanged model",
         source=str(args.model),
-        data=args.data,
-        before={**r.before.to_dict(), "metric": {key: dense}},
-        after={**r.after.to_dict(), "metric": {key: final}},
-        plan={g.name: [g.size, len(g.keep), g.unit] for g in r.plan.groups},
-        history=[
-            {
-                "step": 1,
-                "plan_channels": [r.plan.channels_before, r.plan.channels_after],
-                "metric_after_pruning": {key: pruned},
-                "metric_after_bn_recalibration": {key: recal},
-                "metric_after_finetune": {key: final},
-                "macs": r.after.macs,
-                "finetune_steps": state["steps"],
-                "final_loss": state["loss"],
-                "validation": state["validation"],
-            }
-        ],
     )
-    from cuttree.reports.report import write_report
-
-    html_path, md_path = write_report(out)
-    print(r.table())
-    print(
-        f"{_metric(cfg.mode)}: dense {dense:.2f}, pruned {pruned:.2f}, BN recalibrated {recal:.2f}, "
-        f"fine-tuned {final:.2f}; wrote {out / 'model.keras'}, {out / 'report.json'}, {html_path.name} and {md_path.name}"
-    )
-    return 0

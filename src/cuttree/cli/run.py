@@ -36,37 +36,41 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.resume:
             raise ValueError("--resume continues torch runs only (Keras fine-tuning keeps no checkpoint); drop it")
         # Keras fine-tuning crops and flips each batch itself (cuttree.recover.batching): unaugmented arrays
-        return cli_keras.cmd_run(args, cfg, dataset(args, "train", augment=False), dataset(args, "test"), sens)
-    if args.arch is None or args.input_shape is None:
-        raise ValueError("run needs --arch and --input-shape for a torch model, or --model my.keras for a Keras one")
-    check_writable(args.out, folder=True)
-    if cfg.finetune.deterministic:
-        deterministic_env()
-    device = rank_device(args.device)
-    model = torch_model(args).to(device)
-    torch.manual_seed(cfg.seed)
-    x = (torch.randn(*args.input_shape).to(device),)
-    report = run_job(
-        model,
-        x,
-        cfg,
-        dataset(args, "train"),
-        dataset(args, "test"),
-        args.out,
-        args.arch,
-        args.arch_kwargs,
-        logger(args),
-        sensitivity=sens,
-        data_name=args.data,
-        progress=not args.quiet,
-        noop_fix=None if args.allow_noop else NOOP_FIX,
-        resume=args.resume,
-    )
+        report = cli_keras.cmd_run(args, cfg, dataset(args, "train", augment=False), dataset(args, "test"), sens)
+    else:
+        if args.arch is None or args.input_shape is None:
+            raise ValueError(
+                "run needs --arch and --input-shape for a torch model, or --model my.keras for a Keras one"
+            )
+        check_writable(args.out, folder=True)
+        if cfg.finetune.deterministic:
+            deterministic_env()
+        device = rank_device(args.device)
+        model = torch_model(args).to(device)
+        torch.manual_seed(cfg.seed)
+        x = (torch.randn(*args.input_shape).to(device),)
+        report = run_job(
+            model,
+            x,
+            cfg,
+            dataset(args, "train"),
+            dataset(args, "test"),
+            args.out,
+            args.arch,
+            args.arch_kwargs,
+            logger(args),
+            sensitivity=sens,
+            data_name=args.data,
+            progress=not args.quiet,
+            noop_fix=None if args.allow_noop else NOOP_FIX,
+            resume=args.resume,
+        )
     print(report_table(report, metric_name(cfg)))
     from cuttree.reports.report import write_report
 
     html_path, md_path = write_report(args.out)
-    print(f"\nwrote {args.out}/: model.cuttree, report.json, {html_path.name}, {md_path.name}, config.yaml")
+    model_file = "model.keras" if args.frontend == "keras" else "model.cuttree"
+    print(f"\nwrote {args.out}/: {model_file}, report.json, {html_path.name}, {md_path.name}, config.yaml")
     return 0
 
 

@@ -21,6 +21,7 @@ import importlib
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cuttree.core.registry import Registry
@@ -30,11 +31,12 @@ if TYPE_CHECKING:
     from cuttree.core.grouping import DependencyGraph
     from cuttree.core.plan import PruningPlan
     from cuttree.core.planner import PlanningInputs
-    from cuttree.core.results import Measurements, SparsifyResult
+    from cuttree.core.results import Measurements, SparsifyResult, Tuned
     from cuttree.core.sensitivity import Sensitivity
 
 Model = Any  #: a framework's model (a torch ``nn.Module``, a Keras model); only its frontend looks inside
 Inputs = Any  #: example inputs as the frontend keeps them (torch tensors; Keras input shapes)
+Data = Any  #: a dataset as the frontend reads it (a torch ``Dataset`` of pairs; Keras ``Arrays``)
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,32 @@ class Frontend(Protocol):
         calib_data: Any,
     ) -> ScoredSubset:
         """The validation subset a sensitivity analysis scores on, and how it scores."""
+
+    # -- recovery: what the run job (cuttree.recover.job) needs --
+
+    def evaluate(self, model: Model, data: Data, config: Config) -> dict[str, float]:
+        """The task metric on ``data`` (``{"top1": …}`` or ``{"miou": …}``, in %)."""
+
+    def recalibrate(self, model: Model, data: Data, config: Config) -> int:
+        """Re-estimate the batch norms' statistics on ``data``, in place; how many layers changed."""
+
+    def finetune(
+        self,
+        model: Model,
+        data: Data,
+        config: Config,
+        teacher: Model,
+        run_dir: Path,
+        resume: bool,
+        log: Callable[[str], None],
+        progress: bool,
+    ) -> Tuned:
+        """Fine-tune ``model`` in place with ``config.finetune``, distilling from ``teacher``;
+        ``resume`` continues from the checkpoint in ``run_dir``."""
+
+    def write_run(self, folder: Path, model: Model, plan: PruningPlan, report: dict[str, Any], inputs: Inputs) -> str:
+        """Save the job's pruned model (with its plan and ``report``'s figures) in ``folder``;
+        the file's name. ``report["origin"]`` says where the model came from."""
 
 
 @dataclass(frozen=True)

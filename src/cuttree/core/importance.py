@@ -38,7 +38,8 @@ from typing import Literal
 
 import numpy as np
 
-from cuttree.core.grouping import Group, Member
+from cuttree.core.grouping import Group
+from cuttree.core.plan import Member
 from cuttree.core.registry import Registry
 
 Arrays = Mapping[str, np.ndarray]

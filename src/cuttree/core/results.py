@@ -56,6 +56,17 @@ class Measurements:
         return f"{self.latency_ms:.2f} ms" + (f" ({iqr[0]:.2f}–{iqr[1]:.2f})" if iqr else "")
 
 
+@dataclass(frozen=True)
+class Tuned:
+    """What fine-tuning did, for every frontend: the optimizer steps it ran, the last training
+    loss (``None`` when no step ran here, as when a finished run is resumed) and the validation
+    record (where it scored, which weights it kept)."""
+
+    steps: int
+    final_loss: float | None
+    validation: dict[str, Any]
+
+
 @dataclass
 class PruneResult:
     """The pruned model, the plan that made it, and before/after measurements."""

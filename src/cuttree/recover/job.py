@@ -1,34 +1,36 @@
-"""The whole job: measure → (prune → recalibrate BN → fine-tune) × steps → measure → save.
+"""The whole job, for every frontend: measure → (prune → recalibrate BN → fine-tune) × steps →
+measure → save.
 
 A run folder gets the resolved ``config.yaml``, ``report.json`` (before/after params, MACs, size,
-latency, metric, and the per-step history) and ``model.cuttree`` (the composed plan, so it loads
-from the original architecture).
+latency, metric, and the per-step history) and the model (``model.cuttree`` for torch, the composed
+plan inside, so it loads from the original architecture; ``model.keras`` for Keras). What is
+framework-specific (evaluating, recalibrating, fine-tuning, saving) is the model's
+:class:`~cuttree.core.frontend.Frontend`'s.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
-from torch import nn
 
-from cuttree.api import plan_and_apply
 from cuttree.config import Config
+from cuttree.core.flow import plan_and_apply
+from cuttree.core.frontend import Data, Frontend, Inputs, Model, frontend_for
 from cuttree.core.keep_best import warn_if_worse
 from cuttree.core.plan import PruningPlan, compose
 from cuttree.core.results import Measurements, aligned, metric_name, speed_change
 from cuttree.core.sensitivity import Sensitivity
 from cuttree.core.shortfall import refuse_noop
-from cuttree.files import cuttree_file as io
-from cuttree.frontends.torch.measure import compare, count_macs, evaluate, measure
+from cuttree.files.atomic import atomic_write
 from cuttree.recover.checkpoints import CHECKPOINT
 from cuttree.recover.devices import world
-from cuttree.recover.train import Log, finetune, recalibrate_bn
+
+Log = Callable[[str], None]
 
 
 def step_config(cfg: Config, step: int) -> Config:
@@ -50,13 +52,13 @@ def step_config(cfg: Config, step: int) -> Config:
 
 
 def run_job(
-    model: nn.Module,
-    example_inputs: Sequence[Any],
+    model: Model,
+    example_inputs: Any,
     cfg: Config,
-    train_data: Any,
-    test_data: Any,
+    train_data: Data,
+    test_data: Data,
     out_dir: str | Path,
-    arch: str,
+    arch: str | None = None,
     arch_kwargs: dict[str, Any] | None = None,
     log: Log = print,
     sensitivity: Sensitivity | None = None,
@@ -64,62 +66,53 @@ def run_job(
     progress: bool = False,
     noop_fix: str | None = None,
     resume: bool = False,
+    source: str | None = None,
 ) -> dict[str, Any]:
     """Prune ``model`` to ``cfg``'s target in ``cfg.steps`` rounds with fine-tuning; write the run folder.
 
-    With ``allocation: sensitivity``, ``sensitivity`` (a :class:`cuttree.Sensitivity` of
-    this model) decides the per-group ratios; it is written to the run folder. With ``noop_fix``
-    (the fix to name), a first step that removes nothing ends the run with a :class:`PlanError`
-    before any fine-tuning. The resolved ``config.yaml`` is written first; with ``resume`` an
-    interrupted run in ``out_dir`` continues: its config must be this one, every step is pruned
-    again (deterministic) and its fine-tuning resumes from the step's checkpoint.
+    The model comes from ``arch`` (a torch architecture, with ``arch_kwargs``) or ``source`` (the
+    file it was loaded from); the report says which. With ``allocation: sensitivity``,
+    ``sensitivity`` (a :class:`cuttree.Sensitivity` of this model) decides the per-group ratios; it
+    is written to the run folder. With ``noop_fix`` (the fix to name), a first step that removes
+    nothing ends the run with a :class:`PlanError` before any fine-tuning. The resolved
+    ``config.yaml`` is written first; with ``resume`` an interrupted run in ``out_dir`` continues:
+    its config must be this one, every step is pruned again (deterministic) and its fine-tuning
+    resumes from the step's checkpoint.
     """
+    fe = frontend_for(model)
     out = Path(out_dir)
     _check_job(cfg, sensitivity)
     rank, _ = world()
     if rank == 0:
         _start(out, cfg, resume)
     key = metric_name(cfg)
-    teacher = copy.deepcopy(model).eval()
+    inputs = fe.inputs(model, example_inputs)
+    teacher = fe.copy(model)
     t0 = time.perf_counter()
-    before = measure(model, example_inputs, 0)  # timed at the end, interleaved with the pruned model
+    before = fe.measure(model, inputs, 0)  # timed at the end, interleaved with the pruned model
     log(f"evaluating the dense model on {len(test_data):,} test samples")
-    metric_before = evaluate(model, test_data, cfg.mode, ignore_index=cfg.finetune.ignore_index)
+    metric_before = fe.evaluate(model, test_data, cfg)
     log(f"dense: {key} {metric_before[key]:.2f}  params {before.params:,}  MACs {before.macs:,}")
     history: list[dict[str, Any]] = []
     plan: PruningPlan | None = None
     current = model
+    job = _Job(fe, inputs, cfg, train_data, test_data, teacher, out, log, sensitivity, progress, resume, noop_fix)
     for i in range(cfg.steps):
-        current, step_plan, row = _step(
-            i,
-            current,
-            example_inputs,
-            cfg,
-            train_data,
-            test_data,
-            teacher,
-            out,
-            log,
-            sensitivity,
-            progress,
-            resume,
-            noop_fix,
-        )
+        current, step_plan, row = job.step(i, current)
         plan = step_plan if plan is None else compose(plan, step_plan)
         history.append(row)
     assert plan is not None
     log(f"measuring: parameters, MACs, size and latency ({cfg.latency_runs} runs each, dense and pruned interleaved)")
-    before, after = compare(teacher, current, example_inputs, cfg.latency_runs)
-    metric_after = history[-1]["metric_after_finetune"]
+    before, after = fe.compare(teacher, current, inputs, cfg.latency_runs)
     report: dict[str, Any] = {
         "command": "run",
-        "framework": "torch",
-        "model": "model.cuttree",
+        "framework": fe.name,
+        "model": None,
         "config": cfg.to_dict(),
-        "arch": arch,
+        "origin": {"arch": arch, "arch_kwargs": arch_kwargs} if arch else {"source": source},
         "data": data_name,
         "before": {**before.to_dict(), "metric": metric_before},
-        "after": {**after.to_dict(), "metric": metric_after},
+        "after": {**after.to_dict(), "metric": history[-1]["metric_after_finetune"]},
         "history": history,
         "budget": plan.budget,
         "plan": {g.name: [g.size, len(g.keep), g.unit] for g in plan.groups},
@@ -127,7 +120,10 @@ def run_job(
         "seconds": time.perf_counter() - t0,
     }
     if rank == 0:
-        _write_run(out, current, plan, report, arch, arch_kwargs, example_inputs, sensitivity)
+        report["model"] = fe.write_run(out, current, plan, report, inputs)
+        if sensitivity is not None:
+            sensitivity.save(out / "sensitivity.json")
+        atomic_write(out / "report.json", lambda p: p.write_text(json.dumps(report, indent=1)))
     report["model"] = current
     return report
 
@@ -149,88 +145,71 @@ def _check_job(cfg: Config, sensitivity: Sensitivity | None) -> None:
             )
 
 
-def _step(
-    i: int,
-    current: nn.Module,
-    example_inputs: Sequence[Any],
-    cfg: Config,
-    train_data: Any,
-    test_data: Any,
-    teacher: nn.Module,
-    out: Path,
-    log: Log,
-    sensitivity: Sensitivity | None,
-    progress: bool,
-    resume: bool,
-    noop_fix: str | None,
-) -> tuple[nn.Module, PruningPlan, dict[str, Any]]:
-    """Step ``i`` of the job: prune, recalibrate, fine-tune (resumed where a checkpoint is), and
-    the step's record for the report."""
-    key = metric_name(cfg)
-    scfg = step_config(cfg, i)
-    log(f"step {i + 1}/{cfg.steps}: pruning ({scfg.criterion}; tracing, scoring, planning, surgery)")
-    current, step_plan, _ = plan_and_apply(
-        current, example_inputs, scfg, calib_data=train_data, sensitivity=sensitivity
-    )
-    if i == 0 and noop_fix is not None:
-        refuse_noop(step_plan, noop_fix)
-    if cfg.finetune.bn_recalibrate and not cfg.reconstruct:
-        recalibrate_bn(current, train_data, scfg)
-    pruned_metric = evaluate(current, test_data, cfg.mode, ignore_index=cfg.finetune.ignore_index)
-    log(f"step {i + 1}/{cfg.steps}: pruned, {key} {pruned_metric[key]:.2f} before fine-tuning")
-    ft_dir = out / f"step{i + 1}"
-    ft_dir.mkdir(parents=True, exist_ok=True)
-    again = resume and (ft_dir / CHECKPOINT).is_file()
-    log(
-        f"step {i + 1}/{cfg.steps}: {'resuming' if again else 'recovering:'} fine-tuning {scfg.finetune.epochs:g} epochs"
-    )
-    fstate = finetune(
-        current, train_data, scfg, teacher=teacher, run_dir=ft_dir, resume=again, log=log, progress=progress
-    )
-    tuned = evaluate(current, test_data, cfg.mode, ignore_index=cfg.finetune.ignore_index)
-    log(f"step {i + 1}/{cfg.steps}: fine-tuned, {key} {tuned[key]:.2f}")
-    warn_if_worse(pruned_metric, tuned, cfg.mode)
-    row: dict[str, Any] = {
-        "step": i + 1,
-        "config": scfg.to_dict(),
-        "plan_channels": [step_plan.channels_before, step_plan.channels_after],
-        "macs": count_macs(current, example_inputs),
-        "metric_after_pruning": pruned_metric,
-        "metric_after_finetune": tuned,
-        "finetune_steps": fstate["total"],
-        "final_loss": fstate["history"][-1]["loss"] if fstate["history"] else None,
-        "validation": fstate["validation"],
-    }
-    return current, step_plan, row
+class _Job:
+    """The settings every step of one job shares, and the step itself."""
 
+    def __init__(
+        self,
+        fe: Frontend,
+        inputs: Inputs,
+        cfg: Config,
+        train_data: Data,
+        test_data: Data,
+        teacher: Model,
+        out: Path,
+        log: Log,
+        sensitivity: Sensitivity | None,
+        progress: bool,
+        resume: bool,
+        noop_fix: str | None,
+    ) -> None:
+        self.fe, self.inputs, self.cfg, self.teacher, self.out, self.log = fe, inputs, cfg, teacher, out, log
+        self.train_data, self.test_data = train_data, test_data
+        self.sensitivity, self.progress, self.resume, self.noop_fix = sensitivity, progress, resume, noop_fix
 
-def _write_run(
-    out: Path,
-    current: nn.Module,
-    plan: PruningPlan,
-    report: dict[str, Any],
-    arch: str,
-    arch_kwargs: dict[str, Any] | None,
-    example_inputs: Sequence[Any],
-    sensitivity: Sensitivity | None,
-) -> None:
-    """The run folder's files: the model, the analysis it was allocated from, the report."""
-    metric_before, metric_after = report["before"]["metric"], report["after"]["metric"]
-    io.save(
-        current,
-        out / "model.cuttree",
-        arch=arch,
-        arch_kwargs=arch_kwargs,
-        plan=plan,
-        extra={
-            "metric_before": metric_before,
-            "metric_after": metric_after,
-            "input_shape": [1, *example_inputs[0].shape[1:]] if hasattr(example_inputs[0], "shape") else None,
-        },
-    )
-    if sensitivity is not None:
-        sensitivity.save(out / "sensitivity.json")
-    io.atomic_write(out / "report.json", lambda p: p.write_text(json.dumps(report, indent=1)))
+    def step(self, i: int, current: Model) -> tuple[Model, PruningPlan, dict[str, Any]]:
+        """Step ``i``: prune, recalibrate, fine-tune (resumed where a checkpoint is), and the
+        step's record for the report."""
+        fe, cfg, log = self.fe, self.cfg, self.log
+        key, scfg, n = metric_name(cfg), step_config(cfg, i), cfg.steps
+        log(f"step {i + 1}/{n}: pruning ({scfg.criterion}; tracing, scoring, planning, surgery)")
+        current, step_plan, _ = plan_and_apply(
+            fe, current, scfg, self.inputs, calib_data=self.train_data, sensitivity=self.sensitivity
+        )
+        if i == 0 and self.noop_fix is not None:
+            refuse_noop(step_plan, self.noop_fix)
+        row: dict[str, Any] = {"step": i + 1, "config": scfg.to_dict()}
+        pruned = self._recalibrated(current, scfg, row)
+        log(f"step {i + 1}/{n}: pruned, {key} {pruned[key]:.2f} before fine-tuning")
+        ft_dir = self.out / f"step{i + 1}"
+        ft_dir.mkdir(parents=True, exist_ok=True)
+        again = self.resume and (ft_dir / CHECKPOINT).is_file()
+        log(f"step {i + 1}/{n}: {'resuming' if again else 'recovering:'} fine-tuning {scfg.finetune.epochs:g} epochs")
+        tuned = fe.finetune(current, self.train_data, scfg, self.teacher, ft_dir, again, log, self.progress)
+        metric = fe.evaluate(current, self.test_data, cfg)
+        log(f"step {i + 1}/{n}: fine-tuned, {key} {metric[key]:.2f}")
+        warn_if_worse(pruned, metric, cfg.mode)
+        row |= {
+            "plan_channels": [step_plan.channels_before, step_plan.channels_after],
+            "macs": fe.measure(current, self.inputs, 0).macs,
+            "metric_after_pruning": pruned,
+            "metric_after_finetune": metric,
+            "finetune_steps": tuned.steps,
+            "final_loss": tuned.final_loss,
+            "validation": tuned.validation,
+        }
+        return current, step_plan, row
+
+    def _recalibrated(self, model: Model, scfg: Config, row: dict[str, Any]) -> dict[str, float]:
+        """The pruned model's metric, batch norm recalibrated first where the config asks (the
+        metric before that goes in ``row`` where recalibration changed a layer)."""
+        first = self.fe.evaluate(model, self.test_data, self.cfg)
+        if not self.cfg.finetune.bn_recalibrate or self.cfg.reconstruct:
+            return first
+        if not self.fe.recalibrate(model, self.train_data, scfg):
+            return first
+        row["metric_before_bn_recalibration"] = first
+        return self.fe.evaluate(model, self.test_data, self.cfg)
 
 
 def _start(out: Path, cfg: Config, resume: bool) -> None:
@@ -246,7 +225,7 @@ def _start(out: Path, cfg: Config, resume: bool) -> None:
                 "same --config and --set, or start a new run in another --out"
             )
         return
-    io.atomic_write(saved, lambda p: p.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
+    atomic_write(saved, lambda p: p.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
 
 
 def report_table(report: dict[str, Any], key: str) -> str:

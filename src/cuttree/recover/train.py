@@ -29,13 +29,11 @@
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
@@ -43,62 +41,12 @@ from cuttree.config import Config, FinetuneConfig
 from cuttree.core.keep_best import ending
 from cuttree.errors import warn
 from cuttree.files.cuttree_file import checksum
-from cuttree.frontends.torch.calibrate import (
-    is_causal_lm,
-    logits_of,
-    loss_and_logits,
-    split_batch,
-    takes_labels,
-    text_labels,
-    to_device,
-)
 from cuttree.frontends.torch.util import model_device, state_dict_for_save
 from cuttree.recover import rng, validation
 from cuttree.recover.batching import forward
-from cuttree.recover.checkpoints import CHECKPOINT, load_checkpoint, save_checkpoint
+from cuttree.recover.checkpoints import CHECKPOINT, load_checkpoint
 from cuttree.recover.devices import Precision, deterministic, world
-
-Log = Callable[[str], None]
-
-
-def lr_at(step: int, total: int, steps_per_epoch: int, ft: FinetuneConfig) -> float:
-    """The learning rate of ``step`` (0-based) out of ``total``.
-
-    >>> from cuttree.config import FinetuneConfig
-    >>> lr_at(0, 100, 10, FinetuneConfig(lr=0.1)), round(lr_at(50, 100, 10, FinetuneConfig(lr=0.1)), 4)
-    (0.1, 0.05)
-    """
-    if step < ft.warmup_steps:
-        return ft.lr * (step + 1) / ft.warmup_steps
-    if ft.schedule == "cosine":
-        return ft.lr * 0.5 * (1 + math.cos(math.pi * step / max(total, 1)))
-    if ft.schedule == "step":
-        return ft.lr * ft.gamma ** math.floor(step / max(1, round(ft.step_epochs * steps_per_epoch)))
-    return ft.lr
-
-
-def distill_loss(
-    student: torch.Tensor, teacher: torch.Tensor, temperature: float, dim: int = 1, mask: torch.Tensor | None = None
-) -> torch.Tensor:
-    """T²·KL(softmax(teacher/T) ‖ softmax(student/T)) over the class dim ``dim``, mean over the rest,
-    or over the positions where ``mask`` (the other dims' shape) is nonzero."""
-    t = temperature
-    log_s = F.log_softmax(student / t, dim=dim)
-    log_t = F.log_softmax(teacher / t, dim=dim)
-    kl = (log_t.exp() * (log_t - log_s)).sum(dim)
-    if mask is not None:
-        m = mask.to(kl.dtype)
-        return (kl * m).sum() / m.sum().clamp(min=1) * t * t
-    return kl.mean() * t * t
-
-
-def _labels(y: torch.Tensor | None) -> torch.Tensor:
-    if y is None:
-        raise ValueError(
-            "a training batch has no labels; give (x, y) pairs or dicts with 'labels' (only a causal language "
-            "model, whose loss is next-token prediction on its input, trains on text alone)"
-        )
-    return y
+from cuttree.recover.loop import Log, Loop
 
 
 def _optimizer(model: nn.Module, ft: FinetuneConfig) -> torch.optim.Optimizer:
@@ -143,14 +91,13 @@ def finetune(
     >>> v["source"], v["samples"], v["metric"], v["best"] > v["history"][0][1] + 20
     ('held out', 20, 'top1', True)
     """
-    from cuttree.reports.progress import Progress, on_terminal
+    from cuttree.reports.progress import on_terminal
 
     ft = cfg.finetune
     rank, size = world()
     device = model_device(model)
     data = validation.split(train_data, val_data, ft.val_fraction, cfg.seed)
-    train_data = data.train
-    n = len(train_data)  # type: ignore[arg-type]
+    n = len(data.train)  # type: ignore[arg-type]
     steps_per_epoch, total = _steps(n, ft, size)
     run = Path(run_dir) if run_dir is not None else None
     if ft.deterministic:
@@ -161,53 +108,20 @@ def finetune(
     order = {"seed": cfg.seed, "samples": n, "batch_size": ft.batch_size, "processes": size}
     state: dict[str, Any] = {"step": 0, "history": [], "data_order": order}
     if resume:
-        state = _resumed(run, model, opt, order, precision, train_data)
+        state = _resumed(run, model, opt, order, precision, data.train)
         log(f"resumed at step {state['step']}/{total}")
     live = progress and rank == 0 and on_terminal()
-    say = (lambda m: None) if live else log  # a live bar shows what these lines would say
     best = validation.Best(run, state.get("validation"), write=rank == 0)
+    loop = Loop(model, net, teacher, opt, precision, cfg, data, best, run if rank == 0 else None, total, log, live)
     if data.val is not None and not best.history:
         best.offer(model, 0, *validation.score(model, data.val, cfg))
         state["validation"] = best.state()  # a run killed before its first epoch ends resumes with it
-        say(f"validation ({data.source}, {len(data.val):,} samples): {best.metric} {best.value:.4g} before fine-tuning")
+        loop.say(
+            f"validation ({data.source}, {len(data.val):,} samples): {best.metric} {best.value:.4g} before fine-tuning"
+        )
     if teacher is not None:
         teacher.eval()
-    lm = is_causal_lm(model)
-    step = int(state["step"])
-    done_here = 0
-    running = float(state.get("running_loss", 0.0))  # the displayed loss continues across a resume
-    val_info = f"  val {best.metric} {best.history[-1][1]:.4g}" if best.history else ""
-    t_start = time.perf_counter()
-    bar = Progress(total, "fine-tune", terminal=True, quiet=not live)
-    with bar:
-        bar.advance(step)
-        while step < total and (max_steps is None or done_here < max_steps):
-            x, y = _batch(train_data, step, steps_per_epoch, cfg, device, lm)
-            if on_step is not None:
-                on_step(step)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, total, steps_per_epoch, ft)
-            value = _train_step(model, net, teacher, opt, precision, x, y, cfg)
-            step += 1
-            done_here += 1
-            running = value if step == 1 else 0.9 * running + 0.1 * value
-            if live:
-                bar.advance(info=f"loss {running:.4f}{val_info}")
-            elif step % max(1, steps_per_epoch // 10) == 0 or step == total:
-                eta = (time.perf_counter() - t_start) / done_here * (total - step)
-                log(_step_line(step, total, steps_per_epoch, running, opt.param_groups[0]["lr"], eta))
-            state["history"].append({"step": step, "loss": value})
-            if data.val is not None and (step % steps_per_epoch == 0 or step == total):
-                best.offer(model, step, *validation.score(model, data.val, cfg))
-                val_info = f"  val {best.metric} {best.history[-1][1]:.4g}"
-                say(f"step {step}/{total}: validation {best.metric} {best.history[-1][1]:.4g}")
-                state["validation"] = best.state()
-            due = ft.checkpoint_every and (step % ft.checkpoint_every == 0 or step == total)
-            if run is not None and rank == 0 and due:
-                state["step"] = step
-                state["running_loss"] = running
-                state["scaler"] = precision.state_dict()
-                save_checkpoint(run, model, opt, state, rng.capture(device, train_data))
+    step = loop.steps(state, steps_per_epoch, max_steps, on_step)
     state["step"] = step
     state["total"] = total
     state["validation"] = {**data.describe(), **best.state(), "kept": "last"}
@@ -232,25 +146,6 @@ def _distributed(model: nn.Module, device: torch.device) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def _train_step(
-    model: nn.Module,
-    net: nn.Module,
-    teacher: nn.Module | None,
-    opt: torch.optim.Optimizer,
-    precision: Precision,
-    x: Any,
-    y: torch.Tensor,
-    cfg: Config,
-) -> float:
-    """One optimizer step on the batch ``(x, y)``; its loss."""
-    net.train()
-    with precision.autocast():
-        loss = _loss(model, net, teacher, x, y, cfg)
-    opt.zero_grad(set_to_none=True)
-    precision.step(loss, opt)
-    return float(loss.item())
-
-
 def _resumed(
     run: Path | None,
     model: nn.Module,
@@ -273,47 +168,6 @@ def _resumed(
     precision.load_state_dict(state.get("scaler", {}))
     rng.restore(rng_state, model_device(model), train_data)
     return state
-
-
-def _batch(
-    train_data: Dataset[Any], step: int, steps_per_epoch: int, cfg: Config, device: torch.device, lm: bool
-) -> tuple[Any, torch.Tensor]:
-    """The batch of ``step`` for this process: epoch *e* visits ``randperm(n, seed · 1000 + e)``,
-    split across the ranks, so the order is a pure function of (seed, step)."""
-    rank, size = world()
-    n, bs = len(train_data), cfg.finetune.batch_size  # type: ignore[arg-type]
-    epoch, in_epoch = divmod(step, steps_per_epoch)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))[rank::size]
-    idx = perm[in_epoch * bs : (in_epoch + 1) * bs].tolist()
-    x, y = split_batch(default_collate([train_data[i] for i in idx]), "training")
-    x = to_device(x, device)
-    return x, text_labels(x) if y is None and lm else _labels(y).to(device)
-
-
-def _step_line(step: int, total: int, steps_per_epoch: int, loss: float, lr: float, eta: float) -> str:
-    return (
-        f"step {step}/{total} epoch {step / steps_per_epoch:.2f} loss {loss:.4f} "
-        f"lr {lr:.5f} eta {int(eta) // 60}:{int(eta) % 60:02d}"
-    )
-
-
-def _loss(
-    model: nn.Module, net: nn.Module, teacher: nn.Module | None, x: Any, y: torch.Tensor, cfg: Config
-) -> torch.Tensor:
-    """One batch's training loss: the task's, blended with distillation from ``teacher`` by
-    ``finetune.distill`` (over the classes; a Hugging Face model's are its logits' last dim, a
-    language model's averaged over the tokens that are not padding). ``net`` runs the forward
-    pass in ``model``'s place (a DDP wrapper)."""
-    ft = cfg.finetune
-    loss, out = loss_and_logits(model, x, y, cfg, call=net)
-    if teacher is None or ft.distill == 0:
-        return loss
-    with torch.no_grad():
-        t_out = logits_of(forward(teacher, x))
-    token_mask = x.get("attention_mask") if isinstance(x, dict) and out.dim() == 3 else None
-    class_dim = -1 if takes_labels(model) else 1  # Hugging Face logits end in the classes (tokens, vocabulary)
-    kd = distill_loss(out.float(), t_out.float(), ft.temperature, dim=class_dim, mask=token_mask)
-    return (1 - ft.distill) * loss + ft.distill * kd
 
 
 def _keep_best(model: nn.Module, best: validation.Best, keep: bool, log: Log) -> str:
@@ -353,7 +207,7 @@ def weights_digest(model: nn.Module) -> str:
 def recalibrate_bn(model: nn.Module, data: Dataset[Any], cfg: Config) -> int:
     """Re-estimate batch-norm statistics on at least ``min_samples`` samples; returns how many."""
     from cuttree.frontends.torch.calibrate import batches
-    from cuttree.recover.batching import forward, n_samples
+    from cuttree.recover.batching import n_samples
 
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not bns:

@@ -13,6 +13,7 @@ is never touched (``inplace`` has no effect here).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,11 +25,12 @@ from cuttree.core.names import KERAS_FIX
 from cuttree.core.names import resolve as names_resolve
 from cuttree.core.plan import PruningPlan
 from cuttree.core.planner import PlanningInputs
-from cuttree.core.results import Measurements, SparsifyResult
+from cuttree.core.results import Measurements, PruneResult, SparsifyResult, Tuned, metric_name
 from cuttree.core.sensitivity import Sensitivity
-from cuttree.frontends.keras import measure, sparsity, surgery
+from cuttree.frontends.keras import files, measure, recover, sparsity, surgery
 from cuttree.frontends.keras.calibrate import criterion_inputs
 from cuttree.frontends.keras.graph import build_graph, check_model
+from cuttree.frontends.keras.recover import Arrays
 
 Shapes = list[tuple[int, ...]]
 
@@ -170,6 +172,37 @@ class KerasFrontend:
         from cuttree.frontends.keras.sensitivity import scored_subset
 
         return scored_subset(model, inputs, config, data, ratios, samples, calib_data)
+
+    def evaluate(self, model: Any, data: Arrays, config: Config) -> dict[str, float]:
+        value = recover.evaluate(model, data.x, data.y, config.mode, ignore_index=config.finetune.ignore_index)
+        return {metric_name(config): value}
+
+    def recalibrate(self, model: Any, data: Arrays, config: Config) -> int:
+        return recover.recalibrate_bn(model, data.x, seed=config.seed)
+
+    def finetune(
+        self,
+        model: Any,
+        data: Arrays,
+        config: Config,
+        teacher: Any,
+        run_dir: Path,
+        resume: bool,
+        log: Callable[[str], None],
+        progress: bool,
+    ) -> Tuned:
+        if resume:
+            raise ValueError("--resume continues torch runs only (Keras fine-tuning keeps no checkpoint); drop it")
+        log(f"({config.finetune.val_fraction:.0%} of the {len(data):,} training samples held out to validate on)")
+        distil = teacher if config.finetune.distill else None
+        state = recover.finetune(model, config, data.x, data.y, teacher=distil, verbose=2 if progress else 0)
+        return Tuned(state["steps"], state["loss"], state["validation"])
+
+    def write_run(self, folder: Path, model: Any, plan: PruningPlan, report: dict[str, Any], inputs: Shapes) -> str:
+        """``model.keras``, with the plan and the before/after figures inside."""
+        before, after = (Measurements.from_dict(report[k]) for k in ("before", "after"))
+        files.save(PruneResult(model, plan, before, after), folder / "model.keras")
+        return "model.keras"
 
 
 FRONTEND = KerasFrontend()

@@ -12,6 +12,8 @@ as log-probabilities, so both logits and probabilities work.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import keras
@@ -23,6 +25,28 @@ from cuttree.errors import warn
 from cuttree.frontends.keras.calibrate import model_input, quiet_numpy_copy, to_numpy
 from cuttree.frontends.keras.surgery import leaf_layers
 from cuttree.recover.batching import batch_at, held_out, shuffled_order
+
+
+@dataclass(frozen=True)
+class Arrays:
+    """A dataset as the Keras side reads it: channels-last numpy inputs ``x`` and labels ``y``.
+    Its length is the number of samples; iterating gives ``(x, y)`` batches of 64, as
+    calibration reads them.
+
+    >>> data = Arrays(np.zeros((100, 4, 4, 3), "float32"), np.zeros(100, "int64"))
+    >>> len(data), [len(x) for x, _ in data]
+    (100, [64, 36])
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for i in range(0, len(self.x), 64):
+            yield self.x[i : i + 64], self.y[i : i + 64]
 
 
 def outputs_probabilities(model: Any) -> bool:

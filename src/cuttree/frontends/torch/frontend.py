@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ from cuttree.core.names import resolve
 from cuttree.core.plan import PruningPlan
 from cuttree.core.planner import PlanningInputs
 from cuttree.core.resources import check_memory
-from cuttree.core.results import Measurements, SparsifyResult
+from cuttree.core.results import Measurements, SparsifyResult, Tuned
 from cuttree.core.sensitivity import Sensitivity
 from cuttree.errors import SurgeryError, warn
 from cuttree.frontends.torch import calibrate, measure
@@ -194,6 +195,52 @@ class TorchFrontend:
         from cuttree.frontends.torch.sensitivity import scored_subset
 
         return scored_subset(model, inputs, config, data, ratios, samples, calib_data)
+
+    def evaluate(self, model: nn.Module, data: Any, config: Config) -> dict[str, float]:
+        return measure.evaluate(model, data, config.mode, ignore_index=config.finetune.ignore_index)
+
+    def recalibrate(self, model: nn.Module, data: Any, config: Config) -> int:
+        from cuttree.recover.train import recalibrate_bn
+
+        return recalibrate_bn(model, data, config)
+
+    def finetune(
+        self,
+        model: nn.Module,
+        data: Any,
+        config: Config,
+        teacher: nn.Module,
+        run_dir: Path,
+        resume: bool,
+        log: Callable[[str], None],
+        progress: bool,
+    ) -> Tuned:
+        from cuttree.recover.train import finetune
+
+        state = finetune(
+            model, data, config, teacher=teacher, run_dir=run_dir, resume=resume, log=log, progress=progress
+        )
+        loss = state["history"][-1]["loss"] if state["history"] else None
+        return Tuned(state["total"], loss, state["validation"])
+
+    def write_run(
+        self, folder: Path, model: nn.Module, plan: PruningPlan, report: dict[str, Any], inputs: Inputs
+    ) -> str:
+        """``model.cuttree``: the weights and the plan, rebuilt from ``report["origin"]["arch"]``."""
+        from cuttree.files import cuttree_file
+
+        origin = report["origin"]
+        shape = [1, *inputs[0].shape[1:]] if hasattr(inputs[0], "shape") else None
+        extra = {"metric_before": report["before"]["metric"], "metric_after": report["after"]["metric"]}
+        cuttree_file.save(
+            model,
+            folder / "model.cuttree",
+            arch=origin["arch"],
+            arch_kwargs=origin.get("arch_kwargs"),
+            plan=plan,
+            extra={**extra, "input_shape": shape},
+        )
+        return "model.cuttree"
 
 
 FRONTEND = TorchFrontend()

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from cuttree.core.grouping import DependencyGraph, Group, Member, Role, group_channels, with_width_groups
+from cuttree.core.grouping import DependencyGraph, Group, Role, group_channels, with_width_groups
+from cuttree.core.plan import Member
 from cuttree.frontends.torch.attention import traceable
 from cuttree.frontends.torch.rules import rule_for_module
 from cuttree.frontends.torch.trace import TraceResult, named_tensors, trace
