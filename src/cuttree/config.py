@@ -19,131 +19,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cuttree.config_sections import FinetuneConfig, LatencyTarget, LayerOverride, OwlConfig, ScheduleConfig
 from cuttree.core.importance import REGISTRY
 from cuttree.errors import did_you_mean
 
 # Snapshots of the built-in criteria (old names); Config itself validates against the live registry.
 DATA_CRITERIA = tuple(n for n, c in REGISTRY.items() if c.data_driven)
 UNSTRUCTURED_CRITERIA = tuple(n for n, c in REGISTRY.items() if c.unstructured)
-
-
-class ScheduleConfig(BaseModel):
-    """Gradual sparsity (``schedule:``), the vocabulary of the TF Model Optimization Toolkit."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    initial_sparsity: float = Field(default=0.0, ge=0.0, lt=1.0)
-    final_sparsity: float = Field(default=0.8, ge=0.0, lt=1.0)
-    begin_step: int = Field(default=0, ge=0)
-    end_step: int = Field(default=1000, gt=0)
-    frequency: int = Field(default=100, gt=0)
-    power: float = Field(default=3.0, gt=0.0)
-
-    @model_validator(mode="after")
-    def _order(self) -> ScheduleConfig:
-        if self.end_step <= self.begin_step:
-            raise ValueError(f"schedule.end_step={self.end_step} must be after begin_step={self.begin_step}")
-        return self
-
-
-class LayerOverride(BaseModel):
-    """Settings for the groups of the layers a name or glob matches."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    ratio: float | None = Field(default=None, ge=0.0, le=1.0)
-    threshold: float | None = Field(default=None, ge=0.0, lt=1.0)
-    min_channels: int | None = Field(default=None, ge=1)
-
-
-class LatencyTarget(BaseModel):
-    """A latency budget measured on the machine cuttree runs on: at most ``ms`` milliseconds per
-    forward pass at batch ``batch`` (eager torch, or ONNX Runtime with ``runtime: onnxruntime``),
-    or at most ``fraction`` of the dense model's latency timed in the same loop (what stays true
-    on a machine whose speed drifts: both models slow down together).
-
-    >>> LatencyTarget(fraction=0.6, batch=32).fraction
-    0.6
-    >>> Config(latency_target={"batch": 32})
-    Traceback (most recent call last):
-    ...
-    ValueError: config key 'latency_target' = {'batch': 32}: latency_target needs ms (milliseconds) or fraction (of the dense latency, e.g. 0.6); set one of them; fix the value in the config or --set latency_target=...
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    ms: float | None = Field(default=None, gt=0.0)
-    fraction: float | None = Field(default=None, gt=0.0, lt=1.0)
-    batch: int = Field(default=1, gt=0)
-    runtime: Literal["eager", "onnxruntime"] = "eager"
-    tolerance: float = Field(default=0.05, ge=0.0, lt=1.0)  #: how far below the budget is close enough
-
-    @model_validator(mode="after")
-    def _one_budget(self) -> LatencyTarget:
-        if (self.ms is None) == (self.fraction is None):
-            fix = "set one of them" if self.ms is None else "got both: keep one"
-            raise ValueError(
-                f"latency_target needs ms (milliseconds) or fraction (of the dense latency, e.g. 0.6); {fix}"
-            )
-        return self
-
-
-DEFAULT_LR = {"sgd": 0.01, "adamw": 0.001}  #: ``finetune.lr`` when the config leaves it out
-
-
-class FinetuneConfig(BaseModel):
-    """How to recover accuracy after pruning (``finetune:`` in the YAML).
-
-    ``amp``: ``auto`` (bfloat16 on a GPU that has it, float16 with a gradient scaler on one that
-    does not, full precision on the CPU), ``off``, ``bf16`` or ``fp16`` (always with a scaler).
-    ``deterministic``: reproducible kernels, so that a resumed run on a GPU ends with the same
-    weights as an uninterrupted one (slower; CPU runs are reproducible without it).
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    epochs: float = Field(default=1.0, gt=0.0)
-    batch_size: int = Field(default=64, gt=0)
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    #: the peak learning rate; by default the optimizer's (:data:`DEFAULT_LR`: 0.01 for SGD with
-    #: momentum, 0.001 for AdamW), so that switching optimizer never keeps a rate meant for the other
-    lr: float = Field(default=0.01, gt=0.0)
-    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
-    weight_decay: float = Field(default=5e-4, ge=0.0)
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
-    step_epochs: float = Field(default=1.0, gt=0.0)
-    gamma: float = Field(default=0.1, gt=0.0, le=1.0)
-    warmup_steps: int = Field(default=0, ge=0)
-    distill: float = Field(default=0.0, ge=0.0, le=1.0)
-    temperature: float = Field(default=4.0, gt=0.0)
-    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
-    deterministic: bool = False
-
-    @field_validator("amp", mode="before")
-    @classmethod
-    def _yaml_off(cls, v: Any) -> Any:
-        return "off" if v is False else v  # YAML reads a bare `off` as false
-
-    @model_validator(mode="before")
-    @classmethod
-    def _lr_of_the_optimizer(cls, data: Any) -> Any:
-        """``lr`` left out: the default of the optimizer chosen.
-
-        >>> FinetuneConfig(optimizer="adamw").lr, FinetuneConfig().lr, FinetuneConfig(optimizer="adamw", lr=0.1).lr
-        (0.001, 0.01, 0.1)
-        """
-        if isinstance(data, dict) and "lr" not in data:
-            return {**data, "lr": DEFAULT_LR.get(str(data.get("optimizer", "sgd")), DEFAULT_LR["sgd"])}
-        return data
-
-    checkpoint_every: int = Field(default=100, ge=0)
-    ignore_index: int = 255
-    bn_recalibrate: bool = True
-    #: the share of the training data held out to validate on when no validation data is given
-    #: (0: no validation, the last weights are kept)
-    val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
-    #: end with the weights that scored best on validation, those from before fine-tuning included
-    keep_best: bool = True
 
 
 class Config(BaseModel):
@@ -163,7 +45,9 @@ class Config(BaseModel):
       ``{fraction: F, batch: B}``) a measured latency on this machine (:class:`LatencyTarget`).
     - ``allocation``: how a budget is split among groups: ``uniform`` (by ``scope``: the same
       ratio everywhere, or all channels ranked together) or ``sensitivity`` (per-group ratios
-      that meet the budget with the least loss predicted by a sensitivity analysis).
+      that meet the budget with the least loss predicted by a sensitivity analysis), or for
+      one-shot sparsity of a language model ``owl``: each decoder layer's sparsity from its
+      share of outlier scores (:class:`OwlConfig`, the ``owl:`` section), the mean kept at ``ratio``.
     - ``head_ratio``: the fraction of attention heads to remove (default: ``ratio``); 0 keeps
       every head. Per-layer overrides in ``layers`` still win.
     - ``group_width``: a grouped convolution loses whole groups *and* the same positions of the
@@ -190,6 +74,15 @@ class Config(BaseModel):
       tracing (:mod:`cuttree.frontends.torch.fold`): exact, and their channels can then be pruned; fine-tuning
       then trains plain layers. Off by default, such layers' channels are kept whole (PyTorch only).
     - ``finetune``: the recovery settings (:class:`FinetuneConfig`).
+    - ``method: unstructured`` zeroes single weights instead (``ratio`` is then the sparsity; ``nm``
+      such as ``2:4`` keeps N of every M consecutive input weights); criteria ``l1``/``l2``
+      (magnitude), ``wanda`` (|w|·‖x‖) and ``sparsegpt`` (the OBS update, :mod:`cuttree.core.obs`).
+      ``scope: row`` compares each output row's weights (Wanda's comparison group). Equal scores
+      are ordered pseudo-randomly from ``seed`` (:func:`cuttree.core.masks.tie_order`).
+    - ``sequential``: calibrate a language model decoder layer by decoder layer, each on the
+      outputs of the layers already pruned (the papers' procedure, holding one layer's
+      activations at a time). ``None`` (the default) does so wherever the model has a stack of
+      decoder layers and the criterion reads data (``wanda``, ``sparsegpt``).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -201,11 +94,12 @@ class Config(BaseModel):
     macs_target: float | None = Field(default=None, gt=0.0, le=1.0)
     params_target: float | None = Field(default=None, gt=0.0, le=1.0)
     latency_target: LatencyTarget | None = None
-    allocation: Literal["uniform", "sensitivity"] = "uniform"
+    allocation: Literal["uniform", "sensitivity", "owl"] = "uniform"
+    owl: OwlConfig = Field(default_factory=OwlConfig)
     head_ratio: float | None = Field(default=None, ge=0.0, lt=1.0)
     group_width: bool = True
     criterion: str = "l1"
-    scope: Literal["local", "global"] = "local"
+    scope: Literal["local", "global", "row"] = "local"
     min_channels: int = Field(default=1, ge=1)
     round_to: int | Literal["auto"] = "auto"
     target: Literal["generic", "avx2", "avx512", "cuda", "this-machine"] = "generic"
@@ -221,6 +115,7 @@ class Config(BaseModel):
     method: Literal["structured", "unstructured"] = "structured"
     nm: str | None = Field(default=None, pattern=r"^[1-9][0-9]*:[1-9][0-9]*$")
     schedule: ScheduleConfig | None = None
+    sequential: bool | None = None
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -247,6 +142,15 @@ class Config(BaseModel):
                 raise ValueError(f"criterion '{self.criterion}' is for channels; unstructured pruning takes {takes}")
             if self.macs_target is not None:
                 raise ValueError("macs_target needs structured pruning; zeroed weights do not remove MACs on a CPU")
+            if self.sequential and not info.data_driven:
+                raise ValueError(
+                    f"sequential: true calibrates layer by layer, but criterion '{self.criterion}' reads no data; "
+                    "drop sequential or use criterion wanda or sparsegpt"
+                )
+            if self.allocation == "owl":
+                self._owl(info.data_driven)
+            if self.criterion == "sparsegpt" and self.threshold is not None:
+                raise ValueError("criterion sparsegpt takes ratio or nm, not threshold; set ratio (e.g. 0.5) or nm")
             if self.nm is not None:
                 n, m = (int(v) for v in self.nm.split(":"))
                 if n >= m:
@@ -254,9 +158,13 @@ class Config(BaseModel):
                 return self
             if self.schedule is not None and self.ratio is None and self.threshold is None:
                 return self
-        elif not info.structured or self.nm is not None or self.schedule is not None:
-            what = f"criterion {self.criterion} is" if not info.structured else "nm and schedule are"
+        elif not info.structured or self.nm or self.schedule or self.sequential or self.allocation == "owl":
+            what = f"criterion {self.criterion} is" if not info.structured else "nm, schedule, sequential and owl are"
             raise ValueError(f"{what} for method: unstructured; set method: unstructured")
+        if self.method == "structured" and self.scope == "row":
+            raise ValueError(
+                "scope: row compares the weights of each output row (method: unstructured); set scope: local"
+            )
         if all(
             getattr(self, k) is None for k in ("ratio", "threshold", "macs_target", "params_target", "latency_target")
         ):
@@ -269,6 +177,25 @@ class Config(BaseModel):
         if len(targets) > 1:
             raise ValueError(f"{' and '.join(targets)} are {len(targets)} budgets; set one of them")
         return self
+
+    def _owl(self, data_driven: bool) -> None:
+        if (
+            not data_driven
+            or self.ratio is None
+            or self.nm
+            or self.threshold
+            or self.schedule
+            or self.sequential is False
+        ):
+            raise ValueError(
+                "allocation: owl spreads a one-shot sparsity ratio over a language model's decoder layers, layer by "
+                "layer; use it with criterion wanda or sparsegpt and ratio (no nm, threshold, schedule or sequential: false)"
+            )
+        if not self.owl.spread <= min(self.ratio, 1.0 - self.ratio):
+            raise ValueError(
+                f"owl.spread={self.owl.spread} with ratio={self.ratio} would ask some layer for a sparsity outside "
+                f"[0, 1]; set owl.spread to at most {min(self.ratio, 1.0 - self.ratio):g}"
+            )
 
     @field_validator("round_to", mode="before")
     @classmethod

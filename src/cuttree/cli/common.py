@@ -104,7 +104,11 @@ def data_args(sp: argparse.ArgumentParser) -> None:
     from cuttree.datasets.images import DATASETS
 
     names = ", ".join(f"{n}:PATH" if n == "imagefolder" else n for n in sorted(DATASETS))
-    sp.add_argument("--data", required=True, help=f"one of {names}; eval also stsb (sentence encoders)")
+    sp.add_argument(
+        "--data",
+        required=True,
+        help=f"one of {names}; eval also stsb (sentence encoders), and for perplexity wikipedia-eval, botchan, python-docs or text:PATH",
+    )
     sp.add_argument("--limit", type=int, default=None, help="use this many images per split")
     sp.add_argument(
         "--normalize",

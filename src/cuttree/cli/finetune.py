@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 import cuttree.cli.keras as cli_keras
+from cuttree.cli import language
 from cuttree.cli.common import (
     config_from,
     data_args,
@@ -91,6 +92,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from cuttree.recover.devices import rank_device
 
+    if args.metric == "perplexity" or language.source(args) is not None:
+        return language.cmd_eval(args)
+    if args.model is None:
+        raise ValueError("eval needs a model file (.cuttree, .keras or .h5), or --hf/--gguf for a language model")
     if args.frontend == "keras":
         return cli_keras.cmd_eval(args, dataset(args, args.split))
     device = rank_device(args.device)
@@ -171,8 +176,8 @@ def add_finetune(sub: Any) -> None:
 
 
 def add_eval(sub: Any) -> None:
-    sp = sub.add_parser("eval", help="evaluate a .cuttree (or .keras/.h5) model on a dataset")
-    sp.add_argument("model", help="a .cuttree file, or a .keras/.h5 file")
+    sp = sub.add_parser("eval", help="evaluate a .cuttree (or .keras/.h5) model on a dataset, or a language model")
+    sp.add_argument("model", nargs="?", help="a .cuttree file, or a .keras/.h5 file")
     trust_arg(sp)
     data_args(sp)
     sp.add_argument("--split", default="test")
@@ -180,4 +185,10 @@ def add_eval(sub: Any) -> None:
     sp.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, …")
     sp.add_argument("--report", default=None, help="where to write the JSON result (default: MODEL.eval.json)")
     sp.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
+    language.lm_args(sp)
+    sp.add_argument("--metric", choices=["task", "perplexity"], default="task", help="perplexity: a language model")
+    sp.add_argument("--windows", type=int, default=32, help="perplexity: windows of --length tokens (default 32)")
+    sp.add_argument("--tokenizer", help="perplexity of a .cuttree file: the dense model's folder or .gguf file")
+    sp.add_argument("--before", help="perplexity: the dense model (folder or .gguf) to put beside it")
+    sp.add_argument("--speed", action="store_true", help="perplexity: also prefill and decode tokens/s, interleaved")
     sp.set_defaults(func=cmd_eval)

@@ -15,6 +15,7 @@ import yaml
 
 import cuttree.cli.keras as cli_keras
 from cuttree.api import make_plan, prune
+from cuttree.cli import language
 from cuttree.cli.common import (
     NOOP_FIX,
     config_from,
@@ -36,6 +37,8 @@ from cuttree.frontends.torch.trace import module_names
 
 def cmd_prune(args: argparse.Namespace) -> int:
     cfg = config_from(args)
+    if language.source(args) is not None:
+        return language.cmd_prune(args, cfg)
     if args.frontend == "keras":
         if args.arch is not None:
             raise ValueError("give --model (a .keras/.h5 file) or --arch (a torch model), not both")
@@ -134,7 +137,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def add_prune(sub: Any) -> None:
-    sp = sub.add_parser("prune", help="prune a model and write a .cuttree file (or a .keras file for a Keras model)")
+    sp = sub.add_parser(
+        "prune",
+        help="prune a model and write a .cuttree file (a .keras file for a Keras model, a from_pretrained "
+        "folder for a language model)",
+    )
     model_args(sp, keras_too=True)
     trust_arg(sp)
     sp.add_argument("--config", help="YAML config (mode, threshold, min_samples, ratio, …)")
@@ -147,6 +154,13 @@ def add_prune(sub: Any) -> None:
         ".cuttree files always do",
     )
     sp.add_argument("--rows", type=int, default=40, help="plan rows to print")
+    language.lm_args(sp)
+    sp.add_argument(
+        "--calib-text",
+        default="wikipedia-calib",
+        help="language models: wikipedia-calib (the default), python-docs, botchan or text:PATH",
+    )
+    sp.add_argument("--calib-windows", type=int, default=32, help="language models: calibration windows (default 32)")
     noop_arg(sp)
     sp.set_defaults(func=cmd_prune)
 

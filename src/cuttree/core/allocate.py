@@ -1,4 +1,6 @@
-"""Sensitivity allocation: per-group ratios that meet a budget with the least predicted loss.
+"""Allocation: how a budget is split. Sensitivity allocation gives per-group ratios that meet a
+budget with the least predicted loss; OWL (:func:`owl_sparsities`) gives a language model's
+decoder layers their sparsities from their shares of outlier scores.
 
 A sensitivity analysis measured, for each group, the metric after pruning that group alone at a
 few ratios. The predicted loss of a group at ratio ``r`` is the measured drop interpolated
@@ -81,3 +83,31 @@ def allocate(
             )
         _, i, ratios[i], now = best
     return ratios, sum(predicted_drop(curves[n], r) for n, r in zip(names, ratios, strict=True) if n in curves)
+
+
+def outlier_ratio(scores: Sequence[np.ndarray], m: float) -> float:
+    """OWL's layer-wise outlier share: the fraction of ``scores`` (all of one decoder layer's
+    Wanda scores |w|·‖x‖, pooled) above ``m`` times their mean.
+
+    >>> outlier_ratio([np.array([1.0, 1.0, 1.0]), np.array([9.0])], 2.0)
+    0.25
+    """
+    flat = np.concatenate([np.ravel(s) for s in scores]).astype(np.float64)
+    return float(np.mean(flat > m * flat.mean()))
+
+
+def owl_sparsities(outliers: Sequence[float], ratio: float, spread: float) -> list[float]:
+    """Per-layer sparsities from the layers' outlier shares (OWL, Yin et al. 2023): mapped
+    linearly onto ``ratio + spread`` (fewest outliers) … ``ratio - spread`` (most), then shifted
+    so that their mean is ``ratio``; all equal where the shares are.
+
+    >>> [round(s, 4) for s in owl_sparsities([0.01, 0.03, 0.02], 0.5, 0.08)]
+    [0.58, 0.42, 0.5]
+    >>> owl_sparsities([0.02, 0.02], 0.5, 0.08)
+    [0.5, 0.5]
+    """
+    d = np.asarray(outliers, dtype=np.float64)
+    if d.size == 0 or d.max() == d.min():
+        return [float(ratio)] * d.size
+    kept_more = (d - d.min()) / (d.max() - d.min()) * 2.0 * spread
+    return [float(s) for s in ratio - (kept_more - kept_more.mean())]

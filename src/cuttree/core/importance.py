@@ -44,7 +44,7 @@ from cuttree.core.registry import Registry
 
 Arrays = Mapping[str, np.ndarray]
 Criterion = Callable[[Group, Arrays, Arrays, int], np.ndarray]
-Needs = Literal["weights", "gradients", "activations", "norm_scales", "input_norms"]
+Needs = Literal["weights", "gradients", "activations", "norm_scales", "input_norms", "hessian"]
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class CriterionInfo:
     @property
     def data_driven(self) -> bool:
         """Whether it needs calibration data (and so ``min_samples`` of it)."""
-        return self.needs in ("gradients", "activations", "input_norms")
+        return self.needs in ("gradients", "activations", "input_norms", "hessian")
 
 
 REGISTRY: Registry[str, CriterionInfo] = Registry("criterion")
@@ -169,6 +169,7 @@ def bn_scale(group: Group, weights: Arrays, extra: Arrays, seed: int) -> np.ndar
 
 
 register_weight_criterion("wanda", needs="input_norms")  # |w|·‖x‖: scored by each frontend's sparsity code
+register_weight_criterion("sparsegpt", needs="hessian")  # the OBS update (cuttree.core.obs), layer by layer
 
 
 def used_criterion(name: str, group: Group, extra: Arrays) -> str:

@@ -126,13 +126,16 @@ def save(
     plan: PruningPlan | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a pruned model (a ``PruneResult``, or a module with ``plan=``) as a ``.cuttree`` file."""
+    """Write a pruned model (a ``PruneResult``, a ``SparsifyResult``, or a module with ``plan=``)
+    as a ``.cuttree`` file; zeroed weights are stored compressed (:mod:`cuttree.files.sparse`)."""
     from safetensors.torch import save_file
 
-    model = getattr(result, "model", result)
+    model = result if isinstance(result, nn.Module) else getattr(result, "model", result)  # HF models have .model
     plan = plan if plan is not None else getattr(result, "plan", None)
+    if plan is None and hasattr(result, "masks"):  # a SparsifyResult: no channel removed
+        plan = PruningPlan(groups=())
     if not isinstance(model, nn.Module) or plan is None:
-        raise TypeError("save() takes a PruneResult, or a module together with plan=")
+        raise TypeError("save() takes a PruneResult, a SparsifyResult, or a module together with plan=")
     parse_arch(arch)
     arch_kwargs = {k: v for k, v in (arch_kwargs or {}).items() if k not in DOWNLOAD_KWARGS}  # the file has weights
     meta = {
@@ -277,7 +280,8 @@ def _check_plan(model: nn.Module, plan: PruningPlan, path: str | Path) -> None:
     from cuttree.config import Config
 
     try:
-        Config(**plan.config)
+        if plan.groups or plan.config:  # an empty plan without a config is a sparsified model's (save())
+            Config(**plan.config)
     except (ValueError, TypeError) as e:
         raise FileFormatError(f"'{path}': the config its plan records is invalid ({e}); the file is corrupt") from None
     pruned = {m.tensor for g in plan.groups for m in g.members}

@@ -10,11 +10,15 @@ from cuttree.models.cifar import BasicBlock, CifarResNet, resnet20, resnet32, re
 from cuttree.models.enet import ENet, enet
 
 
-def __getattr__(name: str) -> object:  # the text model needs transformers: imported on first use
+def __getattr__(name: str) -> object:  # the text models need transformers: imported on first use
     if name == "minilm":
         from cuttree.models.text import minilm
 
         return minilm
+    if name == "causal_lm":
+        from cuttree.models.language import causal_lm
+
+        return causal_lm
     raise AttributeError(f"module 'cuttree.models' has no attribute '{name}'")
 
 
@@ -22,6 +26,7 @@ __all__ = [
     "BasicBlock",
     "CifarResNet",
     "ENet",
+    "causal_lm",
     "enet",
     "minilm",
     "resnet20",

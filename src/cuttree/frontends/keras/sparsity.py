@@ -52,7 +52,8 @@ def prunable_layers(model: Any, ignore: Sequence[str] = (), include_output: Sequ
 
 
 def compute_masks(layers: dict[str, Any], config: Config, sparsity_now: float | None = None) -> dict[str, np.ndarray]:
-    """Keep-masks by |w| (layer-wise or global, ratio or threshold, or N:M)."""
+    """Keep-masks by |w| (layer-wise or global, ratio or threshold, or N:M), ties in the order
+    :func:`cuttree.core.masks.tie_order` draws from ``config.seed``, as in the torch frontend."""
     if REGISTRY.lookup(config.criterion).needs != "weights":  # what it declares, never its name
         raise ValueError(
             f"criterion '{config.criterion}' is not available for Keras unstructured pruning yet; use l1 or l2"
@@ -60,7 +61,9 @@ def compute_masks(layers: dict[str, Any], config: Config, sparsity_now: float | 
     score = {p: np.abs(to_numpy(kernel_of(layer))) for p, layer in layers.items()}
     if config.nm is not None:
         n, m = (int(v) for v in config.nm.split(":"))
-        return core_masks.nm_masks(score, n, m, {p: input_dim(layers[p], s.ndim) for p, s in score.items()})
+        return core_masks.nm_masks(
+            score, n, m, {p: input_dim(layers[p], s.ndim) for p, s in score.items()}, config.seed
+        )
     per_layer = {
         p: o.ratio
         for pat, o in config.layers.items()
@@ -70,7 +73,7 @@ def compute_masks(layers: dict[str, Any], config: Config, sparsity_now: float | 
     }
     ratio = sparsity_now if sparsity_now is not None else config.ratio
     return core_masks.magnitude_masks(
-        score, ratio, None if sparsity_now is not None else config.threshold, config.scope, per_layer
+        score, ratio, None if sparsity_now is not None else config.threshold, config.scope, per_layer, config.seed
     )
 
 

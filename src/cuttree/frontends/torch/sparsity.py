@@ -7,7 +7,10 @@ Linear layer (the rules table's producers), minus ``ignore``; the model's output
 dense unless named in ``layers`` (its few weights carry the class logits).
 
 - ``magnitude``: |w|; ``wanda``: |w| · ‖x_j‖₂ for input feature j (Sun et al., 2023), from
-  calibration data. Layer-wise (``scope: local``) or one global ranking (``scope: global``).
+  calibration data; ``sparsegpt``: the OBS update (:mod:`cuttree.core.obs`). Layer-wise
+  (``scope: local``), one global ranking (``scope: global``) or per output row (``scope: row``).
+  A language model is calibrated decoder layer by decoder layer
+  (:mod:`~cuttree.frontends.torch.layerwise`, ``sequential``).
 - ``ratio`` is the sparsity (fraction of zeros); ``threshold`` zeroes what scores below that
   fraction of the layer's largest score.
 - N:M (``nm: "2:4"``): in every run of M consecutive weights along the input dim, keep the N
@@ -34,11 +37,11 @@ from cuttree.core.names import resolve, selected
 from cuttree.core.results import SparsifyResult
 from cuttree.core.schedule import due, polynomial_sparsity
 from cuttree.errors import warn
-from cuttree.frontends.torch import calibrate
+from cuttree.frontends.torch import calibrate, layerwise
 from cuttree.frontends.torch.fold import computes_its_weight
 from cuttree.frontends.torch.rules import rule_for_module
 from cuttree.frontends.torch.trace import module_names
-from cuttree.frontends.torch.util import model_device, removing, to_numpy
+from cuttree.frontends.torch.util import eval_mode, model_device, removing, to_numpy
 from cuttree.recover.batching import forward
 
 __all__ = [
@@ -113,25 +116,27 @@ def magnitude_masks(
     threshold: float | None = None,
     scope: str = "local",
     per_layer: dict[str, float] | None = None,
+    seed: int | None = 0,
 ) -> dict[str, torch.Tensor]:
-    """Keep-masks by score (:func:`cuttree.core.masks.magnitude_masks`), on the scores' device.
+    """Keep-masks by score (:func:`cuttree.core.masks.magnitude_masks`; ``scope: row`` compares
+    each output row, dim 0), on the scores' device.
 
     >>> m = magnitude_masks({"a": torch.tensor([3.0, 1.0, 2.0, 4.0])}, ratio=0.5)
     >>> m["a"].tolist()
     [True, False, False, True]
     """
     arrays = {n: to_numpy(s) for n, s in score.items()}
-    return _to_torch(core_masks.magnitude_masks(arrays, ratio, threshold, scope, per_layer), score)
+    return _to_torch(core_masks.magnitude_masks(arrays, ratio, threshold, scope, per_layer, seed), score)
 
 
-def nm_masks(score: dict[str, torch.Tensor], n: int, m: int) -> dict[str, torch.Tensor]:
+def nm_masks(score: dict[str, torch.Tensor], n: int, m: int, seed: int | None = 0) -> dict[str, torch.Tensor]:
     """N:M keep-masks along the input dim (dim 1: Linear inputs, conv input channels).
 
     >>> nm_masks({"a": torch.tensor([[4.0, 1.0, 3.0, 2.0]])}, 2, 4)["a"].tolist()
     [[True, False, True, False]]
     """
     arrays = {k: to_numpy(s) for k, s in score.items()}
-    return _to_torch(core_masks.nm_masks(arrays, n, m, dict.fromkeys(arrays, 1)), score)
+    return _to_torch(core_masks.nm_masks(arrays, n, m, dict.fromkeys(arrays, 1), seed), score)
 
 
 def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
@@ -209,24 +214,51 @@ def masked(
             "cuttree.frontends.torch.fold.fold_computed_weights(model, example_inputs)"
         )
         layers = {n: m for n, m in layers.items() if n not in computed}
+    ratio = sparsity_now if sparsity_now is not None else config.ratio
+    needs = REGISTRY.lookup(config.criterion).needs  # what it declares, never its name
+    if needs == "hessian" or (sparsity_now is None and layerwise.sequential_for(work, config)):
+        masks = _calibrated_masks(work, layers, config, calib_data, ratio)
+        apply_masks(work, masks)
+        return SparsifyResult(work, masks, sparsity(work, layers))
     norms = None
-    if REGISTRY.lookup(config.criterion).needs == "input_norms":  # Wanda: what it declares, never its name
+    if needs == "input_norms":  # Wanda
         batches = calibrate.batches(calib_data, config, need_labels=False, device=model_device(work))
         norms = input_norms(work, layers, (x for x, _ in batches))
     score = scores(layers, norms)
     if config.nm is not None:
         n, m = (int(v) for v in config.nm.split(":"))
-        masks = nm_masks(score, n, m)
+        masks = nm_masks(score, n, m, config.seed)
     else:
         per_layer = {
             h: o.ratio for p, o in config.layers.items() if o.ratio is not None for h in overrides[p] if h in layers
         }
-        ratio = sparsity_now if sparsity_now is not None else config.ratio
-        masks = magnitude_masks(
-            score, ratio, None if sparsity_now is not None else config.threshold, config.scope, per_layer
-        )
+        threshold = None if sparsity_now is not None else config.threshold
+        masks = magnitude_masks(score, ratio, threshold, config.scope, per_layer, config.seed)
     apply_masks(work, masks)
     return SparsifyResult(work, masks, sparsity(work, layers))
+
+
+def _calibrated_masks(
+    work: nn.Module, layers: dict[str, nn.Module], config: Config, calib_data: Iterable[Any] | None, ratio: float | None
+) -> dict[str, torch.Tensor]:
+    """Masks from calibration statistics gathered layer by layer (:mod:`~cuttree.frontends.torch.layerwise`),
+    or, without ``sequential``, in one pass of the dense model; the weights are zeroed (and with
+    SparseGPT updated) in place."""
+    if config.layers:
+        raise ValueError(
+            f"per-layer overrides ({', '.join(config.layers)}) are not read by calibrated one-shot sparsity yet; "
+            "drop layers: or set sequential: false with criterion wanda"
+        )
+    xs = [x for x, _ in calibrate.batches(calib_data, config, need_labels=False, device=model_device(work))]
+    if layerwise.sequential_for(work, config):
+        found = layerwise.sequential_masks(work, layers, config, xs, ratio)
+    else:
+        needs = REGISTRY.lookup(config.criterion).needs
+        with eval_mode(work):
+            stats = layerwise.statistics(layers, needs, lambda: [forward(work, x) for x in xs])
+        with torch.no_grad():
+            found = layerwise.prune_layers(layers, stats, config, ratio)
+    return {n: torch.from_numpy(np.ascontiguousarray(k)).to(_weight(layers[n]).device) for n, k in found.items()}
 
 
 def gradual(model: nn.Module, cfg: Config, calib_data: Iterable[Any] | None = None) -> Callable[[int], None]:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from cuttree.errors import TraceError
 
@@ -155,6 +156,16 @@ def tensor_names(model: nn.Module) -> dict[str, str]:
 
 
 def state_dict_for_save(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict on the CPU, contiguous, with shared tensors stored once (safetensors forbids aliasing)."""
+    """The state dict on the CPU, contiguous, with shared tensors stored once (safetensors forbids
+    aliasing), and a parametrized tensor (a sparsity mask) as the plain tensor it computes."""
     state = model.state_dict()
-    return {k: state[k].detach().cpu().contiguous() for k, first in tensor_names(model).items() if k == first}
+    out = {k: state[k].detach().cpu().contiguous() for k, first in tensor_names(model).items() if k == first}
+    for name, mod in model.named_modules():
+        if not parametrize.is_parametrized(mod):
+            continue
+        prefix = f"{name}." if name else ""
+        for tensor in mod.parametrizations:  # type: ignore[union-attr]
+            inner = f"{prefix}parametrizations.{tensor}."
+            out = {k: v for k, v in out.items() if not k.startswith(inner)}
+            out[f"{prefix}{tensor}"] = getattr(mod, tensor).detach().cpu().contiguous()
+    return out

@@ -1,0 +1,96 @@
+"""The command line on a causal language model (``--hf`` / ``--gguf``): prune on calibration text,
+write a ``.cuttree`` file or a ``from_pretrained`` folder, and measure perplexity before/after."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+import cuttree
+from cuttree.cli.main import main
+from cuttree.datasets.lm_text import windows
+from cuttree.frontends.torch.language import perplexity
+
+PROSE = (
+    "It was a bright cold day in April, and the clocks were striking thirteen. The hallway smelt of boiled "
+    "cabbage and old rag mats. At one end of it a coloured poster, too large for indoor display, had been "
+    "tacked to the wall. "
+)
+
+
+@pytest.fixture
+def lm(tmp_path: Path) -> Path:
+    """A tiny random LLaMA and a one-character-per-token tokenizer, as a save_pretrained folder."""
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "lm")
+    tok = Tokenizer(models.WordLevel({"[UNK]": 0, **{chr(c): c - 31 for c in range(32, 127)}}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(tmp_path / "lm")
+    (tmp_path / "prose.txt").write_text(PROSE * 3, encoding="utf-8")
+    return tmp_path / "lm"
+
+
+def args(lm: Path, *more: str) -> list[str]:
+    text = f"text:{lm.parent / 'prose.txt'}"
+    return [*more, "--length", "32", "--calib-text", text, "--calib-windows", "8", "--set", "min_samples=8"]
+
+
+def test_prune_then_eval_a_language_model(lm: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = lm.parent / "sparse.cuttree"
+    sets = ["--set", "method=unstructured", "--set", "criterion=wanda", "--set", "ratio=0.5", "--set", "scope=row"]
+    assert main(args(lm, "prune", "--hf", str(lm), *sets, "--out", str(out))) == 0
+    said = capsys.readouterr()
+    assert "sparsity 50.0% of the weights of 14 layers" in said.out
+    assert "layer 2/2 pruned in" in said.err  # progress, one line per decoder layer
+    text = f"text:{lm.parent / 'prose.txt'}"
+    argv = ["eval", str(out), "--tokenizer", str(lm), "--metric", "perplexity", "--data", text,
+            "--windows", "4", "--length", "32", "--before", str(lm)]  # fmt: skip
+    assert main(argv) == 0
+    said = capsys.readouterr().out
+    report = json.loads((lm.parent / "sparse.eval.json").read_text())
+    test = windows(AutoTokenizer.from_pretrained(lm), PROSE * 3, 32, 4)
+    assert report["after"]["perplexity"] == perplexity(cuttree.load(out), test, batch_size=1)
+    assert report["before"]["perplexity"] == perplexity(AutoModelForCausalLM.from_pretrained(lm), test, batch_size=1)
+    assert f"after: perplexity {report['after']['perplexity']:.3f}" in said
+    assert "4 windows of 32 tokens (124 predicted)" in said
+
+
+def test_prune_a_language_model_into_a_from_pretrained_folder(lm: Path) -> None:
+    out = lm.parent / "small"
+    sets = ["--set", "ratio=0.5", "--set", "criterion=l1"]
+    assert main(args(lm, "prune", "--hf", str(lm), *sets, "--out", str(out))) == 0
+    small = AutoModelForCausalLM.from_pretrained(out)  # plain transformers, no cuttree
+    assert small.config.intermediate_size == 64 and (out / "tokenizer.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["prune", "--hf", "a", "--gguf", "b.gguf", "--out", "x.cuttree", "--set", "ratio=0.5"],
+            "give --hf DIR or --gguf FILE, not both",
+        ),
+        (
+            ["prune", "--gguf", "model.bin", "--out", "x.cuttree", "--set", "ratio=0.5"],
+            "--gguf 'model.bin' is not a .gguf file",
+        ),
+        (["eval", "--metric", "perplexity", "--data", "botchan"], "eval needs a model: a .cuttree file"),
+        (["eval", "m.cuttree", "--metric", "perplexity", "--data", "botchan"], "holds no tokenizer; give --tokenizer"),
+        (["prune", "--hf", "missing", "--out", "x.cuttree", "--set", "ratio=0.5"], "'missing' does not exist"),
+    ],
+)
+def test_language_model_command_lines_that_cannot_work(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) != 0
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x.cuttree").exists()
