@@ -108,7 +108,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     model, tokenizer = load_causal_lm(smollm2())
     evaluation, calibration = _texts(args, tokenizer)
     row: dict[str, Any] = {"impl": impl, "method": method, "pattern": pattern, "load_s": time.perf_counter() - t0}
-    row["seed"] = args.seed
+    row["seed"], row["ties"] = args.seed, args.ties
     row["load_peak_gb"] = _peak_gb()
     row["params"] = sum(p.numel() for p in model.parameters())
     _trim()
@@ -121,7 +121,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         scope = "row" if CRITERION[method] == "wanda" else "local"
         owl: dict[str, Any] = {"allocation": "owl", "owl": OWL} if method.endswith("-owl") else {}
         cfg = cuttree.Config(
-            method="unstructured", criterion=CRITERION[method], scope=scope, seed=args.seed,
+            method="unstructured", criterion=CRITERION[method], scope=scope, seed=args.seed, ties=args.ties,
             min_samples=args.calib, calib_samples=args.calib, **budget, **owl,
         )  # fmt: skip
         result = cuttree.sparsify(model, cfg, calib_data=[w[None] for w in calibration], inplace=True)
@@ -171,13 +171,15 @@ def _files_and_speed(model: torch.nn.Module, evaluation: torch.Tensor) -> dict[s
     return out
 
 
-def _run(args: argparse.Namespace, row: tuple[str, str, str | None], seed: int = 0) -> dict[str, Any]:
+def _run(
+    args: argparse.Namespace, row: tuple[str, str, str | None], seed: int = 0, ties: str = "seeded"
+) -> dict[str, Any]:
     impl, method, pattern = row
     files = impl == "cuttree" and method == "sparsegpt" and pattern == "50%"
     cmd = [sys.executable, __file__, "--worker", impl, method, str(pattern), "--windows", str(args.windows),
-           "--calib", str(args.calib), "--length", str(args.length), "--seed", str(seed),
-           *(["--files"] if files and seed == 0 else [])]  # fmt: skip
-    print(f"{impl} {method} {pattern or ''} seed {seed} …", file=sys.stderr, flush=True)
+           "--calib", str(args.calib), "--length", str(args.length), "--seed", str(seed), "--ties", ties,
+           *(["--files"] if files and seed == 0 and ties == "seeded" else [])]  # fmt: skip
+    print(f"{impl} {method} {pattern or ''} seed {seed} ties {ties} …", file=sys.stderr, flush=True)
     done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -192,7 +194,8 @@ def _table(rows: list[dict[str, Any]]) -> str:
         "| method | implementation | 50% perplexity | 2:4 perplexity | prune time 50% / 2:4 | prune peak memory (× resident dense) |",
         "|---|---|---|---|---|---|",
     ]
-    by = {(r["impl"], r["method"], r["pattern"]): r for r in rows[1:] if r.get("seed", 0) == 0}
+    main = [r for r in rows[1:] if r.get("seed", 0) == 0 and r.get("ties", "seeded") == "seeded"]
+    by = {(r["impl"], r["method"], r["pattern"]): r for r in main}
     for method in ("magnitude", "wanda", "sparsegpt"):
         for impl in ("cuttree", "reference"):
             a, b = by[impl, method, "50%"], by[impl, method, "2:4"]
@@ -211,11 +214,13 @@ def _table(rows: list[dict[str, Any]]) -> str:
         if ("cuttree", method, pat) in by and ("reference", method, pat) in by:
             ours, ref = by["cuttree", method, pat]["perplexity"], by["reference", method, pat]["perplexity"]
             lines.append(f"{method} {pat}: cuttree / reference = {ours / ref:.4f}")
-    ties = sorted((r["seed"], r["perplexity"]) for r in rows if r.get("seed", 0) and r["method"] == "magnitude")
-    if ties:
-        seeds = [(0, by["cuttree", "magnitude", "2:4"]["perplexity"]), *ties]
+    extra = [r for r in rows[1:] if r["method"] == "magnitude" and r not in main]
+    if extra:
+        seeds = [by["cuttree", "magnitude", "2:4"], *sorted(extra, key=lambda r: (r.get("ties", ""), r.get("seed", 0)))]
         lines.append(
-            "magnitude 2:4, cuttree by tie seed: " + ", ".join(f"seed {k} {v:.2f}" for k, v in seeds)
+            "magnitude 2:4, cuttree by tie rule: "
+            + ", ".join(("position" if r.get("ties") == "position" else f"seed {r.get('seed', 0)}") + f" {r['perplexity']:.2f}"
+                        for r in seeds)
             + f"; reference (earlier position pruned first) {by['reference', 'magnitude', '2:4']['perplexity']:.2f}"
         )  # fmt: skip
     files = by["cuttree", "sparsegpt", "50%"]
@@ -247,7 +252,12 @@ def main() -> None:
     ap.add_argument("--json", default="")
     ap.add_argument("--only", default="", help="comma-separated rows: dense,magnitude,wanda,sparsegpt,wanda-owl")
     ap.add_argument("--table", nargs="+", default=[], help="print the table of earlier --json files; run nothing")
-    ap.add_argument("--tie-seeds", default="", help="also cuttree magnitude 2:4 with these tie seeds, e.g. 1,2,3,4")
+    ap.add_argument(
+        "--tie-seeds",
+        default="",
+        help="also cuttree magnitude 2:4 with these tie seeds, or position, e.g. 1,2,position",
+    )
+    ap.add_argument("--ties", default="seeded", help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--files", action="store_true", help=argparse.SUPPRESS)
@@ -261,11 +271,18 @@ def main() -> None:
         return
     chosen = [r for r in ROWS if not args.only or r[1] in args.only.replace("dense", "-").split(",")]
     t0 = time.perf_counter()
-    runs = [(r, 0) for r in chosen]
-    runs += [(("cuttree", "magnitude", "2:4"), int(k)) for k in args.tie_seeds.split(",") if k]
+    runs = [(r, 0, "seeded") for r in chosen]
+    for k in filter(None, args.tie_seeds.split(",")):
+        runs.append(
+            (
+                ("cuttree", "magnitude", "2:4"),
+                0 if k == "position" else int(k),
+                "position" if k == "position" else "seeded",
+            )
+        )
     rows = []
-    for r, seed in runs:
-        rows.append(_run(args, r, seed))
+    for r, seed, ties in runs:
+        rows.append(_run(args, r, seed, ties))
         if args.json:  # after every row: a run cut short keeps what it measured
             Path(args.json).write_text(json.dumps(rows, indent=1))
     print(f"torch {torch.__version__}, {args.windows} × {args.length} evaluation tokens, {args.calib} calibration windows, "
@@ -273,10 +290,10 @@ def main() -> None:
     if not args.only:
         print(_table(rows))
     else:
-        for r in rows:
+        for got in rows:
             print(
-                f"{r['impl']} {r['method']} {r['pattern']} seed {r['seed']}: perplexity {r['perplexity']:.2f}, "
-                f"prune {r['prune_s']:.1f} s"
+                f"{got['impl']} {got['method']} {got['pattern']} seed {got['seed']} ties {got['ties']}: "
+                f"perplexity {got['perplexity']:.2f}, prune {got['prune_s']:.1f} s"
             )
     assert all(math.isfinite(r["perplexity"]) for r in rows)
 

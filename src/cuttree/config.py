@@ -78,7 +78,8 @@ class Config(BaseModel):
       such as ``2:4`` keeps N of every M consecutive input weights); criteria ``l1``/``l2``
       (magnitude), ``wanda`` (|w|·‖x‖) and ``sparsegpt`` (the OBS update, :mod:`cuttree.core.obs`).
       ``scope: row`` compares each output row's weights (Wanda's comparison group). Equal scores
-      are ordered pseudo-randomly from ``seed`` (:func:`cuttree.core.masks.tie_order`).
+      are ordered pseudo-randomly from ``seed`` (:func:`cuttree.core.masks.tie_order`), or with
+      ``ties: position`` the earlier position first (the reference implementations' stable sort).
     - ``sequential``: calibrate a language model decoder layer by decoder layer, each on the
       outputs of the layers already pruned (the papers' procedure, holding one layer's
       activations at a time). ``None`` (the default) does so wherever the model has a stack of
@@ -116,6 +117,7 @@ class Config(BaseModel):
     nm: str | None = Field(default=None, pattern=r"^[1-9][0-9]*:[1-9][0-9]*$")
     schedule: ScheduleConfig | None = None
     sequential: bool | None = None
+    ties: Literal["seeded", "position"] = "seeded"
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -177,6 +179,15 @@ class Config(BaseModel):
         if len(targets) > 1:
             raise ValueError(f"{' and '.join(targets)} are {len(targets)} budgets; set one of them")
         return self
+
+    @property
+    def tie_seed(self) -> int | None:
+        """The seed that orders equal scores in a mask; ``None`` (by position) under ``ties: position``.
+
+        >>> Config(ratio=0.5).tie_seed, Config(ratio=0.5, ties="position").tie_seed
+        (0, None)
+        """
+        return None if self.ties == "position" else self.seed
 
     def _owl(self, data_driven: bool) -> None:
         if (

@@ -122,6 +122,26 @@ def test_magnitude_masks_equal_the_reference() -> None:
         assert torch.equal(got.masks[name], w != 0), name
 
 
+def test_ties_position_is_the_references_rule_on_quantised_weights() -> None:
+    """Weights of two magnitudes, no zero (a 4-bit origin has few): magnitude 2:4 with ``ties:
+    position`` gives the reference's masks exactly; the seeded default orders ties otherwise."""
+
+    def quantised() -> LlamaForCausalLM:
+        model = tiny()
+        with torch.no_grad():
+            for w in weights(model).values():
+                w.copy_(torch.where(w < 0, -1.0, 1.0) * torch.where(w.abs() > 0.02, 2.0, 1.0) / 40)
+        return model
+
+    ref = quantised()
+    reference.prune_reference(ref, ids(), "magnitude", nm=(2, 4))
+    by_position = cuttree.sparsify(quantised(), config("l1", "2:4", ties="position"))
+    seeded = cuttree.sparsify(quantised(), config("l1", "2:4"))
+    theirs = {n: w != 0 for n, w in weights(ref).items()}
+    assert all(torch.equal(by_position.masks[n], k) for n, k in theirs.items())
+    assert sum(int((seeded.masks[n] != k).sum()) for n, k in theirs.items()) > 1000
+
+
 def test_sequential_calibrates_each_layer_on_the_pruned_layers_before_it() -> None:
     calib = [c[None] for c in ids()]
     seq = cuttree.sparsify(tiny(), config("wanda", scope="row"), calib_data=calib)

@@ -53,7 +53,8 @@ def prunable_layers(model: Any, ignore: Sequence[str] = (), include_output: Sequ
 
 def compute_masks(layers: dict[str, Any], config: Config, sparsity_now: float | None = None) -> dict[str, np.ndarray]:
     """Keep-masks by |w| (layer-wise or global, ratio or threshold, or N:M), ties in the order
-    :func:`cuttree.core.masks.tie_order` draws from ``config.seed``, as in the torch frontend."""
+    :func:`cuttree.core.masks.tie_order` draws from ``config.seed`` (``ties: position``: by
+    position), as in the torch frontend."""
     if REGISTRY.lookup(config.criterion).needs != "weights":  # what it declares, never its name
         raise ValueError(
             f"criterion '{config.criterion}' is not available for Keras unstructured pruning yet; use l1 or l2"
@@ -62,7 +63,7 @@ def compute_masks(layers: dict[str, Any], config: Config, sparsity_now: float | 
     if config.nm is not None:
         n, m = (int(v) for v in config.nm.split(":"))
         return core_masks.nm_masks(
-            score, n, m, {p: input_dim(layers[p], s.ndim) for p, s in score.items()}, config.seed
+            score, n, m, {p: input_dim(layers[p], s.ndim) for p, s in score.items()}, config.tie_seed
         )
     per_layer = {
         p: o.ratio
@@ -73,7 +74,7 @@ def compute_masks(layers: dict[str, Any], config: Config, sparsity_now: float | 
     }
     ratio = sparsity_now if sparsity_now is not None else config.ratio
     return core_masks.magnitude_masks(
-        score, ratio, None if sparsity_now is not None else config.threshold, config.scope, per_layer, config.seed
+        score, ratio, None if sparsity_now is not None else config.threshold, config.scope, per_layer, config.tie_seed
     )
 
 

@@ -116,7 +116,7 @@ def prune_layers(layers: dict[str, nn.Module], stats: Stats, config: Config, rat
             if w.dim() != 2:
                 raise ValueError(f"criterion sparsegpt prunes Linear layers; {name} is a convolution: add it to ignore")
             h = 2.0 / float(stats[f"{name}#n"]) * to_numpy(stats[name])
-            new, keep = sparsegpt(to_numpy(w), h, ratio, nm, seed=config.seed)  # type: ignore[arg-type]
+            new, keep = sparsegpt(to_numpy(w), h, ratio, nm, seed=config.tie_seed)  # type: ignore[arg-type]
             w.copy_(torch.from_numpy(new).to(w))
         else:
             norm = stats[name].sqrt()  # float64, as the score
@@ -129,8 +129,8 @@ def prune_layers(layers: dict[str, nn.Module], stats: Stats, config: Config, rat
 
 def _mask(name: str, score: np.ndarray, config: Config, ratio: float | None, nm: tuple[int, ...] | None) -> np.ndarray:
     if nm is not None:
-        return core_masks.nm_masks({name: score}, nm[0], nm[1], {name: 1}, config.seed)[name]
-    return core_masks.magnitude_masks({name: score}, ratio, config.threshold, config.scope, None, config.seed)[name]
+        return core_masks.nm_masks({name: score}, nm[0], nm[1], {name: 1}, config.tie_seed)[name]
+    return core_masks.magnitude_masks({name: score}, ratio, config.threshold, config.scope, None, config.tie_seed)[name]
 
 
 def sequential_masks(

@@ -227,13 +227,13 @@ def masked(
     score = scores(layers, norms)
     if config.nm is not None:
         n, m = (int(v) for v in config.nm.split(":"))
-        masks = nm_masks(score, n, m, config.seed)
+        masks = nm_masks(score, n, m, config.tie_seed)
     else:
         per_layer = {
             h: o.ratio for p, o in config.layers.items() if o.ratio is not None for h in overrides[p] if h in layers
         }
         threshold = None if sparsity_now is not None else config.threshold
-        masks = magnitude_masks(score, ratio, threshold, config.scope, per_layer, config.seed)
+        masks = magnitude_masks(score, ratio, threshold, config.scope, per_layer, config.tie_seed)
     apply_masks(work, masks)
     return SparsifyResult(work, masks, sparsity(work, layers))
 
