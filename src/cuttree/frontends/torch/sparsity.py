@@ -41,7 +41,7 @@ from cuttree.frontends.torch import calibrate, layerwise
 from cuttree.frontends.torch.fold import computes_its_weight
 from cuttree.frontends.torch.rules import rule_for_module
 from cuttree.frontends.torch.trace import module_names
-from cuttree.frontends.torch.util import eval_mode, model_device, removing, to_numpy
+from cuttree.frontends.torch.util import eval_mode, model_device, to_numpy
 from cuttree.recover.batching import forward
 
 __all__ = [
@@ -172,23 +172,10 @@ def sparsity(model: nn.Module, layers: Iterable[str] | None = None) -> float:
 
 
 def input_norms(model: nn.Module, layers: dict[str, nn.Module], batches: Iterable[Any]) -> dict[str, torch.Tensor]:
-    """‖x_j‖₂ over the calibration data of every input feature/channel j of each layer (Wanda)."""
-    sq: dict[str, torch.Tensor] = {}
-
-    def hook(name: str) -> Any:
-        def fn(mod: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-            x = inp[0].detach().float()
-            d = x.dim() - 1 if isinstance(mod, nn.Linear) else 1
-            s = (x * x).movedim(d, 0).reshape(x.shape[d], -1).sum(1)
-            sq[name] = sq.get(name, 0) + s  # type: ignore[assignment]
-
-        return fn
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
-    with removing(handles), torch.no_grad():
-        for x in batches:
-            forward(model, x)
-    return {n: v.sqrt() for n, v in sq.items()}
+    """‖x_j‖₂ over the calibration data of every input feature/channel j of each layer (Wanda),
+    in one pass of the model (:func:`cuttree.frontends.torch.layerwise.statistics`, float64)."""
+    stats = layerwise.statistics(layers, "input_norms", lambda: [forward(model, x) for x in batches])
+    return {n: v.sqrt() for n, v in stats.items() if not n.endswith("#n")}
 
 
 def masked(
