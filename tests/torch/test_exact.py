@@ -340,3 +340,16 @@ def test_unfolded_patches_keep_their_channels() -> None:
     assert (r.model.a.out_channels, r.model.fc.in_features) == (4, 16)
     with torch.no_grad():
         torch.testing.assert_close(r.model(*x), zeroed(m, r.plan)(*x), rtol=0, atol=1e-6)
+
+
+def test_params_target_with_global_scope_ranks_every_group_together() -> None:
+    """``params_target`` under ``scope: global`` used to leave every group out of the global pool
+    (only ``ratio`` and ``macs_target`` entered it), so the search found nothing to remove and
+    called the target unreachable. Two hidden layers of 32; the target keeps at most half."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
+    x = torch.randn(2, 8)
+    r = cuttree.prune(m, (x,), cuttree.Config(params_target=0.5, scope="global", latency_runs=0))
+    dense = sum(p.numel() for p in m.parameters())
+    after = sum(p.numel() for p in r.model.parameters())
+    assert 0.4 < after / dense <= 0.5

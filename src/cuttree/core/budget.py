@@ -14,6 +14,7 @@ counts are rounded up to a multiple of ``round_to``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,22 @@ class GroupBudget:
     min_channels: int
     round_to: int
     in_global_pool: bool
+    nearest: bool = False  # ``ratio`` × size rounded to the nearest whole unit (heads), not floored
+
+
+def n_ratio(b: GroupBudget, size: int) -> int:
+    """How many of ``size`` channels ``b.ratio`` removes: floored, or for a group of attention
+    heads (``nearest``) rounded to the nearest whole head (a half kept), so that a ratio of 0.2
+    of three key/value heads removes one rather than none, and 0.5 of three removes one.
+
+    >>> n_ratio(GroupBudget(0.2, None, 1, 1, False), 3), n_ratio(GroupBudget(0.2, None, 1, 1, False, nearest=True), 3)
+    (0, 1)
+    """
+    if b.ratio is None:
+        return 0
+    if b.nearest:
+        return min(math.ceil(b.ratio * size - 0.5 - 1e-9), size - 1)  # a ratio below 1 never takes all
+    return math.floor(b.ratio * size + 1e-9)
 
 
 def _finish(name: str, size: int, order: np.ndarray, n_rm: int, b: GroupBudget) -> np.ndarray:
@@ -66,8 +83,7 @@ def select(
     for i, (s, b) in enumerate(zip(scores, budgets, strict=True)):
         if b.in_global_pool:
             continue
-        r = 0 if b.ratio is None else math.floor(b.ratio * len(s) + 1e-9)
-        n_rm[i] = max(r, _n_threshold(s, b.threshold))
+        n_rm[i] = max(n_ratio(b, len(s)), _n_threshold(s, b.threshold))
     pool = [i for i, b in enumerate(budgets) if b.in_global_pool]
     if pool and ratio is not None:
         if ratio >= 1.0:
@@ -236,4 +252,4 @@ def _fill(
 
 
 def _with_ratio(b: GroupBudget, r: float) -> GroupBudget:
-    return GroupBudget(r, b.threshold, b.min_channels, b.round_to, b.in_global_pool)
+    return dataclasses.replace(b, ratio=r)

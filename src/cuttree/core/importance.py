@@ -25,7 +25,18 @@ channel's positions along the coupled dim):
   (Molchanov et al., 2019), gradients summed over the calibration data;
 - ``activation``: the mean |output| of the channel at its producing layers over the data
   (a group no layer's output holds, such as a fused experts' width, uses ``l1``; the plan records it);
+- ``wanda``: Σ |w|·‖x‖₂ over the channel's slices in the layers that *read* it as an input
+  feature (a linear layer's input column, a convolution's input channel), ‖x‖₂ that feature's
+  norm over every calibration token: the output each channel contributes, as Wanda scores
+  weights, summed per channel (FLAP's "Wanda-sp"); a group no layer reads uses ``l1``;
+- ``flap``: Σ var(x)·w² over the same slices (FLAP's fluctuation, An et al. 2024): a channel
+  whose input barely varies is replaceable by its mean (without FLAP's bias compensation,
+  which would add biases the architecture does not have);
 - ``random``: uniform, seeded by the config's ``seed`` and the group name.
+
+Statistics of a layer's input features are keyed like activations, ``"weight name@dim"`` with
+``dim`` the weight's input dim: ``input_norms`` ‖x‖₂ per feature (``wanda``), ``input_moments``
+the variance per feature (``flap``).
 """
 
 from __future__ import annotations
@@ -44,7 +55,7 @@ from cuttree.core.registry import Registry
 
 Arrays = Mapping[str, np.ndarray]
 Criterion = Callable[[Group, Arrays, Arrays, int], np.ndarray]
-Needs = Literal["weights", "gradients", "activations", "norm_scales", "input_norms", "hessian"]
+Needs = Literal["weights", "gradients", "activations", "norm_scales", "input_norms", "input_moments", "hessian"]
 
 
 @dataclass(frozen=True)
@@ -61,7 +72,7 @@ class CriterionInfo:
     @property
     def data_driven(self) -> bool:
         """Whether it needs calibration data (and so ``min_samples`` of it)."""
-        return self.needs in ("gradients", "activations", "input_norms", "hessian")
+        return self.needs in ("gradients", "activations", "input_norms", "input_moments", "hessian")
 
 
 REGISTRY: Registry[str, CriterionInfo] = Registry("criterion")
@@ -168,13 +179,37 @@ def bn_scale(group: Group, weights: Arrays, extra: Arrays, seed: int) -> np.ndar
     return _accumulate(group, ms, [np.abs(extra[f"{m.tensor}@{m.dim}"]).astype(np.float64) for m in ms])
 
 
-register_weight_criterion("wanda", needs="input_norms")  # |w|·‖x‖: scored by each frontend's sparsity code
+def _read_by(group: Group, weights: Arrays, extra: Arrays, reduce: str) -> np.ndarray | None:
+    """Σ over the layers reading ``group`` as input features of (``reduce`` of the weight slice)
+    × the feature's statistic; ``None`` where no layer reads it."""
+    ms = [m for m in group.members if m.tensor in weights and f"{m.tensor}@{m.dim}" in extra]
+    if not ms:
+        return None
+    vals = [per_position(weights[m.tensor], m.dim, reduce) * extra[f"{m.tensor}@{m.dim}"] for m in ms]
+    return _accumulate(group, ms, vals)
+
+
+@criterion("wanda", needs="input_norms", unstructured=True)  # weights: each frontend's sparsity code
+def wanda(group: Group, weights: Arrays, extra: Arrays, seed: int) -> np.ndarray:
+    s = _read_by(group, weights, extra, "sum_abs")
+    return l1(group, weights, extra, seed) if s is None else s
+
+
+@criterion("flap", needs="input_moments")
+def flap(group: Group, weights: Arrays, extra: Arrays, seed: int) -> np.ndarray:
+    s = _read_by(group, weights, extra, "sum_sq")
+    return l1(group, weights, extra, seed) if s is None else s
+
+
 register_weight_criterion("sparsegpt", needs="hessian")  # the OBS update (cuttree.core.obs), layer by layer
 
 
 def used_criterion(name: str, group: Group, extra: Arrays) -> str:
     """The criterion that really scored ``group`` (``bn_scale`` without a norm layer, or
-    ``activation`` without a layer whose output holds the channels, is ``l1``)."""
-    if name in ("bn_scale", "activation") and not any(f"{m.tensor}@{m.dim}" in extra for m in group.members):
+    ``activation`` without a layer whose output holds the channels, ``wanda`` or ``flap`` without
+    a layer reading them, is ``l1``)."""
+    if name in ("bn_scale", "activation", "wanda", "flap") and not any(
+        f"{m.tensor}@{m.dim}" in extra for m in group.members
+    ):
         return "l1"
     return name

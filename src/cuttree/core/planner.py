@@ -261,7 +261,8 @@ def group_budgets(graph: DependencyGraph, cfg: Config, overrides: dict[str, list
                 in_global_pool=cfg.scope == "global"
                 and (o is None or o.ratio is None)
                 and not heads
-                and (cfg.ratio is not None or cfg.macs_target is not None),
+                and (cfg.ratio is not None or cfg.macs_target is not None or cfg.params_target is not None),
+                nearest=graph.groups[i].unit in HEAD_UNITS,
             )
         )
     return out

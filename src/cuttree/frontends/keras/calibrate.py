@@ -113,6 +113,11 @@ def criterion_inputs(
             f"criterion '{cfg.criterion}' on a Keras model with {len(model.inputs)} inputs is not supported yet; "
             "use a data-free criterion (l1, l2, bn_scale)"
         )
+    if needs in ("input_norms", "input_moments"):
+        raise ValueError(
+            f"criterion '{cfg.criterion}' scores channels of torch models only so far; on a Keras model use "
+            "activation or taylor (data-driven) or l1"
+        )
     extra: dict[str, np.ndarray] = {}
     if needs == "norm_scales":
         for g in graph.groups:

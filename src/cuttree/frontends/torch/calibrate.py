@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cuttree.config import Config
+from cuttree.frontends.torch import layerwise
 from cuttree.frontends.torch.groups import DependencyGraph
 from cuttree.frontends.torch.rules import rule_for_module
 from cuttree.frontends.torch.util import eval_mode, model_device, primary_output, removing
@@ -192,6 +193,49 @@ def activations(
         for x, _ in batches(data, cfg, need_labels=False, device=model_device(model)):
             forward(model, x)
     return {f"{t}@{d}": (sums[n] / counts[n]).double() for n, (t, d) in wanted.items() if n in sums}
+
+
+def readers(model: nn.Module, graph: DependencyGraph) -> dict[str, tuple[str, int]]:
+    """The layers that read a group's channels as their input features, by module name: the
+    weight name and its input dim (a linear layer's columns, an ungrouped convolution's input
+    channels; grouped and transposed convolutions are left out)."""
+    modules = dict(model.named_modules())
+    out: dict[str, tuple[str, int]] = {}
+    for g in graph.groups:
+        for m in g.members:
+            name, _, attr = m.tensor.rpartition(".")
+            mod = modules[name]
+            conv = isinstance(mod, nn.modules.conv._ConvNd) and not mod.transposed and mod.groups == 1
+            if attr == "weight" and m.dim == 1 and (isinstance(mod, nn.Linear) or conv):
+                out[name] = (m.tensor, m.dim)
+    return out
+
+
+def input_statistics(
+    model: nn.Module, graph: DependencyGraph, data: Iterable[Any] | None, cfg: Config, needs: str
+) -> dict[str, torch.Tensor]:
+    """Per input feature of every layer reading a group (:func:`readers`), over the calibration
+    data, keyed ``"weight name@dim"``: ``input_norms`` ‖x‖₂, ``input_moments`` the variance
+    (float64, one forward pass of the model per batch)."""
+    wanted = readers(model, graph)
+    modules = dict(model.named_modules())
+
+    def run() -> None:
+        for x, _ in batches(data, cfg, need_labels=False, device=model_device(model)):
+            forward(model, x)
+
+    with eval_mode(model):
+        acc = layerwise.statistics({n: modules[n] for n in wanted}, needs, run)
+    out: dict[str, torch.Tensor] = {}
+    for n, (t, d) in wanted.items():
+        if n not in acc:
+            continue
+        if needs == "input_norms":
+            out[f"{t}@{d}"] = acc[n].sqrt()
+        else:
+            mean, sq = acc[n] / acc[f"{n}#n"]
+            out[f"{t}@{d}"] = (sq - mean * mean).clamp_min(0)
+    return out
 
 
 def norm_scales(model: nn.Module, graph: DependencyGraph) -> dict[str, torch.Tensor]:

@@ -72,8 +72,8 @@ def sequential_for(model: nn.Module, config: Config) -> bool:
 
 def statistics(layers: dict[str, nn.Module], needs: str, run: Callable[[], object]) -> Stats:
     """What ``needs`` asks of each layer's inputs while ``run`` runs: ``input_norms`` the sum of
-    squares of each input feature, ``hessian`` the sum of xxᵀ over tokens (both float64), with the
-    token count under ``"<name>#n"``."""
+    squares of each input feature, ``input_moments`` the sums of x and of x² (2 × features),
+    ``hessian`` the sum of xxᵀ over tokens (all float64), with the token count under ``"<name>#n"``."""
     acc: Stats = {}
     last: list[Any] = [None, None, None]  # the input last seen (held, so never reused), its version, its statistic
 
@@ -86,7 +86,12 @@ def statistics(layers: dict[str, nn.Module], needs: str, run: Callable[[], objec
                 else:  # a convolution's input features are its channels
                     x = x.movedim(1, -1).reshape(-1, x.shape[1])
                 x = x.double()
-                stat = x.T @ x if needs == "hessian" else (x * x).sum(0)
+                if needs == "hessian":
+                    stat = x.T @ x
+                elif needs == "input_moments":
+                    stat = torch.stack([x.sum(0), (x * x).sum(0)])
+                else:
+                    stat = (x * x).sum(0)
                 last[:] = [inp[0], inp[0]._version, (isinstance(mod, nn.Linear), stat, len(x))]
             _, stat, n = last[2]  # q, k and v (gate and up) read one input: its statistic is taken once
             acc[name] = acc.get(name, 0) + stat  # type: ignore[assignment]

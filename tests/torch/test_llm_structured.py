@@ -1,0 +1,83 @@
+"""Structured pruning of language models: channel and head scores from the inputs of the layers
+that read them (``wanda``, ``flap``), checked against scores computed here by hand."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from tests.torch.test_attention import tiny_llama
+from torch import nn
+
+import cuttree
+
+
+def _inputs_of(model: nn.Module, names: list[str], data: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every input row each named layer saw over ``data``, float64 (tokens × features)."""
+    seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    mods = dict(model.named_modules())
+    hooks = [
+        mods[n].register_forward_hook(lambda m, i, o, n=n: seen[n].append(i[0].reshape(-1, i[0].shape[-1]).double()))
+        for n in names
+    ]
+    with torch.no_grad():
+        for x in data:
+            model(x)
+    for h in hooks:
+        h.remove()
+    return {n: torch.cat(v) for n, v in seen.items()}
+
+
+def _oracle(w: torch.Tensor, x: torch.Tensor, criterion: str) -> np.ndarray:
+    """Per input column of ``w``: Σ_i |w_ij|·‖x_j‖₂ (wanda) or Σ_i w_ij²·var(x_j) (flap)."""
+    w = w.detach().double()
+    if criterion == "wanda":
+        return (w.abs().sum(0) * x.norm(dim=0)).numpy()
+    return (w.pow(2).sum(0) * x.var(dim=0, unbiased=False)).numpy()
+
+
+def _top(scores: np.ndarray, keep: int) -> tuple[int, ...]:
+    return tuple(sorted(np.argsort(-scores)[:keep].tolist()))
+
+
+@pytest.mark.parametrize("criterion", ["wanda", "flap"])
+def test_mlp_channels_and_heads_are_scored_by_the_layers_reading_them(criterion: str) -> None:
+    """Oracle: hooks on ``down_proj`` and ``o_proj`` of a tiny LLaMA (8 query heads on 2 kv heads,
+    head_dim 8, MLP 96) collect their inputs over the calibration batches; an MLP channel scores
+    its ``down_proj`` column, a kv head the 32 ``o_proj`` columns of its 4 query heads, a query
+    head position p the columns of heads 4k + p of every kept kv head k. The plan keeps the top."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = tiny_llama(transformers)
+    data = [torch.randint(0, 100, (2, 12)) for _ in range(4)]
+    cfg = cuttree.Config(ratio=0.5, criterion=criterion, min_samples=8, calib_samples=8, latency_runs=0)
+    plan, _ = cuttree.make_plan(model, (data[0][:1],), cfg, calib_data=data)
+    groups = {g.name: g for g in plan}
+    names = [f"model.layers.{i}.{p}" for i in range(2) for p in ("mlp.down_proj", "self_attn.o_proj")]
+    xs = _inputs_of(model, names, data)
+    for i in range(2):
+        mlp = groups[f"model.layers.{i}.mlp.gate_proj"]
+        down = f"model.layers.{i}.mlp.down_proj"
+        s = _oracle(dict(model.named_modules())[down].weight, xs[down], criterion)
+        assert (mlp.criterion, mlp.keep) == (criterion, _top(s, 48))
+        o = f"model.layers.{i}.self_attn.o_proj"
+        per_col = _oracle(dict(model.named_modules())[o].weight, xs[o], criterion).reshape(2, 4, 8)
+        kv = groups[f"model.layers.{i}.self_attn.q_proj"]
+        assert kv.keep == _top(per_col.sum((1, 2)), 1)
+        q = groups[f"model.layers.{i}.self_attn.q_proj:query_heads"]
+        assert q.keep == _top(per_col.sum((0, 2)), 2)
+
+
+def test_keras_refuses_reader_criteria_with_the_fix() -> None:
+    keras = pytest.importorskip("keras")
+    import cuttree.keras as ck
+
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(6), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match="criterion 'flap' scores channels of torch models only"):
+        ck.prune(model, cuttree.Config(ratio=0.5, criterion="flap", min_samples=1), calib_data=_data())
+
+
+def _data() -> Any:
+    return [(np.ones((4, 8), dtype="float32"), np.zeros(4, dtype="int64"))]
