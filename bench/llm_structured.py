@@ -9,7 +9,8 @@ by side, perplexity on the part-1 protocol (``bench/llm_sparsity.py``, docs/llm.
 - Every row prunes the same dense model (``cuttree.prune`` leaves it untouched) with
   ``params_target: 0.8``, ``scope: local`` (the same ratio in every group, found by bisection),
   ``latency_runs: 0``; rows differ in ``criterion`` and in what may go (``head_ratio: 0``
-  keeps every head: the MLP widths alone). The parameters kept, the heads kept (key/value
+  keeps every head: the MLP widths alone; ``units`` lists what may go, ``layers`` being whole
+  decoder layers scored by their block influence). The parameters kept, the heads kept (key/value
   heads × query heads per kv head) and the MACs per 512 tokens are printed with the perplexity.
 
     python bench/llm_structured.py [--windows 32] [--calib 32] [--length 512] [--json out.json] [--only NAMES]
@@ -35,6 +36,9 @@ ROWS: dict[str, dict[str, Any]] = {
     "wanda mlp-only": {"criterion": "wanda", "head_ratio": 0.0},
     "flap mlp-only": {"criterion": "flap", "head_ratio": 0.0},
     "wanda mlp-only global": {"criterion": "wanda", "head_ratio": 0.0, "scope": "global"},
+    "depth-only": {"units": ["layers"]},
+    "wanda mlp+depth": {"criterion": "wanda", "units": ["channels", "layers"]},
+    "wanda all+depth": {"criterion": "wanda", "units": ["channels", "heads", "query heads", "layers"]},
 }
 
 
@@ -50,10 +54,10 @@ def _row(name: str, dense: torch.nn.Module, calib: torch.Tensor, ev: torch.Tenso
         warnings.simplefilter("ignore")  # l1 on a language model warns; the row is there to show why
         r = cuttree.prune(dense, (calib[:1],), cfg, calib_data=[w[None] for w in calib])
     seconds = time.perf_counter() - t
-    groups = {g.name: g for g in r.plan}
-    kv = [len(g.keep) for g in r.plan if g.unit == "heads"]
-    q = [len(groups[f"{g.name}:query_heads"].keep) for g in r.plan if g.unit == "heads"]
-    mlp = [len(g.keep) for g in r.plan if g.name.endswith("mlp.gate_proj")]
+    layers = r.model.model.layers  # what is left, counted on the pruned model
+    kv = [a.k_proj.out_features // a.head_dim for a in (layer.self_attn for layer in layers)]
+    q = [a.q_proj.out_features // a.k_proj.out_features for a in (layer.self_attn for layer in layers)]
+    mlp = [layer.mlp.gate_proj.out_features for layer in layers]
     n0, n1 = (sum(p.numel() for p in m.parameters()) for m in (dense, r.model))
     row = {
         "row": name,
@@ -63,6 +67,7 @@ def _row(name: str, dense: torch.nn.Module, calib: torch.Tensor, ev: torch.Tenso
         "heads_kept": sum(a * b for a, b in zip(kv, q, strict=True)),
         "kv_heads_kept": sum(kv),
         "mlp_kept": f"{min(mlp)}–{max(mlp)}",
+        "layers_kept": len(layers),
         "macs_fraction": r.after.macs / r.before.macs,
         "prune_s": round(seconds, 1),
         "perplexity": perplexity(r.model, ev),
@@ -93,12 +98,14 @@ def main() -> None:
     names = [n.strip() for n in args.only.split(",")] if args.only else list(ROWS)
     rows = [base, *(_row(n, dense, calib, ev, args) for n in names)]
     print(
-        f"\n{'row':24} {'params':>7} {'MACs':>6} {'heads':>6} {'kv':>3} {'MLP kept':>10} {'ppl':>12} {'× dense':>8} {'s':>5}"
+        f"\n{'row':24} {'params':>7} {'MACs':>6} {'layers':>6} {'heads':>6} {'kv':>3} {'MLP kept':>10} {'ppl':>12} "
+        f"{'× dense':>8} {'s':>5}"
     )
     for r in rows[1:]:
         ratio = r["perplexity"] / base["perplexity"]
         print(
-            f"{r['row']:24} {r['params_fraction']:7.1%} {r['macs_fraction']:6.1%} {r['heads_kept']:6d} {r['kv_heads_kept']:3d} "
+            f"{r['row']:24} {r['params_fraction']:7.1%} {r['macs_fraction']:6.1%} {r['layers_kept']:6d} "
+            f"{r['heads_kept']:6d} {r['kv_heads_kept']:3d} "
             f"{r['mlp_kept']:>10} {r['perplexity']:12.2f} {ratio:8.2f} {r['prune_s']:5.0f}"
         )
     if args.json:

@@ -56,6 +56,12 @@ class Config(BaseModel):
       their query heads *and* the same query heads of every kv head (``<q projection>:query_heads``,
       unit ``query heads``, pruned at ``head_ratio``). ``false`` keeps the width inside groups and
       the query heads of each kv head (both frontends).
+    - ``units``: what a budget may remove: ``channels``, ``heads``, ``query heads``, ``groups``,
+      ``width`` (what the trace finds) and ``layers``: whole blocks of a language model's stack of
+      decoder layers (depth), scored by their block influence on the calibration data (ShortGPT's
+      1 − cos(input, output)) and rounded to the nearest whole layer. The default, every unit but
+      ``layers``, prunes width only; ``[layers]`` prunes depth only, and listing both prunes both
+      at the budget's ratio. Groups of other units keep everything (PyTorch only for ``layers``).
     - ``round_to``: kept channel counts are rounded up to a multiple of this. ``auto`` (the
       default) rounds channel groups of at least 64 channels to the channel block of the
       deployment ``target`` (:func:`cuttree.core.planner.channel_block`), the widths where ONNX
@@ -99,6 +105,7 @@ class Config(BaseModel):
     owl: OwlConfig = Field(default_factory=OwlConfig)
     head_ratio: float | None = Field(default=None, ge=0.0, lt=1.0)
     group_width: bool = True
+    units: tuple[Literal["channels", "heads", "query heads", "groups", "width", "layers"], ...] | None = None
     criterion: str = "l1"
     scope: Literal["local", "global", "row"] = "local"
     min_channels: int = Field(default=1, ge=1)
@@ -163,6 +170,15 @@ class Config(BaseModel):
         elif not info.structured or self.nm or self.schedule or self.sequential or self.allocation == "owl":
             what = f"criterion {self.criterion} is" if not info.structured else "nm, schedule, sequential and owl are"
             raise ValueError(f"{what} for method: unstructured; set method: unstructured")
+        if self.units is not None and not self.units:
+            raise ValueError("units: [] leaves nothing to prune; list what may go, e.g. [channels, heads, layers]")
+        if self.units is not None and "layers" in self.units and self.scope == "global":
+            raise ValueError(
+                "units with layers prunes whole layers at the budget's ratio, which scope: global (channels ranked "
+                "across groups) has none of; set scope: local"
+            )
+        if self.units is not None and self.method != "structured":
+            raise ValueError("units selects what structured pruning removes; drop units or set method: structured")
         if self.method == "structured" and self.scope == "row":
             raise ValueError(
                 "scope: row compares the weights of each output row (method: unstructured); set scope: local"
@@ -230,6 +246,15 @@ class Config(BaseModel):
         if not isinstance(data, dict):
             raise ValueError(f"config file '{p}' must hold a mapping of keys, got {type(data).__name__}")
         return cls(**merge(data, overrides or {}))
+
+    @property
+    def pruned_units(self) -> tuple[str, ...]:
+        """The units a budget may remove (``units``, by default every unit but ``layers``).
+
+        >>> Config(ratio=0.5).pruned_units[-1], Config(ratio=0.5, units=["layers"]).pruned_units
+        ('width', ('layers',))
+        """
+        return self.units if self.units is not None else ("channels", "heads", "query heads", "groups", "width")
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config, as plain data (what is written next to every output)."""

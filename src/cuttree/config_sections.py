@@ -119,6 +119,10 @@ class FinetuneConfig(BaseModel):
     temperature: float = Field(default=4.0, gt=0.0)
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     deterministic: bool = False
+    #: several processes under ``torchrun``: ``ddp`` (a whole copy of the model in each) or
+    #: ``fsdp`` (FSDP2's ``fully_shard``: each process holds a shard of every parameter, for models
+    #: that do not fit one device; each decoder layer is sharded apart, then the rest)
+    parallel: Literal["ddp", "fsdp"] = "ddp"
 
     @field_validator("amp", mode="before")
     @classmethod

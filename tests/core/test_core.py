@@ -129,3 +129,29 @@ def test_torch_surgery_refuses_a_keras_plan() -> None:
     torch = pytest.importorskip("torch")
     with pytest.raises(cuttree.SurgeryError, match=r"made for a keras model .* cuttree\.keras\.apply_plan"):
         cuttree.apply_plan(torch.nn.Conv2d(3, 4, 3), _plan("keras", "keras"))
+
+
+@pytest.mark.parametrize(
+    ("ratio", "kept"), [(0.0, (3, 3)), (0.2, (3, 2)), (0.34, (3, 2)), (0.5, (2, 2)), (0.9, (1, 1))]
+)
+def test_key_value_heads_and_their_query_heads_share_one_head_budget(ratio: float, kept: tuple[int, int]) -> None:
+    """SmolLM2's attention: 3 key/value heads × 3 query heads each. The kept query heads come nearest
+    to (1 - ratio) of the 9: 0.2 keeps 6 (7.2; 9 would be 1.8 away), 0.5 keeps 4 (4.5); each unit at
+    the ratio alone would keep 3 × 3 at 0.2 and 2 × 2 already at 0.34. A ratio on a plain channel group
+    beside them is floored as before."""
+    from cuttree.core.budget import select
+    from cuttree.core.grouping import DependencyGraph
+    from cuttree.core.planner import group_budgets
+
+    groups = [
+        Group("attn", 3, (), (), ("attn",), "heads"),
+        Group("attn:query_heads", 3, (), (), ("attn",), "query heads"),
+    ]
+    groups.append(Group("mlp", 10, (), (), ("mlp",)))
+    graph = DependencyGraph(groups, {}, [], np.zeros(0, dtype=np.int64), {}, [], {}, 0.0, [])
+    budgets = group_budgets(graph, cuttree.Config(ratio=ratio), {})
+    assert [b.crosses for b in budgets] == [1, 0, None]
+    scores = [np.array([3.0, 1.0, 2.0]), np.array([1.0, 2.0, 3.0]), np.arange(10.0)]
+    keeps = select([g.name for g in groups], scores, budgets, None)
+    assert (len(keeps[0]), len(keeps[1]), len(keeps[2])) == (*kept, 10 - int(ratio * 10 + 1e-9))
+    assert list(keeps[1]) == [3 - kept[1] + i for i in range(kept[1])]  # the best query-head positions

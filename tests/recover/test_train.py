@@ -260,12 +260,16 @@ def test_cli_finetune_resume(tmp_path: Path) -> None:
     assert (tmp_path / "a" / "model.cuttree").is_file()
 
 
-def test_torchrun_two_processes_agree(tmp_path: Path) -> None:
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_torchrun_two_processes_agree(tmp_path: Path, parallel: str) -> None:
+    """``cuttree finetune`` under ``torchrun``: DDP, or FSDP2 (the weights gathered whole into a
+    plain copy before they are evaluated and saved)."""
     _digits_ready()
     p = _pruned_file(tmp_path)
     run = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "-m", "cuttree.cli",
-         "finetune", str(p), "--data", "digits", "--out", str(tmp_path / "ddp"), *SETS],
+         "finetune", str(p), "--data", "digits", "--out", str(tmp_path / "ddp"), *SETS,
+         "--set", f"finetune.parallel={parallel}"],
         capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]

@@ -207,15 +207,16 @@ def tiny_llama_and_texts(transformers: Any) -> tuple[nn.Module, torch.Tensor, to
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
-@pytest.mark.parametrize(("ratio", "kv_kept", "per_kv_kept"), [(0.5, 1, 2), (0.3, 1, 3), (0.2, 2, 3)])
+@pytest.mark.parametrize(("ratio", "kv_kept", "per_kv_kept"), [(0.5, 2, 2), (0.2, 2, 3), (0.6, 1, 3), (0.9, 1, 1)])
 def test_grouped_query_attention_loses_kv_heads_with_their_query_heads_and_query_heads_within_every_kv_head(
     ratio: float, kv_kept: int, per_kv_kept: int, attention: str
 ) -> None:
     """Two crossing units, as for grouped convs: a key/value head with all its query heads, and the
     same positions among every kv head's query heads, so each kv head keeps as many query heads
-    (``num_key_value_groups`` patched). Whole heads are rounded to the nearest (a half kept): at
-    ratio 0.3 one of the 2 kv heads goes (0.6 rounds to 1) and each kept kv head loses one of its
-    4 query heads (1.2 rounds to 1); at 0.2 both kv heads stay (0.4) and 0.8 query heads round to 1. Oracle: the removed query heads' columns of ``o_proj`` zeroed.
+    (``num_key_value_groups`` patched). The two units share one head budget: the kept query heads
+    come nearest to (1 - ratio) of the 8, more kv heads kept between equal counts: 0.5 keeps 2 × 2
+    (not 1 × 2, each unit at the ratio), 0.2 keeps 2 × 3 (6.4), 0.6 keeps 1 × 3 (3.2), 0.9 keeps
+    1 × 1. Oracle: the removed query heads' columns of ``o_proj`` zeroed.
     Both of Hugging Face's paths: SDPA's ``enable_gqa`` and the eager ``repeat_kv`` (expand and merge)."""
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
@@ -407,7 +408,7 @@ def test_save_pretrained_loads_without_cuttree_or_refuses_cleanly(tmp_path: obje
         "torch.allclose(m(ids).logits, want, atol=1e-5))\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert done.stdout.split() == ["2", "1", "48", "True"]  # 1 of 2 kv heads, 2 of its 4 query heads
+    assert done.stdout.split() == ["4", "2", "48", "True"]  # both kv heads, 2 of the 4 query heads of each
 
     r, ids = pruned_bert(transformers, layers=1)
     with pytest.raises(
@@ -515,7 +516,14 @@ def test_hugging_face_heads_equal_the_original_with_those_heads_zeroed(arch: str
         warnings.filterwarnings("ignore", "criterion 'l1' scores a language model")  # the mechanics, on l1
         r = cuttree.prune(model, (ids,), cuttree.Config(ratio=0.0, head_ratio=0.5, latency_runs=0))
     heads = [g for g in r.plan if g.unit in HEAD_UNITS]  # under grouped-query attention, query heads too
-    assert heads and all(len(g.keep) == g.size // 2 for g in heads)
+    by_name = {g.name: g for g in heads}
+    for g in heads:  # half the query heads: a kv heads group shares the budget with its :query_heads
+        if g.unit == "query heads" and g.name.removesuffix(":query_heads") in by_name:
+            continue
+        q = by_name.get(f"{g.name}:query_heads")
+        kept, size = len(g.keep) * (len(q.keep) if q else 1), g.size * (q.size if q else 1)
+        assert 2 * kept == size, g.name
+    assert heads
     oracle = copy.deepcopy(model)
     params = dict(oracle.named_parameters(remove_duplicate=False))
     zeroed = 0

@@ -47,12 +47,13 @@ def test_mlp_channels_and_heads_are_scored_by_the_layers_reading_them(criterion:
     """Oracle: hooks on ``down_proj`` and ``o_proj`` of a tiny LLaMA (8 query heads on 2 kv heads,
     head_dim 8, MLP 96) collect their inputs over the calibration batches; an MLP channel scores
     its ``down_proj`` column, a kv head the 32 ``o_proj`` columns of its 4 query heads, a query
-    head position p the columns of heads 4k + p of every kept kv head k. The plan keeps the top."""
+    head position p the columns of heads 4k + p of both kv heads k. head_ratio 0.6 of the 2 × 4
+    heads keeps one kv head and 3 query heads of each (3.2 of 8). The plan keeps the top."""
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     model = tiny_llama(transformers)
     data = [torch.randint(0, 100, (2, 12)) for _ in range(4)]
-    cfg = cuttree.Config(ratio=0.5, criterion=criterion, min_samples=8, calib_samples=8, latency_runs=0)
+    cfg = cuttree.Config(ratio=0.5, head_ratio=0.6, criterion=criterion, min_samples=8, calib_samples=8, latency_runs=0)
     plan, _ = cuttree.make_plan(model, (data[0][:1],), cfg, calib_data=data)
     groups = {g.name: g for g in plan}
     names = [f"model.layers.{i}.{p}" for i in range(2) for p in ("mlp.down_proj", "self_attn.o_proj")]
@@ -67,7 +68,7 @@ def test_mlp_channels_and_heads_are_scored_by_the_layers_reading_them(criterion:
         kv = groups[f"model.layers.{i}.self_attn.q_proj"]
         assert kv.keep == _top(per_col.sum((1, 2)), 1)
         q = groups[f"model.layers.{i}.self_attn.q_proj:query_heads"]
-        assert q.keep == _top(per_col.sum((0, 2)), 2)
+        assert q.keep == _top(per_col.sum((0, 2)), 3)  # 0.6 of 2 × 4 heads keeps 1 × 3
 
 
 def test_keras_refuses_reader_criteria_with_the_fix() -> None:

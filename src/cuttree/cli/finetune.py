@@ -26,6 +26,7 @@ from cuttree.files.atomic import check_writable
 def cmd_finetune(args: argparse.Namespace) -> int:
     from cuttree.core.keep_best import warn_if_worse
     from cuttree.recover.devices import deterministic_env, init_distributed, rank_device
+    from cuttree.recover.sharding import gathered
     from cuttree.recover.train import finetune, weights_digest
 
     cfg = config_from(args, need_target=False)
@@ -63,6 +64,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if state["step"] < state["total"]:
         print(f"stopped at step {state['step']}/{state['total']}; continue with --resume")
         return 0
+    model = gathered(model, lambda: io.load(args.model, trusted=args.trust).to(device))  # FSDP2: whole again
     digest = weights_digest(model)
     if rank == 0:
         io.save(model, out / "model.cuttree", arch=meta["arch"], arch_kwargs=meta.get("arch_kwargs"), plan=meta["plan"])

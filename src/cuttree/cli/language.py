@@ -55,6 +55,7 @@ def cmd_prune(args: argparse.Namespace, cfg: Config) -> int:
     if out.suffix != ".cuttree" and out.exists():
         raise FileExistsError(f"--out '{out}' exists; give a new folder (from_pretrained) or a .cuttree file")
     model, tokenizer = load_causal_lm(source(args))  # type: ignore[arg-type]
+    dense_config = model.config.to_dict()  # type: ignore[union-attr, operator]  # what a plan is made for
     calib = windows(tokenizer, text(args.calib_text), args.length, args.calib_windows)
     batches = [w[None] for w in calib]
     if cfg.method == "unstructured":
@@ -69,8 +70,8 @@ def cmd_prune(args: argparse.Namespace, cfg: Config) -> int:
         print(p.plan.table(limit=args.rows))
         print(f"\n{p.table()}")
     if out.suffix == ".cuttree":
-        config = {"config": model.config.to_dict()}  # type: ignore[union-attr, operator]
-        cuttree.save(model, out, arch="cuttree.models:causal_lm", arch_kwargs=config, plan=plan)
+        # the dense architecture the plan was made for (depth pruning patches num_hidden_layers)
+        cuttree.save(model, out, arch="cuttree.models:causal_lm", arch_kwargs={"config": dense_config}, plan=plan)
     else:
         from cuttree.files.huggingface import save_pretrained
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cuttree.core.grouping import DependencyGraph
+from cuttree.core.plan import DEPTH_UNIT
 from cuttree.errors import PlanError
 
 
@@ -35,6 +36,9 @@ class GroupBudget:
     round_to: int
     in_global_pool: bool
     nearest: bool = False  # ``ratio`` × size rounded to the nearest whole unit (heads), not floored
+    # grouped-query attention: the index of the group this one crosses (key/value heads ↔ the query
+    # heads of every kv head); the two share one head budget (:func:`head_counts`)
+    crosses: int | None = None
 
 
 def n_ratio(b: GroupBudget, size: int) -> int:
@@ -50,6 +54,38 @@ def n_ratio(b: GroupBudget, size: int) -> int:
     if b.nearest:
         return min(math.ceil(b.ratio * size - 0.5 - 1e-9), size - 1)  # a ratio below 1 never takes all
     return math.floor(b.ratio * size + 1e-9)
+
+
+def head_counts(ratio: float, kv: int, per_kv: int) -> tuple[int, int]:
+    """How many key/value heads and how many query heads of each kv head ``ratio`` removes when
+    the two units cross (grouped-query attention: ``kv`` × ``per_kv`` query heads in all).
+
+    The kept query heads, (kept kv heads) × (kept query heads per kv head), come nearest to ``(1 - ratio)`` of all
+    (a half kept); between equal counts, the one keeping more kv heads (fewer shared key/value
+    projections lost). Each unit at the ratio alone would compound: 0.34 of 3 × 3 heads would keep
+    2 × 2 = 4 of 9.
+
+    >>> head_counts(0.2, 3, 3), head_counts(0.34, 3, 3), head_counts(0.5, 3, 3), head_counts(0.5, 2, 4)
+    ((0, 1), (0, 1), (1, 1), (0, 2))
+    >>> head_counts(0.05, 3, 3), head_counts(0.9, 3, 3)
+    ((0, 0), (2, 2))
+    """
+    want = (1.0 - ratio) * kv * per_kv
+    options = [(a, b) for a in range(1, kv + 1) for b in range(1, per_kv + 1)]
+    keep_kv, keep_q = min(options, key=lambda o: (abs(o[0] * o[1] - want) - 1e-9 * o[0] * o[1], -o[0]))
+    return kv - keep_kv, per_kv - keep_q
+
+
+def removed_by_ratio(sizes: Sequence[int], budgets: Sequence[GroupBudget]) -> list[int]:
+    """How many channels each group's ratio removes: :func:`n_ratio`, or for two crossing head
+    groups (``crosses``, both at the same ratio) :func:`head_counts` of the pair."""
+    out = [n_ratio(b, n) for n, b in zip(sizes, budgets, strict=True)]
+    for i, b in enumerate(budgets):
+        j = b.crosses
+        if j is None or j < i or b.ratio is None or budgets[j].ratio != b.ratio or budgets[j].in_global_pool:
+            continue
+        out[i], out[j] = head_counts(b.ratio, sizes[i], sizes[j])
+    return out
 
 
 def _finish(name: str, size: int, order: np.ndarray, n_rm: int, b: GroupBudget) -> np.ndarray:
@@ -80,10 +116,11 @@ def select(
     """Kept channel indices per group. ``ratio`` is the global ratio (``None`` for local scope)."""
     orders = [np.argsort(s, kind="stable") for s in scores]
     n_rm = [0] * len(scores)
+    by_ratio = removed_by_ratio([len(s) for s in scores], budgets)
     for i, (s, b) in enumerate(zip(scores, budgets, strict=True)):
         if b.in_global_pool:
             continue
-        n_rm[i] = max(n_ratio(b, len(s)), _n_threshold(s, b.threshold))
+        n_rm[i] = max(by_ratio[i], _n_threshold(s, b.threshold))
     pool = [i for i, b in enumerate(budgets) if b.in_global_pool]
     if pool and ratio is not None:
         if ratio >= 1.0:
@@ -145,11 +182,18 @@ def estimate_macs(graph: DependencyGraph, keeps: Sequence[np.ndarray]) -> int:
 
 def estimate_params(graph: DependencyGraph, keeps: Sequence[np.ndarray], params: Collection[str], total: int) -> int:
     """Parameters of the model after keeping ``keeps``: ``total`` less what each parameter tensor
-    among the groups' members (``params``: their names) loses along its pruned dims."""
+    among the groups' members (``params``: their names) loses along its pruned dims, and every
+    parameter of a removed block (a group of unit ``layers``: ``graph.block_params``)."""
     removed: dict[str, dict[int, np.ndarray]] = {}  # tensor → dim → positions that go (groups may share a dim)
+    dropped: list[str] = []  # the prefixes of removed blocks' tensors
+    lost = 0
     for g, keep in zip(graph.groups, keeps, strict=True):
         gone = np.ones(g.size, dtype=bool)
         gone[keep] = False
+        if g.unit == DEPTH_UNIT:
+            lost += sum(graph.block_params[g.name][k] for k in np.flatnonzero(gone))
+            dropped += [f"{g.name}.{k}." for k in np.flatnonzero(gone)]
+            continue
         for m in g.members:
             if m.tensor in params:
                 hit = gone[m.channels]
@@ -157,8 +201,9 @@ def estimate_params(graph: DependencyGraph, keeps: Sequence[np.ndarray], params:
                     dims = removed.setdefault(m.tensor, {})
                     mask = dims.setdefault(m.dim, np.zeros(graph.shapes[m.tensor][m.dim], dtype=bool))
                     mask[m.positions[hit]] = True
-    lost = 0
     for t, dims in removed.items():
+        if dropped and t.startswith(tuple(dropped)):
+            continue  # counted whole with its block
         shape = graph.shapes[t]
         after = math.prod(size - (int(dims[d].sum()) if d in dims else 0) for d, size in enumerate(shape))
         lost += math.prod(shape) - after

@@ -69,6 +69,9 @@ class DependencyGraph:
     # both labellings keep it. ``None`` when the model has no grouped convs or the unit is off.
     width_comp_group: np.ndarray | None = None
     width_mac_factors: list[list[np.ndarray]] | None = None
+    # Depth: for each stack of blocks that is a group of unit "layers" (named after the stack), the
+    # parameter count of each block (what removing it saves; see :func:`with_depth_group`).
+    block_params: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
 
     @property
     def macs(self) -> int:
@@ -265,6 +268,48 @@ def with_width_groups(graph: DependencyGraph, width: DependencyGraph) -> Depende
         groups=[*graph.groups, *named],
         width_comp_group=cg,
         width_mac_factors=[f for _, f in width.mac_terms],
+    )
+
+
+def with_depth_group(
+    graph: DependencyGraph, stack: str, spans: Sequence[tuple[int, int]], block_params: Sequence[int]
+) -> DependencyGraph:
+    """``graph`` plus one group of unit ``"layers"`` named ``stack``: its channels are the stack's
+    blocks (decoder layers), its one member the stack itself (a pseudo tensor of shape
+    ``(blocks,)``). Each block's MAC terms (``spans``: the terms its forward recorded) gain a factor,
+    the block, so that removing a block removes its MACs; ``block_params`` gives what it holds.
+
+    >>> g = DependencyGraph([], {}, [(10, []), (5, []), (1, [])], np.zeros(0, dtype=np.int64), {}, [], {}, 0.0, [])
+    >>> d = with_depth_group(g, "layers", [(0, 1), (1, 2)], [3, 4])
+    >>> d.groups[0].unit, d.shapes["layers"], d.block_params, [len(f) for _, f in d.mac_terms]
+    ('layers', (2,), {'layers': (3, 4)}, [1, 1, 0])
+    """
+    n, index = len(spans), len(graph.groups)
+
+    def widened(cg: np.ndarray) -> np.ndarray:  # one new component per block, in the new group
+        return np.concatenate([cg, (index << 32) + np.arange(n, dtype=np.int64)])
+
+    def with_blocks(factors: list[list[np.ndarray]], first: int) -> list[list[np.ndarray]]:
+        out = [list(f) for f in factors]
+        for k, (a, b) in enumerate(spans):
+            for t in range(a, b):
+                out[t].append(np.array([first + k], dtype=np.int64))
+        return out
+
+    positions = np.arange(n, dtype=np.int64)
+    group = Group(stack, n, (Member(stack, 0, positions, positions),), (stack,), (stack,), "layers")
+    terms = with_blocks([f for _, f in graph.mac_terms], len(graph.comp_group))
+    return dataclasses.replace(
+        graph,
+        groups=[*graph.groups, group],
+        comp_group=widened(graph.comp_group),
+        mac_terms=[(m, f) for (m, _), f in zip(graph.mac_terms, terms, strict=True)],
+        width_comp_group=None if graph.width_comp_group is None else widened(graph.width_comp_group),
+        width_mac_factors=None
+        if graph.width_mac_factors is None or graph.width_comp_group is None
+        else with_blocks(graph.width_mac_factors, len(graph.width_comp_group)),
+        shapes={**graph.shapes, stack: (n,)},
+        block_params={**graph.block_params, stack: tuple(int(p) for p in block_params)},
     )
 
 

@@ -258,7 +258,8 @@ class PruningPlan:
 
 
 FRAMEWORKS = ("torch", "keras")  #: the frontends (and weight layouts) a plan can be made for
-UNITS = ("channels", "heads", "groups", "width", "query heads")  #: what one channel of a group can be
+UNITS = ("channels", "heads", "groups", "width", "query heads", "layers")  #: what one channel of a group can be
+DEPTH_UNIT = "layers"  #: whole blocks of a stack (decoder layers): the group's member is the stack, not a tensor
 HEAD_UNITS = ("heads", "query heads")  #: the units that are attention heads (``head_ratio``, the heads check)
 SECOND_WALK_UNITS = ("width", "query heads")  #: the units the trace's second walk labels (``group_width``)
 MAX_DIM = 2**31  # no real tensor dim is larger; a larger one is a corrupt or hostile file

@@ -17,9 +17,9 @@ import numpy as np
 from cuttree.config import Config, LayerOverride
 from cuttree.core.allocate import Curve, allocate
 from cuttree.core.budget import GroupBudget, _with_ratio, estimate_macs, estimate_params, search, select
-from cuttree.core.grouping import DependencyGraph
+from cuttree.core.grouping import DependencyGraph, Group
 from cuttree.core.importance import scorer, used_criterion
-from cuttree.core.plan import HEAD_UNITS, GroupPlan, PruningPlan
+from cuttree.core.plan import DEPTH_UNIT, HEAD_UNITS, GroupPlan, PruningPlan
 from cuttree.core.shortfall import shortfall
 from cuttree.errors import PlanError, did_you_mean
 
@@ -51,7 +51,10 @@ def decide(
         )
     budgets = group_budgets(graph, config, overrides)
     score_fn = scorer(config.criterion)
-    scores = [score_fn(g, weights, extra, config.seed) for g in graph.groups]
+    scores = [
+        block_scores(g, extra) if g.unit == DEPTH_UNIT else score_fn(g, weights, extra, config.seed)
+        for g in graph.groups
+    ]
     names = [g.name for g in graph.groups]
     cost, full, what, target = _cost(graph, config, weights, params_total)
     allocation: dict[str, Any] | None = None
@@ -68,7 +71,7 @@ def decide(
                 g.size,
                 tuple(int(k) for k in keep),
                 g.members,
-                used_criterion(config.criterion, g, extra),
+                BLOCK_CRITERION if g.unit == DEPTH_UNIT else used_criterion(config.criterion, g, extra),
                 g.unit,
             )
             for g, keep in zip(graph.groups, keeps, strict=True)
@@ -188,7 +191,7 @@ def nothing_prunable(graph: DependencyGraph, config: Config) -> str | None:
     """The warning for a config that asks for structured pruning of a model whose trace left no
     channel group to prune (every channel pinned), or ``None``.
 
-    >>> from cuttree.core.grouping import DependencyGraph
+    >>> from cuttree.core.grouping import DependencyGraph, Group
     >>> g = DependencyGraph([], {"conv": "op", "fc": "output"}, [], np.zeros(0, dtype=np.int64), {}, [], {}, 0.0, [])
     >>> print(nothing_prunable(g, Config(ratio=0.5)))  # doctest: +NORMALIZE_WHITESPACE
     nothing in this model can be pruned, so it is returned unchanged: every layer's output channels are
@@ -219,6 +222,21 @@ def nothing_prunable(graph: DependencyGraph, config: Config) -> str | None:
     )
 
 
+BLOCK_CRITERION = "block_influence"  #: what scores whole layers, whatever ``criterion`` scores channels with
+
+
+def block_scores(group: Group, extra: Mapping[str, np.ndarray]) -> np.ndarray:
+    """A depth group's scores: each block's influence on the calibration data, 1 − cos(input,
+    output) averaged over tokens (ShortGPT), from the frontend (``extra["<stack>#influence"]``)."""
+    key = f"{group.name}#influence"
+    if key not in extra:
+        raise PlanError(
+            f"units: layers scores the blocks of '{group.name}' by their influence on calibration data, and none was "
+            "given; pass calib_data (calibration text) or drop layers from units"
+        )
+    return np.asarray(extra[key], dtype=np.float64)
+
+
 def estimate(graph: DependencyGraph, plan: PruningPlan) -> int:
     """MACs after ``plan``, from the graph's MAC terms."""
     return estimate_macs(graph, [np.asarray(g.keep, dtype=np.int64) for g in plan])
@@ -246,10 +264,13 @@ def group_budgets(graph: DependencyGraph, cfg: Config, overrides: dict[str, list
         for i in idx:
             per_group[i] = cfg.layers[pattern]
     out = []
-    for i in range(len(graph.groups)):
+    for i, g in enumerate(graph.groups):
         o = per_group.get(i)
+        if g.unit not in cfg.pruned_units:  # ``units`` leaves this kind whole
+            out.append(GroupBudget(0.0, None, g.size, 1, False))
+            continue
         ratio = o.ratio if o is not None and o.ratio is not None else cfg.ratio
-        heads = graph.groups[i].unit in HEAD_UNITS and cfg.head_ratio is not None and (o is None or o.ratio is None)
+        heads = g.unit in HEAD_UNITS and cfg.head_ratio is not None and (o is None or o.ratio is None)
         if heads:
             ratio = cfg.head_ratio
         out.append(
@@ -257,15 +278,35 @@ def group_budgets(graph: DependencyGraph, cfg: Config, overrides: dict[str, list
                 ratio=ratio,
                 threshold=o.threshold if o is not None and o.threshold is not None else cfg.threshold,
                 min_channels=o.min_channels if o is not None and o.min_channels is not None else cfg.min_channels,
-                round_to=round_to(cfg.round_to, graph.groups[i].unit, graph.groups[i].size, cfg.target),
+                round_to=round_to(cfg.round_to, g.unit, g.size, cfg.target),
                 in_global_pool=cfg.scope == "global"
                 and (o is None or o.ratio is None)
                 and not heads
                 and (cfg.ratio is not None or cfg.macs_target is not None or cfg.params_target is not None),
-                nearest=graph.groups[i].unit in HEAD_UNITS,
+                nearest=g.unit in (*HEAD_UNITS, DEPTH_UNIT),
             )
         )
-    return out
+    return _crossing_heads(graph, out, per_group)
+
+
+def _crossing_heads(
+    graph: DependencyGraph, budgets: list[GroupBudget], overrides: dict[int, LayerOverride]
+) -> list[GroupBudget]:
+    """Pair each key/value heads group with its ``:query_heads`` group (grouped-query attention)
+    so that the two share one head budget (:func:`cuttree.core.budget.head_counts`); a per-layer
+    ratio on either keeps them apart."""
+    index = {g.name: i for i, g in enumerate(graph.groups)}
+    for j, g in enumerate(graph.groups):
+        i = index.get(g.name.removesuffix(":query_heads"), -1) if g.unit == "query heads" else -1
+        if (
+            i < 0
+            or graph.groups[i].unit != "heads"
+            or any(k in overrides and overrides[k].ratio is not None for k in (i, j))
+        ):
+            continue
+        budgets[i] = dataclasses.replace(budgets[i], crosses=j)
+        budgets[j] = dataclasses.replace(budgets[j], crosses=i)
+    return budgets
 
 
 AUTO_ROUND_MIN = 64  #: the smallest channel group that ``round_to: auto`` rounds

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from cuttree.config import Config
-from cuttree.core.budget import GroupBudget, _n_threshold, n_ratio
+from cuttree.core.budget import GroupBudget, _n_threshold, removed_by_ratio
 from cuttree.core.grouping import DependencyGraph
 from cuttree.core.plan import PruningPlan
 from cuttree.errors import PlanError
@@ -48,9 +48,8 @@ def shortfall(
         return None
     sizes = [g.size for g in graph.groups]
     removed = sum(n - len(k) for n, k in zip(sizes, keeps, strict=True))
-    asked = sum(
-        max(n_ratio(b, n), _n_threshold(s, b.threshold)) for n, b, s in zip(sizes, budgets, scores, strict=True)
-    )
+    by_ratio = removed_by_ratio(sizes, budgets)
+    asked = sum(max(r, _n_threshold(s, b.threshold)) for r, b, s in zip(by_ratio, budgets, scores, strict=True))
     if removed == 0 and asked == 0:
         if not any(b.ratio for b in budgets) and all(b.threshold is None for b in budgets):
             return None  # asked for nothing (ratio: 0)

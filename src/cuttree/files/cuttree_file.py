@@ -29,9 +29,10 @@ from cuttree.errors import CuttreeError, FileFormatError, first_line
 from cuttree.files.atomic import atomic_write
 from cuttree.files.sparse import SPARSE_MIN_SIZE, SPARSE_MIN_ZEROS, inflate, pack_sparse, unpack_mask
 from cuttree.files.trust import build_model, parse_arch
+from cuttree.frontends.torch.depth import stack_shapes
 from cuttree.frontends.torch.fold import as_plain
 from cuttree.frontends.torch.surgery import apply_plan
-from cuttree.frontends.torch.util import state_dict_for_save, tensor_names, to_numpy
+from cuttree.frontends.torch.util import is_sharded, shard_like, state_dict_for_save, tensor_names, to_numpy
 
 FORMAT_VERSION = "1"
 
@@ -292,6 +293,7 @@ def _check_plan(model: nn.Module, plan: PruningPlan, path: str | Path) -> None:
         n: tuple(t.shape)
         for n, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
     }
+    have.update(stack_shapes(model, plan))  # a stack of decoder layers whose blocks the plan removes
     for name, shape in plan.shapes.items():
         if have.get(name) != tuple(shape):
             raise FileFormatError(
@@ -338,6 +340,8 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) ->
                 f"'{source}': tensor '{k}' has shape {tuple(v.shape)}, the model expects {tuple(expected[k].shape)}; "
                 "build the architecture the file was saved from"
             )
+    if any(is_sharded(v) for v in expected.values()):  # FSDP2: each process keeps its shard of the whole tensor
+        state = {k: shard_like(v, expected[k]) for k, v in state.items()}
     model.load_state_dict(state, strict=False)
 
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from cuttree.errors import FileFormatError
 from cuttree.files.cuttree_file import atomic_write, checksum, load_state
-from cuttree.frontends.torch.util import state_dict_for_save
+from cuttree.frontends.torch.util import full, shard_like, state_dict_for_save
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -29,7 +29,10 @@ def save_checkpoint(
     opt: torch.optim.Optimizer,
     state: dict[str, Any],
     rng_state: dict[str, torch.Tensor],
+    write: bool = True,
 ) -> None:
+    """Write the checkpoint (only if ``write``: under FSDP2 every process gathers the whole
+    tensors, one writes them)."""
     from safetensors.torch import save_file
 
     tensors = {f"model.{k}": v for k, v in state_dict_for_save(model).items()}  # a shared module's weight once
@@ -37,7 +40,9 @@ def save_checkpoint(
     for idx, st in sd["state"].items():
         for k, v in st.items():
             if isinstance(v, torch.Tensor):
-                tensors[f"opt.{idx}.{k}"] = v.detach().cpu().contiguous()
+                tensors[f"opt.{idx}.{k}"] = full(v).detach().cpu().contiguous()
+    if not write:
+        return
     tensors.update(rng_state)
     meta = {"state": json.dumps({**state, "param_groups": sd["param_groups"]})}
     meta["checksum"] = checksum(tensors, meta)
@@ -70,9 +75,11 @@ def load_checkpoint(
     meta, tensors = read_checkpoint(run_dir / CHECKPOINT)
     load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, str(run_dir))
     state: dict[int, dict[str, torch.Tensor]] = {}
+    params = [p for g in opt.param_groups for p in g["params"]]  # the order of the state's indices
     for k, v in tensors.items():
         if k.startswith("opt."):
             _, idx, name = k.split(".", 2)
-            state.setdefault(int(idx), {})[name] = v
+            p = params[int(idx)] if int(idx) < len(params) else None
+            state.setdefault(int(idx), {})[name] = shard_like(v, p) if p is not None and v.shape == p.shape else v
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     return meta, {k: v for k, v in tensors.items() if k.startswith("rng.")}

@@ -35,6 +35,7 @@ from cuttree.recover import rng, validation
 from cuttree.recover.batching import forward
 from cuttree.recover.checkpoints import save_checkpoint
 from cuttree.recover.devices import Precision, world
+from cuttree.recover.sharding import mean_over_processes, sharded
 
 Log = Callable[[str], None]
 
@@ -82,7 +83,7 @@ def _labels(y: torch.Tensor | None) -> torch.Tensor:
 @dataclass
 class Loop:
     """One fine-tuning's moving parts, and its steps from wherever the run stands; checkpoints go
-    to ``run`` (``None`` on every process but the first, or with no run folder)."""
+    to ``run`` (``None``: no run folder), written by the process that ``write``s."""
 
     model: nn.Module
     net: nn.Module  # the model, or its DistributedDataParallel wrapper
@@ -93,6 +94,7 @@ class Loop:
     data: validation.Split
     best: validation.Best
     run: Path | None
+    write: bool  # this process writes the checkpoints (the first; under FSDP2 every process gathers them)
     total: int
     log: Log
     live: bool  # a live bar shows what the step lines would say
@@ -138,9 +140,16 @@ class Loop:
                     val_info = f"  val {best.metric} {best.history[-1][1]:.4g}"
                     self.say(f"step {step}/{total}: validation {best.metric} {best.history[-1][1]:.4g}")
                     state["validation"] = best.state()
-                if self.run is not None and ft.checkpoint_every and (step % ft.checkpoint_every == 0 or step == total):
+                if (
+                    self.run is not None
+                    and (self.write or sharded(self.model))
+                    and ft.checkpoint_every
+                    and (step % ft.checkpoint_every == 0 or step == total)
+                ):
                     state |= {"step": step, "running_loss": running, "scaler": self.precision.state_dict()}
-                    save_checkpoint(self.run, self.model, self.opt, state, rng.capture(device, self.data.train))
+                    save_checkpoint(
+                        self.run, self.model, self.opt, state, rng.capture(device, self.data.train), self.write
+                    )
         return step
 
 
@@ -160,7 +169,7 @@ def _train_step(
         loss = _loss(model, net, teacher, x, y, cfg)
     opt.zero_grad(set_to_none=True)
     precision.step(loss, opt)
-    return float(loss.item())
+    return mean_over_processes(float(loss.item()))  # the whole batch's, as one process would report it
 
 
 def _batch(

@@ -23,7 +23,9 @@
   autotuning, ``torch.use_deterministic_algorithms`` in warn-only mode, and
   ``CUBLAS_WORKSPACE_CONFIG=:4096:8``, which must be set before CUDA starts: the CLI does so).
 - Under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in DDP (gloo on CPU, nccl on GPU,
-  one GPU per process: ``cuda:LOCAL_RANK``) after pruning; only rank 0 writes.
+  one GPU per process: ``cuda:LOCAL_RANK``) after pruning, or with ``finetune.parallel: fsdp``
+  sharded in place by FSDP2 (:mod:`cuttree.recover.sharding`); only rank 0 writes. The loss
+  logged is the mean over the processes: the whole batch's.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from cuttree.recover.batching import forward
 from cuttree.recover.checkpoints import CHECKPOINT, load_checkpoint
 from cuttree.recover.devices import Precision, deterministic, world
 from cuttree.recover.loop import Log, Loop
+from cuttree.recover.sharding import wrap
 
 
 def _optimizer(model: nn.Module, ft: FinetuneConfig) -> torch.optim.Optimizer:
@@ -102,7 +105,7 @@ def finetune(
     run = Path(run_dir) if run_dir is not None else None
     if ft.deterministic:
         deterministic(device)
-    net = _distributed(model, device) if size > 1 else model
+    net = wrap(model, device, ft.parallel) if size > 1 else model
     opt = _optimizer(model, ft)
     precision = Precision(ft.amp, device)
     order = {"seed": cfg.seed, "samples": n, "batch_size": ft.batch_size, "processes": size}
@@ -112,7 +115,7 @@ def finetune(
         log(f"resumed at step {state['step']}/{total}")
     live = progress and rank == 0 and on_terminal()
     best = validation.Best(run, state.get("validation"), write=rank == 0)
-    loop = Loop(model, net, teacher, opt, precision, cfg, data, best, run if rank == 0 else None, total, log, live)
+    loop = Loop(model, net, teacher, opt, precision, cfg, data, best, run, rank == 0, total, log, live)
     if data.val is not None and not best.history:
         best.offer(model, 0, *validation.score(model, data.val, cfg))
         state["validation"] = best.state()  # a run killed before its first epoch ends resumes with it
@@ -139,11 +142,6 @@ def _steps(n: int, ft: FinetuneConfig, processes: int) -> tuple[int, int]:
             "lower finetune.batch_size or pass more data"
         )
     return steps_per_epoch, max(1, math.ceil(ft.epochs * steps_per_epoch))
-
-
-def _distributed(model: nn.Module, device: torch.device) -> nn.Module:
-    """``model`` wrapped for DDP (one GPU per process, or the CPU)."""
-    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def _resumed(

@@ -75,12 +75,11 @@ def score(model: nn.Module, data: Any, cfg: Config, batch_size: int = 256) -> tu
     >>> score(m, [(torch.tensor([1.0, 0.0]), 0), (torch.tensor([0.0, 1.0]), 0)], Config(ratio=0.5))
     ('top1', 50.0, True)
     """
-    import torch
     from torch.utils.data import default_collate
 
     from cuttree.frontends.torch.calibrate import is_causal_lm, loss_and_logits, split_batch, text_labels, to_device
     from cuttree.frontends.torch.measure import evaluate
-    from cuttree.frontends.torch.util import eval_mode, model_device
+    from cuttree.frontends.torch.util import eval_mode, inference, model_device
 
     first, labels = split_batch(default_collate([data[0]]), "validation")
     if not isinstance(first, dict) and labels is None:
@@ -93,7 +92,7 @@ def score(model: nn.Module, data: Any, cfg: Config, batch_size: int = 256) -> tu
         return key, evaluate(model, data, cfg.mode, batch_size, cfg.finetune.ignore_index)[key], True
     device, lm = model_device(model), is_causal_lm(model)
     total, weight = 0.0, 0
-    with eval_mode(model), torch.inference_mode():
+    with eval_mode(model), inference(model):
         for s in range(0, len(data), batch_size):
             x, y = split_batch(
                 default_collate([data[i] for i in range(s, min(s + batch_size, len(data)))]), "validation"

@@ -40,6 +40,7 @@ TORCH_ONLY: dict[str, Callable[[Config], bool]] = {
     "steps": lambda c: c.steps > 1,
     "fold_computed_weights": lambda c: c.fold_computed_weights,
     "latency_target": lambda c: c.latency_target is not None,
+    "units": lambda c: "layers" in c.pruned_units,  # depth: whole decoder layers
 }
 
 

@@ -25,7 +25,7 @@ from cuttree.config import Config
 from cuttree.core.frontend import ScoredSubset
 from cuttree.core.importance import REGISTRY
 from cuttree.core.names import resolve
-from cuttree.core.plan import PruningPlan
+from cuttree.core.plan import DEPTH_UNIT, PruningPlan
 from cuttree.core.planner import PlanningInputs
 from cuttree.core.resources import check_memory
 from cuttree.core.results import Measurements, SparsifyResult, Tuned
@@ -33,6 +33,7 @@ from cuttree.core.sensitivity import Sensitivity
 from cuttree.errors import SurgeryError, warn
 from cuttree.frontends.torch import calibrate, measure
 from cuttree.frontends.torch.checks import heads_checked, train_checked, validated, warn_heads_not_found
+from cuttree.frontends.torch.depth import block_influence
 from cuttree.frontends.torch.fold import computes_its_weight, fold_computed_weights
 from cuttree.frontends.torch.groups import DependencyGraph, build_graph
 from cuttree.frontends.torch.sparsity import Mask, masked, strip
@@ -83,6 +84,12 @@ def criterion_inputs(
     params = {k: v for k, v in named_tensors(model).items() if k in members and isinstance(v, nn.Parameter)}
     if needs == "gradients":
         stats = {k: v for k, v in stats.items() if k in params}
+    for g in graph.groups:
+        if g.unit == DEPTH_UNIT and data is not None:  # whole blocks: their influence on the calibration data
+            stack = model.get_submodule(g.name)
+            assert isinstance(stack, nn.ModuleList)
+            xs = (x for x, _ in calibrate.batches(data, cfg, need_labels=False, device=model_device(model)))
+            stats[f"{g.name}#influence"] = block_influence(model, stack, xs)
     return {k: to_numpy(v) for k, v in stats.items()}, {k: to_numpy(v) for k, v in params.items()}
 
 
@@ -99,7 +106,8 @@ class TorchFrontend:
     def check(self, model: nn.Module, config: Config) -> None:
         refuse_keras(model)
         weight_only = not REGISTRY.lookup(config.criterion).data_driven and config.criterion != "random"
-        if config.method == "structured" and weight_only and calibrate.is_causal_lm(model):
+        width = set(config.pruned_units) - {DEPTH_UNIT}  # whole layers are scored by their influence, never by l1
+        if config.method == "structured" and weight_only and width and calibrate.is_causal_lm(model):
             warn(
                 f"criterion '{config.criterion}' scores a language model's channels by their weights alone and "
                 "removes the few channels that carry its massive activations (SmolLM2-135M at 20% of its "
@@ -121,7 +129,8 @@ class TorchFrontend:
         names = module_names(model)
         ignore = sorted({n for hits in resolve(config.ignore, names, "ignore").values() for n in hits})
         overrides = resolve(config.layers, names, "layers")
-        graph = build_graph(model, inputs, ignore, group_width=config.group_width)
+        depth = config.method == "structured" and "layers" in config.pruned_units
+        graph = build_graph(model, inputs, ignore, group_width=config.group_width, depth=depth)
         extra, weights = criterion_inputs(model, graph, config, calib_data)
         return PlanningInputs(graph, overrides, weights, extra, measure.count_params(model), "torch", "torch")
 

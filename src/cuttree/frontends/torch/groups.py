@@ -14,9 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from cuttree.core.grouping import DependencyGraph, Group, Role, group_channels, with_width_groups
+from cuttree.core.grouping import DependencyGraph, Group, Role, group_channels, with_depth_group, with_width_groups
 from cuttree.core.plan import Member
+from cuttree.errors import warn
 from cuttree.frontends.torch.attention import traceable
+from cuttree.frontends.torch.depth import block_params, stack_of
 from cuttree.frontends.torch.rules import rule_for_module
 from cuttree.frontends.torch.trace import TraceResult, named_tensors, trace
 
@@ -29,7 +31,11 @@ def _module_of(name: str) -> tuple[str, str]:
 
 
 def build_graph(
-    model: nn.Module, example_inputs: Sequence[Any], ignore: Sequence[str] = (), group_width: bool = True
+    model: nn.Module,
+    example_inputs: Sequence[Any],
+    ignore: Sequence[str] = (),
+    group_width: bool = True,
+    depth: bool = False,
 ) -> DependencyGraph:
     """Trace ``model`` and group its coupled channels.
 
@@ -39,14 +45,29 @@ def build_graph(
     key/value heads with all their query heads, and the same query heads of every kv head.
     ``nn.MultiheadAttention`` modules are traced as :class:`~cuttree.frontends.torch.attention.PrunableMultiheadAttention`
     (their own forward hides the heads in one fused op); the model is unchanged afterwards.
+    With ``depth``, the decoder stack's blocks are one more group, of unit ``layers``
+    (:mod:`cuttree.frontends.torch.depth`).
     """
+    stack = stack_of(model) if depth else None
+    if depth and stack is None:
+        warn(
+            "units: layers removes whole decoder layers, and this model has no stack of them (a ModuleList of one "
+            "block class holding Linear layers); only the other units are pruned"
+        )
     with traceable(model):
-        return _build(model, example_inputs, ignore, group_width)
+        graph, spans = _build(model, example_inputs, ignore, group_width, list(stack[1]) if stack else [])
+    if stack is None:
+        return graph
+    return with_depth_group(graph, stack[0], spans, block_params(stack[1]))
 
 
 def _build(
-    model: nn.Module, example_inputs: Sequence[Any], ignore: Sequence[str], group_width: bool
-) -> DependencyGraph:
+    model: nn.Module,
+    example_inputs: Sequence[Any],
+    ignore: Sequence[str],
+    group_width: bool,
+    blocks: Sequence[nn.Module],
+) -> tuple[DependencyGraph, list[tuple[int, int]]]:
     modules = dict(model.named_modules())
     tensors = named_tensors(model)
     pinned_out: dict[str, list[int]] = {}
@@ -60,12 +81,12 @@ def _build(
             pinned_out[name] = [rule.out_dims[attr]]
         elif mod_name in ignore and not rule.out_dims:
             pinned_out[name] = list(range(t.dim()))
-    res = trace(model, example_inputs, pinned_out)
+    res = trace(model, example_inputs, pinned_out, blocks=blocks)
     graph = _group(model, res, modules, tensors)
     if not group_width or not (res.state.grouped_heads or any(kind == "groups" for _, kind in res.state.units)):
-        return graph
+        return graph, res.spans
     wide = trace(model, example_inputs, pinned_out, group_width=True)
-    return with_width_groups(graph, _group(model, wide, modules, tensors))
+    return with_width_groups(graph, _group(model, wide, modules, tensors)), res.spans
 
 
 def _ancestors(mod_name: str) -> list[str]:

@@ -27,6 +27,7 @@ from cuttree.frontends.torch.util import (
     as_inputs,
     eval_mode,
     frozen,
+    inference,
     model_device,
     primary_output,
     run_model,
@@ -219,7 +220,7 @@ def evaluate(
     device = model_device(model)
     correct1 = correct5 = total = 0
     conf: torch.Tensor | None = None
-    with eval_mode(model), torch.inference_mode():
+    with eval_mode(model), inference(model):
         for s in range(0, n, batch_size):
             x, y = default_collate([data[i] for i in range(s, min(s + batch_size, n))])
             out = model(x.to(device))

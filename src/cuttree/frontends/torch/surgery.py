@@ -7,15 +7,16 @@ in line, then, given example inputs, one forward pass checks the result.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
-from cuttree.core.plan import PruningPlan
+from cuttree.core.plan import DEPTH_UNIT, PruningPlan
 from cuttree.errors import SurgeryError, first_line
+from cuttree.frontends.torch.depth import remove_blocks, stack_shapes
 from cuttree.frontends.torch.rules import counts_heads, rule_for_module
 from cuttree.frontends.torch.util import as_inputs, eval_mode
 
@@ -44,6 +45,7 @@ def check_shapes(model: nn.Module, plan: PruningPlan) -> None:
         )
     state = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     state.update({k: tuple(v.shape) for k, v in model.named_buffers() if k not in state})  # non-persistent ones too
+    state.update(stack_shapes(model, plan))  # a stack of decoder layers: (blocks,)
     for name, shape in plan.shapes.items():
         if name not in state:
             raise SurgeryError(
@@ -103,6 +105,8 @@ def apply_plan(
     check_shapes(model, plan)
     owners = _owners(model)
     removed = plan.removed_positions()
+    blocks = {t: removed.pop(t)[0] for t in {m.tensor for g in plan.groups if g.unit == DEPTH_UNIT for m in g.members}}
+    blocks = {t: gone for t, gone in blocks.items() if len(gone)} if blocks else {}
     groups_left = _groups_left(model, removed)
     undo: list[tuple[nn.Module, str, torch.Tensor]] = []
     touched: dict[int, nn.Module] = {}
@@ -130,6 +134,7 @@ def apply_plan(
             touched[id(m)] = m
     attrs = {i: {k: v for k, v in vars(m).items() if not k.startswith("_")} for i, m in touched.items()}
     classes = {i: type(m) for i, m in touched.items()}
+    restore_blocks: list[Callable[[], None]] = []
     try:
         for m in sorted(touched.values(), key=counts_heads):
             rule_for_module(m).update(m)
@@ -137,10 +142,14 @@ def apply_plan(
                 assert isinstance(m, nn.modules.conv._ConvNd)
                 m.groups = groups_left[id(m)]
                 m.in_channels = m.weight.shape[1] * m.groups
+        for stack, gone in blocks.items():  # whole layers last: the channel surgery above named them as they were
+            restore_blocks.append(remove_blocks(model, stack, gone.tolist()))
         if example_inputs is not None:
             _check_forward(model, example_inputs, output_shapes)
     except Exception:
         # All or nothing: put every tensor and attribute back, so a failed surgery leaves the model as it was.
+        for restore in reversed(restore_blocks):
+            restore()
         for m, a, t in reversed(undo):
             setattr(m, a, t)
         for i, m in touched.items():

@@ -64,12 +64,36 @@ class TraceResult:
         outputs: list[torch.Tensor],
         seconds: float,
         unreached: list[str],
+        spans: list[tuple[int, int]] | None = None,
     ) -> None:
         self.state = state
         self.tensors = tensors
         self.outputs = outputs
         self.seconds = seconds
         self.unreached = unreached
+        self.spans = spans or []  # per block of ``trace(blocks=…)``: the MAC terms recorded inside it
+
+
+@contextlib.contextmanager
+def _block_spans(state: LabelState, blocks: Sequence[nn.Module], spans: list[tuple[int, int]]) -> Iterator[None]:
+    """Record, per module of ``blocks`` (a stack of decoder layers), the range of MAC terms its
+    forward recorded: what removing the whole block saves."""
+    starts: dict[int, int] = {}
+
+    def enter(m: nn.Module, args: Any) -> None:
+        starts[id(m)] = len(state.mac_terms)
+
+    def leave(m: nn.Module, args: Any, out: Any) -> None:
+        spans[index[id(m)]] = (starts[id(m)], len(state.mac_terms))
+
+    index = {id(b): i for i, b in enumerate(blocks)}
+    spans[:] = [(0, 0)] * len(blocks)
+    handles = [h for b in blocks for h in (b.register_forward_pre_hook(enter), b.register_forward_hook(leave))]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 @contextlib.contextmanager
@@ -112,12 +136,14 @@ def trace(
     example_inputs: Sequence[Any],
     ignore_out: dict[str, list[int]] | None = None,
     group_width: bool = False,
+    blocks: Sequence[nn.Module] = (),
 ) -> TraceResult:
     """Run ``model(*example_inputs)`` in eval mode and no-grad, labelling channels.
 
     ``ignore_out`` pins the given dims of the given tensors (the user's ``ignore`` list, resolved
     to state-dict names by the caller). ``group_width`` labels the width inside each group of a
-    grouped conv instead of whole groups. The model's training flags are restored afterwards.
+    grouped conv instead of whole groups. ``blocks`` (a stack of decoder layers) get the MAC terms
+    each one's forward recorded (``spans``). The model's training flags are restored afterwards.
     """
     if not isinstance(example_inputs, tuple | list):
         raise TypeError(
@@ -132,8 +158,9 @@ def trace(
             state.pin(labels[name][d], Pin.IGNORED)
     watched = {id(t): name for name, t in tensors.items()}
     rec = _Recorder(state, watched)
+    spans: list[tuple[int, int]] = []
     t0 = time.perf_counter()
-    with eval_mode(model), torch.no_grad(), _attention_scopes(state), rec:
+    with eval_mode(model), torch.no_grad(), _attention_scopes(state), _block_spans(state, blocks, spans), rec:
         out = run_model(model, example_inputs)
     seconds = time.perf_counter() - t0
     leaves, _ = tree_flatten(out)
@@ -151,4 +178,4 @@ def trace(
             unreached.append(name)
             for lab in labels[name]:
                 state.pin(lab, Pin.UNUSED)
-    return TraceResult(state, labels, outputs, seconds, unreached)
+    return TraceResult(state, labels, outputs, seconds, unreached, spans)

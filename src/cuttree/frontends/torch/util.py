@@ -155,10 +155,58 @@ def tensor_names(model: nn.Module) -> dict[str, str]:
     return {k: first.setdefault(id(v), k) for k, v in model.state_dict(keep_vars=True).items()}
 
 
+def is_sharded(t: Any) -> bool:
+    """Whether ``t`` is a ``DTensor`` (a parameter or optimizer state under FSDP2)."""
+    return hasattr(t, "full_tensor") and hasattr(t, "device_mesh")
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor: gathered from every process if ``t`` is sharded (collective)."""
+    return t.full_tensor() if is_sharded(t) else t  # type: ignore[attr-defined, no-any-return]
+
+
+def shard_like(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``value`` (the whole tensor) as ``like`` holds it: this process's shard of it when ``like``
+    is sharded (taken from ``value`` here, no communication), else ``value`` itself."""
+    if not is_sharded(like):
+        return value
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(
+        value.to(like.device, like.dtype),  # type: ignore[attr-defined]
+        like.device_mesh,  # type: ignore[attr-defined]
+        like.placements,  # type: ignore[attr-defined]
+        src_data_rank=None,
+    )
+
+
+def sharded(model: nn.Module) -> bool:
+    """Whether ``model`` is sharded across processes by FSDP2 (``fully_shard``). Its parameters
+    alone do not say: a forward without a backward leaves the root's gathered whole until the
+    next step.
+
+    >>> sharded(nn.Linear(2, 2))
+    False
+    """
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - a build without distributed
+        return False
+    return any(isinstance(m, FSDPModule) for m in model.modules())
+
+
+def inference(model: nn.Module) -> Any:
+    """The no-grad context to evaluate ``model`` in: inference mode, or plain ``no_grad`` for a
+    sharded model (FSDP2 reuses its gathered buffers in training, and buffers made in inference
+    mode cannot be written outside it)."""
+    return torch.no_grad() if sharded(model) else torch.inference_mode()
+
+
 def state_dict_for_save(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state dict on the CPU, contiguous, with shared tensors stored once (safetensors forbids
-    aliasing), and a parametrized tensor (a sparsity mask) as the plain tensor it computes."""
-    state = model.state_dict()
+    aliasing), a parametrized tensor (a sparsity mask) as the plain tensor it computes, and a
+    sharded one (FSDP2) whole: gathered from every process, so every process must call it."""
+    state = {k: full(v) for k, v in model.state_dict().items()}
     out = {k: state[k].detach().cpu().contiguous() for k, first in tensor_names(model).items() if k == first}
     for name, mod in model.named_modules():
         if not parametrize.is_parametrized(mod):
