@@ -62,6 +62,11 @@ class Config(BaseModel):
       1 − cos(input, output)) and rounded to the nearest whole layer. The default, every unit but
       ``layers``, prunes width only; ``[layers]`` prunes depth only, and listing both prunes both
       at the budget's ratio. Groups of other units keep everything (PyTorch only for ``layers``).
+    - ``uniform``: the same kept count in every layer of one type (the groups whose names differ
+      only in layer indices, such as every ``model.layers.N.mlp.gate_proj``): the mean of what the
+      budget gives them, each keeping its best; under ``scope: global`` the global ranking's mean.
+      What a Hugging Face config can describe, so that ``save_pretrained`` always works. A budget of
+      MACs or parameters is searched among uniform plans.
     - ``round_to``: kept channel counts are rounded up to a multiple of this. ``auto`` (the
       default) rounds channel groups of at least 64 channels to the channel block of the
       deployment ``target`` (:func:`cuttree.core.planner.channel_block`), the widths where ONNX
@@ -106,6 +111,7 @@ class Config(BaseModel):
     head_ratio: float | None = Field(default=None, ge=0.0, lt=1.0)
     group_width: bool = True
     units: tuple[Literal["channels", "heads", "query heads", "groups", "width", "layers"], ...] | None = None
+    uniform: bool = False
     criterion: str = "l1"
     scope: Literal["local", "global", "row"] = "local"
     min_channels: int = Field(default=1, ge=1)
@@ -170,6 +176,10 @@ class Config(BaseModel):
         elif not info.structured or self.nm or self.schedule or self.sequential or self.allocation == "owl":
             what = f"criterion {self.criterion} is" if not info.structured else "nm, schedule, sequential and owl are"
             raise ValueError(f"{what} for method: unstructured; set method: unstructured")
+        if self.uniform and self.allocation == "sensitivity":
+            raise ValueError(
+                "uniform: true gives every layer one width, which allocation: sensitivity makes differ; choose one"
+            )
         if self.units is not None and not self.units:
             raise ValueError("units: [] leaves nothing to prune; list what may go, e.g. [channels, heads, layers]")
         if self.units is not None and "layers" in self.units and self.scope == "global":

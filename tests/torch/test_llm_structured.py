@@ -82,3 +82,40 @@ def test_keras_refuses_reader_criteria_with_the_fix() -> None:
 
 def _data() -> Any:
     return [(np.ones((4, 8), dtype="float32"), np.zeros(4, dtype="int64"))]
+
+
+def test_uniform_gives_every_layer_the_global_rankings_mean_width_and_saves_pretrained(tmp_path: Any) -> None:
+    """``scope: global`` alone gives the two layers' MLPs different widths (a config cannot
+    describe them: ``save_pretrained`` refuses); with ``uniform: true`` each keeps the mean of
+    those widths, its own best channels, and the folder loads with plain ``from_pretrained``."""
+    transformers = pytest.importorskip("transformers")
+    from cuttree.files.huggingface import save_pretrained
+
+    torch.manual_seed(0)
+    model = tiny_llama(transformers)
+    data = [torch.randint(0, 100, (2, 12)) for _ in range(4)]
+    common = {"ratio": 0.4, "scope": "global", "criterion": "wanda", "round_to": 1, "min_samples": 8,
+              "calib_samples": 8, "latency_runs": 0}  # fmt: skip
+    ranked = cuttree.prune(model, (data[0][:1],), cuttree.Config(**common), calib_data=data)
+    widths = [len(g.keep) for g in ranked.plan if g.name.endswith("mlp.gate_proj")]
+    assert widths[0] != widths[1]
+    with pytest.raises(cuttree.FileFormatError, match=r"keep different MLP widths \(\[37, 74\]\)"):
+        save_pretrained(ranked.model, tmp_path / "ranked", (data[0][:1],))
+    r = cuttree.prune(model, (data[0][:1],), cuttree.Config(**common, uniform=True), calib_data=data)
+    mlp = [g for g in r.plan if g.name.endswith("mlp.gate_proj")]
+    n = int(np.floor(sum(widths) / 2 + 0.5))
+    assert [len(g.keep) for g in mlp] == [n, n]
+    names = [f"model.layers.{i}.mlp.down_proj" for i in range(2)]
+    xs = _inputs_of(model, names, data)
+    for g, down in zip(mlp, names, strict=True):  # each keeps its own best, by the wanda oracle
+        assert g.keep == _top(_oracle(model.get_submodule(down).weight, xs[down], "wanda"), n)
+    folder = save_pretrained(r.model, tmp_path / "uniform", (data[0][:1],))
+    back = transformers.LlamaForCausalLM.from_pretrained(folder).eval()
+    assert back.config.intermediate_size == n
+    with torch.no_grad():
+        torch.testing.assert_close(back(data[1]).logits, r.model(data[1]).logits)
+
+
+def test_uniform_and_sensitivity_allocation_are_refused_together() -> None:
+    with pytest.raises(ValueError, match="uniform: true gives every layer one width, which allocation: sensitivity"):
+        cuttree.Config(macs_target=0.5, uniform=True, allocation="sensitivity")

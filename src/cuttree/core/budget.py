@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
@@ -230,16 +231,20 @@ def search(
     cost: Callable[[Sequence[np.ndarray]], int],
     full: int,
     what: str,
+    uniform: bool = False,
 ) -> list[np.ndarray]:
     """The plan of the smallest ratio that keeps at most ``target`` of ``cost`` (bisection), then
     widened group by group toward the next larger plan while it stays within (:func:`_fill`);
-    ``full`` is the unpruned model's cost and ``what`` its name in errors (``macs``, ``params``)."""
+    ``full`` is the unpruned model's cost and ``what`` its name in errors (``macs``, ``params``).
+    With ``uniform`` every plan tried is made uniform (:func:`uniform_keeps`) and none is widened
+    group by group (which would make layers differ)."""
     names = [g.name for g in graph.groups]
     goal = target * full
 
     def plan_at(r: float) -> list[np.ndarray]:
         bs = budgets if global_scope else [b if b.ratio is not None else _with_ratio(b, r) for b in budgets]
-        return select(names, scores, bs, r if global_scope else None)
+        keeps = select(names, scores, bs, r if global_scope else None)
+        return uniform_keeps(graph, scores, keeps, budgets) if uniform else keeps
 
     lo, hi = 0.0, 0.999
     best = plan_at(hi)
@@ -257,7 +262,46 @@ def search(
             hi, best = mid, keeps
         else:
             lo = mid
-    return _fill(best, plan_at(lo), scores, cost, goal)
+    return best if uniform else _fill(best, plan_at(lo), scores, cost, goal)
+
+
+def family(name: str) -> str:
+    """The name of a group with its layer indices blanked: the groups one layer type has in every layer.
+
+    >>> family("model.layers.12.mlp.gate_proj"), family("model.layers.3.self_attn.q_proj:query_heads")
+    ('model.layers.#.mlp.gate_proj', 'model.layers.#.self_attn.q_proj:query_heads')
+    """
+    return re.sub(r"(?<=\.)\d+(?=\.)", "#", name)
+
+
+def uniform_keeps(
+    graph: DependencyGraph, scores: Sequence[np.ndarray], keeps: Sequence[np.ndarray], budgets: Sequence[GroupBudget]
+) -> list[np.ndarray]:
+    """``keeps`` with the same kept count in every group of one :func:`family` (same unit and
+    size): the mean of their counts, rounded to the nearest and up to ``round_to``, each group
+    keeping its best. A plan whose layers all have one width is what a Hugging Face config can
+    describe (``save_pretrained``); under ``scope: global`` the count is the global ranking's mean.
+
+    >>> from cuttree.core.grouping import Group
+    >>> g = DependencyGraph([Group("l.0.fc", 4, (), ()), Group("l.1.fc", 4, (), ())], {}, [], np.zeros(0, dtype=np.int64), {}, [], {}, 0.0, [])
+    >>> b = [GroupBudget(None, None, 1, 1, False)] * 2
+    >>> [k.tolist() for k in uniform_keeps(g, [np.arange(4.0), np.array([4.0, 3, 2, 1])], [np.array([3]), np.arange(3)], b)]
+    [[2, 3], [0, 1]]
+    """
+    families: dict[tuple[str, int, str], list[int]] = {}
+    for i, g in enumerate(graph.groups):
+        if g.unit != DEPTH_UNIT:
+            families.setdefault((g.unit, g.size, family(g.name)), []).append(i)
+    out = list(keeps)
+    for (_, size, _), members in families.items():
+        if len(members) < 2 or len({len(keeps[i]) for i in members}) == 1:
+            continue
+        step = budgets[members[0]].round_to
+        n = math.floor(sum(len(keeps[i]) for i in members) / len(members) + 0.5)
+        n = min(size, max(1, math.ceil(n / step) * step))
+        for i in members:
+            out[i] = np.sort(np.argsort(scores[i], kind="stable")[size - n :])
+    return out
 
 
 def _fill(

@@ -16,7 +16,15 @@ import numpy as np
 
 from cuttree.config import Config, LayerOverride
 from cuttree.core.allocate import Curve, allocate
-from cuttree.core.budget import GroupBudget, _with_ratio, estimate_macs, estimate_params, search, select
+from cuttree.core.budget import (
+    GroupBudget,
+    _with_ratio,
+    estimate_macs,
+    estimate_params,
+    search,
+    select,
+    uniform_keeps,
+)
 from cuttree.core.grouping import DependencyGraph, Group
 from cuttree.core.importance import scorer, used_criterion
 from cuttree.core.plan import DEPTH_UNIT, HEAD_UNITS, GroupPlan, PruningPlan
@@ -61,9 +69,10 @@ def decide(
     if config.allocation == "sensitivity":
         keeps, allocation = _by_sensitivity(graph, config, scores, budgets, curves, cost, full, target)
     elif target is not None:
-        keeps = search(graph, scores, budgets, target, config.scope == "global", cost, full, what)
+        keeps = search(graph, scores, budgets, target, config.scope == "global", cost, full, what, config.uniform)
     else:
         keeps = select(names, scores, budgets, config.ratio if config.scope == "global" else None)
+        keeps = uniform_keeps(graph, scores, keeps, budgets) if config.uniform else keeps
     plan = PruningPlan(
         groups=tuple(
             GroupPlan(

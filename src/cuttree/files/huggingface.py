@@ -30,7 +30,7 @@ def _uniform(values: list[int], what: str) -> int | None:
     if len(set(values)) > 1:
         raise FileFormatError(
             f"the pruned layers keep different {what} ({sorted(set(values))}); a Hugging Face config holds one "
-            "value, so save this model as .cuttree (cuttree.save) or prune with the same ratio in every layer"
+            "value, so save this model as .cuttree (cuttree.save) or prune with uniform: true"
         )
     return values[0]
 
