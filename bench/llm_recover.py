@@ -67,7 +67,7 @@ def _reloaded_perplexity(folder: Path, ev: torch.Tensor) -> float:
             "torch.set_num_threads(2)\n"
             "from transformers import AutoModelForCausalLM\n"
             f"m = AutoModelForCausalLM.from_pretrained({str(folder)!r}).eval()\n"
-            f"ev = torch.load({str(Path(tmp) / 'ev.pt')!r})\n"
+            f"ev = torch.load({str(Path(tmp) / 'ev.pt')!r}, weights_only=True)\n"
             "nll, n = 0.0, 0\n"
             "with torch.no_grad():\n"
             "    for i in range(0, len(ev), 4):\n"

@@ -19,14 +19,8 @@ import torch
 from torch import nn
 
 from cuttree.errors import SurgeryError
-from cuttree.frontends.torch.layerwise import decoder_stack
 from cuttree.frontends.torch.util import eval_mode, removing
 from cuttree.recover.batching import forward
-
-
-def stack_of(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
-    """The stack whose blocks ``units: [layers]`` removes: the model's decoder stack."""
-    return decoder_stack(model)
 
 
 def stack_shapes(model: nn.Module, plan: Any) -> dict[str, tuple[int, ...]]:
@@ -151,4 +145,4 @@ def remove_blocks(model: nn.Module, name: str, removed: Iterable[int]) -> Callab
     return undo
 
 
-__all__ = ["block_influence", "block_params", "remove_blocks", "stack_of", "stack_shapes"]
+__all__ = ["block_influence", "block_params", "remove_blocks", "stack_shapes"]

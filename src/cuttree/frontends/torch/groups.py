@@ -18,7 +18,8 @@ from cuttree.core.grouping import DependencyGraph, Group, Role, group_channels, 
 from cuttree.core.plan import Member
 from cuttree.errors import warn
 from cuttree.frontends.torch.attention import traceable
-from cuttree.frontends.torch.depth import block_params, stack_of
+from cuttree.frontends.torch.depth import block_params
+from cuttree.frontends.torch.layerwise import decoder_stack
 from cuttree.frontends.torch.rules import rule_for_module
 from cuttree.frontends.torch.trace import TraceResult, named_tensors, trace
 
@@ -48,7 +49,7 @@ def build_graph(
     With ``depth``, the decoder stack's blocks are one more group, of unit ``layers``
     (:mod:`cuttree.frontends.torch.depth`).
     """
-    stack = stack_of(model) if depth else None
+    stack = decoder_stack(model) if depth else None
     if depth and stack is None:
         warn(
             "units: layers removes whole decoder layers, and this model has no stack of them (a ModuleList of one "
