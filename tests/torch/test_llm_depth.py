@@ -165,3 +165,17 @@ def test_a_depth_and_width_pruned_model_reloads_from_a_cuttree_file_exactly(tmp_
     assert back.config.num_hidden_layers == 3 and len(back.model.layers) == 3
     with torch.no_grad():
         assert torch.equal(back(data[1]).logits, r.model(data[1]).logits)
+
+
+def test_a_plan_that_keeps_every_layer_prunes_the_width_alone() -> None:
+    """``units: [channels, layers]`` at a ratio that rounds to no layer (0.05 × 6 = 0.3): the stack
+    stays whole and the MLPs still lose their 3 weakest of 64 channels (surgery once failed on it)."""
+    transformers = pytest.importorskip("transformers")
+    model, data = _llama(transformers), _data()
+    cfg = cuttree.Config(
+        ratio=0.05, units=["channels", "layers"], criterion="wanda", round_to=1, min_samples=8, calib_samples=8,
+        latency_runs=0,
+    )  # fmt: skip
+    r = cuttree.prune(model, (data[0][:1],), cfg, calib_data=data)
+    assert r.model.config.num_hidden_layers == len(r.model.model.layers) == 6
+    assert [layer.mlp.gate_proj.out_features for layer in r.model.model.layers] == [61] * 6

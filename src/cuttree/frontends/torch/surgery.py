@@ -105,8 +105,8 @@ def apply_plan(
     check_shapes(model, plan)
     owners = _owners(model)
     removed = plan.removed_positions()
-    blocks = {t: removed.pop(t)[0] for t in {m.tensor for g in plan.groups if g.unit == DEPTH_UNIT for m in g.members}}
-    blocks = {t: gone for t, gone in blocks.items() if len(gone)} if blocks else {}
+    stacks = {m.tensor for g in plan.groups if g.unit == DEPTH_UNIT for m in g.members}
+    blocks = {t: removed.pop(t)[0] for t in stacks if t in removed}  # a stack that keeps every layer is absent
     groups_left = _groups_left(model, removed)
     undo: list[tuple[nn.Module, str, torch.Tensor]] = []
     touched: dict[int, nn.Module] = {}
