@@ -26,18 +26,24 @@ from typing import Any
 
 import torch
 
+NO_HIDDEN = ["model.embed_tokens"]  # pins the hidden stream: its width stays
+NO_MLP = ["*.gate_proj", "*.up_proj"]  # pins the MLP widths
 ROWS: dict[str, dict[str, Any]] = {
     "l1": {"criterion": "l1"},
     "activation": {"criterion": "activation"},
     "wanda": {"criterion": "wanda"},
     "flap": {"criterion": "flap"},
-    "l1 mlp-only": {"criterion": "l1", "head_ratio": 0.0},
-    "activation mlp-only": {"criterion": "activation", "head_ratio": 0.0},
-    "wanda mlp-only": {"criterion": "wanda", "head_ratio": 0.0},
-    "flap mlp-only": {"criterion": "flap", "head_ratio": 0.0},
-    "wanda mlp-only global": {"criterion": "wanda", "head_ratio": 0.0, "scope": "global"},
+    "wanda heads+mlp": {"criterion": "wanda", "ignore": NO_HIDDEN},
+    "l1 mlp-only": {"criterion": "l1", "head_ratio": 0.0, "ignore": NO_HIDDEN},
+    "activation mlp-only": {"criterion": "activation", "head_ratio": 0.0, "ignore": NO_HIDDEN},
+    "wanda mlp-only": {"criterion": "wanda", "head_ratio": 0.0, "ignore": NO_HIDDEN},
+    "flap mlp-only": {"criterion": "flap", "head_ratio": 0.0, "ignore": NO_HIDDEN},
+    "wanda mlp-only global": {"criterion": "wanda", "head_ratio": 0.0, "ignore": NO_HIDDEN, "scope": "global"},
+    "wanda heads-only": {"criterion": "wanda", "ignore": NO_HIDDEN + NO_MLP},
+    "wanda hidden-only": {"criterion": "wanda", "head_ratio": 0.0, "ignore": NO_MLP},
+    "activation hidden-only": {"criterion": "activation", "head_ratio": 0.0, "ignore": NO_MLP},
     "depth-only": {"units": ["layers"]},
-    "wanda mlp+depth": {"criterion": "wanda", "units": ["channels", "layers"]},
+    "wanda mlp+depth": {"criterion": "wanda", "units": ["channels", "layers"], "ignore": NO_HIDDEN},
     "wanda all+depth": {"criterion": "wanda", "units": ["channels", "heads", "query heads", "layers"]},
 }
 
@@ -58,6 +64,7 @@ def _row(name: str, dense: torch.nn.Module, calib: torch.Tensor, ev: torch.Tenso
     kv = [a.k_proj.out_features // a.head_dim for a in (layer.self_attn for layer in layers)]
     q = [a.q_proj.out_features // a.k_proj.out_features for a in (layer.self_attn for layer in layers)]
     mlp = [layer.mlp.gate_proj.out_features for layer in layers]
+    hidden = r.model.model.embed_tokens.embedding_dim
     n0, n1 = (sum(p.numel() for p in m.parameters()) for m in (dense, r.model))
     row = {
         "row": name,
@@ -68,6 +75,7 @@ def _row(name: str, dense: torch.nn.Module, calib: torch.Tensor, ev: torch.Tenso
         "kv_heads_kept": sum(kv),
         "mlp_kept": f"{min(mlp)}–{max(mlp)}",
         "layers_kept": len(layers),
+        "hidden_kept": hidden,
         "macs_fraction": r.after.macs / r.before.macs,
         "prune_s": round(seconds, 1),
         "perplexity": perplexity(r.model, ev),
@@ -98,13 +106,13 @@ def main() -> None:
     names = [n.strip() for n in args.only.split(",")] if args.only else list(ROWS)
     rows = [base, *(_row(n, dense, calib, ev, args) for n in names)]
     print(
-        f"\n{'row':24} {'params':>7} {'MACs':>6} {'layers':>6} {'heads':>6} {'kv':>3} {'MLP kept':>10} {'ppl':>12} "
+        f"\n{'row':24} {'params':>7} {'MACs':>6} {'layers':>6} {'hidden':>6} {'heads':>6} {'kv':>3} {'MLP kept':>10} {'ppl':>12} "
         f"{'× dense':>8} {'s':>5}"
     )
     for r in rows[1:]:
         ratio = r["perplexity"] / base["perplexity"]
         print(
-            f"{r['row']:24} {r['params_fraction']:7.1%} {r['macs_fraction']:6.1%} {r['layers_kept']:6d} "
+            f"{r['row']:24} {r['params_fraction']:7.1%} {r['macs_fraction']:6.1%} {r['layers_kept']:6d} {r['hidden_kept']:6d} "
             f"{r['heads_kept']:6d} {r['kv_heads_kept']:3d} "
             f"{r['mlp_kept']:>10} {r['perplexity']:12.2f} {ratio:8.2f} {r['prune_s']:5.0f}"
         )

@@ -943,3 +943,27 @@ def test_the_keras_verbs_raise_no_warning_but_cuttrees_own(tmp_path: object) -> 
         f"{w.category.__name__}: {str(w.message)[:80]}" for w in caught if not issubclass(w.category, CuttreeWarning)
     ]
     assert others == []
+
+
+def test_rms_norm_scale_is_rescaled_so_the_pruned_model_equals_the_zeroed_one() -> None:
+    """Dense(16) → RMSNormalization → Dense(4) at ratio 0.5 keeps 8 channels; the norm's scale is
+    the kept entries × √(16/8), so the pruned model equals the original with the first Dense's
+    removed units zeroed (as the torch frontend's ``nn.RMSNorm``)."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((4,))
+    x = keras.layers.Dense(16, name="d1")(inp)
+    x = keras.layers.RMSNormalization(epsilon=1e-12, name="rms")(x)
+    model = keras.Model(inp, keras.layers.Dense(4, name="d2")(x))
+    scale = np.linspace(0.5, 2.0, 16).astype("float32")
+    model.get_layer("rms").scale.assign(scale)
+    r = ck.prune(model, cuttree.Config(ratio=0.5, criterion="random", latency_runs=0))
+    (g,) = r.plan.groups
+    gone = sorted(set(range(16)) - set(g.keep))
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(r.model.get_layer("rms").scale.value), scale[list(g.keep)] * 2**0.5, rtol=1e-6
+    )
+    k, b = (keras.ops.convert_to_numpy(v.value) for v in model.get_layer("d1").weights)
+    k[:, gone], b[gone] = 0, 0
+    model.get_layer("d1").set_weights([k, b])
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype("float32")
+    np.testing.assert_allclose(np_out(r.model, x), np_out(model, x), rtol=1e-5, atol=1e-6)

@@ -36,7 +36,7 @@ def _uniform(values: list[int], what: str) -> int | None:
 
 
 def pruned_config(model: nn.Module) -> Any:
-    """A copy of ``model.config`` with the head counts, head width and MLP width the model now has."""
+    """A copy of ``model.config`` with the head counts, head width, MLP width and hidden width the model now has."""
     config = copy.deepcopy(model.config)  # type: ignore[union-attr]
     heads, kv_heads, widths, mlp = [], [], [], []
     for m in model.modules():
@@ -57,11 +57,19 @@ def pruned_config(model: nn.Module) -> Any:
         else None,
         "head_dim": _uniform(widths, "head widths"),
         "intermediate_size": _uniform(mlp, "MLP widths"),
+        "hidden_size": _hidden_width(model) if hasattr(config, "hidden_size") else None,
     }
     for key, value in values.items():
         if value is not None:
             setattr(config, key, value)
     return config
+
+
+def _hidden_width(model: nn.Module) -> int | None:
+    """The width of the model's input embeddings (its hidden stream), where it has them."""
+    get = getattr(model, "get_input_embeddings", None)
+    emb = get() if callable(get) else None
+    return int(emb.weight.shape[1]) if isinstance(emb, nn.Embedding) else None
 
 
 def save_pretrained(model: nn.Module, path: str | Path, probe: tuple[torch.Tensor, ...]) -> Path:

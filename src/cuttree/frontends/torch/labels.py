@@ -27,6 +27,9 @@ class LabelState(core.LabelState):
     # How many attention modules (module rules with ``heads``) the forward is inside right now:
     # only there may a reshape split a channel dim into (heads, head width).
     in_attention: int = 0
+    # How many RMS norms with a scale (module rules with ``rms``) the forward is inside: there
+    # the mean of squares over the last dim is the norm's statistic and does not pin the channels.
+    in_rms_norm: int = 0
     # Grouped convs: label the width inside a group (the same positions in every group) instead
     # of whole groups; the second of the two walks that give a grouped conv both units.
     group_width: bool = False

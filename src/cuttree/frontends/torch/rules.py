@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from cuttree.core.registry import Registry
@@ -42,6 +43,11 @@ class ModuleRule:
     # Before a trace: put the module in the form the tracer must see (its twin class, a cleared
     # cache); cuttree.frontends.torch.attention.traceable restores the class afterwards.
     trace_as: Callable[[nn.Module], None] | None = None
+    # An RMS norm over its channel dim (LLaMA's): inside its forward the mean of squares over the
+    # last dim does not pin the channels, and after surgery ``rms(m, s)`` multiplies its scale by
+    # ``s = √(d / d_kept)``, so the statistic of the channels left equals the full one's when the
+    # removed channels are zero (exact up to ``eps``). A norm without a scale stays pinned.
+    rms: Callable[[nn.Module, float], None] | None = None
 
 
 MODULE_RULES: Registry[type[nn.Module], ModuleRule] = Registry("module rule")
@@ -130,6 +136,26 @@ def _batch_norm(m: nn.Module) -> None:
 @module_rule(nn.LayerNorm, out_dims={"weight": 0, "bias": 0}, scale="weight")
 def _layer_norm(m: nn.Module) -> None:
     assert isinstance(m, nn.LayerNorm)
+    if m.weight is not None:
+        m.normalized_shape = tuple(m.weight.shape)
+
+
+def scale_rms_weight(m: nn.Module, s: float, offset: float = 0.0) -> None:
+    """Multiply an RMS norm's effective scale ``offset + weight`` by ``s`` (Gemma's norms scale by
+    ``1 + weight``: ``offset`` 1)."""
+    w = getattr(m, "weight")  # noqa: B009
+    with torch.no_grad():
+        w.copy_((w + offset) * s - offset)
+
+
+def is_rms_norm(m: nn.Module) -> bool:
+    """Whether ``m`` is an RMS norm with a scale whose channels cuttree prunes (see ``ModuleRule.rms``)."""
+    return rule_for_module(m).rms is not None and isinstance(getattr(m, "weight", None), torch.Tensor)
+
+
+@module_rule(nn.RMSNorm, out_dims={"weight": 0}, scale="weight", rms=scale_rms_weight)
+def _rms_norm(m: nn.Module) -> None:
+    assert isinstance(m, nn.RMSNorm)
     if m.weight is not None:
         m.normalized_shape = tuple(m.weight.shape)
 

@@ -7,6 +7,7 @@ in line, then, given example inputs, one forward pass checks the result.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,7 +18,7 @@ from torch.utils._pytree import tree_flatten
 from cuttree.core.plan import DEPTH_UNIT, PruningPlan
 from cuttree.errors import SurgeryError, first_line
 from cuttree.frontends.torch.depth import remove_blocks, stack_shapes
-from cuttree.frontends.torch.rules import counts_heads, rule_for_module
+from cuttree.frontends.torch.rules import counts_heads, is_rms_norm, rule_for_module
 from cuttree.frontends.torch.util import as_inputs, eval_mode
 
 
@@ -110,6 +111,7 @@ def apply_plan(
     groups_left = _groups_left(model, removed)
     undo: list[tuple[nn.Module, str, torch.Tensor]] = []
     touched: dict[int, nn.Module] = {}
+    rms_shrunk: dict[int, float] = {}  # RMS norms: d / d_kept of their scale
     for name, dims in removed.items():
         holders = owners[name]
         mod, attr = holders[0]
@@ -125,6 +127,8 @@ def apply_plan(
             undo.append((m, a, getattr(m, a)))
             setattr(m, a, value)
             touched[id(m)] = m
+            if is_rms_norm(m) and a == rule_for_module(m).scale:
+                rms_shrunk[id(m)] = old.shape[0] / new.shape[0]
         del old
     # Attention modules count heads from their children's new sizes (timm's Attention owns qkv and
     # proj), so their rules run after every other, also when they hold a tensor of their own
@@ -142,6 +146,10 @@ def apply_plan(
                 assert isinstance(m, nn.modules.conv._ConvNd)
                 m.groups = groups_left[id(m)]
                 m.in_channels = m.weight.shape[1] * m.groups
+            if id(m) in rms_shrunk:
+                rms = rule_for_module(m).rms
+                assert rms is not None
+                rms(m, math.sqrt(rms_shrunk[id(m)]))
         for stack, gone in blocks.items():  # whole layers last: the channel surgery above named them as they were
             restore_blocks.append(remove_blocks(model, stack, gone.tolist()))
         if example_inputs is not None:

@@ -22,7 +22,7 @@ from cuttree.core.grouping import components
 from cuttree.errors import TraceError
 from cuttree.frontends.torch.labels import Label, LabelState, Pin
 from cuttree.frontends.torch.ops import rule_for
-from cuttree.frontends.torch.rules import counts_heads
+from cuttree.frontends.torch.rules import counts_heads, is_rms_norm
 from cuttree.frontends.torch.util import eval_mode, run_model
 
 __all__ = ["TraceResult", "components", "named_tensors", "trace"]
@@ -97,14 +97,17 @@ def _block_spans(state: LabelState, blocks: Sequence[nn.Module], spans: list[tup
 
 
 @contextlib.contextmanager
-def _attention_scopes(state: LabelState) -> Iterator[None]:
-    """Count, while the forward runs, how many attention modules whose heads prune it is inside."""
+def _scopes(state: LabelState) -> Iterator[None]:
+    """Count, while the forward runs, how many attention modules whose heads prune and how many RMS
+    norms with a scale it is inside."""
 
     def enter(m: nn.Module, args: Any) -> None:
         state.in_attention += counts_heads(m)
+        state.in_rms_norm += is_rms_norm(m)
 
     def leave(m: nn.Module, args: Any, out: Any) -> None:
         state.in_attention -= counts_heads(m)
+        state.in_rms_norm -= is_rms_norm(m)
 
     pre = torch.nn.modules.module.register_module_forward_pre_hook(enter)
     post = torch.nn.modules.module.register_module_forward_hook(leave, always_call=True)
@@ -160,7 +163,7 @@ def trace(
     rec = _Recorder(state, watched)
     spans: list[tuple[int, int]] = []
     t0 = time.perf_counter()
-    with eval_mode(model), torch.no_grad(), _attention_scopes(state), _block_spans(state, blocks, spans), rec:
+    with eval_mode(model), torch.no_grad(), _scopes(state), _block_spans(state, blocks, spans), rec:
         out = run_model(model, example_inputs)
     seconds = time.perf_counter() - t0
     leaves, _ = tree_flatten(out)

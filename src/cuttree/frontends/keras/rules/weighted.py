@@ -6,6 +6,7 @@ Registered into :data:`cuttree.frontends.keras.rules.base.LAYER_RULES` on import
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -195,7 +196,14 @@ def batch_norm(tr: Tracer, call: Call) -> list[Labels]:
     return [x]
 
 
-@layer_rule(L.LayerNormalization, L.RMSNormalization, out_dims={"gamma": 0, "beta": 0}, scale="gamma")
+def _rms_update(cfg: dict[str, Any], layer: Any, new: list[np.ndarray], shapes: Shapes) -> None:
+    """An RMS norm's scale × √(d / d_kept), as the torch frontend does (``ModuleRule.rms``): the
+    statistic of the channels left then equals the full one's where the removed ones are zero."""
+    i = _index(layer, layer.scale)
+    new[i] = new[i] * np.float32(math.sqrt(int(layer.scale.shape[0]) / new[i].shape[0]))
+
+
+@layer_rule(L.LayerNormalization, out_dims={"gamma": 0, "beta": 0}, scale="gamma")
 def layer_norm(tr: Tracer, call: Call) -> list[Labels]:
     """Layer norm over one axis: its γ/β follow that axis (as the torch frontend's layer_norm)."""
     layer, x = call.layer, call.in_labels[0]
@@ -210,6 +218,9 @@ def layer_norm(tr: Tracer, call: Call) -> list[Labels]:
         else:
             tr.state.pin(lab, Pin.OP)
     return [x]
+
+
+layer_rule(L.RMSNormalization, out_dims={"scale": 0}, scale="scale", update=_rms_update)(layer_norm)
 
 
 def _group_norm_update(cfg: dict[str, Any], layer: Any, new: list[np.ndarray], shapes: Shapes) -> None:

@@ -230,14 +230,16 @@ def max_unpool(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], ou
     aten.std_mean,
 )
 def reduction(st: LabelState, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-    """Reducing over a channel dim pins it (the result would depend on how many are left)."""
+    """Reducing over a channel dim pins it (the result would depend on how many are left), except
+    an RMS norm's mean of squares over the last dim (surgery rescales the norm's weight instead)."""
     x = args[0]
     lx = list(st.get(x))
     dims: Any = args[1] if len(args) > 1 else kwargs.get("dim")
     if isinstance(dims, int):
         dims = [dims]
     reduced = set(range(x.dim())) if not dims else {pos_dim(d, x.dim()) for d in dims}
-    for d in reduced:
+    rms = st.in_rms_norm and st.current_op == "mean" and reduced == {x.dim() - 1}
+    for d in reduced if not rms else ():
         st.pin(lx[d], Pin.OP)
     keep = [lab for d, lab in enumerate(lx) if d not in reduced]
     for o in out_tensors(out):

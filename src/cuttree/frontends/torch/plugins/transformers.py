@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
+import re
 from collections.abc import Callable
 
 from torch import nn
 
 from cuttree.errors import SurgeryError
 from cuttree.frontends.torch.attention import heads_of
-from cuttree.frontends.torch.rules import ModuleRule, named_rule
+from cuttree.frontends.torch.rules import ModuleRule, named_rule, scale_rms_weight
 
 
 def linear_child(m: nn.Module, names: tuple[str, ...]) -> nn.Linear | None:
@@ -124,6 +126,41 @@ named_rule(
     "transformers.Conv1D",
     lambda t: t.__module__ == "transformers.pytorch_utils" and t.__name__ == "Conv1D",
     ModuleRule(out_dims={"weight": 1, "bias": 0}, producer=True, act_dim=-1, update=_hf_conv1d),
+)
+
+
+_UNIT_OFFSET = re.compile(r"\(?1(\.0)?\s*\+\s*self\.weight")
+
+
+@functools.cache
+def _rms_offset(t: type) -> float:
+    """What a Hugging Face RMS norm adds to its weight before scaling: Gemma's (and others') scale
+    by ``1 + weight``, the rest by ``weight``; read from the class's ``forward``."""
+    try:
+        source = inspect.getsource(t.forward)  # type: ignore[attr-defined]
+    except (OSError, TypeError):
+        return math.nan
+    return 1.0 if _UNIT_OFFSET.search(source) else 0.0
+
+
+def _is_hf_rms_norm(t: type) -> bool:
+    """A Hugging Face ``…RMSNorm`` whose forward cuttree could read (its scale's offset known)."""
+    return (
+        t.__module__.startswith("transformers.models.")
+        and t.__name__.endswith("RMSNorm")
+        and not math.isnan(_rms_offset(t))
+    )
+
+
+def _hf_rms(m: nn.Module, s: float) -> None:
+    cls: type = type(m)
+    scale_rms_weight(m, s, _rms_offset(cls))
+
+
+named_rule(
+    "transformers.*RMSNorm",
+    _is_hf_rms_norm,
+    ModuleRule(out_dims={"weight": 0}, scale="weight", rms=_hf_rms),
 )
 
 
