@@ -10,7 +10,9 @@ by side, perplexity on the part-1 protocol (``bench/llm_sparsity.py``, docs/llm.
   ``params_target: 0.8``, ``scope: local`` (the same ratio in every group, found by bisection),
   ``latency_runs: 0``; rows differ in ``criterion`` and in what may go (``head_ratio: 0``
   keeps every head: the MLP widths alone; ``units`` lists what may go, ``layers`` being whole
-  decoder layers scored by their block influence). The parameters kept, the heads kept (key/value
+  decoder layers scored by their block influence; ``ignore: [model.embed_tokens]`` keeps the hidden
+  width, ``ignore: ["*.gate_proj", "*.up_proj"]`` the MLP widths; ``reconstruct: true`` refits the
+  layers that lost inputs by least squares on the calibration windows). The parameters kept, the heads kept (key/value
   heads × query heads per kv head) and the MACs per 512 tokens are printed with the perplexity.
 
     python bench/llm_structured.py [--windows 32] [--calib 32] [--length 512] [--json out.json] [--only NAMES]
@@ -45,6 +47,15 @@ ROWS: dict[str, dict[str, Any]] = {
     "depth-only": {"units": ["layers"]},
     "wanda mlp+depth": {"criterion": "wanda", "units": ["channels", "layers"], "ignore": NO_HIDDEN},
     "wanda all+depth": {"criterion": "wanda", "units": ["channels", "heads", "query heads", "layers"]},
+    "wanda mlp-only reconstruct": {"criterion": "wanda", "head_ratio": 0.0, "ignore": NO_HIDDEN, "reconstruct": True},
+    "wanda heads+mlp reconstruct": {"criterion": "wanda", "ignore": NO_HIDDEN, "reconstruct": True},
+    "wanda mlp+depth reconstruct": {
+        "criterion": "wanda",
+        "units": ["channels", "layers"],
+        "ignore": NO_HIDDEN,
+        "reconstruct": True,
+    },
+    "wanda reconstruct": {"criterion": "wanda", "reconstruct": True},
 }
 
 

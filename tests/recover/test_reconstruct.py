@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 import torch
+from tests.torch.test_llm_depth import llama_stack
 from torch import nn
 
 import cuttree
@@ -132,3 +134,65 @@ def test_keyword_input_batches_of_different_lengths_refit_on_real_tokens_only() 
     everything = [{**b, "attention_mask": torch.ones_like(b["attention_mask"])} for b in data]
     reconstruct(m, unmasked, r.plan, everything, cfg, ridge=1e-12)
     assert (unmasked(**probe) - m(**probe)).abs().max() > 1e-3
+
+
+def test_a_decoder_stack_is_refitted_layer_by_layer_on_the_pruned_stream() -> None:
+    """Oracle, per decoder layer: the pruned model's ``down_proj`` inputs (hooked on the refitted
+    model: layer 1's inputs come from the refitted layer 0) regressed by hand onto what the
+    *original* decoder layer's ``down_proj`` gives on the pruned model's stream (the original layer
+    run on the pruned layer's input); the refit equals that least-squares solution."""
+    transformers = pytest.importorskip("transformers")
+    model = llama_stack(transformers, layers=2)
+    g = torch.Generator().manual_seed(1)
+    data = [torch.randint(0, 100, (4, 16), generator=g) for _ in range(2)]
+    cfg = cuttree.Config(ratio=0.5, criterion="wanda", head_ratio=0.0, ignore=["model.embed_tokens"], min_samples=8,
+                         latency_runs=0)  # fmt: skip
+    r = cuttree.prune(model, (data[0][:1],), cfg, calib_data=data)
+    assert reconstruct(model, r.model, r.plan, data, cfg, ridge=1e-12) == [
+        f"model.layers.{i}.mlp.down_proj" for i in range(2)
+    ]
+    seen: dict[int, list[Any]] = {0: [], 1: []}
+    hooks = [
+        layer.register_forward_pre_hook(lambda m, a, k, i=i: seen[i].append((a, k)), with_kwargs=True)
+        for i, layer in enumerate(r.model.model.layers)
+    ]
+    with torch.no_grad():
+        for x in data:
+            r.model(x)
+    for h in hooks:
+        h.remove()
+    for i in range(2):
+        rows, want = [], []
+        down, orig = r.model.model.layers[i].mlp.down_proj, model.model.layers[i].mlp.down_proj
+        grab = [down.register_forward_hook(lambda m, a, o, rows=rows: rows.append(a[0])),
+                orig.register_forward_hook(lambda m, a, o, want=want: want.append(o))]  # fmt: skip
+        with torch.no_grad():
+            for a, k in seen[i]:
+                r.model.model.layers[i](*a, **k)
+                model.model.layers[i](*a, **k)
+        for h in grab:
+            h.remove()
+        x, y = torch.cat(rows).reshape(-1, 32).double(), torch.cat(want).reshape(-1, 32).double()
+        solution = torch.linalg.lstsq(x, y).solution.T
+        torch.testing.assert_close(down.weight.double(), solution, atol=2e-4, rtol=1e-3)
+
+
+def test_a_depth_pruned_stack_refits_the_layers_it_keeps_under_their_new_names() -> None:
+    """Layers 0 and 2 of 4 kept, say: the pruned model's layers 0 and 1 are refitted against the
+    original's layers the plan kept (not the original's 0 and 1), and the refit lowers the error."""
+    transformers = pytest.importorskip("transformers")
+    model = llama_stack(transformers, layers=4)
+    g = torch.Generator().manual_seed(1)
+    data = [torch.randint(0, 100, (4, 16), generator=g) for _ in range(2)]
+    cfg = cuttree.Config(ratio=0.5, criterion="wanda", head_ratio=0.0, units=["channels", "layers"],
+                         ignore=["model.embed_tokens"], min_samples=8, latency_runs=0)  # fmt: skip
+    r = cuttree.prune(model, (data[0][:1],), cfg, calib_data=data)
+    (depth,) = [g for g in r.plan if g.unit == "layers"]
+    assert len(depth.keep) == 2
+    probe = torch.randint(0, 100, (4, 16), generator=g)
+    with torch.no_grad():
+        before = (r.model(probe).logits - model(probe).logits).pow(2).mean()
+    done = reconstruct(model, r.model, r.plan, data, cfg)
+    assert done == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
+    with torch.no_grad():
+        assert (r.model(probe).logits - model(probe).logits).pow(2).mean() < before

@@ -15,7 +15,7 @@ from torch import nn
 import cuttree
 
 
-def _llama(transformers: Any, layers: int = 6) -> nn.Module:
+def llama_stack(transformers: Any, layers: int = 6) -> nn.Module:
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(
         vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
@@ -66,7 +66,7 @@ def test_the_least_influential_layers_go_and_the_rest_compute_what_they_did(rati
     pruned model's logits equal the original's with the removed layers skipped, and greedy
     generation (which reads the key/value cache by ``layer_idx``) gives the same tokens."""
     transformers = pytest.importorskip("transformers")
-    model, data = _llama(transformers), _data()
+    model, data = llama_stack(transformers), _data()
     cfg = cuttree.Config(ratio=ratio, units=["layers"], min_samples=8, calib_samples=8, latency_runs=0)
     r = cuttree.prune(model, (data[0][:1],), cfg, calib_data=data)
     [g] = [g for g in r.plan if g.unit == "layers"]
@@ -92,7 +92,7 @@ def test_params_target_counts_whole_layers_and_depth_and_width_go_together() -> 
     """The parameter estimate of a depth plan equals the pruned model's count (a layer's every
     parameter goes with it); with ``units: [channels, layers]`` both are cut at the searched ratio."""
     transformers = pytest.importorskip("transformers")
-    model, data = _llama(transformers), _data()
+    model, data = llama_stack(transformers), _data()
     for units in (["layers"], ["channels", "layers"]):
         cfg = cuttree.Config(
             params_target=0.8,
@@ -113,7 +113,7 @@ def test_params_target_counts_whole_layers_and_depth_and_width_go_together() -> 
 
 def test_depth_needs_calibration_data_and_a_stack_of_layers() -> None:
     transformers = pytest.importorskip("transformers")
-    model, data = _llama(transformers), _data()
+    model, data = llama_stack(transformers), _data()
     cfg = cuttree.Config(ratio=0.5, units=["layers"], latency_runs=0)
     with pytest.raises(
         cuttree.PlanError, match=r"units: layers scores the blocks of 'model\.layers' by their influence"
@@ -131,7 +131,7 @@ def test_a_depth_pruned_model_saves_and_loads_without_cuttree(tmp_path: Path) ->
     transformers = pytest.importorskip("transformers")
     from cuttree.files.huggingface import save_pretrained
 
-    model, data = _llama(transformers), _data()
+    model, data = llama_stack(transformers), _data()
     cfg = cuttree.Config(ratio=0.5, units=["layers"], min_samples=8, calib_samples=8, latency_runs=0)
     r = cuttree.prune(model, (data[0][:1],), cfg, calib_data=data)
     folder = save_pretrained(r.model, tmp_path / "shallow", (data[0][:1],))
@@ -143,7 +143,7 @@ def test_a_depth_and_width_pruned_model_reloads_from_a_cuttree_file_exactly(tmp_
     """Non-uniform widths and fewer layers: the ``.cuttree`` file names the dense architecture
     (``cuttree.models:causal_lm`` with the dense config), whose plan removes the same layers again."""
     transformers = pytest.importorskip("transformers")
-    model, data = _llama(transformers), _data()
+    model, data = llama_stack(transformers), _data()
     dense_config = model.config.to_dict()
     cfg = cuttree.Config(
         ratio=0.5, criterion="wanda", units=["channels", "layers"], min_samples=8, calib_samples=8, latency_runs=0
@@ -166,7 +166,7 @@ def test_a_plan_that_keeps_every_layer_prunes_the_width_alone() -> None:
     """``units: [channels, layers]`` at a ratio that rounds to no layer (0.05 × 6 = 0.3): the stack
     stays whole and the MLPs still lose their 3 weakest of 64 channels (surgery once failed on it)."""
     transformers = pytest.importorskip("transformers")
-    model, data = _llama(transformers), _data()
+    model, data = llama_stack(transformers), _data()
     cfg = cuttree.Config(
         ratio=0.05, units=["channels", "layers"], criterion="wanda", round_to=1, min_samples=8, calib_samples=8,
         latency_runs=0,

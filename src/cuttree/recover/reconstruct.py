@@ -45,9 +45,10 @@ class _Stop(Exception):
     """Raised by a hook once it has what it needs; ends the forward pass early."""
 
 
-def _refittable(name: str, mod: nn.Module, original: dict[str, nn.Module], gone: dict[str, dict[int, Any]]) -> bool:
-    orig = original.get(name)
-    if type(orig) is not type(mod) or 1 not in gone.get(f"{name}.weight", {}):
+def refittable(mod: nn.Module, orig: nn.Module | None, dims: dict[int, Any]) -> bool:
+    """Whether ``mod`` (``orig`` in the original model, which lost ``dims`` of its weight) is refitted:
+    a linear layer or an ungrouped, zero-padded conv that lost input channels."""
+    if type(orig) is not type(mod) or 1 not in dims:
         return False
     if isinstance(mod, nn.Linear):
         return True
@@ -87,7 +88,7 @@ def _real_tokens(mod: nn.Module, x: Any, rows: int) -> torch.Tensor | None:
     return mask.reshape(-1) != 0
 
 
-def _rows(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def rows_of(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The layer's input as a matrix whose rows times the flattened weight give the outputs."""
     if isinstance(mod, nn.Linear):
         return x.reshape(-1, x.shape[-1])
@@ -103,10 +104,57 @@ def _rows(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
 
-def _targets(mod: nn.Module, y: torch.Tensor, keep: np.ndarray) -> torch.Tensor:
+def targets_of(mod: nn.Module, y: torch.Tensor, keep: np.ndarray) -> torch.Tensor:
     if isinstance(mod, nn.Linear):
         return y.reshape(-1, y.shape[-1])[:, keep]
     return y[:, keep].movedim(1, -1).reshape(-1, len(keep))
+
+
+class Normal:
+    """The normal equations of one layer's refit, summed batch by batch: ``(AᵀA) W = AᵀY``, with
+    ``|Y|²`` for the errors; at most ``cap`` rows (an equal random share) from each batch."""
+
+    def __init__(self, bias: bool, cap: int, g: torch.Generator) -> None:
+        self.bias, self.cap, self.g = bias, cap, g
+        self.gram: torch.Tensor | None = None
+        self.aty: torch.Tensor | None = None
+        self.yy = torch.zeros((), dtype=torch.float64)
+
+    def add(self, rows: torch.Tensor, y: torch.Tensor) -> None:
+        rows, y = rows.double(), y.double()
+        if len(rows) > self.cap:
+            pick = torch.randperm(len(rows), generator=self.g)[: self.cap].to(rows.device)
+            rows, y = rows[pick], y[pick]
+        if self.bias:
+            rows = torch.cat([rows, torch.ones(len(rows), 1, dtype=rows.dtype, device=rows.device)], 1)
+        self.gram = rows.T @ rows if self.gram is None else self.gram + rows.T @ rows
+        self.aty = rows.T @ y if self.aty is None else self.aty + rows.T @ y
+        self.yy = self.yy + y.pow(2).sum().cpu()
+
+    def refit(self, mod: nn.Module, ridge: float) -> bool:
+        """Write the ridge solution into ``mod``'s weight (and bias) if it lowers the error; whether it did."""
+        gram, aty = self.gram, self.aty
+        assert gram is not None and aty is not None
+        lam = ridge * gram.diagonal().mean().clamp_min(1e-12)
+        sol = torch.linalg.solve(gram + lam * torch.eye(len(gram), dtype=gram.dtype, device=gram.device), aty)
+        w: torch.Tensor = mod.weight  # type: ignore[assignment]
+        bias = getattr(mod, "bias", None)
+        cur = w.detach().reshape(w.shape[0], -1).double().T
+        if bias is not None:
+            cur = torch.cat([cur, bias.detach().double()[None]], 0)
+        if _sq_error(gram, aty, self.yy, sol) >= _sq_error(gram, aty, self.yy, cur):
+            return False
+        n_w = cur.shape[0] - (bias is not None)
+        w.copy_(sol[:n_w].T.reshape(w.shape).to(w.dtype))
+        if bias is not None:
+            bias.copy_(sol[n_w].to(bias.dtype))
+        return True
+
+
+def kept_outputs(orig: nn.Module, dims: dict[int, Any]) -> np.ndarray:
+    """The output channels of the original layer ``orig`` that the plan (removing ``dims`` of its weight) keeps."""
+    w: torch.Tensor = orig.weight  # type: ignore[assignment]
+    return np.setdiff1d(np.arange(w.shape[0]), dims.get(0, np.zeros(0, dtype=np.int64)))
 
 
 def reconstruct(
@@ -125,60 +173,40 @@ def reconstruct(
     dicts of keyword inputs. At most ``max_rows`` rows (output positions, real tokens) are sampled
     per layer, an equal share from each batch; ``ridge`` scales the regulariser relative to the
     mean diagonal of the normal matrix. A refit is kept only if it lowers the layer's error.
+    A language model's layers inside its stack of decoder layers are refitted decoder layer by
+    decoder layer (:func:`cuttree.recover.reconstruct_stack.reconstruct_stack`), the rest as here.
     """
+    from cuttree.recover.reconstruct_stack import reconstruct_stack
+
     device = model_device(pruned)
     parts = [b for b, _ in batches(calib_data, cfg, need_labels=False, device=device)]
     gone = plan.removed_positions()
     orig_mods = dict(original.named_modules())
+    g = torch.Generator().manual_seed(cfg.seed)
+    done, inside = reconstruct_stack(original, pruned, plan, parts, g, (max_rows, ridge))
     order: list[str] = []
     hooks = [
         m.register_forward_pre_hook(lambda mm, i, n=n: order.append(n) if n not in order else None)
         for n, m in pruned.named_modules()
-        if _refittable(n, m, orig_mods, gone)
+        if n not in inside and refittable(m, orig_mods.get(n), gone.get(f"{n}.weight", {}))
     ]
     with removing(hooks), eval_mode(pruned), torch.no_grad():
         forward(pruned, parts[0])
-    g = torch.Generator().manual_seed(cfg.seed)
-    done = []
     with eval_mode(pruned), eval_mode(original), torch.no_grad():
         for name in order:
             mod = pruned.get_submodule(name)
             orig = orig_mods[name]
-            out_gone = gone.get(f"{name}.weight", {}).get(0, np.zeros(0, dtype=np.int64))
-            w: torch.Tensor = mod.weight  # type: ignore[assignment]
-            orig_w: torch.Tensor = orig.weight  # type: ignore[assignment]
-            keep = np.setdiff1d(np.arange(orig_w.shape[0]), out_gone)
-            bias = getattr(mod, "bias", None)
-            # the normal equations, summed over the batches: (AᵀA) W = AᵀY, with |Y|² for the errors
-            gram = aty = None
-            yy = torch.zeros((), dtype=torch.float64)
+            keep = kept_outputs(orig, gone.get(f"{name}.weight", {}))
+            normal = Normal(getattr(mod, "bias", None) is not None, max_rows // len(parts), g)
             for b in parts:
-                rows = _rows(mod, _capture(pruned, mod, b, want_input=True)).double()
-                y = _targets(mod, _capture(original, orig, b, want_input=False), keep).double()
+                rows = rows_of(mod, _capture(pruned, mod, b, want_input=True))
+                y = targets_of(mod, _capture(original, orig, b, want_input=False), keep)
                 real = _real_tokens(mod, b, len(rows))
                 if real is not None:
                     rows, y = rows[real], y[real]
-                if len(rows) > max_rows // len(parts):
-                    pick = torch.randperm(len(rows), generator=g)[: max_rows // len(parts)].to(rows.device)
-                    rows, y = rows[pick], y[pick]
-                if bias is not None:
-                    rows = torch.cat([rows, torch.ones(len(rows), 1, dtype=rows.dtype, device=rows.device)], 1)
-                gram = rows.T @ rows if gram is None else gram + rows.T @ rows
-                aty = rows.T @ y if aty is None else aty + rows.T @ y
-                yy = yy + y.pow(2).sum().cpu()
-            assert gram is not None and aty is not None
-            lam = ridge * gram.diagonal().mean().clamp_min(1e-12)
-            sol = torch.linalg.solve(gram + lam * torch.eye(len(gram), dtype=gram.dtype, device=gram.device), aty)
-            cur = w.detach().reshape(w.shape[0], -1).double().T
-            if bias is not None:
-                cur = torch.cat([cur, bias.detach().double()[None]], 0)
-            if _sq_error(gram, aty, yy, sol) >= _sq_error(gram, aty, yy, cur):
-                continue
-            n_w = cur.shape[0] - (bias is not None)
-            w.copy_(sol[:n_w].T.reshape(w.shape).to(w.dtype))
-            if bias is not None:
-                bias.copy_(sol[n_w].to(bias.dtype))
-            done.append(name)
+                normal.add(rows, y)
+            if normal.refit(mod, ridge):
+                done.append(name)
     return done
 
 

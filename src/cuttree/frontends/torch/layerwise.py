@@ -162,16 +162,16 @@ def sequential_masks(
     needs = REGISTRY.lookup(config.criterion).needs
     masks: dict[str, Any] = {n: np.ones(tuple(layers[n].weight.shape), dtype=bool) for n in outside}  # type: ignore[union-attr, arg-type]
     with eval_mode(model), torch.no_grad():
-        inputs = _first_inputs(model, stack, batches)
+        inputs = first_inputs(model, stack, batches)
         ratios = [ratio] * len(stack)
         if config.allocation == "owl" and ratio is not None:
             ratios = list(owl_ratios(stack_name, stack, layers, config, inputs, ratio))
         for i, block in enumerate(stack):
             t0 = time.perf_counter()
             mine = _in_block(layers, stack_name, i)
-            stats = statistics(mine, needs, lambda: [_call(block, a, k) for a, k in inputs])  # noqa: B023
+            stats = statistics(mine, needs, lambda: [call_block(block, a, k) for a, k in inputs])  # noqa: B023
             masks |= prune_layers(mine, stats, config, ratios[i])
-            inputs = [((_call(block, a, k), *a[1:]), k) for a, k in inputs]
+            inputs = advance(block, inputs)
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
             log.info(
                 "layer %d/%d pruned%s in %.2f s (peak memory %.2f GB)",
@@ -197,7 +197,7 @@ def owl_ratios(
     for i, block in enumerate(stack):
         mine = _in_block(layers, stack_name, i)
         outs: list[torch.Tensor] = []
-        stats = statistics(mine, "input_norms", lambda: outs.extend(_call(block, a, k) for a, k in inputs))  # noqa: B023
+        stats = statistics(mine, "input_norms", lambda: outs.extend(call_block(block, a, k) for a, k in inputs))  # noqa: B023
         scores = [to_numpy(m.weight.detach().abs().double() * stats[n].sqrt()) for n, m in mine.items() if n in stats]  # type: ignore[union-attr, operator]
         shares.append(outlier_ratio(scores, config.owl.m) if scores else 0.0)
         inputs = [((o, *a[1:]), k) for o, (a, k) in zip(outs, inputs, strict=True)]
@@ -214,7 +214,7 @@ class _Captured(Exception):
     """Raised by the hook that catches the first decoder layer's inputs, to stop the forward."""
 
 
-def _first_inputs(
+def first_inputs(
     model: nn.Module, stack: nn.ModuleList, batches: Iterable[Any]
 ) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
     """The positional and keyword inputs of the first decoder layer, for every batch."""
@@ -241,6 +241,14 @@ def _first_inputs(
     return got
 
 
-def _call(block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+def advance(
+    block: nn.Module, inputs: list[tuple[tuple[Any, ...], dict[str, Any]]]
+) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+    """The next decoder layer's inputs: ``block``'s output in place of each batch's hidden states."""
+    return [((call_block(block, a, k), *a[1:]), k) for a, k in inputs]
+
+
+def call_block(block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+    """One decoder layer's hidden states out (Hugging Face layers return them alone or first of a tuple)."""
     out = block(*args, **kwargs)
     return out[0] if isinstance(out, tuple) else out
