@@ -7,7 +7,9 @@ MACs, distil it from the dense model on text within a stated CPU time, and measu
   the best weights); perplexity is measured on ``--windows`` windows of ``wikipedia-eval``, never
   trained on. Windows of ``--length`` tokens.
 - **Pruning**: ``macs_target`` (default 0.6), ``criterion: wanda``, ``uniform: true`` (one width
-  per layer type, so that ``save_pretrained`` can describe it), ``units`` from ``--units``.
+  per layer type, so that ``save_pretrained`` can describe it), ``units`` from ``--units``; the
+  hidden width kept whole (``ignore: [model.embed_tokens]``) unless ``--hidden``; ``--reconstruct``
+  refits the layers that lost inputs by least squares before training.
 - **Recovery**: ``cuttree.finetune`` with the dense model as teacher: AdamW, ``--lr`` with
   warm-up and cosine decay, logit distillation (``distill`` α, temperature 1), batches of
   ``--batch`` windows, as many steps as ``--minutes`` allow at the speed of the first steps; it
@@ -92,6 +94,10 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--length", type=int, default=512)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument(
+        "--reconstruct", action="store_true", help="reconstruct: true (least-squares refit before training)"
+    )
+    ap.add_argument("--hidden", action="store_true", help="let the hidden width go too (kept whole by default)")
     ap.add_argument("--distill", type=float, default=1.0)
     ap.add_argument("--every", type=int, default=100)
     ap.add_argument("--out", default="runs/llm_recover")
@@ -104,7 +110,8 @@ def _config(args: argparse.Namespace, calib: int) -> Any:
 
     return cuttree.Config(
         macs_target=args.macs, criterion="wanda", units=[u.strip() for u in args.units.split(",")], uniform=True,
-        min_samples=8, calib_samples=calib, latency_runs=0,
+        min_samples=8, calib_samples=calib, latency_runs=0, reconstruct=args.reconstruct,
+        ignore=[] if args.hidden else ["model.embed_tokens"],
         finetune={"optimizer": "adamw", "lr": args.lr, "weight_decay": 0.0, "batch_size": args.batch,
                   "distill": args.distill, "temperature": 1.0, "warmup_steps": 20, "checkpoint_every": args.every,
                   "val_fraction": 0.0},

@@ -69,7 +69,11 @@ def _row(name: str, dense: torch.nn.Module, calib: torch.Tensor, ev: torch.Tenso
     t = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # l1 on a language model warns; the row is there to show why
-        r = cuttree.prune(dense, (calib[:1],), cfg, calib_data=[w[None] for w in calib])
+        try:
+            r = cuttree.prune(dense, (calib[:1],), cfg, calib_data=[w[None] for w in calib])
+        except cuttree.PlanError as e:  # the budget cannot be met with what the row may cut
+            print(json.dumps({"row": name, "config": ROWS[name], "error": str(e)}), flush=True)
+            return {"row": name, "config": ROWS[name], "error": str(e)}
     seconds = time.perf_counter() - t
     layers = r.model.model.layers  # what is left, counted on the pruned model
     kv = [a.k_proj.out_features // a.head_dim for a in (layer.self_attn for layer in layers)]
@@ -121,6 +125,9 @@ def main() -> None:
         f"{'× dense':>8} {'s':>5}"
     )
     for r in rows[1:]:
+        if "error" in r:
+            print(f"{r['row']:24} {r['error']}")
+            continue
         ratio = r["perplexity"] / base["perplexity"]
         print(
             f"{r['row']:24} {r['params_fraction']:7.1%} {r['macs_fraction']:6.1%} {r['layers_kept']:6d} {r['hidden_kept']:6d} "

@@ -79,7 +79,9 @@ class Config(BaseModel):
     - ``steps``: reach the target in this many prune → fine-tune rounds.
     - ``reconstruct``: after surgery, refit every layer that lost input channels by least squares
       so it reproduces the original's outputs on the calibration data (needs calibration data;
-      BN recalibration is then skipped, since it would undo the fit).
+      BN recalibration is then skipped, since it would undo the fit); a language model's decoder
+      layers one by one, against the original layers on the pruned stream
+      (:mod:`cuttree.recover.reconstruct_stack`).
     - ``fold_computed_weights``: replace every Conv/Linear that computes its weight in ``forward``
       (weight standardization as in BiT, weight norm) with a plain one holding that weight before
       tracing (:mod:`cuttree.frontends.torch.fold`): exact, and their channels can then be pruned; fine-tuning

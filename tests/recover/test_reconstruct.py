@@ -196,3 +196,30 @@ def test_a_depth_pruned_stack_refits_the_layers_it_keeps_under_their_new_names()
     assert done == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
     with torch.no_grad():
         assert (r.model(probe).logits - model(probe).logits).pow(2).mean() < before
+
+
+def test_with_the_hidden_width_pruned_targets_come_from_the_pruned_stream_widened_with_zeros() -> None:
+    """Hidden width and MLP pruned (heads kept): on the pruned stream widened back with zeros the
+    original q/k/v/gate/up compute what the pruned ones do (the RMS norms are rescaled), so they
+    are left as they are; ``down_proj`` is refitted (and the untied ``lm_head``, outside the stack,
+    by the general path) and the error on a probe drops."""
+    transformers = pytest.importorskip("transformers")
+    model = llama_stack(transformers, layers=2)
+    for layer in [*model.model.layers]:
+        layer.input_layernorm.variance_epsilon = layer.post_attention_layernorm.variance_epsilon = 1e-12
+    g = torch.Generator().manual_seed(1)
+    data = [torch.randint(0, 100, (4, 16), generator=g) for _ in range(2)]
+    cfg = cuttree.Config(ratio=0.25, criterion="wanda", head_ratio=0.0, min_samples=8, latency_runs=0)
+    r = cuttree.prune(model, (data[0][:1],), cfg, calib_data=data)
+    assert r.model.model.embed_tokens.embedding_dim == 24
+    before = copy.deepcopy(r.model)
+    probe = torch.randint(0, 100, (4, 16), generator=g)
+    done = reconstruct(model, r.model, r.plan, data, cfg)
+    assert done == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj", "lm_head"]
+    for name in ("self_attn.q_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj"):
+        for i in range(2):
+            a, b = (m.model.layers[i].get_submodule(name).weight for m in (r.model, before))
+            assert torch.equal(a, b)
+    with torch.no_grad():
+        err = [(m(probe).logits - model(probe).logits).pow(2).mean() for m in (r.model, before)]
+    assert err[0] < err[1]

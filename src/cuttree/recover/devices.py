@@ -3,6 +3,7 @@ deterministic kernels a bit-exact resume needs, and mixed precision (:class:`Pre
 
 from __future__ import annotations
 
+import atexit
 import os
 from contextlib import nullcontext
 from typing import Any
@@ -19,10 +20,17 @@ def world() -> tuple[int, int]:
 
 def init_distributed(device: str | torch.device = "cpu") -> tuple[int, int]:
     """Join the ``torchrun`` process group if this process was started by one: nccl when the
-    model runs on CUDA, gloo otherwise."""
+    model runs on CUDA, gloo otherwise. The group is destroyed when the process exits, as torch
+    asks of every process that made one."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if torch.device(device).type == "cuda" else "gloo")
+        atexit.register(_leave)
     return world()
+
+
+def _leave() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def rank_device(requested: str) -> torch.device:

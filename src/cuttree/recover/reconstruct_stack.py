@@ -2,42 +2,33 @@
 
 :func:`cuttree.recover.reconstruct.reconstruct` regresses the inputs the pruned model feeds a layer
 onto the outputs the original layer gave, running both models from the start for every layer. Inside
-a stack of decoder layers that is quadratic in depth; here both models' streams are carried instead:
-the first decoder layer's inputs are caught once per model, and each decoder layer's refittable
+a stack of decoder layers that is quadratic in depth; here the pruned model's stream is carried
+instead: the first decoder layer's inputs are caught once, and each decoder layer's refittable
 layers are refitted in the order its forward uses them (each fit on the inputs the already-refitted
-ones give), before the streams move one decoder layer on. The targets: where the hidden width is
-whole, what the original decoder layer's layers give on the *pruned* model's stream (the local
-reconstruction of SlimGPT and SparseGPT: on SmolLM2-135M with 23% of every MLP removed, perplexity
-68.7 → 52.9, where targets on the original model's own stream gave 77.0: each layer chasing the
-error of those before it overfits); where the hidden width is pruned too, what they give on the
-original model's stream, carried alongside (a decoder layer the plan removes moves it alone). Batches
-with padding (an ``attention_mask`` with zeros) leave the stack to the general path, which skips padded
-tokens (refused after depth pruning, whose layer names the general path cannot match).
-
->>> import torch, cuttree
->>> from transformers import LlamaConfig, LlamaForCausalLM
->>> torch.manual_seed(0) and None
->>> lm = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32,
-...     num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1)).eval()
->>> data = [torch.randint(0, 32, (4, 16)) for _ in range(2)]
->>> cfg = cuttree.Config(ratio=0.5, criterion="wanda", min_samples=8, latency_runs=0, ignore=["model.embed_tokens"])
->>> r = cuttree.prune(lm, (data[0][:1],), cfg, calib_data=data)
->>> from cuttree.recover.reconstruct import reconstruct
->>> reconstruct(lm, r.model, r.plan, data, cfg)
-['model.layers.0.self_attn.o_proj', 'model.layers.0.mlp.down_proj', 'model.layers.1.self_attn.o_proj', 'model.layers.1.mlp.down_proj']
+ones give), before the stream moves one decoder layer on. The targets are what the original
+decoder layer's layers give on the *pruned* model's stream (the local reconstruction of SlimGPT
+and SparseGPT; with the hidden width pruned, on that stream widened back with zeros, which the
+RMS norms, rescaled by surgery, see as the pruned ones do). On SmolLM2-135M with 23% of every
+MLP removed, perplexity 68.7 → 52.9; targets on the original model's own stream, carried
+alongside, gave 77.0 (each layer chasing the error of those before it overfits), and with the
+hidden width pruned too 167 → 1,109. The stream's own readers (q/k/v, gate/up) are left as they
+are there: on the widened stream their targets are what they already compute. Batches with
+padding (an ``attention_mask`` with zeros) leave the stack to the general path, which skips
+padded tokens (refused after depth pruning, whose layer names the general path cannot match).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from cuttree.core.plan import DEPTH_UNIT, PruningPlan
 from cuttree.frontends.torch.layerwise import advance, call_block, decoder_stack, first_inputs
-from cuttree.frontends.torch.util import eval_mode, removing
-from cuttree.recover.reconstruct import Normal, kept_outputs, refittable, rows_of, targets_of
+from cuttree.frontends.torch.util import eval_mode, removing, to_numpy
+from cuttree.recover.least_squares import Normal, kept_outputs, refittable, rows_of, targets_of
 
 Inputs = list[tuple[tuple[Any, ...], dict[str, Any]]]
 
@@ -61,7 +52,7 @@ def reconstruct_stack(
     if found is None or mine is None:
         return [], set()
     (o_name, o_stack), (p_name, p_stack) = found, mine
-    depth = next((g for g in plan.groups if g.unit == DEPTH_UNIT and g.name == o_name), None)
+    depth = next((grp for grp in plan.groups if grp.unit == DEPTH_UNIT and grp.name == o_name), None)
     if any(_padded(b) for b in parts):
         if depth is not None and len(depth.keep) < depth.size:
             raise ValueError(
@@ -73,19 +64,18 @@ def reconstruct_stack(
     if len(kept) != len(p_stack):
         return [], set()
     gone = plan.removed_positions()
+    stream = _stream_keep(original, plan)
     done: list[str] = []
     with eval_mode(pruned), eval_mode(original), torch.no_grad():
-        o_in, p_in = first_inputs(original, o_stack, parts), first_inputs(pruned, p_stack, parts)
-        local = o_in[0][0][0].shape == p_in[0][0][0].shape  # the hidden width is whole: targets on the pruned stream
-        for i, block in enumerate(o_stack):
-            if i in kept:
-                j = kept.index(i)
-                dims = {rel: gone.get(f"{o_name}.{i}.{rel}.weight", {}) for rel, _ in block.named_modules()}
-                refitted = _refit_block(block, p_stack[j], dims, p_in if local else o_in, p_in, g, limits)
-                done += [f"{p_name}.{j}.{rel}" for rel in refitted]
-                p_in = advance(p_stack[j], p_in)
-            if not local:
-                o_in = advance(block, o_in)
+        p_in = first_inputs(pruned, p_stack, parts)
+        for j, i in enumerate(kept):
+            block = o_stack[i]
+            dims = {rel: gone.get(f"{o_name}.{i}.{rel}.weight", {}) for rel, _ in block.named_modules()}
+            if stream is not None:  # the stream's readers: their targets are what they compute already
+                dims = {rel: d for rel, d in dims.items() if not _reads_stream(block.get_submodule(rel), d, stream)}
+            wide = p_in if stream is None else _widened(p_in, *stream)
+            done += [f"{p_name}.{j}.{rel}" for rel in _refit_block(block, p_stack[j], dims, wide, p_in, g, limits)]
+            p_in = advance(p_stack[j], p_in)
     return done, {n for n, _ in pruned.named_modules() if n.startswith(f"{p_name}.")}
 
 
@@ -132,6 +122,45 @@ def _refit_block(
         if normal.refit(mod, ridge):
             done.append(rel)
     return done
+
+
+def _stream_keep(original: nn.Module, plan: PruningPlan) -> tuple[torch.Tensor, int] | None:
+    """The hidden positions the plan keeps and the original hidden width, where the plan prunes the
+    hidden width (the group holding the input embedding's columns); else ``None``."""
+    get = getattr(original, "get_input_embeddings", None)
+    emb = get() if callable(get) else None
+    name = next((f"{n}.weight" for n, m in original.named_modules() if m is emb), None) if emb is not None else None
+    group = next((g for g in plan.groups if any(m.tensor == name and m.dim == 1 for m in g.members)), None)
+    if group is None or len(group.keep) == group.size:
+        return None
+    return torch.tensor(group.keep), group.size
+
+
+def _reads_stream(mod: nn.Module, dims: dict[int, Any], stream: tuple[torch.Tensor, int]) -> bool:
+    """Whether ``mod`` lost exactly the hidden stream's removed positions as its inputs (q/k/v, gate/up)."""
+    keep, width = stream
+    lost = dims.get(1)
+    w = getattr(mod, "weight", None)
+    return (
+        lost is not None
+        and isinstance(w, torch.Tensor)
+        and w.dim() == 2
+        and w.shape[1] == width
+        and len(lost) == width - len(keep)
+        and not np.isin(lost, to_numpy(keep)).any()
+    )
+
+
+def _widened(inputs: Inputs, keep: torch.Tensor, width: int) -> Inputs:
+    """The pruned stream at the original width, the removed channels zero: what the original decoder
+    layers compute on it is what the pruned ones do before any refit (RMS norms rescaled by surgery)."""
+    out = []
+    for a, k in inputs:
+        h = a[0]
+        full = h.new_zeros(*h.shape[:-1], width)
+        full[..., keep.to(h.device)] = h
+        out.append(((full, *a[1:]), k))
+    return out
 
 
 def _input_of(block: nn.Module, mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
