@@ -16,12 +16,38 @@ as targets, and the ridge normal equations summed batch by batch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+class _Stop(Exception):
+    """Raised by a hook once it has what it needs; ends the forward pass early."""
+
+
+def capture(run: Callable[[], object], layer: nn.Module, want_input: bool) -> torch.Tensor:
+    """What ``layer`` receives (``want_input``) or returns the first time ``run`` calls it; the
+    forward stops there."""
+    got: list[torch.Tensor] = []
+
+    def hook(m: nn.Module, i: tuple[torch.Tensor, ...], o: torch.Tensor) -> None:
+        got.append(i[0] if want_input else o)
+        raise _Stop
+
+    h = layer.register_forward_hook(hook)
+    try:
+        run()
+    except _Stop:
+        pass
+    finally:
+        h.remove()
+    if not got:
+        raise RuntimeError("the layer was not used by the forward pass")
+    return got[0]
 
 
 def refittable(mod: nn.Module, orig: nn.Module | None, dims: dict[int, Any]) -> bool:

@@ -37,31 +37,8 @@ from cuttree.core.plan import PruningPlan
 from cuttree.frontends.torch.calibrate import batches
 from cuttree.frontends.torch.util import eval_mode, model_device, removing
 from cuttree.recover.batching import forward
-from cuttree.recover.least_squares import Normal, kept_outputs, refittable, rows_of, targets_of
+from cuttree.recover.least_squares import Normal, capture, kept_outputs, refittable, rows_of, targets_of
 from cuttree.recover.reconstruct_stack import reconstruct_stack
-
-
-class _Stop(Exception):
-    """Raised by a hook once it has what it needs; ends the forward pass early."""
-
-
-def _capture(model: nn.Module, layer: nn.Module, x: Any, want_input: bool) -> torch.Tensor:
-    got: list[torch.Tensor] = []
-
-    def hook(m: nn.Module, i: tuple[torch.Tensor, ...], o: torch.Tensor) -> None:
-        got.append(i[0] if want_input else o)
-        raise _Stop
-
-    h = layer.register_forward_hook(hook)
-    try:
-        forward(model, x)
-    except _Stop:
-        pass
-    finally:
-        h.remove()
-    if not got:
-        raise RuntimeError("the layer was not used by the forward pass")
-    return got[0]
 
 
 def _real_tokens(mod: nn.Module, x: Any, rows: int) -> torch.Tensor | None:
@@ -113,8 +90,8 @@ def reconstruct(
             keep = kept_outputs(orig, gone.get(f"{name}.weight", {}))
             normal = Normal(getattr(mod, "bias", None) is not None, max_rows // len(parts), g)
             for b in parts:
-                rows = rows_of(mod, _capture(pruned, mod, b, want_input=True))
-                y = targets_of(mod, _capture(original, orig, b, want_input=False), keep)
+                rows = rows_of(mod, capture(lambda: forward(pruned, b), mod, want_input=True))  # noqa: B023
+                y = targets_of(mod, capture(lambda: forward(original, b), orig, want_input=False), keep)  # noqa: B023
                 real = _real_tokens(mod, b, len(rows))
                 if real is not None:
                     rows, y = rows[real], y[real]

@@ -28,13 +28,9 @@ from torch import nn
 from cuttree.core.plan import DEPTH_UNIT, PruningPlan
 from cuttree.frontends.torch.layerwise import advance, call_block, decoder_stack, first_inputs
 from cuttree.frontends.torch.util import eval_mode, removing, to_numpy
-from cuttree.recover.least_squares import Normal, kept_outputs, refittable, rows_of, targets_of
+from cuttree.recover.least_squares import Normal, capture, kept_outputs, refittable, rows_of, targets_of
 
 Inputs = list[tuple[tuple[Any, ...], dict[str, Any]]]
-
-
-class _Stop(Exception):
-    """Raised by a hook once it has the input it needs; ends the decoder layer's forward early."""
 
 
 def reconstruct_stack(
@@ -118,7 +114,7 @@ def _refit_block(
         mod = p_block.get_submodule(rel)
         normal = Normal(getattr(mod, "bias", None) is not None, max_rows // len(p_in), g)
         for (a, k), y in zip(p_in, wanted.pop(rel), strict=True):
-            normal.add(rows_of(mod, _input_of(p_block, mod, a, k)), y)
+            normal.add(rows_of(mod, capture(lambda: call_block(p_block, a, k), mod, want_input=True)), y)  # noqa: B023
         if normal.refit(mod, ridge):
             done.append(rel)
     return done
@@ -161,22 +157,6 @@ def _widened(inputs: Inputs, keep: torch.Tensor, width: int) -> Inputs:
         full[..., keep.to(h.device)] = h
         out.append(((full, *a[1:]), k))
     return out
-
-
-def _input_of(block: nn.Module, mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
-    """The input ``mod`` receives when ``block`` runs on ``args``/``kwargs`` (the block stops there)."""
-    got: list[torch.Tensor] = []
-
-    def hook(m: nn.Module, i: tuple[torch.Tensor, ...]) -> None:
-        got.append(i[0])
-        raise _Stop
-
-    with removing([mod.register_forward_pre_hook(hook)]):
-        try:
-            call_block(block, args, kwargs)
-        except _Stop:
-            pass
-    return got[0]
 
 
 def _padded(batch: Any) -> bool:
