@@ -56,6 +56,17 @@ ROWS: dict[str, dict[str, Any]] = {
         "reconstruct": True,
     },
     "wanda reconstruct": {"criterion": "wanda", "reconstruct": True},
+    "obs mlp-only": {"criterion": "obs", "head_ratio": 0.0, "ignore": NO_HIDDEN},
+    "obs mlp-only reconstruct": {"criterion": "obs", "head_ratio": 0.0, "ignore": NO_HIDDEN, "reconstruct": True},
+    "obs mlp-only global reconstruct": {
+        "criterion": "obs",
+        "head_ratio": 0.0,
+        "ignore": NO_HIDDEN,
+        "scope": "global",
+        "reconstruct": True,
+    },
+    "obs heads+mlp reconstruct": {"criterion": "obs", "ignore": NO_HIDDEN, "reconstruct": True},
+    "obs reconstruct": {"criterion": "obs", "reconstruct": True},
 }
 
 

@@ -70,7 +70,8 @@ def test_a_registered_criterion_is_usable_by_name() -> None:
 
 
 def test_registry_flags_of_the_builtins() -> None:
-    assert {n for n, c in REGISTRY.items() if c.data_driven} == {"taylor", "activation", "wanda", "flap", "sparsegpt"}
+    data_driven = {"taylor", "activation", "wanda", "flap", "obs", "sparsegpt"}
+    assert {n for n, c in REGISTRY.items() if c.data_driven} == data_driven
     assert {n for n, c in REGISTRY.items() if c.unstructured} == {"l1", "l2", "wanda", "sparsegpt"}
     assert {n: c.needs for n, c in REGISTRY.items() if c.unstructured and c.data_driven} == {
         "wanda": "input_norms",

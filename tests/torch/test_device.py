@@ -52,7 +52,7 @@ def cfg(criterion: str = "l1", **kw: Any) -> cuttree.Config:
     return cuttree.Config(ratio=0.5, criterion=criterion, min_samples=16, calib_samples=32, latency_runs=0, **kw)
 
 
-STRUCTURED = ["activation", "bn_scale", "flap", "l1", "l2", "random", "taylor", "wanda"]
+STRUCTURED = ["activation", "bn_scale", "flap", "l1", "l2", "obs", "random", "taylor", "wanda"]
 
 
 def test_every_criterion_is_registered_and_tested_here() -> None:

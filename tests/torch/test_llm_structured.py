@@ -71,6 +71,54 @@ def test_mlp_channels_and_heads_are_scored_by_the_layers_reading_them(criterion:
         assert q.keep == _top(per_col.sum((0, 2)), 3)  # 0.6 of 2 × 4 heads keeps 1 × 3
 
 
+def test_obs_scores_from_the_inputs_of_the_layers_reading_the_channels() -> None:
+    """Plumbing of ``obs`` (its arithmetic is checked against a brute force in
+    tests/core/test_structured_obs.py): the Hessian of ``down_proj``'s and ``o_proj``'s inputs
+    from hooks, mean xxᵀ over every token; an MLP channel owns its column, a kv head the columns
+    of its 4 query heads, query head position p the columns of heads 4k + p. The plan keeps the
+    channels the greedy removes last."""
+    transformers = pytest.importorskip("transformers")
+    from cuttree.core.obs import channel_removal_scores
+
+    torch.manual_seed(0)
+    model = tiny_llama(transformers)
+    data = [torch.randint(0, 100, (2, 12)) for _ in range(4)]
+    cfg = cuttree.Config(ratio=0.5, head_ratio=0.6, criterion="obs", min_samples=8, calib_samples=8, latency_runs=0)
+    plan, _ = cuttree.make_plan(model, (data[0][:1],), cfg, calib_data=data)
+    groups = {g.name: g for g in plan}
+    mods = dict(model.named_modules())
+    names = [f"model.layers.{i}.{p}" for i in range(2) for p in ("mlp.down_proj", "self_attn.o_proj")]
+    xs = _inputs_of(model, names, data)
+
+    def scores(layer: str, owner: np.ndarray, size: int) -> np.ndarray:
+        h = (xs[layer].T @ xs[layer] / len(xs[layer])).numpy()
+        return channel_removal_scores([(mods[layer].weight.detach().numpy(), h, owner)], size)
+
+    for i in range(2):
+        mlp = groups[f"model.layers.{i}.mlp.gate_proj"]
+        assert (mlp.criterion, mlp.keep) == (
+            "obs",
+            _top(scores(f"model.layers.{i}.mlp.down_proj", np.arange(96), 96), 48),
+        )
+        o = f"model.layers.{i}.self_attn.o_proj"
+        kv_owner, query_owner = np.repeat(np.arange(2), 32), np.tile(np.repeat(np.arange(4), 8), 2)
+        assert groups[f"model.layers.{i}.self_attn.q_proj"].keep == _top(scores(o, kv_owner, 2), 1)
+        query = groups[f"model.layers.{i}.self_attn.q_proj:query_heads"]
+        assert query.keep == _top(scores(o, query_owner, 4), 3)
+
+
+def test_obs_leaves_out_a_reader_too_wide_for_its_hessian_and_says_so() -> None:
+    """A reader of over 8192 inputs (a classifier over flattened maps, say) would need a Hessian
+    of 512 MiB or more: it is left out with a warning, and its channels fall back to ``l1``."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 8200), nn.ReLU(), nn.Linear(8200, 2))
+    data = [torch.randn(4, 3) for _ in range(2)]
+    cfg = cuttree.Config(ratio=0.5, criterion="obs", min_samples=8, latency_runs=0)
+    with pytest.warns(UserWarning, match=r"leaves out 1 layer\(s\) with over 8192 inputs \(2\)"):
+        plan, _ = cuttree.make_plan(net, (data[0],), cfg, calib_data=data)
+    assert [g.criterion for g in plan] == ["l1"]
+
+
 def test_keras_refuses_reader_criteria_with_the_fix() -> None:
     keras = pytest.importorskip("keras")
     import cuttree.keras as ck

@@ -32,11 +32,16 @@ channel's positions along the coupled dim):
 - ``flap``: Σ var(x)·w² over the same slices (FLAP's fluctuation, An et al. 2024): a channel
   whose input barely varies is replaceable by its mean (without FLAP's bias compensation,
   which would add biases the architecture does not have);
+- ``obs``: structured Optimal Brain Surgeon (SlimGPT, ZipLM): channels leave greedily, each
+  time the ones whose removal leaves the least output error in the linear layers reading them
+  once those layers' remaining columns are refitted (with ``H = XᵀX`` of their inputs); a
+  channel scores the total error at its removal (:func:`cuttree.core.obs.channel_removal_scores`).
+  Convolutions are not read (a group read by none uses ``l1``);
 - ``random``: uniform, seeded by the config's ``seed`` and the group name.
 
 Statistics of a layer's input features are keyed like activations, ``"weight name@dim"`` with
 ``dim`` the weight's input dim: ``input_norms`` ‖x‖₂ per feature (``wanda``), ``input_moments``
-the variance per feature (``flap``).
+the variance per feature (``flap``), ``hessian`` the mean of xxᵀ over tokens (``obs``).
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from typing import Literal
 import numpy as np
 
 from cuttree.core.grouping import Group
+from cuttree.core.obs import channel_removal_scores
 from cuttree.core.plan import Member
 from cuttree.core.registry import Registry
 
@@ -201,14 +207,28 @@ def flap(group: Group, weights: Arrays, extra: Arrays, seed: int) -> np.ndarray:
     return l1(group, weights, extra, seed) if s is None else s
 
 
+@criterion("obs", needs="hessian")
+def obs(group: Group, weights: Arrays, extra: Arrays, seed: int) -> np.ndarray:
+    ms = [m for m in group.members if f"{m.tensor}@{m.dim}" in extra and m.tensor in weights]
+    if not ms:
+        return l1(group, weights, extra, seed)
+    readers = []
+    for m in ms:
+        w = weights[m.tensor]
+        owner = np.full(w.shape[m.dim], -1)
+        owner[m.positions] = m.channels
+        readers.append((w, extra[f"{m.tensor}@{m.dim}"], owner))
+    return channel_removal_scores(readers, group.size, seed=seed)
+
+
 register_weight_criterion("sparsegpt", needs="hessian")  # the OBS update (cuttree.core.obs), layer by layer
 
 
 def used_criterion(name: str, group: Group, extra: Arrays) -> str:
     """The criterion that really scored ``group`` (``bn_scale`` without a norm layer, or
-    ``activation`` without a layer whose output holds the channels, ``wanda`` or ``flap`` without
-    a layer reading them, is ``l1``)."""
-    if name in ("bn_scale", "activation", "wanda", "flap") and not any(
+    ``activation`` without a layer whose output holds the channels, ``wanda``, ``flap`` or ``obs``
+    without a layer reading them, is ``l1``)."""
+    if name in ("bn_scale", "activation", "wanda", "flap", "obs") and not any(
         f"{m.tensor}@{m.dim}" in extra for m in group.members
     ):
         return "l1"

@@ -108,3 +108,88 @@ def _nm_mask(w: np.ndarray, d: np.ndarray, nm: tuple[int, int], ties: np.ndarray
     out = np.zeros(w.shape, dtype=bool)
     np.put_along_axis(out, order, True, axis=1)
     return out
+
+
+def inverse_hessian(h: np.ndarray, damp: float = DAMP) -> np.ndarray:
+    """``H⁻¹`` in float64, inputs that never fire given ``H_jj = 1`` and ``H`` dampened by ``damp``
+    × its mean diagonal, as :func:`sparsegpt` prepares it."""
+    h = np.array(h, dtype=np.float64)
+    dead = np.diag(h) == 0
+    h[dead, dead] = 1.0
+    h[np.diag_indices(len(h))] += damp * float(np.mean(np.diag(h)))
+    return np.linalg.inv(h)
+
+
+def channel_removal_scores(
+    readers: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    size: int,
+    step: int | None = None,
+    damp: float = DAMP,
+    seed: int | None = 0,
+) -> np.ndarray:
+    """Structured OBS: the channels of a group removed greedily, each time the ones whose removal
+    costs least once every reader's remaining columns absorb it; a channel's score is the total
+    output error when it goes (non-decreasing in the order of removal, so keeping the ``k``
+    highest keeps what the greedy keeps at ``k``).
+
+    ``readers`` are ``(weight, h, owner)``: a linear layer reading the channels (rows × columns),
+    the Hessian of its inputs, and for each column the channel it holds (−1: not this group's).
+    Removing channel set ``C`` from a reader costs ``tr(W_C (H⁻¹_CC)⁻¹ W_Cᵀ)`` and updates
+    ``W −= W_C (H⁻¹_CC)⁻¹ H⁻¹_C·`` and ``H⁻¹ −= H⁻¹_·C (H⁻¹_CC)⁻¹ H⁻¹_C·`` (the OBS update,
+    Hassibi and Stork 1993, as SlimGPT and ZipLM apply it to rows of structure). ``step``
+    channels go per round (default ``size // 128``, at least 1), picked by their costs at the
+    round's start and ordered by them; equal costs in :func:`cuttree.core.masks.tie_order` order.
+
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((512, 4)) * [1.0, 1.0, 0.1, 1.0]
+    >>> x[:, 3] = x[:, 0] + 0.01 * rng.standard_normal(512)  # column 3 repeats column 0
+    >>> w = rng.standard_normal((2, 4))
+    >>> s = channel_removal_scores([(w, hessian(x), np.arange(4))], 4, step=1)
+    >>> first, second = np.argsort(s).tolist()[:2]  # the faint one, then a twin: the other absorbs it
+    >>> first, second in (0, 3)
+    (2, True)
+    """
+    step = max(1, size // 128) if step is None else step
+    state = [(np.array(w, dtype=np.float64), inverse_hessian(h, damp), np.asarray(o)) for w, h, o in readers]
+    columns = [[np.flatnonzero(o == c) for c in range(size)] for _, _, o in state]
+    ties = tie_order((size,), seed)
+    scores, alive, total = np.zeros(size), np.ones(size, dtype=bool), 0.0
+    while alive.any():
+        cost = np.zeros(size)
+        for (w, hinv, _), cols in zip(state, columns, strict=True):
+            cost += _costs(w, hinv, cols, alive)
+        order = ascending(np.where(alive, cost, np.inf), ties)[: min(step, int(alive.sum()))]
+        for c in order:
+            total += cost[c]
+            scores[c] = total
+        alive[order] = False
+        for (w, hinv, _), cols in zip(state, columns, strict=True):
+            _remove(w, hinv, np.concatenate([cols[c] for c in order]))
+    return scores
+
+
+def _costs(w: np.ndarray, hinv: np.ndarray, cols: list[np.ndarray], alive: np.ndarray) -> np.ndarray:
+    """Per channel, ``tr(W_C (H⁻¹_CC)⁻¹ W_Cᵀ)``: the output error its removal leaves once the
+    remaining columns are refitted (one column per channel: ``‖w_j‖² / H⁻¹_jj``, vectorised)."""
+    out = np.zeros(len(cols))
+    if all(len(c) == 1 for c in cols):
+        j = np.concatenate(cols)[alive]
+        out[alive] = np.einsum("ij,ij->j", w[:, j], w[:, j]) / np.diag(hinv)[j]
+        return out
+    for c in np.flatnonzero(alive):
+        if len(cols[c]):
+            wc = w[:, cols[c]]
+            out[c] = float(np.sum(wc * np.linalg.solve(hinv[np.ix_(cols[c], cols[c])], wc.T).T))
+    return out
+
+
+def _remove(w: np.ndarray, hinv: np.ndarray, cols: np.ndarray) -> None:
+    """Columns ``C`` removed in place, the rest refitted (the OBS update); ``C``'s rows and columns of ``H⁻¹`` become 0."""
+    if len(cols) == 0:
+        return
+    a = np.linalg.solve(hinv[np.ix_(cols, cols)], hinv[cols, :])
+    w -= w[:, cols] @ a
+    hinv -= hinv[:, cols] @ a
+    w[:, cols] = 0.0
+    hinv[cols, :] = 0.0
+    hinv[:, cols] = 0.0

@@ -113,7 +113,7 @@ def criterion_inputs(
             f"criterion '{cfg.criterion}' on a Keras model with {len(model.inputs)} inputs is not supported yet; "
             "use a data-free criterion (l1, l2, bn_scale)"
         )
-    if needs in ("input_norms", "input_moments"):
+    if needs in ("input_norms", "input_moments", "hessian"):
         raise ValueError(
             f"criterion '{cfg.criterion}' scores channels of torch models only so far; on a Keras model use "
             "activation or taylor (data-driven) or l1"

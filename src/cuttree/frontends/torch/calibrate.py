@@ -18,11 +18,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from cuttree.config import Config
+from cuttree.errors import warn
 from cuttree.frontends.torch import layerwise
 from cuttree.frontends.torch.groups import DependencyGraph
 from cuttree.frontends.torch.rules import rule_for_module
 from cuttree.frontends.torch.util import eval_mode, model_device, primary_output, removing
 from cuttree.recover.batching import capped, forward
+
+MAX_HESSIAN_COLUMNS = 8192  #: a reader's Hessian (float64) of this many inputs takes 512 MiB
 
 
 def batches(
@@ -215,10 +218,20 @@ def input_statistics(
     model: nn.Module, graph: DependencyGraph, data: Iterable[Any] | None, cfg: Config, needs: str
 ) -> dict[str, torch.Tensor]:
     """Per input feature of every layer reading a group (:func:`readers`), over the calibration
-    data, keyed ``"weight name@dim"``: ``input_norms`` ‖x‖₂, ``input_moments`` the variance
-    (float64, one forward pass of the model per batch)."""
-    wanted = readers(model, graph)
+    data, keyed ``"weight name@dim"``: ``input_norms`` ‖x‖₂, ``input_moments`` the variance,
+    ``hessian`` the mean of xxᵀ over tokens, of linear readers only (float64, one forward pass
+    of the model per batch)."""
     modules = dict(model.named_modules())
+    wanted = readers(model, graph)
+    if needs == "hessian":
+        wanted = {n: r for n, r in wanted.items() if isinstance(modules[n], nn.Linear)}
+        if wide := [n for n in wanted if modules[n].in_features > MAX_HESSIAN_COLUMNS]:
+            warn(
+                f"criterion '{cfg.criterion}' leaves out {len(wide)} layer(s) with over {MAX_HESSIAN_COLUMNS} inputs "
+                f"({', '.join(wide[:3])}): their Hessian would not fit in memory; the channels they read are scored by "
+                "their other readers, or by l1 (the plan records it)"
+            )
+            wanted = {n: r for n, r in wanted.items() if n not in wide}
 
     def run() -> None:
         for x, _ in batches(data, cfg, need_labels=False, device=model_device(model)):
@@ -232,6 +245,8 @@ def input_statistics(
             continue
         if needs == "input_norms":
             out[f"{t}@{d}"] = acc[n].sqrt()
+        elif needs == "hessian":
+            out[f"{t}@{d}"] = acc[n] / acc[f"{n}#n"]
         else:
             mean, sq = acc[n] / acc[f"{n}#n"]
             out[f"{t}@{d}"] = (sq - mean * mean).clamp_min(0)

@@ -78,7 +78,7 @@ def criterion_inputs(
         stats = calibrate.activations(model, graph, data, cfg)
     elif needs == "norm_scales":
         stats = calibrate.norm_scales(model, graph)
-    elif needs in ("input_norms", "input_moments"):
+    elif needs in ("input_norms", "input_moments", "hessian"):
         stats = calibrate.input_statistics(model, graph, data, cfg, needs)
     members = {m.tensor for g in graph.groups for m in g.members}
     params = {k: v for k, v in named_tensors(model).items() if k in members and isinstance(v, nn.Parameter)}
