@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from cuttree.config import Config, merge, parse_set
-from cuttree.recover.job import metric_name, report_table, run_job
+from cuttree.recover.job import report_table, run_job
 from cuttree.recover.train import finetune
 
 DEMO = {
@@ -71,7 +71,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     html_path, md_path = write_report(out)
     print()
-    print(report_table(report, metric_name(cfg)))
+    print(report_table(report))
     print(
         f"\n(latency: batch 32, median and interquartile range of {cfg.latency_runs} runs, dense and pruned timed "
         f"interleaved; run folder {out}/: model.cuttree, report.json, {html_path.name} (open it in a browser), "

@@ -70,6 +70,30 @@ def test_prune_a_language_model_into_a_from_pretrained_folder(lm: Path) -> None:
     assert small.config.intermediate_size == 64 and (out / "tokenizer.json").is_file()
 
 
+def test_run_prunes_distils_and_reports_a_language_models_perplexity(
+    lm: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``run --hf``: the report's perplexities are those of the dense folder and of the saved
+    ``model.cuttree`` reloaded, on the same windows; the tokenizer is written beside it."""
+    out, text = lm.parent / "run", f"text:{lm.parent / 'prose.txt'}"
+    sets = ["--set", "ratio=0.5", "--set", "criterion=wanda", "--set", "finetune.epochs=1",
+            "--set", "finetune.batch_size=4", "--set", "latency_runs=3"]  # fmt: skip
+    argv = args(lm, "run", "--hf", str(lm), *sets, "--data", text, "--windows", "4", "--out", str(out), "--quiet")
+    assert main(argv) == 0
+    said = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    test = windows(AutoTokenizer.from_pretrained(out), PROSE * 3, 32, 4)  # the tokenizer in the run folder
+    dense = perplexity(AutoModelForCausalLM.from_pretrained(lm), test)
+    pruned = cuttree.load(out / "model.cuttree")
+    assert report["before"]["metric"] == {"perplexity": dense}
+    assert report["after"]["metric"] == {"perplexity": perplexity(pruned, test)}
+    assert pruned.model.layers[0].mlp.gate_proj.out_features == 64 and report["history"][0]["finetune_steps"] > 0
+    after = report["after"]["metric"]["perplexity"]
+    row = next(line.split() for line in said.splitlines() if line.startswith("perplexity"))
+    assert row == ["perplexity", f"{dense:.2f}", f"{after:.2f}", f"{after / dense:.2f}×"]
+    assert "| perplexity |" in (out / "report.md").read_text()
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -70,7 +70,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         io.save(model, out / "model.cuttree", arch=meta["arch"], arch_kwargs=meta.get("arch_kwargs"), plan=meta["plan"])
         m = _evaluate(args, model, test, cfg.mode, cfg.finetune.ignore_index, "after")
         print(f"{_metrics(m)} on {args.data} test ({len(test):,} samples), before fine-tuning {_metrics(before)}")
-        warn_if_worse(before, m, cfg.mode)
+        warn_if_worse(before, m)
         report = write_json(
             out / "report.json",
             "finetune",

@@ -171,7 +171,7 @@ def cmd_finetune(args: argparse.Namespace, cfg: Config, train: Any, test: Any) -
     before = ck.evaluate(model, xt, yt, cfg.mode)
     state = ck.finetune(model, cfg, xtr, ytr, teacher=teacher, verbose=0 if args.quiet else 2)
     after = ck.evaluate(model, xt, yt, cfg.mode)
-    warn_if_worse({_key(cfg.mode): before}, {_key(cfg.mode): after}, cfg.mode)
+    warn_if_worse({_key(cfg.mode): before}, {_key(cfg.mode): after})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ck.save(model, out / "model.keras")

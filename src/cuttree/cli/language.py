@@ -23,6 +23,7 @@ from typing import Any
 
 from torch import nn
 
+from cuttree.cli.common import NOOP_FIX
 from cuttree.config import Config
 from cuttree.files.atomic import check_writable
 
@@ -31,6 +32,16 @@ def lm_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--hf", metavar="DIR", help="a Hugging Face causal LM folder (save_pretrained), with its tokenizer")
     sp.add_argument("--gguf", metavar="FILE", help="a GGUF file (llama.cpp), read by transformers, float32")
     sp.add_argument("--length", type=int, default=512, help="tokens per text window (default 512)")
+
+
+def calib_args(sp: argparse.ArgumentParser, training: bool = False) -> None:
+    what = "calibration and fine-tuning" if training else "calibration"
+    sp.add_argument(
+        "--calib-text",
+        default="wikipedia-calib",
+        help=f"language models: the {what} text: wikipedia-calib (the default), python-docs, botchan or text:PATH",
+    )
+    sp.add_argument("--calib-windows", type=int, default=32, help="language models: calibration windows (default 32)")
 
 
 def source(args: argparse.Namespace) -> str | None:
@@ -79,6 +90,33 @@ def cmd_prune(args: argparse.Namespace, cfg: Config) -> int:
         tokenizer.save_pretrained(out)
     print(f"wrote {out}")
     return 0
+
+
+def cmd_run(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
+    """The whole job on a causal LM: pruned calibrated on ``--calib-windows`` windows of
+    ``--calib-text``, distilled from the dense model on every window of that text, perplexity on
+    ``--windows`` windows of ``--data``; the run folder gets the tokenizer beside ``model.cuttree``."""
+    from cuttree.cli.common import logger
+    from cuttree.datasets.lm_text import TextWindows, text, windows
+    from cuttree.files.hf_models import load_causal_lm
+    from cuttree.recover.job import run_job
+
+    if args.arch is not None or args.model is not None:
+        raise ValueError("give --hf/--gguf (a language model) or --arch/--model, not both")
+    named = source(args)
+    check_writable(Path(args.out), folder=True)
+    model, tokenizer = load_causal_lm(named)  # type: ignore[arg-type]
+    dense_config = model.config.to_dict()  # type: ignore[union-attr, operator]  # what the plan is made for
+    train = windows(tokenizer, text(args.calib_text), args.length)
+    test = windows(tokenizer, text(args.data), args.length, args.windows)
+    report = run_job(
+        model, (train[:1],), cfg, TextWindows(train), TextWindows(test), args.out, "cuttree.models:causal_lm",
+        {"config": dense_config}, logger(args), data_name=args.data, progress=not args.quiet,
+        noop_fix=None if args.allow_noop else NOOP_FIX, resume=args.resume, source=named,
+        calib_data=[w[None] for w in train[: args.calib_windows]],
+    )  # fmt: skip
+    tokenizer.save_pretrained(args.out)
+    return report
 
 
 @contextmanager

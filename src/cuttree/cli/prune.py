@@ -155,12 +155,7 @@ def add_prune(sub: Any) -> None:
     )
     sp.add_argument("--rows", type=int, default=40, help="plan rows to print")
     language.lm_args(sp)
-    sp.add_argument(
-        "--calib-text",
-        default="wikipedia-calib",
-        help="language models: wikipedia-calib (the default), python-docs, botchan or text:PATH",
-    )
-    sp.add_argument("--calib-windows", type=int, default=32, help="language models: calibration windows (default 32)")
+    language.calib_args(sp)
     noop_arg(sp)
     sp.set_defaults(func=cmd_prune)
 

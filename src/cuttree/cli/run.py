@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 import cuttree.cli.keras as cli_keras
+from cuttree.cli import language
 from cuttree.cli.common import (
     NOOP_FIX,
     config_from,
@@ -28,11 +29,17 @@ from cuttree.files.atomic import check_writable
 
 def cmd_run(args: argparse.Namespace) -> int:
     from cuttree.recover.devices import deterministic_env, rank_device
-    from cuttree.recover.job import metric_name, report_table, run_job
+    from cuttree.recover.job import report_table, run_job
 
     cfg = config_from(args)
     sens = _sensitivity_file(args, cfg)
-    if args.frontend == "keras":
+    if language.source(args) is not None:
+        if sens is not None:
+            raise ValueError(
+                "allocation: sensitivity is not available for language models yet; set allocation: uniform"
+            )
+        report = language.cmd_run(args, cfg)
+    elif args.frontend == "keras":
         if args.resume:
             raise ValueError("--resume continues torch runs only (Keras fine-tuning keeps no checkpoint); drop it")
         # Keras fine-tuning crops and flips each batch itself (cuttree.recover.batching): unaugmented arrays
@@ -65,12 +72,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             noop_fix=None if args.allow_noop else NOOP_FIX,
             resume=args.resume,
         )
-    print(report_table(report, metric_name(cfg)))
+    print(report_table(report))
     from cuttree.reports.report import write_report
 
     html_path, md_path = write_report(args.out)
     model_file = "model.keras" if args.frontend == "keras" else "model.cuttree"
-    print(f"\nwrote {args.out}/: {model_file}, report.json, {html_path.name}, {md_path.name}, config.yaml")
+    tokenizer = ", the tokenizer" if language.source(args) is not None else ""
+    print(f"\nwrote {args.out}/: {model_file}{tokenizer}, report.json, {html_path.name}, {md_path.name}, config.yaml")
     return 0
 
 
@@ -167,6 +175,11 @@ def add_run(sub: Any) -> None:
     sp.add_argument("--quiet", action="store_true", help="no per-step log lines")
     sp.add_argument(
         "--resume", action="store_true", help="continue an interrupted run in --out (torch models; same config)"
+    )
+    language.lm_args(sp)
+    language.calib_args(sp, training=True)
+    sp.add_argument(
+        "--windows", type=int, default=32, help="language models: evaluation windows of --data (default 32)"
     )
     noop_arg(sp)
     sp.set_defaults(func=cmd_run)

@@ -141,7 +141,8 @@ class Frontend(Protocol):
     # -- recovery: what the run job (cuttree.recover.job) needs --
 
     def evaluate(self, model: Model, data: Data, config: Config) -> dict[str, float]:
-        """The task metric on ``data`` (``{"top1": …}`` or ``{"miou": …}``, in %)."""
+        """The task metric on ``data`` (``{"top1": …}`` or ``{"miou": …}`` in %, or a language
+        model's ``{"perplexity": …}``)."""
 
     def recalibrate(self, model: Model, data: Data, config: Config) -> int:
         """Re-estimate the batch norms' statistics on ``data``, in place; how many layers changed."""

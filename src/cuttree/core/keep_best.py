@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from cuttree.core.results import is_worse, metric_key
 from cuttree.errors import warn
 
 
@@ -44,19 +45,20 @@ def ending(
     return "last", None
 
 
-def warn_if_worse(before: dict[str, float], after: dict[str, float], mode: str, split: str = "test") -> bool:
-    """Warn when fine-tuning left the task metric below where it started; returns whether it did.
+def warn_if_worse(before: dict[str, float], after: dict[str, float], split: str = "test") -> bool:
+    """Warn when fine-tuning left the task metric worse than where it started (lower top-1 or
+    mean IoU, higher perplexity); returns whether it did.
 
     >>> import warnings
     >>> with warnings.catch_warnings(record=True) as w:
     ...     warnings.simplefilter("always")
-    ...     warn_if_worse({"top1": 80.0}, {"top1": 75.5}, "classification")
-    True
+    ...     warn_if_worse({"top1": 80.0}, {"top1": 75.5}), warn_if_worse({"perplexity": 20.0}, {"perplexity": 19.0})
+    (True, False)
     >>> print(w[0].message)
     fine-tuning left the model worse on the test split: top1 80.00 before it, 75.50 after; the validation split chose these weights, so the two splits disagree (use a larger validation split: finetune.val_fraction) or the recipe does not suit the model (lower finetune.lr)
     """
-    key = "miou" if mode == "segmentation" else "top1"
-    if key not in before or key not in after or after[key] >= before[key]:
+    key = metric_key(before)
+    if key is None or key not in after or not is_worse(key, before[key], after[key]):
         return False
     warn(
         f"fine-tuning left the model worse on the {split} split: {key} {before[key]:.2f} before it, {after[key]:.2f} "

@@ -147,3 +147,49 @@ class SparsifyResult:
 def metric_name(config: Config) -> str:
     """The task metric of ``config.mode``: ``"miou"`` for segmentation, ``"top1"`` for classification."""
     return "miou" if config.mode == "segmentation" else "top1"
+
+
+@dataclass(frozen=True)
+class Metric:
+    """How a task metric reads: its label, its direction, whether it is a percentage."""
+
+    label: str
+    higher_is_better: bool = True
+    percent: bool = True
+
+
+METRICS = {
+    "top1": Metric("top-1 (%)"),
+    "miou": Metric("mean IoU (%)"),
+    "spearman": Metric("Spearman ×100", percent=False),
+    "perplexity": Metric("perplexity", higher_is_better=False, percent=False),
+}
+
+
+def metric_key(metric: dict[str, Any]) -> str | None:
+    """The task metric among an evaluation's figures (the first :data:`METRICS` names), else ``None``.
+
+    >>> metric_key({"top5": 99.0, "top1": 91.5}), metric_key({"perplexity": 22.7}), metric_key({})
+    ('top1', 'perplexity', None)
+    """
+    return next((k for k in METRICS if k in metric), None)
+
+
+def metric_change(key: str, before: float, after: float) -> str:
+    """The change of a metric as read: points for a percentage or a score, a factor for perplexity.
+
+    >>> metric_change("top1", 91.5, 90.25), metric_change("perplexity", 20.0, 25.0)
+    ('-1.25 points', '1.25×')
+    """
+    if METRICS[key].higher_is_better:
+        return f"{after - before:+.2f} points"
+    return f"{after / before:.2f}×" if before else "—"
+
+
+def is_worse(key: str, before: float, after: float) -> bool:
+    """Whether ``after`` is worse than ``before`` for metric ``key``.
+
+    >>> is_worse("top1", 80.0, 75.5), is_worse("perplexity", 20.0, 19.0)
+    (True, False)
+    """
+    return after < before if METRICS[key].higher_is_better else after > before

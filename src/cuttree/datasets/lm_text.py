@@ -150,3 +150,24 @@ def windows(tokenizer: Any, text: str, length: int = 512, count: int | None = No
         raise ValueError(f"the text has {len(ids)} tokens, not one window of {length} after {skip}; give a longer text")
     flat = torch.tensor(ids[skip * length : (skip + n) * length], dtype=torch.int64)
     return flat.view(n, length)
+
+
+class TextWindows(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
+    """Windows of token ids as a dataset of samples for fine-tuning and evaluating a causal
+    language model: ``{"input_ids": window, "attention_mask": ones}`` (its labels are its own
+    tokens, shifted by the model).
+
+    >>> d = TextWindows(torch.arange(6).view(2, 3))
+    >>> len(d), d[1]["input_ids"].tolist(), d.windows.shape
+    (2, [3, 4, 5], torch.Size([2, 3]))
+    """
+
+    def __init__(self, windows: torch.Tensor) -> None:
+        self.windows = windows
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        w = self.windows[i]
+        return {"input_ids": w, "attention_mask": torch.ones_like(w)}

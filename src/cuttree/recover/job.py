@@ -23,7 +23,7 @@ from cuttree.core.flow import plan_and_apply
 from cuttree.core.frontend import Data, Frontend, Inputs, Model, frontend_for
 from cuttree.core.keep_best import warn_if_worse
 from cuttree.core.plan import PruningPlan, compose
-from cuttree.core.results import Measurements, aligned, metric_name, speed_change
+from cuttree.core.results import METRICS, Measurements, aligned, metric_change, metric_key, metric_name, speed_change
 from cuttree.core.sensitivity import Sensitivity
 from cuttree.core.shortfall import refuse_noop
 from cuttree.files.atomic import atomic_write
@@ -67,6 +67,7 @@ def run_job(
     noop_fix: str | None = None,
     resume: bool = False,
     source: str | None = None,
+    calib_data: Data | None = None,
 ) -> dict[str, Any]:
     """Prune ``model`` to ``cfg``'s target in ``cfg.steps`` rounds with fine-tuning; write the run folder.
 
@@ -77,7 +78,7 @@ def run_job(
     nothing ends the run with a :class:`PlanError` before any fine-tuning. The resolved
     ``config.yaml`` is written first; with ``resume`` an interrupted run in ``out_dir`` continues:
     its config must be this one, every step is pruned again (deterministic) and its fine-tuning
-    resumes from the step's checkpoint.
+    resumes from the step's checkpoint. Pruning calibrates on ``calib_data`` (default: ``train_data``).
     """
     fe = frontend_for(model)
     out = Path(out_dir)
@@ -85,18 +86,19 @@ def run_job(
     rank, _ = world()
     if rank == 0:
         _start(out, cfg, resume)
-    key = metric_name(cfg)
     inputs = fe.inputs(model, example_inputs)
     teacher = fe.copy(model)
     t0 = time.perf_counter()
     before = fe.measure(model, inputs, 0)  # timed at the end, interleaved with the pruned model
     log(f"evaluating the dense model on {len(test_data):,} test samples")
     metric_before = fe.evaluate(model, test_data, cfg)
+    key = metric_key(metric_before) or metric_name(cfg)
     log(f"dense: {key} {metric_before[key]:.2f}  params {before.params:,}  MACs {before.macs:,}")
     history: list[dict[str, Any]] = []
     plan: PruningPlan | None = None
     current = model
     job = _Job(fe, inputs, cfg, train_data, test_data, teacher, out, log, sensitivity, progress, resume, noop_fix)
+    job.calib_data = train_data if calib_data is None else calib_data
     for i in range(cfg.steps):
         current, step_plan, row = job.step(i, current)
         plan = step_plan if plan is None else compose(plan, step_plan)
@@ -166,20 +168,22 @@ class _Job:
         self.fe, self.inputs, self.cfg, self.teacher, self.out, self.log = fe, inputs, cfg, teacher, out, log
         self.train_data, self.test_data = train_data, test_data
         self.sensitivity, self.progress, self.resume, self.noop_fix = sensitivity, progress, resume, noop_fix
+        self.calib_data = train_data
 
     def step(self, i: int, current: Model) -> tuple[Model, PruningPlan, dict[str, Any]]:
         """Step ``i``: prune, recalibrate, fine-tune (resumed where a checkpoint is), and the
         step's record for the report."""
         fe, cfg, log = self.fe, self.cfg, self.log
-        key, scfg, n = metric_name(cfg), step_config(cfg, i), cfg.steps
+        scfg, n = step_config(cfg, i), cfg.steps
         log(f"step {i + 1}/{n}: pruning ({scfg.criterion}; tracing, scoring, planning, surgery)")
         current, step_plan, _ = plan_and_apply(
-            fe, current, scfg, self.inputs, calib_data=self.train_data, sensitivity=self.sensitivity
+            fe, current, scfg, self.inputs, calib_data=self.calib_data, sensitivity=self.sensitivity
         )
         if i == 0 and self.noop_fix is not None:
             refuse_noop(step_plan, self.noop_fix)
         row: dict[str, Any] = {"step": i + 1, "config": scfg.to_dict()}
         pruned = self._recalibrated(current, scfg, row)
+        key = metric_key(pruned) or metric_name(cfg)
         log(f"step {i + 1}/{n}: pruned, {key} {pruned[key]:.2f} before fine-tuning")
         ft_dir = self.out / f"step{i + 1}"
         ft_dir.mkdir(parents=True, exist_ok=True)
@@ -188,7 +192,7 @@ class _Job:
         tuned = fe.finetune(current, self.train_data, scfg, self.teacher, ft_dir, again, log, self.progress)
         metric = fe.evaluate(current, self.test_data, cfg)
         log(f"step {i + 1}/{n}: fine-tuned, {key} {metric[key]:.2f}")
-        warn_if_worse(pruned, metric, cfg.mode)
+        warn_if_worse(pruned, metric)
         row |= {
             "plan_channels": [step_plan.channels_before, step_plan.channels_after],
             "macs": fe.measure(current, self.inputs, 0).macs,
@@ -228,10 +232,12 @@ def _start(out: Path, cfg: Config, resume: bool) -> None:
     atomic_write(saved, lambda p: p.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
 
 
-def report_table(report: dict[str, Any], key: str) -> str:
+def report_table(report: dict[str, Any]) -> str:
     """Before/after rows for a job report: metric, params, MACs, size, latency (median and
     interquartile range, the two models timed interleaved)."""
     b, a = report["before"], report["after"]
+    key = metric_key(b["metric"]) or "top1"
+    unit = "%" if METRICS[key].percent else ""
     mb, ma = Measurements.from_dict(b), Measurements.from_dict(a)
 
     def ratio(x: float, y: float) -> str:
@@ -241,9 +247,9 @@ def report_table(report: dict[str, Any], key: str) -> str:
         ("", "before", "after", "change"),
         (
             key,
-            f"{b['metric'][key]:.2f}%",
-            f"{a['metric'][key]:.2f}%",
-            f"{a['metric'][key] - b['metric'][key]:+.2f} points",
+            f"{b['metric'][key]:.2f}{unit}",
+            f"{a['metric'][key]:.2f}{unit}",
+            metric_change(key, b["metric"][key], a["metric"][key]),
         ),
         ("parameters", f"{mb.params:,}", f"{ma.params:,}", ratio(mb.params, ma.params)),
         (f"MACs (counted, batch {mb.batch_size})", f"{mb.macs:,}", f"{ma.macs:,}", ratio(mb.macs, ma.macs)),

@@ -53,28 +53,25 @@ def load_report(path: str | Path) -> tuple[dict[str, Any], Path]:
 
 
 def _metric_key(doc: dict[str, Any]) -> str | None:
+    from cuttree.core.results import metric_key
+
     for side in ("after", "before"):
-        m = (doc.get(side) or {}).get("metric") or {}
-        for k in ("top1", "miou", "spearman"):
-            if k in m:
-                return k
+        if (key := metric_key((doc.get(side) or {}).get("metric") or {})) is not None:
+            return key
     return None
-
-
-METRIC_NAMES = {"top1": "top-1 (%)", "miou": "mean IoU (%)", "spearman": "Spearman ×100"}
 
 
 def summary_rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """``(figure, before, after, change)`` rows: the metric, parameters, MACs, size, latency."""
-    from cuttree.core.results import Measurements, speed_change
+    from cuttree.core.results import METRICS, Measurements, metric_change, speed_change
 
     b, a = doc.get("before") or {}, doc.get("after") or {}
     rows: list[tuple[str, str, str, str]] = []
     key = _metric_key(doc)
     if key is not None:
         mb, ma = (b.get("metric") or {}).get(key), (a.get("metric") or {}).get(key)
-        change = f"{ma - mb:+.2f} points" if mb is not None and ma is not None else ""
-        rows.append((METRIC_NAMES[key], _num(mb, ".2f"), _num(ma, ".2f"), change))
+        change = metric_change(key, mb, ma) if mb is not None and ma is not None else ""
+        rows.append((METRICS[key].label, _num(mb, ".2f"), _num(ma, ".2f"), change))
     for name, k, fmt, scale in (
         ("parameters", "params", ",", 1),
         (f"MACs (counted, batch {b.get('batch_size', a.get('batch_size', 1))})", "macs", ",", 1),
@@ -151,6 +148,8 @@ def _figures(doc: dict[str, Any], folder: Path) -> dict[str, bytes]:
         ax.set_title(f"Sensitivity: {len(curves)} groups, {s.samples} samples (the 8 most sensitive named)")
         ax.legend(fontsize=6)
         figs["sensitivity"] = png(fig)
+    from cuttree.core.results import METRICS
+
     key = _metric_key(doc)
     hist = doc.get("history") or []
     if key and hist and "macs" in hist[0] and (doc.get("before") or {}).get("metric"):
@@ -162,9 +161,10 @@ def _figures(doc: dict[str, Any], folder: Path) -> dict[str, bytes]:
         ax.plot(xs[1:], pruned, "o--", color="#c44e52", label="after pruning")
         ax.plot(xs, [doc["before"]["metric"][key], *tuned], "o-", color="#3b75af", label="after fine-tuning")
         ax.set_xlabel("MACs")
-        ax.set_ylabel(METRIC_NAMES[key])
+        label = METRICS[key].label
+        ax.set_ylabel(label)
         ax.invert_xaxis()
-        ax.set_title(f"{METRIC_NAMES[key]} against MACs, step by step")
+        ax.set_title(f"{label} against MACs, step by step")
         ax.legend()
         figs["metric_vs_macs"] = png(fig)
     b, a = doc.get("before") or {}, doc.get("after") or {}

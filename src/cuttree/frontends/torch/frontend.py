@@ -215,6 +215,10 @@ class TorchFrontend:
         return scored_subset(model, inputs, config, data, ratios, samples, calib_data)
 
     def evaluate(self, model: nn.Module, data: Any, config: Config) -> dict[str, float]:
+        if calibrate.is_causal_lm(model):  # text: the perplexity of its windows
+            from cuttree.frontends.torch.language import perplexity, token_windows
+
+            return {"perplexity": perplexity(model, token_windows(data))}
         return measure.evaluate(model, data, config.mode, ignore_index=config.finetune.ignore_index)
 
     def recalibrate(self, model: nn.Module, data: Any, config: Config) -> int:

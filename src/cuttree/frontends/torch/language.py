@@ -43,6 +43,25 @@ def perplexity(model: nn.Module, windows: torch.Tensor, batch_size: int = 4) -> 
     return math.exp(total / count)
 
 
+def token_windows(data: Any) -> torch.Tensor:
+    """The evaluation windows of a dataset of text samples (``{"input_ids": …}`` dicts of one
+    length, such as :class:`cuttree.datasets.lm_text.TextWindows`) as one (windows, tokens) tensor.
+
+    >>> token_windows([{"input_ids": torch.tensor([1, 2])}, {"input_ids": torch.tensor([3, 4])}]).tolist()
+    [[1, 2], [3, 4]]
+    """
+    if isinstance(getattr(data, "windows", None), torch.Tensor):
+        return data.windows  # type: ignore[no-any-return]
+    rows = [data[i] for i in range(len(data))]
+    ids = [r["input_ids"] if isinstance(r, dict) else r for r in rows]
+    if not ids or any(not isinstance(t, torch.Tensor) or t.shape != ids[0].shape or t.dim() != 1 for t in ids):
+        raise ValueError(
+            "perplexity needs windows of token ids of one length: samples {'input_ids': tensor}, e.g. "
+            "cuttree.datasets.lm_text.TextWindows(windows(tokenizer, text, length))"
+        )
+    return torch.stack(ids)
+
+
 def _prefill_once(model: nn.Module, ids: torch.Tensor) -> float:
     t0 = time.perf_counter()
     model(input_ids=ids, use_cache=False)
