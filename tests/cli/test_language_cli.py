@@ -70,6 +70,16 @@ def test_prune_a_language_model_into_a_from_pretrained_folder(lm: Path) -> None:
     assert small.config.intermediate_size == 64 and (out / "tokenizer.json").is_file()
 
 
+def test_a_language_model_is_pruned_with_wanda_unless_the_config_names_a_criterion(lm: Path) -> None:
+    from cuttree.files.cuttree_file import read_metadata
+
+    for sets, want in (([], {"wanda"}), (["--set", "criterion=l2"], {"l2"})):
+        out = lm.parent / f"m{len(sets)}.cuttree"
+        assert main(args(lm, "prune", "--hf", str(lm), "--set", "ratio=0.5", *sets, "--out", str(out))) == 0
+        meta = read_metadata(out)
+        assert {g.criterion for g in meta["plan"].groups} == want and {meta["plan"].config["criterion"]} == want
+
+
 def test_run_prunes_distils_and_reports_a_language_models_perplexity(
     lm: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -44,6 +44,22 @@ def calib_args(sp: argparse.ArgumentParser, training: bool = False) -> None:
     sp.add_argument("--calib-windows", type=int, default=32, help="language models: calibration windows (default 32)")
 
 
+LM_CRITERION = "wanda"  #: the criterion a language model is pruned with when the config names none
+
+
+def lm_config(cfg: Config) -> Config:
+    """``cfg`` with criterion ``wanda`` where it names none: weights alone remove the channels
+    that carry a language model's massive activations (docs/llm.md), and these commands always
+    have calibration text.
+
+    >>> lm_config(Config(ratio=0.5)).criterion, lm_config(Config(ratio=0.5, criterion="l1")).criterion
+    ('wanda', 'l1')
+    """
+    if "criterion" in cfg.model_fields_set:
+        return cfg
+    return Config(**{**cfg.to_dict(), "criterion": LM_CRITERION})
+
+
 def source(args: argparse.Namespace) -> str | None:
     """The language model named by ``--hf`` or ``--gguf`` (one of them at most), else ``None``."""
     if args.hf and args.gguf:
@@ -65,6 +81,7 @@ def cmd_prune(args: argparse.Namespace, cfg: Config) -> int:
     check_writable(out, folder=out.suffix != ".cuttree")
     if out.suffix != ".cuttree" and out.exists():
         raise FileExistsError(f"--out '{out}' exists; give a new folder (from_pretrained) or a .cuttree file")
+    cfg = lm_config(cfg)
     model, tokenizer = load_causal_lm(source(args))  # type: ignore[arg-type]
     dense_config = model.config.to_dict()  # type: ignore[union-attr, operator]  # what a plan is made for
     calib = windows(tokenizer, text(args.calib_text), args.length, args.calib_windows)
@@ -103,7 +120,7 @@ def cmd_run(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
 
     if args.arch is not None or args.model is not None:
         raise ValueError("give --hf/--gguf (a language model) or --arch/--model, not both")
-    named = source(args)
+    named, cfg = source(args), lm_config(cfg)
     check_writable(Path(args.out), folder=True)
     model, tokenizer = load_causal_lm(named)  # type: ignore[arg-type]
     dense_config = model.config.to_dict()  # type: ignore[union-attr, operator]  # what the plan is made for
