@@ -160,6 +160,27 @@ def test_a_pruned_causal_lm_fine_tunes_on_text_alone_with_distillation_exact() -
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=k)
 
 
+def test_text_validation_goes_in_training_sized_batches_to_the_same_mean_loss() -> None:
+    """A window's logits span the vocabulary (SmolLM2: 62 windows of 512 in one batch of 256 took
+    20 GB): validation on text goes in batches of ``finetune.batch_size``; the mean loss is the
+    same as in one batch (every window has the same token count)."""
+    transformers = pytest.importorskip("transformers")
+    from test_attention import tiny_llama_and_texts
+
+    from cuttree.recover.validation import score
+
+    model, ids, _ = tiny_llama_and_texts(transformers)
+    texts = [{"input_ids": ids[i]} for i in range(len(ids))]
+    sizes: list[int] = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: sizes.append(len(kw["input_ids"])), with_kwargs=True)
+    name, loss, higher = score(model, texts, cfg(batch_size=3))
+    hook.remove()
+    with torch.no_grad():
+        whole = float(model(input_ids=ids, labels=ids).loss)
+    assert (name, higher, sizes) == ("loss", False, [3, 1])
+    assert loss == pytest.approx(whole, rel=1e-5)
+
+
 def test_a_language_model_run_on_text_resumes_after_a_kill_with_identical_weights(tmp_path: Path) -> None:
     transformers = pytest.importorskip("transformers")
     from test_attention import tiny_llama

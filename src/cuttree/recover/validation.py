@@ -91,6 +91,7 @@ def score(model: nn.Module, data: Any, cfg: Config, batch_size: int = 256) -> tu
         key = "miou" if cfg.mode == "segmentation" else "top1"
         return key, evaluate(model, data, cfg.mode, batch_size, cfg.finetune.ignore_index)[key], True
     device, lm = model_device(model), is_causal_lm(model)
+    batch_size = min(batch_size, cfg.finetune.batch_size)  # text: a window's logits span the vocabulary
     total, weight = 0.0, 0
     with eval_mode(model), inference(model):
         for s in range(0, len(data), batch_size):
