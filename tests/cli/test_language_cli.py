@@ -101,7 +101,31 @@ def test_run_prunes_distils_and_reports_a_language_models_perplexity(
     after = report["after"]["metric"]["perplexity"]
     row = next(line.split() for line in said.splitlines() if line.startswith("perplexity"))
     assert row == ["perplexity", f"{dense:.2f}", f"{after:.2f}", f"{after / dense:.2f}×"]
-    assert "| perplexity |" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "| perplexity |" in md and "| mode | language model |" in md
+    assert report["pretrained"] == "pretrained" and "pretrained/ (from_pretrained)" in said
+    plain = AutoModelForCausalLM.from_pretrained(out / "pretrained")  # uniform widths: plain transformers
+    assert plain.config.intermediate_size == 64 and (out / "pretrained" / "tokenizer.json").is_file()
+    assert perplexity(plain, test) == pytest.approx(after, rel=1e-6)
+
+
+def test_run_on_a_language_model_with_widths_that_differ_writes_model_cuttree_alone(
+    lm: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A config holds one MLP width: with one layer pruned harder, ``run`` warns and writes no folder."""
+    out, text = lm.parent / "run", f"text:{lm.parent / 'prose.txt'}"
+    (lm.parent / "cut.yaml").write_text(
+        "ratio: 0.5\ncriterion: wanda\nlatency_runs: 1\nfinetune: {epochs: 0.25, batch_size: 4}\n"
+        'layers: {"model.layers.0.mlp.*": {ratio: 0.25}}\n'
+    )
+    argv = args(lm, "run", "--hf", str(lm), "--config", str(lm.parent / "cut.yaml"), "--data", text,
+                "--windows", "2", "--out", str(out), "--quiet")  # fmt: skip
+    assert main(argv) == 0
+    said = capsys.readouterr().err
+    assert "no from_pretrained folder written, model.cuttree alone holds the model" in said
+    assert "keep different MLP widths ([64, 96])" in said
+    assert not (out / "pretrained").exists() and json.loads((out / "report.json").read_text()).get("pretrained") is None
+    assert cuttree.load(out / "model.cuttree").model.layers[0].mlp.gate_proj.out_features == 96
 
 
 @pytest.mark.parametrize(

@@ -203,7 +203,7 @@ def write_report(path: str | Path) -> tuple[Path, Path]:
     facts = [
         ("framework", str(doc.get("framework", "?"))),
         ("data", str(doc.get("data", "")) or "—"),
-        ("mode", str(cfg.get("mode", "—"))),
+        ("mode", "language model" if _metric_key(doc) == "perplexity" else str(cfg.get("mode", "—"))),
         ("criterion", str(cfg.get("criterion", "—"))),
         (
             "budget",
