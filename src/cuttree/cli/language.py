@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import resource
-import shutil
 import sys
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -136,30 +134,9 @@ def cmd_run(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
         calib_data=[w[None] for w in train[: args.calib_windows]],
     )  # fmt: skip
     tokenizer.save_pretrained(args.out)
-    report["pretrained"] = _pretrained_folder(report, Path(args.out), train[:1, :16], tokenizer)
+    if report.get("pretrained"):
+        tokenizer.save_pretrained(Path(args.out) / report["pretrained"])
     return report
-
-
-def _pretrained_folder(report: dict[str, Any], out: Path, probe: Any, tokenizer: Any) -> str | None:
-    """Also write the run's model as ``OUT/pretrained`` (``from_pretrained`` loads it without cuttree)
-    where its config can describe the pruned widths (one width per layer type); else warn and keep
-    ``model.cuttree`` alone. Recorded in ``report.json`` as ``"pretrained"``."""
-    import json
-
-    from cuttree.errors import FileFormatError
-    from cuttree.files.atomic import atomic_write
-    from cuttree.files.huggingface import save_pretrained
-
-    shutil.rmtree(out / "pretrained", ignore_errors=True)  # a resumed run's earlier folder
-    try:
-        folder = save_pretrained(report["model"], out / "pretrained", probe=(probe,))
-    except FileFormatError as e:
-        warnings.warn(f"no from_pretrained folder written, model.cuttree alone holds the model: {e}", stacklevel=2)
-        return None
-    tokenizer.save_pretrained(folder)
-    doc = json.loads((out / "report.json").read_text())
-    atomic_write(out / "report.json", lambda p: p.write_text(json.dumps({**doc, "pretrained": folder.name}, indent=1)))
-    return folder.name
 
 
 @contextmanager

@@ -248,8 +248,11 @@ class TorchFrontend:
     def write_run(
         self, folder: Path, model: nn.Module, plan: PruningPlan, report: dict[str, Any], inputs: Inputs
     ) -> str:
-        """``model.cuttree``: the weights and the plan, rebuilt from ``report["origin"]["arch"]``."""
+        """``model.cuttree``: the weights and the plan, rebuilt from ``report["origin"]["arch"]``; a
+        causal language model also as ``pretrained/`` (plain ``from_pretrained`` loads it) where one
+        config can describe its widths, else a warning says why not (``report["pretrained"]``)."""
         from cuttree.files import cuttree_file
+        from cuttree.frontends.torch.calibrate import is_causal_lm
 
         origin = report["origin"]
         shape = [1, *inputs[0].shape[1:]] if hasattr(inputs[0], "shape") else None
@@ -262,7 +265,24 @@ class TorchFrontend:
             plan=plan,
             extra={**extra, "input_shape": shape},
         )
+        if is_causal_lm(model):
+            report["pretrained"] = _pretrained_folder(model, folder / "pretrained", tuple(inputs))
         return "model.cuttree"
+
+
+def _pretrained_folder(model: nn.Module, folder: Path, probe: tuple[Any, ...]) -> str | None:
+    import shutil
+    import warnings
+
+    from cuttree.errors import FileFormatError
+    from cuttree.files.huggingface import save_pretrained
+
+    shutil.rmtree(folder, ignore_errors=True)  # a resumed run's earlier folder
+    try:
+        return save_pretrained(model, folder, probe=probe).name
+    except FileFormatError as e:
+        warnings.warn(f"no from_pretrained folder written, model.cuttree alone holds the model: {e}", stacklevel=3)
+        return None
 
 
 FRONTEND = TorchFrontend()
