@@ -3,7 +3,8 @@ measure → save.
 
 A run folder gets the resolved ``config.yaml``, ``report.json`` (before/after params, MACs, size,
 latency, metric, and the per-step history) and the model (``model.cuttree`` for torch, the composed
-plan inside, so it loads from the original architecture; ``model.keras`` for Keras). What is
+plan inside, so it loads from the original architecture, and ``pretrained/`` for a causal language
+model whose widths a config can describe; ``model.keras`` for Keras). What is
 framework-specific (evaluating, recalibrating, fine-tuning, saving) is the model's
 :class:`~cuttree.core.frontend.Frontend`'s.
 """
