@@ -24,7 +24,8 @@ def init_distributed(device: str | torch.device = "cpu") -> tuple[int, int]:
     model runs on CUDA, gloo otherwise. At exit every process collects its garbage, meets the
     others at a barrier and destroys the group: without that, a process of the FSDP torchrun tests
     sometimes aborted at exit ("terminate called without an active exception") after its work was
-    done (the barrier alone left 1 abort in a full suite)."""
+    done. Measured on the FSDP test's 4-step run under two busy cores: barrier alone 5 aborts in 65
+    runs, with the garbage collected 0 in 80."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if torch.device(device).type == "cuda" else "gloo")
         atexit.register(_leave)
