@@ -77,10 +77,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     html_path, md_path = write_report(args.out)
     model_file = "model.keras" if args.frontend == "keras" else "model.cuttree"
-    tokenizer = ", the tokenizer" if language.source(args) is not None else ""
+    extras = ", the tokenizer" if language.source(args) is not None else ""
     if report.get("pretrained"):
-        tokenizer += f", {report['pretrained']}/ (from_pretrained)"
-    print(f"\nwrote {args.out}/: {model_file}{tokenizer}, report.json, {html_path.name}, {md_path.name}, config.yaml")
+        extras += f", {report['pretrained']}/ (from_pretrained)"
+    print(f"\nwrote {args.out}/: {model_file}{extras}, report.json, {html_path.name}, {md_path.name}, config.yaml")
     return 0
 
 
